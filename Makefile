@@ -1,0 +1,21 @@
+# The two set-up commands in the README: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+
+# torch first, pinned to the CPU wheel, so pip never pulls a multi-GB CUDA build.
+install: $(BIN)/activate
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+
+demo: install
+	$(BIN)/autoopt run studies/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+.PHONY: install demo test

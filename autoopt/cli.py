@@ -1,0 +1,368 @@
+"""``autoopt`` command line. Usage errors (bad spec, unknown task or study, unreachable storage)
+print one line and exit 2; a study's failing trials never make the command fail."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.callback()
+def _quiet() -> None:
+    """Keep library INFO chatter (new study created, ...) off the user's terminal."""
+    import logging
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """Raised for bad input; the CLI prints it and exits 2."""
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn):  # noqa: ANN001 - small decorator turning known errors into exit 2
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from autoopt.spec import SpecError
+        from autoopt.storage import StorageError
+        from autoopt.task import TaskNotFound
+
+        try:
+            return fn(*args, **kwargs)
+        except (SpecError, StorageError, TaskNotFound, UsageError) as exc:
+            _fail(str(exc).splitlines()[0] if isinstance(exc, StorageError) else str(exc))
+
+    return wrapper
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _progress_table(name: str, p: Any) -> Table:
+    c = p.counts
+    counted = sum(c.get(k, 0) for k in ("complete", "pruned", "failed"))
+    eta = p.eta(counted + p.running)
+    t = Table(title=f"study {name}", show_header=True, header_style="bold")
+    for col in ("complete", "pruned", "failed", "running", "best", "elapsed", "ETA"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        str(c.get("complete", 0)),
+        str(c.get("pruned", 0)),
+        str(c.get("failed", 0)),
+        str(p.running),
+        _fmt(p.best_value),
+        f"{p.elapsed:.0f}s",
+        "-" if eta is None else f"{eta:.0f}s",
+    )
+    if p.best_config:
+        cfg = p.best_config
+        opt = ", ".join(f"{k}={_fmt(v)}" for k, v in cfg.get("optimizer_params", {}).items())
+        t.caption = f"best: {cfg['optimizer']}({opt}) + {cfg['scheduler']}, warmup {_fmt(cfg.get('warmup_fraction'))}"
+    return t
+
+
+def _run_spec(spec: Any, as_json: bool) -> None:
+    from autoopt.study import summarize
+    from autoopt.runner import StudyRunner
+
+    console = err if as_json else out
+    runner = StudyRunner(spec)
+    live = Live(_progress_table(spec.name, runner.progress), console=console, refresh_per_second=4, transient=False)
+    last = [0.0]
+
+    def on_progress(p: Any) -> None:
+        if time.time() - last[0] > 0.25 or p.done:
+            live.update(_progress_table(spec.name, p))
+            last[0] = time.time()
+
+    runner.on_progress = on_progress
+    with live:
+        runner.run()
+    result = summarize(spec.name, runner.storage_url, runner.progress.elapsed)
+    if as_json:
+        print(json.dumps(result.to_dict(), default=str))
+    else:
+        _print_best(result)
+
+
+def _print_best(result: Any) -> None:
+    out.print(f"storage: {result.to_dict()['storage_url']}")
+    if result.mlflow_parent_run_id:
+        out.print(f"MLflow: {result.tracking_uri}  parent run {result.mlflow_parent_run_id}  (autoopt ui)")
+    c = result.counts
+    out.print(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
+              f"epochs trained {result.epochs_run} of {result.epochs_budget} without pruning")
+    if result.best_config is None:
+        out.print("no completed trial yet")
+        return
+    cfg = result.best_config
+    out.print(f"best {result.metric} = {_fmt(result.best_value)} ({result.direction})")
+    out.print(f"  optimizer: {cfg['optimizer']} {json.dumps(cfg['optimizer_params'], default=str)}")
+    out.print(f"  scheduler: {cfg['scheduler']} {json.dumps(cfg['scheduler_params'], default=str)}, "
+              f"warmup {_fmt(cfg['warmup_fraction'])}, grad_clip {_fmt(cfg['grad_clip'])}, batch {_fmt(cfg['batch_size'])}")
+
+
+def _overrides(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@app.command()
+@_guard
+def run(
+    spec_file: Path = typer.Argument(..., help="study spec (YAML), e.g. studies/quickstart.yaml"),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="trial budget (total for the study)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials in parallel"),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", min=0.0, help="GPUs per trial (fractions pack trials)"),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", min=0.01),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1.0, help="wall-time budget in seconds"),
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE", help="Optuna storage URL"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", envvar="AUTOOPT_TRACKING_URI", help="MLflow tracking URI"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="AUTOOPT_RAY_ADDRESS", help="Ray cluster address"),
+    name: Optional[str] = typer.Option(None, "--name", help="study name (default: the spec's)"),
+    warm_start: Optional[bool] = typer.Option(None, "--warm-start/--no-warm-start", help="start from the recommender"),
+    as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary"),
+) -> None:
+    """Run (or continue) the study a spec file describes."""
+    from autoopt.spec import StudySpec
+
+    spec = StudySpec.from_yaml(spec_file)
+    data = spec.model_dump(mode="python")
+    data.update(_overrides(n_trials=trials, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+                           timeout_s=timeout, storage=storage, tracking_uri=tracking_uri, ray_address=ray_address, name=name))
+    if warm_start is not None:
+        data["warm_start"] = {**data["warm_start"], "enabled": warm_start}
+    _run_spec(StudySpec.from_dict(data, source=str(spec_file)), as_json)
+
+
+def _load_spec_of(name: str, storage: str | None) -> Any:
+    import optuna
+
+    from autoopt.spec import StudySpec
+    from autoopt.storage import default_storage_url, open_storage
+
+    url = storage or default_storage_url()
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise UsageError(f"no study named {name!r} in this storage") from None
+    data = study.user_attrs.get("autoopt.spec")
+    if not data:
+        raise UsageError(f"study {name!r} was not created by autoopt (no spec stored)")
+    data = {**data, "storage": url}
+    return StudySpec.from_dict(data, source=f"stored spec of {name}")
+
+
+@app.command()
+@_guard
+def resume(
+    name: str,
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="new total trial budget"),
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Continue a study from its stored spec (after a stop, a crash or to add trials)."""
+    spec = _load_spec_of(name, storage)
+    if trials:
+        spec = spec.model_copy(update={"n_trials": trials})
+    _run_spec(spec, as_json)
+
+
+def _summary(name: str, storage: str | None) -> Any:
+    from autoopt.study import summarize
+
+    try:
+        return summarize(name, storage)
+    except KeyError:
+        raise UsageError(f"no study named {name!r} in this storage") from None
+
+
+@app.command()
+@_guard
+def status(
+    name: str,
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Counts by state and the best value so far."""
+    r = _summary(name, storage)
+    if as_json:
+        print(json.dumps({k: v for k, v in r.to_dict().items() if k != "best_config"}, default=str))
+        return
+    c = r.counts
+    out.print(f"{name}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed, "
+              f"{c['running']} running, {c['waiting']} waiting; best {r.metric} {_fmt(r.best_value)}")
+
+
+@app.command()
+@_guard
+def best(
+    name: str,
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The best configuration, ready to paste."""
+    r = _summary(name, storage)
+    if as_json:
+        print(json.dumps({"study_name": name, "best_value": r.best_value, "metric": r.metric,
+                          "best_config": r.best_config, "best_params": r.best_params}, default=str))
+        return
+    _print_best(r)
+
+
+@app.command("list")
+@_guard
+def list_studies(
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Studies in the storage."""
+    import optuna
+
+    from autoopt.storage import default_storage_url, open_storage
+
+    summaries = optuna.get_all_study_summaries(open_storage(storage or default_storage_url()), include_best_trial=True)
+    rows = [
+        {"name": s.study_name, "trials": s.n_trials, "best_value": s.best_trial.value if s.best_trial else None,
+         "task": s.user_attrs.get("autoopt.task"), "metric": s.user_attrs.get("autoopt.metric")}
+        for s in summaries
+    ]
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    t = Table("name", "task", "trials", "metric", "best")
+    for r in rows:
+        t.add_row(r["name"], _fmt(r["task"]), str(r["trials"]), _fmt(r["metric"]), _fmt(r["best_value"]))
+    out.print(t)
+
+
+@app.command()
+@_guard
+def optimizers(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The optimizer catalog: hyperparameters, ranges, defaults, memory and source."""
+    from autoopt.catalog import catalog_table
+
+    rows = catalog_table()
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    t = Table("name", "family", "hyperparameters (range, default)", "state/param", "source", "guidance")
+    for r in rows:
+        hps = []
+        for h in r["hyperparams"]:
+            if h.get("choices") is not None:
+                hps.append(f"{h['name']} {list(h['choices'])} ={h['default']}")
+            else:
+                hps.append(f"{h['name']} [{_fmt(h['low'])}, {_fmt(h['high'])}]{' log' if h.get('log') else ''} ={_fmt(h['default'])}")
+        name = r["name"] + ("" if r.get("mini_batch", True) else " (full-batch)")
+        t.add_row(name, r["family"], "\n".join(hps), _fmt(r["state_per_param"]), r["source"], r.get("guidance", ""))
+    out.print(t)
+
+
+@app.command()
+@_guard
+def tasks(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Reference tasks and their traits (sparsity measured from real gradients)."""
+    from autoopt.task import REFERENCE_TASKS, load_task
+
+    rows = [{"task": key, **load_task(key).describe()} for key in REFERENCE_TASKS]
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    t = Table("task", "domain", "metric", "batch", "grad sparsity", "params", "train size", "epochs")
+    for r in rows:
+        t.add_row(f"{r['task']} ({r['name']})", r["domain"], f"{r['metric']} ({r['direction'][:3]})", str(r["batch_size"]),
+                  f"{r['grad_sparsity']:.2f}", str(r["n_params"]), str(r["dataset_size"]), str(r["epochs"]))
+    out.print(t)
+
+
+@app.command()
+@_guard
+def report(
+    name: str,
+    out_dir: Path = typer.Option(Path("reports"), "--out", help="folder for the HTML and PNG plots"),
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    log: bool = typer.Option(True, "--log/--no-log", help="also log the plots to the study's MLflow parent run"),
+) -> None:
+    """Regenerate a study's plots (HTML + PNG) and log them to MLflow."""
+    import optuna
+
+    from autoopt import report as report_mod
+    from autoopt.storage import default_storage_url, open_storage
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url()))
+    except KeyError:
+        raise UsageError(f"no study named {name!r} in this storage") from None
+    paths = report_mod.write_report(study, out_dir / name)
+    if log:
+        from autoopt import tracking
+
+        tracking.log_report(study, paths)
+    for p in paths:
+        out.print(str(p))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", envvar="AUTOOPT_TRACKING_URI"),
+) -> None:
+    """Start the MLflow UI on the study store (Ctrl-C to stop)."""
+    from autoopt import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    try:
+        proc = tracking.start_ui(uri, host=host, port=port)
+    except ValueError as exc:  # an http(s) tracking server already is the UI
+        out.print(str(exc))
+        raise typer.Exit(0)
+    out.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        tracking.stop_ui(proc)
+        code = 0
+    raise typer.Exit(code)
+
+
+def _register_optional() -> None:
+    """The recommender's commands live in their own module."""
+    try:
+        from autoopt.recommend.cli import meta_app, recommend_command
+    except ImportError:
+        return
+    app.command("recommend")(recommend_command)
+    app.add_typer(meta_app, name="meta", help="Build, fit and evaluate the recommender's meta-dataset and model.")
+
+
+_register_optional()
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,330 @@
+"""The one process that talks to a study's storage.
+
+Ray workers never open the database: they send epoch reports here and get the pruner's answer
+back. The driver asks this actor for new trials and tells it outcomes. Serialising storage
+access through one owner is what makes the embedded SQLite default safe under parallel workers
+and lets the same design run against PostgreSQL on a cluster.
+
+Fault tolerance that Optuna only offers for RDB storages (heartbeats, stale-trial retry) lives
+here for every storage: each driver session writes a heartbeat, and RUNNING trials whose
+session has gone quiet are failed with a reason and, if configured, re-enqueued.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import time
+import uuid
+from typing import Any, Callable, TypeVar
+
+import optuna
+from optuna.trial import TrialState
+
+from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
+from autoopt.space import SearchSpace
+from autoopt.spec import SpaceSpec, SpecError
+from autoopt.storage import StorageError, open_storage, redact
+from autoopt.task import TaskTraits
+
+import os
+
+#: A driver writes a heartbeat this often; its RUNNING trials count as abandoned once it has
+#: been silent for STALE_AFTER_S. Both can be set by environment (tests use short ones).
+HEARTBEAT_S = float(os.environ.get("AUTOOPT_HEARTBEAT_S", 5.0))
+STALE_AFTER_S = float(os.environ.get("AUTOOPT_STALE_AFTER_S", 30.0))
+#: How long the coordinator keeps retrying while the storage is unreachable (a restarting
+#: PostgreSQL) before it gives up with a StorageError naming the storage.
+STORAGE_RETRY_S = float(os.environ.get("AUTOOPT_STORAGE_RETRY_S", 120.0))
+_HB_PREFIX = "autoopt.heartbeat:"
+_log = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Does ``exc`` (or what caused it) say the database connection was lost or refused?"""
+    import sqlalchemy
+
+    try:
+        import psycopg
+        dbapi_errors: tuple[type, ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        dbapi_errors = ()
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StorageError):  # an inner call already gave up
+            return False
+        orig = getattr(e, "orig", None)
+        if isinstance(e, sqlite3.Error) or isinstance(orig, sqlite3.Error):  # a file: only a lock is transient
+            return "locked" in str(orig if orig is not None else e)
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, *dbapi_errors)):
+            return True
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
+            return True
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+    return False
+
+
+def _survives_storage_outage(method: _F) -> _F:
+    """Retry a coordinator call while the storage is unreachable, for up to ``storage_retry_s``.
+
+    The actor serves one call at a time, so workers waiting for a pruning answer and the driver
+    waiting for the next trial simply block until the database is back. Then a clear
+    StorageError (with the URL's password hidden) ends the study; ``autoopt resume`` continues it.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: "StudyCoordinator", *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.storage_retry_s
+        delay = 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - only connection errors are retried
+                if not is_connection_error(exc):
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                if time.monotonic() + delay > deadline:
+                    raise StorageError(
+                        f"storage {redact(self.storage_url)} unreachable for {self.storage_retry_s:.0f} s "
+                        f"({method.__name__}: {first}). Finished trials are kept; when it is back, run "
+                        f"`autoopt resume {self.study_name}`."
+                    ) from None
+                self.storage_outages += 1
+                _log.warning("autoopt: storage %s unreachable (%s: %s); retrying in %.1f s",
+                             redact(self.storage_url), method.__name__, first, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return wrapper  # type: ignore[return-value]
+
+A = "autoopt."
+
+
+class StudyCoordinator:
+    """Owns one Optuna study: ask, report/prune, tell, fail/retry, heartbeats. Run as a Ray actor."""
+
+    def __init__(
+        self,
+        *,
+        storage_url: str,
+        study_name: str,
+        direction: str,
+        space: dict[str, Any],
+        traits: dict[str, Any],
+        max_epochs: int,
+        n_trials: int | None,
+        sampler: str = "tpe",
+        sampler_options: dict[str, Any] | None = None,
+        pruner: str = "hyperband",
+        pruner_options: dict[str, Any] | None = None,
+        seed: int | None = 0,
+        retries: int = 1,
+        study_attrs: dict[str, Any] | None = None,
+        has_matrix_params: bool = True,
+        session: str | None = None,
+        storage_retry_s: float | None = None,
+        stale_after_s: float | None = None,
+    ) -> None:
+        self.session = session or uuid.uuid4().hex[:12]
+        self.storage_url = storage_url
+        self.study_name = study_name
+        # the driver passes its own settings: on a cluster this actor's environment is the head's
+        self.storage_retry_s = STORAGE_RETRY_S if storage_retry_s is None else float(storage_retry_s)
+        self.stale_after_s = STALE_AFTER_S if stale_after_s is None else float(stale_after_s)
+        self.storage_outages = 0
+        self.max_epochs = max_epochs
+        self.n_trials = n_trials
+        self.retries = retries
+        self.traits = TaskTraits(**traits)
+        self.space = SearchSpace(SpaceSpec.model_validate(space), self.traits, has_matrix_params=has_matrix_params)
+        self.storage = open_storage(storage_url)
+        base = make_sampler(sampler, seed=seed, **(sampler_options or {}))
+        self.study = optuna.create_study(
+            storage=self.storage,
+            study_name=study_name,
+            direction=direction,
+            sampler=ChoiceRestrictingSampler(base, self.space.restrictions),
+            pruner=make_pruner(pruner, max_epochs, **(pruner_options or {})),
+            load_if_exists=True,
+        )
+        if self.study.direction.name.lower() != direction:
+            raise SpecError(
+                f"study {study_name!r} exists with direction {self.study.direction.name.lower()}, "
+                f"but this task's metric is {direction}d"
+            )
+        attrs = self.study.user_attrs
+        for key, value in (study_attrs or {}).items():
+            if key not in attrs or key in (A + "spec", A + "space"):
+                self.study.set_user_attr(key, value)
+        self._live: dict[int, optuna.Trial] = {}
+        self.heartbeat()
+        self.reap_stale()
+
+    # --- trials --------------------------------------------------------------------------
+    @_survives_storage_outage
+    def counted(self) -> int:
+        """Trials that use up the budget: all but waiting ones and failures that were retried."""
+        return sum(
+            1
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state != TrialState.WAITING and not t.user_attrs.get(A + "retried")
+        )
+
+    @_survives_storage_outage
+    def ask(self) -> dict[str, Any] | None:
+        """The next trial to run, or None when the trial budget is used up."""
+        if self.n_trials is not None and self.counted() >= self.n_trials:
+            return None
+        trial = self.study.ask()
+        try:
+            config = self.space.sample(trial)
+        except Exception as exc:  # e.g. an enqueued config outside the current space
+            self._finish(trial.number, TrialState.FAIL, None, {A + "status": "failed", A + "reason": f"sampling failed: {exc}"})
+            return self.ask()
+        trial.set_user_attr(A + "config", config.to_dict())
+        trial.set_user_attr(A + "session", self.session)
+        trial.set_user_attr(A + "max_epochs", self.max_epochs)
+        self._live[trial.number] = trial
+        return {"number": trial.number, "config": config.to_dict(), "params": dict(trial.params)}
+
+    @_survives_storage_outage
+    def report(self, number: int, epoch: int, value: float) -> bool:
+        """Record an intermediate value; True means the pruner wants the trial stopped."""
+        trial = self._live.get(number)
+        if trial is None:
+            return True  # the trial was failed meanwhile (e.g. declared stale): stop it
+        trial.report(value, step=epoch)
+        return trial.should_prune()
+
+    @_survives_storage_outage
+    def tell(self, number: int, outcome: dict[str, Any]) -> str:
+        """Store a worker's outcome (status, value, curve, reason) and close the trial."""
+        attrs = {
+            A + "status": outcome["status"],
+            A + "reason": outcome.get("reason"),
+            A + "history": outcome.get("history", []),
+            A + "epochs_run": len(outcome.get("history", [])),
+            A + "stopped_at_epoch": outcome.get("stopped_at_epoch"),
+            A + "device": outcome.get("device"),
+            A + "host": outcome.get("host"),
+            A + "node_id": outcome.get("node_id"),
+            A + "optimizer_state_bytes": outcome.get("optimizer_state_bytes", 0),
+            A + "seconds": outcome.get("seconds"),
+            A + "mlflow_run_id": outcome.get("mlflow_run_id"),
+        }
+        state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(outcome["status"], TrialState.FAIL)
+        value = outcome.get("value")
+        if state == TrialState.COMPLETE and value is None:
+            state = TrialState.FAIL
+            attrs[A + "reason"] = "finished without a validation value"
+        self._finish(number, state, value if state == TrialState.COMPLETE else None, attrs)
+        return state.name
+
+    @_survives_storage_outage
+    def fail(self, number: int, reason: str, retry: bool) -> bool:
+        """A trial whose worker died: record why; re-enqueue its params if retries are left."""
+        trial = self._live.get(number)
+        frozen = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        retried = False
+        attempt = int(frozen.user_attrs.get(A + "attempt", 0))
+        if retry and attempt < self.retries:
+            self.study.enqueue_trial(dict(frozen.params), user_attrs={A + "attempt": attempt + 1, A + "retry_of": number}, skip_if_exists=False)
+            retried = True
+        attrs = {A + "status": "failed", A + "reason": reason, A + "retried": retried}
+        if trial is not None or frozen.state == TrialState.RUNNING:
+            self._finish(number, TrialState.FAIL, None, attrs)
+        return retried
+
+    def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        for k, v in attrs.items():
+            storage.set_trial_user_attr(trial_id, k, v)
+        self._live.pop(number, None)
+        if storage.get_trial(trial_id).state.is_finished():
+            return
+        self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+
+    @_survives_storage_outage
+    def enqueue(self, configs: list[dict[str, Any]], limit: int | None = None) -> int:
+        """Enqueue configurations (TrialConfig dicts) as the next trials, skipping those outside
+        the space, at most ``limit``; returns how many."""
+        n = 0
+        for cfg in configs:
+            if limit is not None and n >= limit:
+                break
+            try:
+                params = self.space.to_optuna_params(cfg)
+            except SpecError:
+                continue
+            self.study.enqueue_trial(params, user_attrs={A + "warm_start": True}, skip_if_exists=True)
+            n += 1
+        return n
+
+    # --- liveness -------------------------------------------------------------------------
+    @_survives_storage_outage
+    def heartbeat(self) -> None:
+        self.study._storage.set_study_system_attr(self.study._study_id, _HB_PREFIX + self.session, time.time())
+
+    @_survives_storage_outage
+    def reap_stale(self) -> list[int]:
+        """Fail RUNNING trials of sessions that stopped heart-beating (a killed driver)."""
+        beats = {
+            k[len(_HB_PREFIX):]: v
+            for k, v in self.study._storage.get_study_system_attrs(self.study._study_id).items()
+            if k.startswith(_HB_PREFIX)
+        }
+        now = time.time()
+        reaped = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            session = t.user_attrs.get(A + "session")
+            if session == self.session:
+                continue
+            last = beats.get(session or "", 0.0)
+            if now - float(last) > self.stale_after_s:
+                self.fail(
+                    t.number,
+                    f"abandoned: its driver (session {session}) stopped while the trial ran",
+                    retry=True,
+                )
+                reaped.append(t.number)
+        return reaped
+
+    @_survives_storage_outage
+    def foreign_running(self) -> int:
+        """RUNNING trials that belong to other drivers (alive, or not yet known to be dead)."""
+        return sum(
+            1
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get(A + "session") != self.session
+        )
+
+    # --- reading ----------------------------------------------------------------------------
+    @_survives_storage_outage
+    def summary(self) -> dict[str, Any]:
+        trials = self.study.get_trials(deepcopy=False)
+        counts = {s: 0 for s in ("complete", "pruned", "failed", "running", "waiting")}
+        for t in trials:
+            key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+                   TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]
+            counts[key] += 1
+        best = None
+        try:
+            bt = self.study.best_trial
+            best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(A + "config"), "params": bt.params}
+        except ValueError:
+            pass
+        return {"counts": counts, "best": best, "counted": self.counted(), "session": self.session,
+                "study_id": self.study._study_id, "storage_outages": self.storage_outages}
+
+    @_survives_storage_outage
+    def set_study_attrs(self, attrs: dict[str, Any]) -> None:
+        for k, v in attrs.items():
+            self.study.set_user_attr(k, v)
+
+    def describe_space(self) -> dict[str, Any]:
+        return self.space.describe()

@@ -1,0 +1,330 @@
+"""Command line: ``autoopt recommend`` and ``autoopt meta build|fit|evaluate``.
+
+``recommend_command`` and ``meta_app`` are registered by autoopt/cli.py; ``python -m
+autoopt.recommend.cli`` runs them standalone. ``recommend`` imports neither torch nor
+scikit-learn (unless ``--from-task`` asks to measure a task), so it answers in well under 2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from autoopt.recommend.features import DOMAINS, FLAGS, GOALS, TraitError, Traits, human_bytes, human_count, parse_count
+
+# ============================================================================ recommend
+
+
+def _bad(field: str, message: str) -> typer.BadParameter:
+    hint = {
+        "domain": "--task/--domain",
+        "batch_size": "--batch",
+        "grad_sparsity": "--sparsity",
+        "n_params": "--params",
+        "dataset_size": "--dataset-size",
+        "goal": "--goal",
+        "flags": "--flag",
+    }.get(field, f"--{field.replace('_', '-')}")
+    return typer.BadParameter(message, param_hint=hint)
+
+
+def recommend_command(
+    task: Optional[str] = typer.Option(
+        None, "--task", "--domain", "-t", help=f"what the model does: {', '.join(DOMAINS)}", show_default=False
+    ),
+    batch: Optional[int] = typer.Option(None, "--batch", "-b", help="batch size", show_default=False),
+    sparsity: Optional[float] = typer.Option(
+        None, "--sparsity", help="fraction of zero gradient entries (0..1)", show_default=False
+    ),
+    sparse: bool = typer.Option(False, "--sparse", help="the model has sparse gradients (nn.Embedding(sparse=True))"),
+    params: Optional[str] = typer.Option(None, "--params", help="model size, e.g. 350k, 25M, 1.3B", show_default=False),
+    dataset_size: Optional[str] = typer.Option(
+        None, "--dataset-size", help="training examples, e.g. 60k", show_default=False
+    ),
+    memory_limited: bool = typer.Option(False, "--memory-limited", help="optimizer memory is the constraint"),
+    goal: Optional[str] = typer.Option(
+        None, "--goal", help=f"{', '.join(GOALS)} (fast = fast convergence)", show_default=False
+    ),
+    flag: Optional[list[str]] = typer.Option(
+        None, "--flag", help=f"a situation (repeatable): {', '.join(FLAGS)}", show_default=False
+    ),
+    from_task: Optional[str] = typer.Option(
+        None, "--from-task", help="measure the traits of a task: reference name (cv, nlp, ...) or 'pkg.module:Name'"
+    ),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="how many optimizers to show"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a fitted model (.npz) instead of the default"),
+) -> None:
+    """Rank optimizers for a workload, with hyperparameters, memory cost and the reasons."""
+    from autoopt.recommend.recommender import Recommender
+
+    try:
+        n_params = parse_count(params, "n_params") if params is not None else None
+        n_data = parse_count(dataset_size, "dataset_size") if dataset_size is not None else None
+        overrides: dict[str, Any] = {
+            "domain": task,
+            "batch_size": batch,
+            "grad_sparsity": sparsity,
+            "sparse_gradients": sparse or None,
+            "n_params": n_params,
+            "dataset_size": n_data,
+            "memory_limited": memory_limited or None,
+            "goal": goal,
+            "flags": frozenset(flag) if flag else None,
+        }
+        base = _measured_traits(from_task) if from_task else None
+        if base is None and task is None:
+            raise TraitError("domain", f"is required (or --from-task); one of {', '.join(DOMAINS)}")
+        traits = Traits.from_any(base, **overrides)
+    except TraitError as exc:
+        raise _bad(exc.field, str(exc).split(": ", 1)[-1]) from None
+    if model is not None and not model.is_file():
+        raise typer.BadParameter(f"{model} not found", param_hint="--model")
+    answer = Recommender.default(model).rank(traits, top=top)
+    if as_json:
+        typer.echo(json.dumps(answer.to_dict(), indent=2, default=str))
+    else:
+        render(answer)
+
+
+def _measured_traits(ref: str) -> dict[str, Any]:
+    from autoopt.task import TaskNotFound, load_task
+
+    try:
+        return load_task(ref).traits().to_dict()
+    except TaskNotFound as exc:
+        raise typer.BadParameter(str(exc), param_hint="--from-task") from None
+
+
+def render(answer: Any, console: Any = None) -> None:
+    """The answer as a table, then each optimizer's reasons and the practical notes."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 130)
+    t = answer.traits
+    desc = [f"task {t.domain}"]
+    for label, value in (
+        ("batch", t.batch_size),
+        ("sparsity", t.grad_sparsity),
+        ("params", human_count(t.n_params) if t.n_params else None),
+        ("data", human_count(t.dataset_size) if t.dataset_size else None),
+        ("goal", t.goal),
+    ):
+        if value is not None:
+            desc.append(f"{label} {value}")
+    if t.sparse_gradients:
+        desc.append("sparse gradients")
+    if t.memory_limited:
+        desc.append("memory-limited")
+    if t.flags:
+        desc.append("flags " + ",".join(sorted(t.flags)))
+    m = answer.model
+    evidence = f"learned model on {m['meta_rows']} study rows" if m["fitted"] else "no learned model (rules only)"
+    table = Table(
+        title=f"Optimizers for {', '.join(desc)}", caption=f"rule prior + {evidence}", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for col, kw in (
+        ("#", {"justify": "right"}),
+        ("optimizer", {"style": "bold", "no_wrap": True}),
+        ("score", {"justify": "right", "no_wrap": True}),
+        ("lr [range]", {}),
+        ("betas / mom.", {}),
+        ("wd", {"justify": "right"}),
+        ("warmup", {"justify": "right"}),
+        ("schedule", {}),
+        ("state", {"justify": "right"}),
+        ("studies", {"justify": "right"}),
+    ):
+        table.add_column(col, **kw)
+    for r in answer:
+        h = r.hyperparameters
+        if "momentum" in h:
+            mom = f"{h['momentum']:g}"
+        elif "beta1" in h:
+            mom = f"{h['beta1']:g}, {h['beta2']:g}" if "beta2" in h else f"{h['beta1']:g}"
+        else:
+            mom = "-"
+        clip = f" clip {h['grad_clip']:g}" if h.get("grad_clip") else ""
+        mem = r.memory
+        state = f"{mem['state_per_param']:g}x" if mem["state_per_param"] is not None else "?"
+        if mem["bytes"] is not None:
+            state += f" {human_bytes(mem['bytes'])}"
+        table.add_row(
+            str(r.rank),
+            r.optimizer,
+            f"{r.score:.2f}±{r.score_std:.2f}",
+            f"{h['lr']:.2g} [{h['lr_range'][0]:.1g}, {h['lr_range'][1]:.1g}]",
+            mom,
+            f"{h['weight_decay']:.2g}" if isinstance(h.get("weight_decay"), (int, float)) else "-",
+            f"{h.get('warmup_fraction', 0):.0%}",
+            h["scheduler"] + clip,
+            state,
+            str(r.evidence.get("similar_studies", 0)),
+        )
+    console.print(table)
+    for r in answer:
+        console.print(f"[bold]{r.rank}. {r.optimizer}[/bold]  prior {r.prior_score:.2f}"
+                      + (f", learned {r.learned_score:.2f} (weight {r.learned_weight:.2f})" if r.learned_score is not None else ""))
+        for x in r.reasons:
+            mapped = f" [dim]({x['mapped']})[/dim]" if x.get("mapped") else ""
+            console.print(f"   {x['weight']:+.2f} {x['rule']}: {x['text']} [dim][{'; '.join(x['sources'])}][/dim]{mapped}",
+                          highlight=False)
+        ev = r.evidence
+        if ev.get("similar_studies"):
+            ex = ev.get("example") or {}
+            console.print(
+                f"   evidence: {ev['similar_studies']} similar studies (n_near {ev['n_near']}), best in {ev.get('best_in', 0)}, "
+                f"median normalised score {ev.get('median_normalized_score')}; e.g. {ex.get('study')}: "
+                f"{ex.get('metric')} {_fmt(ex.get('best_value'))} at lr {_fmt(ex.get('best_lr'))}",
+                highlight=False,
+            )
+        else:
+            console.print("   evidence: no similar studies yet; the rules decide", style="dim")
+    if answer.notes:
+        console.print("[bold]Notes[/bold]")
+        for n in answer.notes:
+            console.print(f" - {n['text']} [dim][{'; '.join(n['sources'])}][/dim]", highlight=False)
+    if answer.excluded:
+        console.print("[dim]Not applicable: " + "; ".join(f"{k} ({v})" for k, v in answer.excluded.items()) + "[/dim]",
+                      highlight=False)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+
+# ============================================================================ meta
+meta_app = typer.Typer(help="Build, fit and evaluate the recommender's meta-dataset and model.", no_args_is_help=True)
+
+
+@meta_app.command("build")
+def meta_build(
+    out: Optional[Path] = typer.Option(None, "--out", help="meta-dataset CSV to add rows to (default: the user's)"),
+    tasks: Optional[list[str]] = typer.Option(None, "--task", help="reference task (repeatable; default all)"),
+    batch_sizes: str = typer.Option("16,64,256", "--batch-sizes", help="comma-separated"),
+    sizes: str = typer.Option("0.5", "--sizes", help="task data sizes, comma-separated"),
+    trials_per_optimizer: int = typer.Option(2, "--trials-per-optimizer", min=1),
+    epochs: int = typer.Option(4, "--epochs", min=1),
+    workers: int = typer.Option(2, "--workers", min=1),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the build's Optuna storage lives"),
+    track: bool = typer.Option(False, "--track/--no-track", help="log the build's trials to MLflow"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Run the reference tasks' studies over a grid of traits and add their rows."""
+    from autoopt.recommend import meta
+
+    try:
+        bs = [int(x) for x in batch_sizes.split(",") if x.strip()]
+        sz = [float(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter("comma-separated numbers, e.g. 16,64,256", param_hint="--batch-sizes/--sizes") from None
+    if not bs or min(bs) < 1 or not sz or min(sz) <= 0:
+        raise typer.BadParameter("batch sizes >= 1 and sizes > 0", param_hint="--batch-sizes/--sizes")
+    from autoopt.task import REFERENCE_TASKS
+
+    bad = [t for t in tasks or [] if t not in REFERENCE_TASKS]
+    if bad:
+        raise typer.BadParameter(f"{bad} not reference tasks ({', '.join(REFERENCE_TASKS)})", param_hint="--task")
+    out = out or meta.default_meta_path()
+    summary = meta.build(
+        out,
+        meta.default_grid(tasks or None, bs, sz),
+        trials_per_optimizer=trials_per_optimizer,
+        epochs=epochs,
+        workers=workers,
+        workdir=workdir,
+        tracking=track,
+        seed=seed,
+        log=typer.echo,
+    )
+    typer.echo(f"{summary['rows']} rows from {len(summary['studies'])} studies -> {out} ({summary['seconds']}s)")
+
+
+@meta_app.command("fit")
+def meta_fit(
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="meta-dataset CSV (repeatable; default shipped + user's)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="directory for model.npz/model.joblib/catalog.json"),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the fitted model to MLflow"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    experiment: str = typer.Option("autoopt-recommender", "--experiment"),
+    n_estimators: int = typer.Option(60, "--n-estimators", min=1),
+    evidence_k: float = typer.Option(2.0, "--evidence-k", min=0.01, help="evidence at which model and rules weigh the same"),
+) -> None:
+    """Fit the learned model on the meta-dataset and save (and log) it."""
+    from autoopt.recommend import meta
+
+    for p in data or []:
+        if not p.is_file():
+            raise typer.BadParameter(f"{p} not found", param_hint="--data")
+    info = meta.fit_model(
+        data or None, out, log_mlflow=mlflow, tracking_uri=tracking_uri, experiment=experiment,
+        n_estimators=n_estimators, evidence_k=evidence_k,
+    )
+    typer.echo(json.dumps(info, indent=2, default=str))
+
+
+@meta_app.command("evaluate")
+def meta_evaluate(
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="meta-dataset CSV (repeatable)"),
+    as_json: bool = typer.Option(False, "--json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the results as JSON here"),
+    holdout: str = typer.Option("task", "--holdout", help="task: leave one task out; study: leave one study out"),
+    measure: bool = typer.Option(False, "--measure", help="also train each strategy's top-1 configuration once"),
+) -> None:
+    """Leave-one-task-out regret and top-3 hit rate vs AdamW-at-defaults and rules-only."""
+    if holdout not in ("task", "study"):
+        raise typer.BadParameter(f"{holdout!r} is not one of task, study", param_hint="--holdout")
+    from autoopt.recommend import meta
+
+    for p in data or []:
+        if not p.is_file():
+            raise typer.BadParameter(f"{p} not found", param_hint="--data")
+    try:
+        result = meta.evaluate(data or None, holdout=holdout, measure=measure)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if out:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"Leave-one-{holdout}-out: top-1 regret (0 = best optimizer; at defaults) / best-in-top-3 rate"
+        + (" | regret of the trained top-1 configuration" if measure else "")
+    )
+    table.add_column("held-out task")
+    table.add_column("studies", justify="right")
+    for s in ("recommender", "rules_only", "model_only", "adamw_default"):
+        table.add_column(f"{s} regret (at defaults) / top3", justify="right")
+    for name, res in [*result["tasks"].items(), ("overall", result["overall"])]:
+        cells = []
+        for s in ("recommender", "rules_only", "model_only", "adamw_default"):
+            r = res[s]
+            top3 = "-" if r["top3"] is None else f"{r['top3']:.2f}"
+            at_def = "-" if r["regret_at_defaults"] is None else f"{r['regret_at_defaults']:.3f}"
+            cell = "-" if r["regret"] is None else f"{r['regret']:.3f} ({at_def}) / {top3}"
+            if r.get("measured_regret") is not None:
+                cell += f" | {r['measured_regret']:.3f}"
+            cells.append(cell)
+        table.add_row(name, str(res["studies"]), *cells)
+    Console(width=None if sys.stdout.isatty() else 130).print(table)
+
+
+# ============================================================================ standalone
+app = typer.Typer(help="autoopt recommender", no_args_is_help=True, add_completion=False)
+app.command("recommend")(recommend_command)
+app.add_typer(meta_app, name="meta")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,441 @@
+"""Run a study on Ray: the driver loop and the function each trial runs on a worker.
+
+Data path: spec -> SearchSpace (in the coordinator) -> ask -> ``run_trial`` on a Ray worker
+-> train loop -> report/prune through the coordinator -> tell -> storage, while the worker
+logs its own nested MLflow run.
+
+A trial is one Ray task holding ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs (fractions
+allowed); a pruned trial returns at once, so its GPU goes to the next trial immediately.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+
+from autoopt.coordinator import HEARTBEAT_S, StudyCoordinator
+from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.space import TrialConfig
+from autoopt.spec import SpecError, StudySpec
+from autoopt.storage import default_storage_url, open_storage, redact
+from autoopt.task import Task, load_task
+
+ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
+REAP_EVERY_S = 15.0
+
+_TASKS: dict[Any, Task] = {}
+
+
+def _cached_task(task_ref: Any, options: dict[str, Any]) -> Task:
+    """Build a task once per worker process (datasets are generated on first use)."""
+    key = (task_ref, tuple(sorted(options.items()))) if isinstance(task_ref, str) else None
+    if key is not None and key in _TASKS:
+        return _TASKS[key]
+    task = load_task(task_ref, **options)
+    if key is not None:
+        _TASKS[key] = task
+    return task
+
+
+def run_trial(
+    task_ref: Any,
+    task_options: dict[str, Any],
+    config: dict[str, Any],
+    number: int,
+    seed: int,
+    coordinator: Any,
+    logger: Any,
+    threads: int,
+    eval_every_steps: int | None = None,
+) -> dict[str, Any]:
+    """What a Ray worker runs for one trial. Returns a TrialOutcome dict; never raises for bad configs."""
+    import torch
+
+    from autoopt.train import pick_device, train
+
+    torch.set_num_threads(threads)
+    task = _cached_task(task_ref, task_options)
+    # the GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES), else CPU even on a GPU node
+    device = pick_device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+    run_id = None
+    if logger is not None:
+        run_id = logger.start(host=os.uname().nodename, device=str(device))
+
+    def report(epoch: int, value: float) -> bool:
+        return bool(ray.get(coordinator.report.remote(number, epoch, value)))
+
+    def on_epoch(record: EpochRecord) -> None:
+        if logger is not None:
+            logger.log_epoch(record)
+
+    outcome: TrialOutcome = train(
+        task, TrialConfig.from_dict(config), report=report, on_epoch=on_epoch, device=device, seed=seed,
+        eval_every_steps=eval_every_steps,
+    )
+    if logger is not None:
+        logger.finish(outcome)
+    result = outcome.to_dict()
+    result["mlflow_run_id"] = run_id
+    result["node_id"] = ray.get_runtime_context().get_node_id()
+    # the driver warns the user: this process's own warning lands in a worker log on the cluster
+    result["tracking_failed"] = bool(logger is not None and logger._conn is not None and logger._conn.failed)
+    return result
+
+
+_run_trial_remote = ray.remote(max_retries=0)(run_trial)
+_Coordinator = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=0)(StudyCoordinator)
+
+# Errors that mean the worker (or its node) went away, not that the configuration is bad.
+_WORKER_LOST = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.OwnerDiedError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.OutOfMemoryError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.TaskUnschedulableError,
+)
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` ($AUTOOPT_RAY_ADDRESS / $RAY_ADDRESS) or start a local Ray."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:  # embedded: a private local instance, quiet unless something goes wrong
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus, logging_level=logging.ERROR)
+    for attempt in range(3):
+        try:
+            ray.init(**kwargs)
+            return
+        except ConnectionAbortedError:
+            # Ray client (ray://): the head's proxy occasionally fails to start the per-client
+            # server ("Initialization failure from server"); a new connection gets a new one.
+            if attempt == 2 or not str(address).startswith("ray://"):
+                raise
+            ray.shutdown()
+            time.sleep(2.0 * (attempt + 1))
+
+
+@dataclass
+class Progress:
+    """What the live display and ``status`` show."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    running: int = 0
+    best_value: float | None = None
+    best_config: dict[str, Any] | None = None
+    started: float = field(default_factory=time.time)
+    finished_this_run: int = 0
+    target: int | None = None
+    done: bool = False
+    error: str | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def eta(self, counted: int) -> float | None:
+        if self.target is None or self.finished_this_run == 0:
+            return None
+        remaining = max(self.target - counted, 0)
+        return self.elapsed / self.finished_this_run * remaining
+
+
+class StudyRunner:
+    """Drives one study: prepares the task, the coordinator and tracking, then dispatches trials."""
+
+    def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None):
+        self.spec = spec
+        self.storage_url = spec.storage or default_storage_url()
+        address = spec.ray_address or os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or ""
+        if address.startswith("ray://") and self.storage_url.startswith(("sqlite", "journal")):
+            raise SpecError(
+                f"storage {redact(self.storage_url)} is a file on this machine, but the study runs on the Ray "
+                f"cluster at {address}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
+            )
+        open_storage(self.storage_url)  # fail fast (clear, redacted message) before starting Ray
+        self.task = load_task(spec.task, **spec.task_options)
+        self.traits = self.task.traits()
+        self.on_progress = on_progress
+        self.progress = Progress(target=spec.n_trials)
+        self.session = uuid.uuid4().hex[:12]
+        self._stop = threading.Event()
+        self.tracker = None
+        self.parent_run_id: str | None = None
+        self.coordinator = None
+        self._tracking_warned = False
+
+    # --- set-up ------------------------------------------------------------------------
+    def _study_attrs(self) -> dict[str, Any]:
+        return {
+            "autoopt.spec": self.spec.to_dict(),
+            "autoopt.task": self.spec.to_dict()["task"],
+            "autoopt.traits": self.traits.to_dict(),
+            "autoopt.metric": self.task.metric,
+            "autoopt.direction": self.task.direction,
+            "autoopt.max_epochs": self._max_reports(),
+        }
+
+    def _max_reports(self) -> int:
+        """Pruner resource: epochs, or evaluations per run with ``eval_every_steps``."""
+        if not self.spec.eval_every_steps:
+            return self.task.epochs
+        train_loader, _ = self.task.loaders()
+        return max(1, len(train_loader) * self.task.epochs // self.spec.eval_every_steps)
+
+    def _has_matrix_params(self) -> bool:
+        """Muon applies only to hidden 2-D weights; does this model have any?"""
+        from autoopt.catalog import hidden_matrix_params
+
+        return bool(hidden_matrix_params(self.task.build_model()))
+
+    def _start_tracking(self) -> None:
+        from autoopt import tracking
+
+        config = tracking.TrackingConfig(
+            tracking_uri=tracking.resolve_tracking_uri(self.spec.tracking_uri),
+            experiment_name=self.spec.experiment or self.spec.name,
+        )
+        self.tracker = tracking.StudyTracker(config)
+        existing = None
+        try:
+            import optuna
+
+            existing = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)).user_attrs.get(
+                "autoopt.mlflow_parent_run_id"
+            )
+        except Exception:
+            existing = None
+        self.parent_run_id = self.tracker.start(
+            self.spec.name,
+            self.spec.to_dict(),
+            self.spec.sampler,
+            self.spec.pruner,
+            self.traits.to_dict(),
+            resume_run_id=existing,
+        )
+
+    def _warm_start(self) -> int:
+        ws = self.spec.warm_start
+        if not ws.enabled or ws.n_trials == 0:
+            return 0
+        from autoopt.recommend import recommender
+
+        # ask for more than needed: suggestions outside this study's space are skipped
+        configs = recommender.suggest_configs(self.traits, ws.n_trials * 4)
+        return int(ray.get(self.coordinator.enqueue.remote(configs, ws.n_trials)))
+
+    def _make_coordinator(self) -> Any:
+        space = self.spec.space
+        if self.spec.warm_start.enabled and self.spec.warm_start.narrow_to:
+            from autoopt.recommend import recommender
+
+            top = recommender.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
+            allowed = [o for o in top if not space.optimizers or o in space.optimizers]
+            if allowed:
+                space = space.model_copy(update={"optimizers": allowed})
+        node = ray.get_runtime_context().get_node_id()
+        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+        return _Coordinator.options(scheduling_strategy=strategy).remote(
+            storage_url=self.storage_url,
+            study_name=self.spec.name,
+            direction=self.task.direction,
+            space=space.model_dump(mode="json"),
+            traits=self.traits.to_dict(),
+            max_epochs=self._max_reports(),
+            n_trials=self.spec.n_trials,
+            sampler=self.spec.sampler,
+            sampler_options=self.spec.sampler_options,
+            pruner=self.spec.pruner,
+            pruner_options=self.spec.pruner_options,
+            seed=self.spec.seed,
+            retries=self.spec.retries,
+            study_attrs=self._study_attrs(),
+            has_matrix_params=self._has_matrix_params(),
+            session=self.session,
+            # the driver's settings, not those of the (cluster) node the actor lands on
+            storage_retry_s=_env_float("AUTOOPT_STORAGE_RETRY_S"),
+            stale_after_s=_env_float("AUTOOPT_STALE_AFTER_S"),
+        )
+
+    # --- the loop ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop dispatching; running trials finish and are recorded."""
+        self._stop.set()
+
+    def run(self) -> dict[str, Any]:
+        ensure_ray(self.spec.ray_address)
+        self.coordinator = self._make_coordinator()
+        try:
+            ray.get(self.coordinator.summary.remote())
+        except ray.exceptions.RayActorError as exc:
+            cause = exc.__cause__ or exc
+            raise SpecError(str(getattr(cause, "args", [cause])[0] if getattr(cause, "args", None) else cause)) from None
+        if self.spec.tracking:
+            self._start_tracking()
+            ray.get(self.coordinator.set_study_attrs.remote({
+                "autoopt.mlflow_parent_run_id": self.parent_run_id,
+                "autoopt.mlflow_experiment_id": self.tracker.experiment_id,
+                "autoopt.tracking_uri": self.tracker.config.tracking_uri,
+            }))
+        self._warm_start()
+        task_ref: Any = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
+        threads = max(1, int(self.spec.cpus_per_trial))
+        running: dict[Any, int] = {}
+        deadline = time.time() + self.spec.timeout_s if self.spec.timeout_s else None
+        last_beat = last_reap = time.time()
+        exhausted = False
+        try:
+            while True:
+                out_of_time = deadline is not None and time.time() >= deadline
+                while not (exhausted or out_of_time or self._stop.is_set()) and len(running) < self.spec.workers:
+                    item = ray.get(self.coordinator.ask.remote())
+                    if item is None:
+                        exhausted = True
+                        break
+                    running[self._dispatch(item, task_ref, threads)] = item["number"]
+                if not running:
+                    if out_of_time or self._stop.is_set() or not self._wait_for_foreign():
+                        break
+                    exhausted = False  # a reaped trial may have been re-enqueued: ask again
+                    continue
+                done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                for ref in done:
+                    number = running.pop(ref)
+                    self._collect(ref, number)
+                now = time.time()
+                if now - last_beat >= HEARTBEAT_S:
+                    self.coordinator.heartbeat.remote()
+                    last_beat = now
+                if now - last_reap >= REAP_EVERY_S:
+                    self.coordinator.reap_stale.remote()
+                    self._log_progress()
+                    last_reap = now
+                self._update_progress(len(running))
+        finally:
+            for ref, number in running.items():  # interrupted: record what was in flight
+                ray.cancel(ref, force=True)
+                try:
+                    ray.get(self.coordinator.fail.remote(number, "interrupted: the study was stopped", True))
+                except Exception:
+                    pass
+        self._update_progress(0)
+        summary = ray.get(self.coordinator.summary.remote())
+        if summary.get("storage_outages"):
+            import warnings
+
+            warnings.warn(f"autoopt: storage {self.storage_label} was unreachable during the study; the coordinator "
+                          f"retried {summary['storage_outages']} time(s) and the study went on", stacklevel=2)
+        self._finish()
+        self.progress.done = True
+        if self.on_progress:
+            self.on_progress(self.progress)
+        return summary
+
+    def _wait_for_foreign(self) -> bool:
+        """Budget used up here; if other drivers' trials are still RUNNING, wait for them to finish
+        or to be declared abandoned (then they are failed and re-enqueued). True: ask again."""
+        if not ray.get(self.coordinator.foreign_running.remote()):
+            return False
+        ray.get(self.coordinator.heartbeat.remote())
+        reaped = ray.get(self.coordinator.reap_stale.remote())
+        if not reaped:
+            time.sleep(min(HEARTBEAT_S, 1.0))
+        self._update_progress(0)
+        return True
+
+    def _dispatch(self, item: dict[str, Any], task_ref: Any, threads: int) -> Any:
+        logger = None
+        if self.tracker is not None:
+            logger = self.tracker.trial_logger(item["number"], TrialConfig.from_dict(item["config"]).flat_params(), item["config"])
+        seed = (self.spec.seed or 0) + item["number"]
+        return _run_trial_remote.options(
+            num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
+        ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,
+                  threads, self.spec.eval_every_steps)
+
+    def _collect(self, ref: Any, number: int) -> None:
+        try:
+            outcome = ray.get(ref)
+        except _WORKER_LOST as exc:
+            reason = f"worker lost: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            ray.get(self.coordinator.fail.remote(number, reason[:500], True))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            ray.get(self.coordinator.fail.remote(number, f"error: {type(cause).__name__}: {cause}"[:500], False))
+        except ray.exceptions.TaskCancelledError:
+            ray.get(self.coordinator.fail.remote(number, "cancelled", True))
+        else:
+            ray.get(self.coordinator.tell.remote(number, outcome))
+            if outcome.get("tracking_failed") and self.tracker is not None and not self._tracking_warned:
+                import warnings
+
+                from autoopt.tracking import TrackingUnavailableWarning
+
+                self._tracking_warned = True
+                warnings.warn(TrackingUnavailableWarning(
+                    f"MLflow tracking at {self.tracker.config.tracking_uri} failed during trial {number} on host "
+                    f"{outcome.get('host') or '?'}: the trial ran and is in the Optuna storage, its MLflow run may be "
+                    "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
+        self.progress.finished_this_run += 1
+
+    def _log_progress(self) -> None:
+        """Keep the MLflow study run's counts and best value live (one small write)."""
+        if self.tracker is None:
+            return
+        import optuna
+
+        try:
+            self.tracker.log_progress(optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)))
+        except Exception:
+            pass
+
+    def _update_progress(self, running: int) -> None:
+        summary = ray.get(self.coordinator.summary.remote())
+        p = self.progress
+        p.counts = summary["counts"]
+        p.running = running
+        if summary["best"]:
+            p.best_value = summary["best"]["value"]
+            p.best_config = summary["best"]["config"]
+        if self.on_progress:
+            self.on_progress(p)
+
+    def _finish(self) -> None:
+        """Log the study's summary and plots, and feed the recommender's meta-dataset."""
+        import optuna
+
+        study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+        if self.tracker is not None:
+            try:
+                self.tracker.finish(study)
+            except Exception as exc:  # tracking never loses a finished study
+                import warnings
+
+                warnings.warn(f"autoopt: could not finish MLflow logging: {exc}", stacklevel=2)
+        try:
+            from autoopt.recommend import meta
+
+            meta.add_study_results(study)
+        except Exception:
+            pass
+
+    @property
+    def storage_label(self) -> str:
+        return redact(self.storage_url)

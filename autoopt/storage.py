@@ -1,0 +1,90 @@
+"""Where studies persist: an Optuna storage from a URL, with embedded and cluster defaults.
+
+Design (measured in bench/, see docs/benchmarks.md): only one process per study ever talks to
+the storage, the study's coordinator actor (see runner.py). Ray workers send their epoch
+reports to it instead of opening the database themselves. That is Optuna's own advice for
+SQLite ("one process owning the storage"), so the embedded default stays a single SQLite file
+in the working directory and eight parallel workers never see "database is locked". PostgreSQL
+(``postgresql://...``) is the cluster choice; ``journal:///path/file.log`` selects Optuna's
+journal file storage for users who want it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+ENV_STORAGE = "AUTOOPT_STORAGE"
+DEFAULT_DB = "autoopt-studies.db"
+
+
+class StorageError(RuntimeError):
+    """The storage URL is malformed or unreachable. The message never contains a password."""
+
+
+def default_storage_url(workdir: str | Path | None = None) -> str:
+    """$AUTOOPT_STORAGE, else a SQLite file in the working directory (absolute, so Ray actors agree)."""
+    env = os.environ.get(ENV_STORAGE)
+    if env:
+        return env
+    path = Path(workdir or os.getcwd()).resolve() / DEFAULT_DB
+    return f"sqlite:///{path}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+        return url
+
+
+def _sqlalchemy_url(url: str) -> str:
+    """psycopg 3 is our PostgreSQL driver: give plain postgresql:// URLs that dialect."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (default: :func:`default_storage_url`); fails fast if unreachable."""
+    url = url or default_storage_url()
+    if url.startswith("journal://"):
+        path = url[len("journal://"):]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(path)
+        return optuna.storages.JournalStorage(backend)
+    try:
+        sa_url = _sqlalchemy_url(url)
+        dialect = make_url(sa_url).get_backend_name()
+    except Exception as exc:
+        raise StorageError(f"malformed storage URL {redact(url)}: {exc}") from None
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if dialect == "sqlite":
+        db = make_url(sa_url).database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        # a second study's coordinator may write to the same file: wait for the lock, don't fail
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif dialect == "postgresql":
+        engine_kwargs.update(pool_recycle=300, connect_args={"connect_timeout": 10})
+    try:
+        return optuna.storages.RDBStorage(sa_url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StorageError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+
+
+def study_names(url: str | None = None) -> list[str]:
+    storage = open_storage(url)
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]

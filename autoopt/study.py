@@ -1,0 +1,207 @@
+"""The public Python API: run a study to completion, or submit it and get a handle.
+
+    import autoopt
+    result = autoopt.run(autoopt.StudySpec(name="digits", task="cv", n_trials=20))
+    print(result.best_value, result.best_config)
+
+Submitting a name that exists in the storage continues that study (resume).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+
+from autoopt.runner import Progress, StudyRunner
+from autoopt.spec import StudySpec
+from autoopt.storage import default_storage_url, open_storage, redact
+
+
+@dataclass
+class StudyResult:
+    """What a finished (or stopped) study gives back."""
+
+    study_name: str
+    storage_url: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_config: dict[str, Any] | None
+    best_params: dict[str, Any] | None
+    mlflow_parent_run_id: str | None
+    tracking_uri: str | None
+    metric: str
+    direction: str
+    epochs_run: int = 0
+    epochs_budget: int = 0
+    elapsed_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage_url))
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        return trials_dataframe(self.study)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study_name": self.study_name,
+            "storage_url": redact(self.storage_url),
+            "counts": self.counts,
+            "best_value": self.best_value,
+            "best_params": self.best_params,
+            "best_config": self.best_config,
+            "metric": self.metric,
+            "direction": self.direction,
+            "mlflow_parent_run_id": self.mlflow_parent_run_id,
+            "tracking_uri": self.tracking_uri,
+            "epochs_run": self.epochs_run,
+            "epochs_budget": self.epochs_budget,
+            "elapsed_s": round(self.elapsed_s, 2),
+        }
+
+
+def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
+    """Optuna's dataframe plus autoopt's status, reason and epochs per trial."""
+    df = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
+    extra = pd.DataFrame(
+        [
+            {
+                "number": t.number,
+                "optimizer": (t.user_attrs.get("autoopt.config") or {}).get("optimizer"),
+                "scheduler": (t.user_attrs.get("autoopt.config") or {}).get("scheduler"),
+                "epochs_run": t.user_attrs.get("autoopt.epochs_run"),
+                "reason": t.user_attrs.get("autoopt.reason"),
+                "host": t.user_attrs.get("autoopt.host"),
+                "device": t.user_attrs.get("autoopt.device"),
+            }
+            for t in study.get_trials(deepcopy=False)
+        ]
+    )
+    if df.empty:
+        return extra
+    return df.merge(extra, on="number", how="left")
+
+
+def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float = 0.0) -> StudyResult:
+    """A StudyResult read back from storage (used by ``status``/``best`` and after a run)."""
+    url = storage_url or default_storage_url()
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    trials = study.get_trials(deepcopy=False)
+    counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    names = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+    for t in trials:
+        counts[names[t.state.name]] += 1
+    attrs = study.user_attrs
+    best_value = best_config = best_params = None
+    try:
+        bt = study.best_trial
+        best_value, best_params = bt.value, dict(bt.params)
+        best_config = bt.user_attrs.get("autoopt.config")
+    except ValueError:
+        pass
+    max_epochs = int(attrs.get("autoopt.max_epochs") or 0)
+    epochs_run = sum(int(t.user_attrs.get("autoopt.epochs_run") or 0) for t in trials)
+    finished = sum(1 for t in trials if t.state.is_finished())
+    return StudyResult(
+        study_name=study_name,
+        storage_url=url,
+        counts=counts,
+        best_value=best_value,
+        best_config=best_config,
+        best_params=best_params,
+        mlflow_parent_run_id=attrs.get("autoopt.mlflow_parent_run_id"),
+        tracking_uri=attrs.get("autoopt.tracking_uri"),
+        metric=attrs.get("autoopt.metric", "value"),
+        direction=study.direction.name.lower(),
+        epochs_run=epochs_run,
+        epochs_budget=finished * max_epochs,
+        elapsed_s=elapsed_s,
+    )
+
+
+class StudyHandle:
+    """A study running in the background: poll ``status()``, read ``best_*``, or ``wait()``."""
+
+    def __init__(self, spec: StudySpec, on_progress: Callable[[Progress], None] | None = None):
+        self.spec = spec
+        self._runner = StudyRunner(spec, on_progress=on_progress)
+        self._result: StudyResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"autoopt-{spec.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._runner.run()
+            self._result = summarize(self.spec.name, self._runner.storage_url, self._runner.progress.elapsed)
+        except BaseException as exc:  # surfaced by wait()
+            self._error = exc
+
+    @property
+    def storage_url(self) -> str:
+        return self._runner.storage_url
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        p = self._runner.progress
+        return {
+            "state": "done" if self.done() else "running",
+            "counts": dict(p.counts),
+            "running": p.running,
+            "best_value": p.best_value,
+            "elapsed_s": round(p.elapsed, 1),
+        }
+
+    @property
+    def best_value(self) -> float | None:
+        return self._runner.progress.best_value
+
+    @property
+    def best_config(self) -> dict[str, Any] | None:
+        return self._runner.progress.best_config
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        return trials_dataframe(optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)))
+
+    def stop(self) -> None:
+        self._runner.stop()
+
+    def wait(self, timeout: float | None = None) -> StudyResult:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"study {self.spec.name!r} still running after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def _as_spec(spec: StudySpec | dict[str, Any] | None, overrides: dict[str, Any]) -> StudySpec:
+    if spec is None:
+        return StudySpec(**overrides)
+    if isinstance(spec, dict):
+        return StudySpec.from_dict({**spec, **overrides})
+    if not overrides:
+        return spec
+    data = {**spec.model_dump(mode="python", exclude={"task"}), "task": spec.task, **overrides}
+    return StudySpec.from_dict(data)
+
+
+def submit(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyHandle:
+    """Start a study in the background and return its handle (non-blocking)."""
+    return StudyHandle(_as_spec(spec, overrides), on_progress=on_progress)
+
+
+def run(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyResult:
+    """Run a study to completion (blocking) and return its result."""
+    s = _as_spec(spec, overrides)
+    runner = StudyRunner(s, on_progress=on_progress)
+    runner.run()
+    return summarize(s.name, runner.storage_url, runner.progress.elapsed)

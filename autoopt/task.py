@@ -1,0 +1,283 @@
+"""What a training workload is: model, data, loss, metric and the traits the recommender reads.
+
+A task is the unit autoopt tunes an optimizer for. Reference tasks live in the top-level
+``tasks/`` folder (installed as ``autoopt.tasks``); users plug in their own by subclassing
+:class:`Task` or by an import path ``package.module:ClassOrFactory`` in a study spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+DOMAINS = ("cv", "nlp", "tabular", "recsys", "speech", "rl", "gan", "other")
+DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass(frozen=True)
+class TaskTraits:
+    """The facts about a workload that optimizer choice depends on (see GUIDANCE.md)."""
+
+    domain: str
+    batch_size: int
+    grad_sparsity: float
+    n_params: int
+    dataset_size: int
+    metric: str
+    direction: str
+    sparse_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain {self.domain!r} is not one of {', '.join(DOMAINS)}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction {self.direction!r} is not one of {', '.join(DIRECTIONS)}")
+        if not 0.0 <= self.grad_sparsity <= 1.0:
+            raise ValueError(f"grad_sparsity must be in [0, 1], got {self.grad_sparsity}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Task(ABC):
+    """A training workload. Subclasses set the class attributes and implement the abstract methods.
+
+    ``size`` scales the data (and, where it makes sense, the model) so the same task serves
+    quick CPU tests (size < 1) and GPU benchmarks (size >> 1).
+    """
+
+    name: str = "task"
+    domain: str = "other"
+    metric: str = "val_accuracy"
+    direction: str = "maximize"
+    default_epochs: int = 5
+    default_batch_size: int = 32
+    #: The model can produce torch sparse gradients (``build_model(sparse_gradients=True)``).
+    supports_sparse_gradients: bool = False
+    #: Value of the metric a trivial predictor gets; tests check trained models beat it.
+    chance_level: float | None = None
+
+    def __init__(
+        self,
+        size: float = 1.0,
+        seed: int = 0,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+    ) -> None:
+        if size <= 0:
+            raise ValueError(f"size must be > 0, got {size}")
+        self.size = float(size)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size or self.default_batch_size)
+        self.epochs = int(epochs or self.default_epochs)
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be >= 1")
+        self._data: tuple[Dataset, Dataset] | None = None
+        self._measured_sparsity: float | None = None
+
+    # --- what subclasses provide -------------------------------------------------------
+    @abstractmethod
+    def build_model(self, sparse_gradients: bool = False) -> nn.Module:
+        """A freshly initialised model (seeded by the caller)."""
+
+    @abstractmethod
+    def make_datasets(self) -> tuple[Dataset, Dataset]:
+        """(train, validation) datasets; deterministic for a given ``seed`` and ``size``."""
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output, target)
+
+    def forward(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model on one batch; returns (output, target). Batches are ``(inputs..., target)``."""
+        *inputs, target = [b.to(device) for b in batch]
+        return model(*inputs), target
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+        """The validation metric. Default: classification accuracy."""
+        model.eval()
+        correct = total = 0
+        for batch in loader:
+            output, target = self.forward(model, batch, device)
+            correct += (output.argmax(dim=-1) == target).sum().item()
+            total += target.numel()
+        model.train()
+        return correct / max(total, 1)
+
+    # --- provided -----------------------------------------------------------------------
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        if self._data is None:
+            self._data = self.make_datasets()
+        return self._data
+
+    def loaders(self, batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+        train, val = self.datasets()
+        bs = int(batch_size or self.batch_size)
+        gen = torch.Generator().manual_seed(self.seed)
+        return (
+            DataLoader(train, batch_size=bs, shuffle=True, generator=gen, drop_last=len(train) > bs),
+            DataLoader(val, batch_size=max(bs, 256), shuffle=False),
+        )
+
+    def n_params(self) -> int:
+        torch.manual_seed(self.seed)
+        return sum(p.numel() for p in self.build_model().parameters())
+
+    def measure_grad_sparsity(self, n_batches: int = 5) -> float:
+        """Fraction of exactly-zero gradient entries over the first batches (dense grads)."""
+        if self._measured_sparsity is not None:
+            return self._measured_sparsity
+        torch.manual_seed(self.seed)
+        model = self.build_model()
+        device = torch.device("cpu")
+        train_loader, _ = self.loaders()
+        zeros = total = 0
+        for i, batch in enumerate(train_loader):
+            if i >= n_batches:
+                break
+            model.zero_grad(set_to_none=False)
+            output, target = self.forward(model, batch, device)
+            self.loss(output, target).backward()
+            for p in model.parameters():
+                if p.grad is None:
+                    continue
+                g = p.grad.to_dense() if p.grad.is_sparse else p.grad
+                zeros += int((g == 0).sum().item())
+                total += g.numel()
+        self._measured_sparsity = zeros / total if total else 0.0
+        return self._measured_sparsity
+
+    def traits(self, measure: bool = True) -> TaskTraits:
+        """Traits with sparsity measured from real gradients (``measure=False`` gives 0.0)."""
+        train, _ = self.datasets()
+        sparsity = self.measure_grad_sparsity() if measure else 0.0
+        return TaskTraits(
+            domain=self.domain,
+            batch_size=self.batch_size,
+            grad_sparsity=round(float(sparsity), 4),
+            n_params=self.n_params(),
+            dataset_size=len(train),
+            metric=self.metric,
+            direction=self.direction,
+            sparse_gradients=self.supports_sparse_gradients,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "epochs": self.epochs,
+            "size": self.size,
+            "chance_level": self.chance_level,
+            **self.traits().to_dict(),
+        }
+
+
+class FunctionTask(Task):
+    """A task assembled from plain callables, for users who do not want to subclass."""
+
+    def __init__(
+        self,
+        name: str,
+        build_model: Callable[[], nn.Module],
+        make_datasets: Callable[[], tuple[Dataset, Dataset]],
+        domain: str = "other",
+        metric: str = "val_accuracy",
+        direction: str = "maximize",
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        evaluate: Callable[[nn.Module, DataLoader, torch.device], float] | None = None,
+        epochs: int = 5,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self.name, self.domain, self.metric, self.direction = name, domain, metric, direction
+        self._build_model, self._make_datasets = build_model, make_datasets
+        self._loss, self._evaluate = loss, evaluate
+        super().__init__(size=1.0, seed=seed, batch_size=batch_size, epochs=epochs)
+
+    def build_model(self, sparse_gradients: bool = False) -> nn.Module:
+        return self._build_model()
+
+    def make_datasets(self) -> tuple[Dataset, Dataset]:
+        return self._make_datasets()
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self._loss(output, target) if self._loss else super().loss(output, target)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+        if self._evaluate:
+            return self._evaluate(model, loader, device)
+        return super().evaluate(model, loader, device)
+
+
+#: Reference task names -> import paths (the modules in the top-level ``tasks/`` folder).
+REFERENCE_TASKS: dict[str, str] = {
+    "cv": "autoopt.tasks.cv:DigitsCNN",
+    "tabular": "autoopt.tasks.tabular:DiabetesMLP",
+    "nlp": "autoopt.tasks.nlp:ZipfTextClassification",
+    "recsys": "autoopt.tasks.recsys:ImplicitMF",
+}
+
+
+class TaskNotFound(ValueError):
+    pass
+
+
+def _import_path(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise TaskNotFound(f"task import path {path!r} must look like 'package.module:Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TaskNotFound(f"cannot import task module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise TaskNotFound(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
+    """A Task from a reference name ('cv'), an import path ('pkg.mod:Cls'), a class/factory or an instance."""
+    if isinstance(ref, Task):
+        return ref
+    if isinstance(ref, str):
+        if ref in REFERENCE_TASKS:
+            target = _import_path(REFERENCE_TASKS[ref])
+        elif ":" in ref:
+            target = _import_path(ref)
+        else:
+            raise TaskNotFound(
+                f"unknown task {ref!r}: use one of {', '.join(REFERENCE_TASKS)} or an import path 'pkg.module:Name'"
+            )
+    else:
+        target = ref
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    task = target(**kwargs) if callable(target) else target
+    if not isinstance(task, Task):
+        raise TaskNotFound(f"{ref!r} did not produce an autoopt.task.Task (got {type(task).__name__})")
+    return task
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+__all__ = [
+    "DOMAINS",
+    "DIRECTIONS",
+    "FunctionTask",
+    "REFERENCE_TASKS",
+    "Task",
+    "TaskNotFound",
+    "TaskTraits",
+    "load_task",
+]

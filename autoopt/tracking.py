@@ -1,0 +1,925 @@
+"""MLflow tracking: one experiment per study, a parent run per study, a nested child run per trial.
+
+Why not Optuna's ``MLflowCallback`` (deprecated, final values only) or Ray Tune's MLflow logger
+(driver-side, flat runs)? Users inspect a study in the MLflow UI and want each trial's learning
+curve next to its sampled optimizer config, with pruned and failed trials visibly marked.
+
+Layout::
+
+    experiment  <experiment_name>          tag mlflow.experimentKind=custom_model_development
+      run  <study name>                    parent: spec, sampler/pruner, best config, counts,
+                                           pruning savings, plots/, best_config.py/json
+        run  trial-0000 ...                child (mlflow.parentRunId): params, traits as tags,
+                                           per-epoch train_loss / <val metric> / lr / epoch_seconds,
+                                           state FINISHED / KILLED (pruned) / FAILED
+
+Trials log directly from the worker that runs them (:class:`TrialLogger` is created on the
+driver and pickled to the Ray worker). Metrics are buffered and written with
+``MlflowClient.log_batch`` every ``flush_every`` epochs. If the tracking store is unreachable
+the study still runs: each call is retried a few times with a short backoff, the user is
+warned once per process, and nothing is ever raised into the training loop.
+
+Default store: ``sqlite:///<workdir>/mlflow.db`` with artifacts in ``<workdir>/mlartifacts``
+(MLflow 3's own default backend is ``sqlite:///mlflow.db``; SQLite takes concurrent writes from
+several local worker processes). For workers on other machines use a tracking server
+(``MLFLOW_TRACKING_URI`` / ``AUTOOPT_TRACKING_URI`` = ``http://host:5000``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from autoopt.records import EpochRecord, TrialOutcome
+
+_logger = logging.getLogger(__name__)
+
+#: Environment variables naming the tracking URI, in order of precedence.
+TRACKING_URI_ENV = ("AUTOOPT_TRACKING_URI", "MLFLOW_TRACKING_URI")
+LOCAL_DB_NAME = "mlflow.db"
+LOCAL_ARTIFACTS_DIR = "mlartifacts"
+#: Experiment tag the MLflow 3 UI reads to open an experiment on its training-runs view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
+
+#: Trial outcome -> MLflow run status.
+RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+
+class TrackingUnavailableWarning(UserWarning):
+    """The MLflow tracking store could not be reached; the study goes on without (some) tracking."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Where to track
+# ----------------------------------------------------------------------------------------------
+def default_tracking_uri(workdir: str | Path = ".") -> str:
+    """The embedded store: a SQLite database ``mlflow.db`` in ``workdir`` (absolute URI)."""
+    return f"sqlite:///{(Path(workdir).expanduser().resolve() / LOCAL_DB_NAME).as_posix()}"
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None, workdir: str | Path = ".") -> str:
+    """Argument, else ``AUTOOPT_TRACKING_URI``, else ``MLFLOW_TRACKING_URI``, else the local store.
+
+    A bare path ending in ``.db`` becomes a SQLite URI; a relative ``sqlite:///`` path is made
+    absolute so that worker processes with another working directory find the same file.
+    """
+    uri = tracking_uri
+    for env in TRACKING_URI_ENV:
+        if uri:
+            break
+        uri = os.environ.get(env)
+    if not uri:
+        return default_tracking_uri(workdir)
+    uri = str(uri)
+    if "://" not in uri and uri.endswith(".db"):
+        return f"sqlite:///{Path(uri).expanduser().resolve().as_posix()}"
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        return f"sqlite:///{(Path(workdir).resolve() / path).as_posix()}"
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    raw = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not raw or raw == ":memory:":
+        return None
+    return Path(raw)
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """Artifact folder next to a local SQLite store (``<dir>/mlartifacts``); None for other stores."""
+    path = sqlite_path(uri)
+    return path.parent / LOCAL_ARTIFACTS_DIR if path is not None else None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
+
+
+def _prepare_local_store(uri: str) -> None:
+    """Create the SQLite file in WAL mode so UI reads do not block worker writes."""
+    path = sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(path), timeout=20)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+@dataclass
+class TrackingConfig:
+    """Where and how to track; picklable (sent to Ray workers inside each TrialLogger)."""
+
+    tracking_uri: str
+    experiment_name: str
+    enabled: bool = True
+    #: Write buffered epoch metrics every N epochs (and at the end of the trial) ...
+    flush_every: int = 5
+    #: ... or when this many seconds passed since the last write (keeps the UI live on slow epochs).
+    flush_seconds: float = 30.0
+    #: Attempts per tracking call before the store is considered unreachable.
+    retries: int = 3
+    #: First pause between attempts; doubles each attempt.
+    backoff_seconds: float = 0.2
+    #: Per-request HTTP timeout for remote servers (MLflow's own default is 120 s).
+    request_timeout_seconds: int = 10
+    #: After the store was found unreachable, skip tracking calls for this long (per process);
+    #: ``AUTOOPT_TRACKING_COOLDOWN_S`` on the driver sets it.
+    offline_cooldown_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("AUTOOPT_TRACKING_COOLDOWN_S") or 60.0))
+    #: Make and log the study plots when the study finishes.
+    log_plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {self.flush_every}")
+        if self.retries < 1:
+            raise ValueError(f"retries must be >= 1, got {self.retries}")
+
+    @classmethod
+    def resolve(
+        cls,
+        study_name: str,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        workdir: str | Path = ".",
+        **kwargs: Any,
+    ) -> "TrackingConfig":
+        """Defaults: URI from argument/env/local store; experiment named after the study."""
+        return cls(
+            tracking_uri=resolve_tracking_uri(tracking_uri, workdir),
+            experiment_name=experiment_name or study_name,
+            **kwargs,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe calls: bounded retries, warn once, never raise
+# ----------------------------------------------------------------------------------------------
+_state_lock = threading.RLock()
+_warned: set[str] = set()
+_down_until: dict[str, float] = {}
+
+# MLflow error codes that mean "the store answered and refused this request": retrying won't help.
+_REJECTIONS = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+}
+
+
+def _warn_once(key: str, message: str) -> None:
+    with _state_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(message, TrackingUnavailableWarning, stacklevel=3)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    return getattr(exc, "error_code", None)
+
+
+@contextmanager
+def _bounded_http(timeout: int) -> Iterator[None]:
+    """Turn MLflow's minutes-long HTTP retry policy into one short attempt (we retry ourselves).
+
+    Also keeps MLflow from printing a run link to stdout for every trial run it ends.
+
+    MLflow reads these environment variables per request; values the user set are respected.
+    """
+    with _state_lock:
+        added = []
+        for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout)))),
+                           # set_terminated would print a "View run" line per trial (and fetch the run).
+                           ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")):
+            if key not in os.environ:
+                os.environ[key] = value
+                added.append(key)
+        try:
+            yield
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
+
+
+class _Connection:
+    """An MlflowClient whose calls retry briefly, time their cost and never raise."""
+
+    def __init__(self, config: TrackingConfig) -> None:
+        self.config = config
+        self.uri = config.tracking_uri
+        self._client = None
+        self.seconds = 0.0
+        self.requests = 0
+        self.failed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}  # clients hold DB engines / HTTP sessions
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def available(self) -> bool:
+        return self.config.enabled and time.monotonic() >= _down_until.get(self.uri, 0.0)
+
+    def call(self, what: str, method: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """(ok, result) of ``client.<method>(...)``; failures are warned about once, not raised."""
+        if not self.available():
+            return False, None
+        start = time.perf_counter()
+        last: BaseException | None = None
+        try:
+            for attempt in range(self.config.retries):
+                try:
+                    if is_remote(self.uri):
+                        with _bounded_http(self.config.request_timeout_seconds):
+                            result = getattr(self.client, method)(*args, **kwargs)
+                    else:
+                        result = getattr(self.client, method)(*args, **kwargs)
+                    self.requests += 1
+                    return True, result
+                except Exception as exc:  # noqa: BLE001 - tracking must never break training
+                    if _error_code(exc) in _REJECTIONS:
+                        _warn_once(f"{self.uri}|rejected|{what}",
+                                   f"MLflow at {self.uri} rejected {what}: {exc}")
+                        return False, None
+                    last = exc
+                    if attempt + 1 < self.config.retries:
+                        time.sleep(self.config.backoff_seconds * (2**attempt))
+            with _state_lock:
+                _down_until[self.uri] = time.monotonic() + self.config.offline_cooldown_seconds
+            self.failed = True
+            _warn_once(
+                self.uri,
+                f"MLflow tracking at {self.uri} is unreachable ({what} failed "
+                f"{self.config.retries} times: {type(last).__name__}: {str(last)[:300]}). "
+                "The study continues; this process skips tracking for "
+                f"{self.config.offline_cooldown_seconds:.0f} s at a time. Results stay in the Optuna "
+                "storage (`autoopt report` rebuilds the plots).",
+            )
+            return False, None
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def flatten_config(config: dict[str, Any]) -> dict[str, str]:
+    """TrialConfig dict -> MLflow params: optimizer, optimizer.lr, scheduler, scheduler.T_max, ..."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if key in ("optimizer_params", "scheduler_params") and isinstance(value, dict):
+            prefix = key.split("_", 1)[0]
+            for hp, hp_value in value.items():
+                flat[f"{prefix}.{hp}"] = _param_value(hp_value)
+        else:
+            flat[key] = _param_value(value)
+    return flat
+
+
+def _entities(metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
+              tags: dict[str, Any] | None = None, step: int = 0):
+    from mlflow.entities import Metric, Param, RunTag
+
+    ts = _now_ms()
+    m = [Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()
+         if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    p = [Param(k, _param_value(v)[:6000]) for k, v in (params or {}).items() if v is not None]
+    t = [RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items() if v is not None]
+    return m, p, t
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side: one child run per trial
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrialLogger:
+    """Logs one trial as a nested MLflow run, from whichever process trains it.
+
+    Created by :meth:`StudyTracker.trial_logger` on the driver and pickled to the worker.
+    ``overhead_seconds`` / ``requests`` tell what tracking cost this trial.
+    """
+
+    config: TrackingConfig
+    experiment_id: str | None
+    parent_run_id: str | None
+    study_name: str
+    trial_number: int
+    params: dict[str, Any]
+    trial_config: dict[str, Any]
+    metric_name: str = "val_metric"
+    traits: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = field(default=None, init=False)
+    _buffer: list[EpochRecord] = field(default_factory=list, init=False, repr=False)
+    _buffer_times: list[int] = field(default_factory=list, init=False, repr=False)
+    _logged_epochs: set[int] = field(default_factory=set, init=False, repr=False)
+    _last_flush: float = field(default=0.0, init=False, repr=False)
+    _conn: _Connection | None = field(default=None, init=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_conn"] = None
+        return state
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled and self.experiment_id is not None
+
+    @property
+    def conn(self) -> _Connection:
+        if self._conn is None:
+            self._conn = _Connection(self.config)
+        return self._conn
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Wall time spent in tracking calls so far (including retries)."""
+        return self._conn.seconds if self._conn else 0.0
+
+    @property
+    def requests(self) -> int:
+        return self._conn.requests if self._conn else 0
+
+    def start(self, host: str = "", device: str = "") -> str | None:
+        """Open the child run under the study's parent run; returns its id (None if not tracking)."""
+        if not self.enabled:
+            return None
+        path = sqlite_path(self.config.tracking_uri)
+        if path is not None and not path.exists():
+            _warn_once(
+                f"{self.config.tracking_uri}|missing",
+                f"MLflow store {path} is not visible on host {host or socket.gethostname()}; "
+                "trials on this machine are not tracked. Run a tracking server (`autoopt ui` or "
+                "`mlflow server`) and set tracking_uri to its http:// address for multi-machine studies.",
+            )
+            self.config = replace(self.config, enabled=False)
+            return None
+        tags = {
+            PARENT_RUN_TAG: self.parent_run_id,
+            RUN_NAME_TAG: f"trial-{self.trial_number:04d}",
+            "autoopt.role": "trial",
+            "autoopt.study": self.study_name,
+            "autoopt.trial_number": self.trial_number,
+            "autoopt.state": "running",
+            "autoopt.host": host or socket.gethostname(),
+            "autoopt.device": device or "cpu",
+            "autoopt.optuna_params": json.dumps(self.params, default=str),
+            **{f"autoopt.trait.{k}": v for k, v in self.traits.items()},
+        }
+        ok, run = self.conn.call(
+            f"create_run(trial {self.trial_number})", "create_run", self.experiment_id,
+            tags={k: str(v) for k, v in tags.items() if v is not None},
+            run_name=f"trial-{self.trial_number:04d}",
+        )
+        if not ok:
+            return None
+        self.run_id = run.info.run_id
+        params = {**flatten_config(self.trial_config), "trial_number": self.trial_number}
+        _, p, _ = _entities(params=params)
+        self.conn.call("log params", "log_batch", self.run_id, params=p)
+        self._last_flush = time.monotonic()
+        return self.run_id
+
+    def log_epoch(self, record: EpochRecord) -> None:
+        """Buffer one epoch; written every ``flush_every`` epochs or ``flush_seconds``."""
+        if not self.enabled or self.run_id is None:
+            return
+        self._buffer.append(record)
+        self._buffer_times.append(_now_ms())
+        due = (len(self._buffer) >= self.config.flush_every
+               or time.monotonic() - self._last_flush >= self.config.flush_seconds)
+        if due:
+            self.flush()
+
+    def _epoch_metrics(self, record: EpochRecord, ts: int) -> list:
+        from mlflow.entities import Metric
+
+        values = {
+            "train_loss": record.train_loss,
+            self.metric_name: record.val_metric,
+            "lr": record.lr,
+            "epoch_seconds": record.seconds,
+        }
+        return [Metric(k, float(v), ts, record.key) for k, v in values.items()
+                if isinstance(v, (int, float)) and v is not None]
+
+    def flush(self) -> bool:
+        """Write buffered epochs in one ``log_batch``; keeps them buffered if the store is down."""
+        self._last_flush = time.monotonic()
+        if not self._buffer or self.run_id is None:
+            return True
+        metrics = [m for rec, ts in zip(self._buffer, self._buffer_times) for m in self._epoch_metrics(rec, ts)]
+        ok, _ = self.conn.call("log epoch metrics", "log_batch", self.run_id, metrics=metrics)
+        if ok:
+            self._logged_epochs.update(r.key for r in self._buffer)
+            self._buffer.clear()
+            self._buffer_times.clear()
+        return ok
+
+    def finish(self, outcome: TrialOutcome) -> None:
+        """Flush, record final state / reason / memory / cost, and end the run with its status."""
+        if not self.enabled or self.run_id is None:
+            return
+        # Epochs the runner did not pass through log_epoch still belong on the curve.
+        buffered = {r.key for r in self._buffer}
+        for rec in outcome.history:
+            if rec.key not in self._logged_epochs and rec.key not in buffered:
+                self._buffer.append(rec)
+                self._buffer_times.append(_now_ms())
+        self.flush()
+        final_metrics: dict[str, float] = {
+            "epochs_run": outcome.epochs_run,
+            "trial_seconds": outcome.seconds,
+            "optimizer_state_bytes": outcome.optimizer_state_bytes,
+        }
+        if outcome.value is not None and math.isfinite(outcome.value):
+            final_metrics[f"best_{self.metric_name}"] = outcome.value
+        if outcome.stopped_at_epoch is not None:
+            final_metrics["stopped_at_epoch"] = outcome.stopped_at_epoch
+        final_metrics["tracking_seconds"] = self.overhead_seconds
+        tags = {
+            "autoopt.state": outcome.status,
+            "autoopt.reason": outcome.reason,
+            "autoopt.stopped_at_epoch": outcome.stopped_at_epoch,
+            "autoopt.host": outcome.host or None,
+            "autoopt.device": outcome.device or None,
+            "autoopt.optimizer_state_bytes": outcome.optimizer_state_bytes,
+        }
+        if outcome.status != "complete":
+            note = f"Trial {self.trial_number} {outcome.status}"
+            if outcome.stopped_at_epoch is not None:
+                note += f" at epoch {outcome.stopped_at_epoch}"
+            tags[NOTE_TAG] = note + (f": {outcome.reason}" if outcome.reason else ".")
+        m, _, t = _entities(metrics=final_metrics, tags=tags, step=outcome.epochs_run)
+        self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=m, tags=t)
+        self.conn.call("end trial run", "set_terminated", self.run_id,
+                       status=RUN_STATUS.get(outcome.status, "FAILED"))
+
+    def stats(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "overhead_seconds": self.overhead_seconds, "requests": self.requests}
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver side: experiment + parent run
+# ----------------------------------------------------------------------------------------------
+class StudyTracker:
+    """Owns the study's experiment and parent run; hands out picklable :class:`TrialLogger` s."""
+
+    def __init__(self, config: TrackingConfig) -> None:
+        self.config = config
+        self._conn = _Connection(config)
+        self._experiment_id: str | None = None
+        self._parent_run_id: str | None = None
+        self.study_name = ""
+        self.metric_name = "val_metric"
+        self.traits: dict[str, Any] = {}
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self._parent_run_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
+
+    @property
+    def overhead_seconds(self) -> float:
+        return self._conn.seconds
+
+    # --- experiment ----------------------------------------------------------------------------
+    def _ensure_experiment(self) -> str | None:
+        name = self.config.experiment_name
+        ok, exp = self._conn.call("get_experiment_by_name", "get_experiment_by_name", name)
+        if not ok:
+            return None
+        if exp is None:
+            root = local_artifact_root(self.config.tracking_uri)
+            location = (root / _slug(name)).resolve().as_uri() if root is not None else None
+            tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, "autoopt.created_by": "autoopt"}
+            ok, exp_id = self._conn.call("create_experiment", "create_experiment", name,
+                                         artifact_location=location, tags=tags)
+            if ok:
+                return exp_id
+            # Another study may have created it in between: read it back.
+            ok, exp = self._conn.call("get_experiment_by_name", "get_experiment_by_name", name)
+            return exp.experiment_id if ok and exp is not None else None
+        if exp.lifecycle_stage == "deleted":
+            self._conn.call("restore_experiment", "restore_experiment", exp.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+            self._conn.call("tag experiment", "set_experiment_tag", exp.experiment_id,
+                            EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return exp.experiment_id
+
+    def start(
+        self,
+        study_name: str,
+        spec: dict[str, Any],
+        sampler: str,
+        pruner: str,
+        traits: dict[str, Any],
+        resume_run_id: str | None = None,
+    ) -> str | None:
+        """Create (or, with ``resume_run_id``, re-open) the study's parent run; returns its id.
+
+        Returns None when tracking is disabled or the store is unreachable (already warned).
+        """
+        self.study_name = study_name
+        self.traits = dict(traits or {})
+        self.metric_name = str(self.traits.get("metric") or (spec or {}).get("metric") or "val_metric")
+        if not self.config.enabled:
+            return None
+        if sqlite_path(self.config.tracking_uri) is not None:
+            try:
+                _prepare_local_store(self.config.tracking_uri)
+            except Exception as exc:  # noqa: BLE001
+                _warn_once(self.config.tracking_uri, f"cannot create MLflow store {self.config.tracking_uri}: {exc}")
+                return None
+        self._experiment_id = self._ensure_experiment()
+        if self._experiment_id is None:
+            return None
+        existing_params: dict[str, str] = {}
+        if resume_run_id:
+            ok, run = self._conn.call("get parent run", "get_run", resume_run_id)
+            if ok and run.info.experiment_id == self._experiment_id:
+                self._parent_run_id = resume_run_id
+                existing_params = dict(run.data.params)
+                self._conn.call("re-open parent run", "update_run", resume_run_id, status="RUNNING")
+            else:
+                _logger.warning("MLflow run %s not found in experiment %s; starting a new parent run",
+                                resume_run_id, self.config.experiment_name)
+        if self._parent_run_id is None:
+            tags = {
+                RUN_NAME_TAG: study_name,
+                "autoopt.role": "study",
+                "autoopt.study": study_name,
+                "autoopt.state": "running",
+                **{f"autoopt.trait.{k}": str(v) for k, v in self.traits.items()},
+            }
+            ok, run = self._conn.call("create parent run", "create_run", self._experiment_id,
+                                      tags=tags, run_name=study_name)
+            if not ok:
+                return None
+            self._parent_run_id = run.info.run_id
+        params = {"sampler": sampler, "pruner": pruner, "metric": self.metric_name}
+        for key, value in (spec or {}).items():
+            if isinstance(value, (str, int, float, bool)) and key not in params:
+                params[key] = value
+        if isinstance((spec or {}).get("task_options"), dict):
+            for key, value in spec["task_options"].items():
+                params[f"task_options.{key}"] = value
+        new = {k: v for k, v in params.items() if k not in existing_params}
+        changed = {k: v for k, v in params.items() if k in existing_params and existing_params[k] != _param_value(v)}
+        tags = {f"autoopt.resumed.{k}": v for k, v in changed.items()}
+        if resume_run_id and self._parent_run_id == resume_run_id:
+            tags["autoopt.state"] = "running"
+        _, p, t = _entities(params=new, tags=tags)
+        self._conn.call("log study params", "log_batch", self._parent_run_id, params=p, tags=t)
+        if spec:
+            self._conn.call("log spec", "log_dict", self._parent_run_id, _jsonable(spec), "spec.yaml")
+        return self._parent_run_id
+
+    def trial_logger(self, trial_number: int, params: dict[str, Any], config: dict[str, Any]) -> TrialLogger:
+        """A picklable logger for one trial (a no-op one if the parent run could not be made)."""
+        enabled = self.config.enabled and self._parent_run_id is not None
+        return TrialLogger(
+            config=self.config if enabled else replace(self.config, enabled=False),
+            experiment_id=self._experiment_id if enabled else None,
+            parent_run_id=self._parent_run_id,
+            study_name=self.study_name,
+            trial_number=int(trial_number),
+            params=dict(params),
+            trial_config=dict(config),
+            metric_name=self.metric_name,
+            traits=self.traits,
+        )
+
+    # --- study-level results -------------------------------------------------------------------
+    def _summary_entities(self, study: Any):
+        from autoopt.report import summarize
+
+        summary = summarize(study)
+        metrics = {k: summary[k] for k in (
+            "n_trials", "n_complete", "n_pruned", "n_failed", "n_running", "epochs_run",
+            "epochs_budget", "epochs_saved", "pruning_saved_fraction", "compute_seconds",
+            "est_seconds_saved")}
+        if summary["best_value"] is not None:
+            metrics["best_value"] = summary["best_value"]
+            metrics[f"best_{summary['metric']}"] = summary["best_value"]
+            metrics["best_trial"] = summary["best_trial"]
+        tags = {}
+        if summary["best_config"]:
+            tags.update({f"autoopt.best.{k}": v for k, v in flatten_config(summary["best_config"]).items()})
+            tags["autoopt.best_trial"] = summary["best_trial"]
+        return summary, metrics, tags
+
+    def log_progress(self, study: Any) -> None:
+        """Update the parent run's counts and best value mid-study (one small write)."""
+        if self._parent_run_id is None:
+            return
+        summary, metrics, tags = self._summary_entities(study)
+        step = summary["n_trials"] - summary["n_running"]
+        m, _, t = _entities(metrics=metrics, tags=tags, step=step)
+        self._conn.call("log study progress", "log_batch", self._parent_run_id, metrics=m, tags=t)
+
+    def log_report(self, paths: list[Path], artifact_path: str = "plots") -> None:
+        """Log report files: plots under ``plots/``, best_config.* and summary.json at the root."""
+        if self._parent_run_id is None:
+            return
+        for path in paths:
+            path = Path(path)
+            if not path.is_file():
+                continue
+            dest = None if path.name.startswith(("best_config", "summary")) else artifact_path
+            self._conn.call(f"log artifact {path.name}", "log_artifact", self._parent_run_id, str(path), dest)
+
+    def finish(self, study: Any) -> None:
+        """Best value/params/config, counts, pruning savings and plots; ends the parent run."""
+        if self._parent_run_id is None:
+            return
+        from autoopt.report import write_best_config, write_report
+
+        summary, metrics, tags = self._summary_entities(study)
+        state = "failed" if summary["n_complete"] == 0 and summary["n_failed"] > 0 else "finished"
+        tags["autoopt.state"] = state
+        tags[NOTE_TAG] = _study_note(summary)
+        step = summary["n_trials"] - summary["n_running"]
+        m, _, t = _entities(metrics=metrics, tags=tags, step=step)
+        self._conn.call("log study results", "log_batch", self._parent_run_id, metrics=m, tags=t)
+        with tempfile.TemporaryDirectory(prefix="autoopt-report-") as tmp:
+            try:
+                if self.config.log_plots:
+                    paths = write_report(study, Path(tmp))
+                else:
+                    paths = write_best_config(study, Path(tmp))
+            except Exception as exc:  # noqa: BLE001 - plots are a bonus; never fail the study
+                _logger.warning("autoopt: study report failed: %s", exc)
+                paths = write_best_config(study, Path(tmp))
+            self.log_report(paths)
+        self._conn.call("end parent run", "set_terminated", self._parent_run_id,
+                        status="FAILED" if state == "failed" else "FINISHED")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _study_note(summary: dict[str, Any]) -> str:
+    """Markdown shown as the parent run's description in the MLflow UI."""
+    lines = [
+        f"**autoopt study `{summary['study_name']}`** ({summary['direction']} `{summary['metric']}`)",
+        "",
+        f"Trials: {summary['n_complete']} complete, {summary['n_pruned']} pruned, {summary['n_failed']} failed.",
+        f"Pruning ran {summary['epochs_run']} of {summary['epochs_budget']} epochs "
+        f"({100 * summary['pruning_saved_fraction']:.0f}% saved).",
+    ]
+    if summary["best_value"] is not None:
+        cfg = summary["best_config"] or {}
+        lines += [
+            "",
+            f"Best: trial {summary['best_trial']}, {summary['metric']} = {summary['best_value']:.6g}, "
+            f"`{cfg.get('optimizer')}` {json.dumps(cfg.get('optimizer_params', {}), default=str)} "
+            f"with `{cfg.get('scheduler')}` schedule. Ready-to-paste code: `best_config.py`.",
+        ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# `autoopt report` and `autoopt ui`
+# ----------------------------------------------------------------------------------------------
+def log_report(study: Any, report: str | Path | list[Path], tracking_uri: str | None = None) -> list[Path]:
+    """Log a study report to the study's MLflow parent run; returns the report's paths.
+
+    ``report`` is either a folder (the report is regenerated there from Optuna storage first) or
+    the paths :func:`autoopt.report.write_report` returned. The parent run and store come from
+    the study's user_attrs (``autoopt.mlflow_parent_run_id``, ``autoopt.tracking_uri``) unless
+    ``tracking_uri`` is given.
+    """
+    from autoopt.report import write_report
+
+    if isinstance(report, (str, Path)):
+        paths = write_report(study, Path(report))
+    else:
+        paths = [Path(p) for p in report]
+    attrs = study.user_attrs
+    run_id = attrs.get("autoopt.mlflow_parent_run_id")
+    uri = tracking_uri or attrs.get("autoopt.tracking_uri")
+    if not run_id or not uri:
+        _logger.warning("study %s has no MLflow parent run; the report is not logged", study.study_name)
+        return paths
+    tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name=study.study_name))
+    tracker._parent_run_id = run_id
+    tracker.log_report(paths)
+    return paths
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ui_url(host: str = "127.0.0.1", port: int = 5000) -> str:
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+
+
+def start_ui(
+    tracking_uri: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    *,
+    workers: int = 1,
+    wait: bool = True,
+    timeout: float = 90.0,
+    log_path: str | Path | None = None,
+) -> subprocess.Popen:
+    """Run ``mlflow server`` (UI + REST API) on a local store; returns the process.
+
+    With ``wait`` it returns once ``/health`` answers, and raises RuntimeError (with the server's
+    output) if it exits or does not answer within ``timeout`` seconds. Stop it with
+    ``proc.terminate()``.
+    """
+    if is_remote(tracking_uri):
+        raise ValueError(
+            f"tracking_uri {tracking_uri!r} is already a tracking server: open it in a browser"
+        )
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.exists():
+        raise FileNotFoundError(f"no MLflow store at {path}; run a study first or pass another tracking_uri")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    root = local_artifact_root(tracking_uri)
+    if root is not None:
+        cmd += ["--artifacts-destination", str(root)]
+    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
+    # Own session: the server forks uvicorn and a job runner; stop_ui ends the whole group.
+    # The GenAI job runner (a huey pool) is of no use for training runs: keep the UI light.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
+                            start_new_session=True, env=env)
+    if out:
+        out.close()
+    if not wait:
+        return proc
+    url = ui_url(host, port) + "/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    stop_ui(proc)
+    raise RuntimeError(f"mlflow server did not answer on {url} within {timeout:.0f} s")
+
+
+def stop_ui(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a server started by :func:`start_ui`, with the worker processes it forked."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+    try:  # children that outlived the parent
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def experiment_url(base_url: str, experiment_id: str) -> str:
+    """Link that opens an experiment on its training-runs table in the MLflow 3 UI."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring the logging overhead
+# ----------------------------------------------------------------------------------------------
+def measure_overhead(
+    tracking_uri: str,
+    n_trials: int = 5,
+    n_epochs: int = 20,
+    flush_every: int = 5,
+    experiment_name: str = "autoopt-overhead",
+) -> dict[str, float]:
+    """Seconds tracking costs per trial and per epoch against a real store (synthetic curves).
+
+    Runs ``n_trials`` trials of ``n_epochs`` epochs through StudyTracker/TrialLogger exactly as
+    the runner does (start, log_epoch each epoch, finish) without training, so the measured
+    time is all tracking. The parent run is left open-ended (finished without plots).
+    """
+    config = TrackingConfig(tracking_uri=tracking_uri, experiment_name=experiment_name,
+                            flush_every=flush_every, log_plots=False)
+    tracker = StudyTracker(config)
+    t0 = time.perf_counter()
+    tracker.start(f"overhead-{int(time.time())}", {"n_trials": n_trials}, "none", "none",
+                  {"metric": "val_accuracy"})
+    study_start = time.perf_counter() - t0
+    per_trial = []
+    for number in range(n_trials):
+        logger = tracker.trial_logger(number, {"optimizer": "adamw", "adamw.lr": 1e-3},
+                                      {"optimizer": "adamw", "optimizer_params": {"lr": 1e-3},
+                                       "scheduler": "cosine", "scheduler_params": {},
+                                       "warmup_fraction": 0.0, "grad_clip": None, "batch_size": 32})
+        start = time.perf_counter()
+        logger.start("localhost", "cpu")
+        history = []
+        for epoch in range(1, n_epochs + 1):
+            rec = EpochRecord(epoch, 1.0 / epoch, 1 - 1.0 / epoch, 1e-3, 0.01)
+            history.append(rec)
+            logger.log_epoch(rec)
+        logger.finish(TrialOutcome("complete", history[-1].val_metric, history, seconds=0.2))
+        per_trial.append(time.perf_counter() - start)
+    if tracker.parent_run_id:
+        tracker._conn.call("end parent run", "set_terminated", tracker.parent_run_id, status="FINISHED")
+    mean = sum(per_trial) / len(per_trial)
+    return {
+        "study_start_seconds": study_start,
+        "seconds_per_trial": mean,
+        "seconds_per_epoch": mean / n_epochs,
+        "max_seconds_per_trial": max(per_trial),
+        "n_trials": n_trials,
+        "n_epochs": n_epochs,
+    }
+
+
+__all__ = [
+    "EXPERIMENT_KIND",
+    "StudyTracker",
+    "TrackingConfig",
+    "TrackingUnavailableWarning",
+    "TrialLogger",
+    "default_tracking_uri",
+    "flatten_config",
+    "log_report",
+    "measure_overhead",
+    "resolve_tracking_uri",
+    "start_ui",
+    "stop_ui",
+    "experiment_url",
+    "run_url",
+]

@@ -1,0 +1,66 @@
+"""Shared fixtures: one real local Ray instance, a fresh PostgreSQL database, a temp workdir.
+
+Helper tasks live in tests/helper_tasks.py; tests/ is put on PYTHONPATH before Ray starts so
+Ray workers can import them (they are sent by reference, as a user's own task would be).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(TESTS))
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# finished studies feed the recommender's meta-dataset: keep the tests' studies out of the user's
+os.environ["AUTOOPT_RECOMMEND_DIR"] = tempfile.mkdtemp(prefix="autoopt-recommend-")
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (2 CPUs, as on CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A new, empty PostgreSQL database for this test session (dropped afterwards)."""
+    import sqlalchemy as sa
+
+    name = f"autoopt_test_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # pragma: no cover - CI always has PostgreSQL
+        pytest.fail(f"PostgreSQL at {PG_ADMIN} is required for these tests: {exc}")
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as c:
+        c.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in a temp working directory, as a new user would (embedded stores land here)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUTOOPT_STORAGE", raising=False)
+    monkeypatch.delenv("AUTOOPT_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

@@ -1,0 +1,139 @@
+"""The CLI as a user runs it (subprocesses): exit codes, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEC = """
+name: clidemo
+task: tabular
+task_options: {size: 0.25, epochs: 4}
+n_trials: 5
+workers: 2
+pruner: hyperband
+space:
+  optimizers: [adam, momentum]
+  schedulers: [constant, cosine]
+"""
+
+
+def autoopt(*args, cwd, env=None, timeout=300):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "autoopt.cli", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def spec_file(workdir):
+    p = workdir / "clidemo.yaml"
+    p.write_text(SPEC)
+    return p
+
+
+def test_run_json_then_status_best_list_resume(workdir, spec_file):
+    r = autoopt("run", str(spec_file), "--json", "--workers", "2", cwd=workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["study_name"] == "clidemo"
+    assert sum(summary["counts"][k] for k in ("complete", "pruned", "failed")) == 5
+    assert summary["best_value"] is not None and "optimizer" in summary["best_params"]
+    assert summary["storage_url"].endswith("autoopt-studies.db")
+    assert summary["mlflow_parent_run_id"]
+
+    st = json.loads(autoopt("status", "clidemo", "--json", cwd=workdir).stdout)
+    assert st["counts"] == summary["counts"]
+    best = json.loads(autoopt("best", "clidemo", "--json", cwd=workdir).stdout)
+    assert best["best_value"] == summary["best_value"] and best["best_config"]["optimizer"] in ("adam", "momentum")
+    listed = json.loads(autoopt("list", "--json", cwd=workdir).stdout)
+    assert [s["name"] for s in listed] == ["clidemo"] and listed[0]["trials"] == 5
+
+    r = autoopt("resume", "clidemo", "--trials", "7", "--json", cwd=workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sum(json.loads(r.stdout.strip().splitlines()[-1])["counts"].values()) == 7
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (SPEC.replace("task: tabular", "task: vision"), "unknown task 'vision'"),
+        (SPEC.replace("[adam, momentum]", "[adam, adamz]"), "unknown optimizer 'adamz'"),
+        (SPEC + "storage: postgresql://me:hunter2@127.0.0.1:1/x\n", "me:***@127.0.0.1:1"),
+        ("name: [oops\n", "not valid YAML"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(workdir, content, needle):
+    p = workdir / "bad.yaml"
+    p.write_text(content)
+    r = autoopt("run", str(p), cwd=workdir, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert needle in r.stderr and "hunter2" not in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_file_unknown_study_and_bad_flags(workdir):
+    assert autoopt("run", "nope.yaml", cwd=workdir).returncode == 2
+    r = autoopt("status", "nosuch", cwd=workdir)
+    assert r.returncode == 2 and "no study named 'nosuch'" in r.stderr
+    assert autoopt("run", "x.yaml", "--workers", "0", cwd=workdir).returncode == 2
+
+
+def test_catalog_and_tasks_listings(workdir):
+    opts = json.loads(autoopt("optimizers", "--json", cwd=workdir).stdout)
+    assert len(opts) >= 25
+    names = {o["name"] for o in opts}
+    assert {"sgd", "adamw", "lion", "ranger", "lookahead", "muon", "sparse_adam", "lbfgs"} <= names
+    for o in opts:
+        assert {"hyperparams", "state_per_param", "source"} <= set(o)
+    tasks = json.loads(autoopt("tasks", "--json", cwd=workdir).stdout)
+    assert {t["task"] for t in tasks} == {"cv", "tabular", "nlp", "recsys"}
+    by = {t["task"]: t for t in tasks}
+    assert by["nlp"]["grad_sparsity"] > by["cv"]["grad_sparsity"]
+    r = autoopt("optimizers", cwd=workdir)
+    assert r.returncode == 0 and "adamw" in r.stdout
+
+
+def test_killed_driver_is_resumed(workdir):
+    """SIGKILL the driver mid-study; `autoopt resume` fails its abandoned trials with a reason,
+    re-runs them, and the study ends with its full budget and no duplicated trial."""
+    import signal
+    import time
+
+    import optuna
+
+    (workdir / "slow.yaml").write_text(
+        "name: slow\ntask: helper_tasks:SlowTask\ntask_options: {sleep_s: 1.0, size: 0.25, epochs: 3}\n"
+        "n_trials: 5\nworkers: 2\npruner: none\ntracking: false\nspace: {optimizers: [adam], schedulers: [constant]}\n"
+    )
+    env = {**os.environ, "AUTOOPT_HEARTBEAT_S": "1", "AUTOOPT_STALE_AFTER_S": "4"}
+    driver = subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", "slow.yaml"], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"sqlite:///{workdir}/autoopt-studies.db"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            states = [t.state.name for t in optuna.load_study(study_name="slow", storage=url).trials]
+        except Exception:
+            states = []
+        if "COMPLETE" in states and "RUNNING" in states:
+            break
+        time.sleep(0.3)
+    else:
+        driver.kill()
+        pytest.fail("driver never had a running trial")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    r = autoopt("resume", "slow", "--json", cwd=workdir, env={"AUTOOPT_HEARTBEAT_S": "1", "AUTOOPT_STALE_AFTER_S": "4"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = optuna.load_study(study_name="slow", storage=url).trials
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    abandoned = [t for t in trials if (t.user_attrs.get("autoopt.reason") or "").startswith("abandoned")]
+    assert abandoned and all(t.state.name == "FAIL" and t.user_attrs["autoopt.retried"] for t in abandoned)
+    counted = [t for t in trials if not t.user_attrs.get("autoopt.retried")]
+    assert len(counted) == 5 and all(t.state.name == "COMPLETE" for t in counted)
+    assert len({t.number for t in trials}) == len(trials)

@@ -1,0 +1,613 @@
+"""The optimizer recommender: rule prior, learned model, blend, CLI, meta-dataset, warm start.
+
+Real parts throughout: the shipped rule table, real scikit-learn fits, real Optuna studies
+(in memory) feeding add_study_results, real MLflow (SQLite in tmp_path), subprocess CLI runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from autoopt.recommend import meta
+from autoopt.recommend.cli import app
+from autoopt.recommend.features import DOMAINS, TraitError, Traits, parse_count
+from autoopt.recommend.recommender import (
+    DATA_DIR,
+    CatalogView,
+    CompiledModel,
+    Recommender,
+    recommend,
+    reload,
+    suggest_configs,
+    suggest_trials,
+    top_optimizers,
+)
+from autoopt.recommend.rules import RuleBook, RuleError
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = Path("/work/shared/seeds")
+S000, S001, S002, S003, S004 = (
+    "000_9a3b556067a9135e.txt",
+    "001_e50ba31560a22d48.txt",
+    "002_13abc0473f04e09e.txt",
+    "003_951ce8ce33b91315.txt",
+    "004_45d02d5195918dcc.txt",
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dir(tmp_path, monkeypatch):
+    """Keep a developer's ~/.autoopt/recommend out of the tests."""
+    monkeypatch.setenv("AUTOOPT_RECOMMEND_DIR", str(tmp_path / "user"))
+    from autoopt.recommend import recommender
+
+    recommender.reload()
+    yield
+    recommender.reload()
+
+
+@pytest.fixture(scope="module")
+def book() -> RuleBook:
+    return RuleBook.load()
+
+
+@pytest.fixture(scope="module")
+def rules_only() -> Recommender:
+    return Recommender(model=None, catalog=CatalogView.from_json(DATA_DIR / "catalog.json"))
+
+
+# ============================================================================ the rule table
+#: Every row of GUIDANCE.md's trait table and the scheduler/regularisation list -> rule ids and
+#: the seed documents each must cite.
+GUIDANCE_RULES = {
+    "cv-sgd-momentum": {S000, S003},
+    "nlp-adamw": {S000, S003},
+    "rl-gan-speech-adam": {S000},
+    "gan-adam-unstable-nsgda": {S002},
+    "sparse-adagrad": {S000},
+    "sparse-adagrad-rmsprop": {S001},
+    "sparse-gradients-sparseadam": {S004},
+    "small-batch-radam-sgd": {S003},
+    "large-batch-adam": {S003},
+    "very-large-batch-lamb": {S002},
+    "goal-generalization-sgdm": {S000, S003},
+    "goal-fast-adam-radam": {S003},
+    "hard-to-tune-radam": {S003},
+    "balanced-ranger": {S003},
+    "noisy-gradients-momentum": {S001},
+    "simple-problem-sgd": {S001},
+    "deep-networks-adam-variants": {S001},
+    "adam-not-converging-yogi": {S001},
+    "memory-limited-factored": {S002},
+    "diverges-atan2-clipping": {S002},
+    "diverges-warmup": {S003},
+    "no-normalization-agc": {S002},
+    "full-batch-lbfgs-rprop": {S004},
+    "memory-state-cost": {S000, S002},
+    "sgd-cosine-cyclic": {S003},
+    "cosine-warmup-lenet": {S001},
+    "adam-linear-step": {S003},
+    "plateau-any": {S003},
+    "warmup-transformers-adam": {S001, S002, S003},
+    "polynomial-over-exponential": {S001},
+    "weight-decay-decoupled": {S003, S002},
+    "momentum-lowers-lr": {S001},
+    "grad-accumulation-lr": {S003},
+    "clip-rnn-exploding": {S003},
+    "early-stopping-adam": {S003},
+    "batch-range-sgd": {S003},
+    "batch-range-adam": {S003},
+    "large-lr-large-batch": {S002},
+    "defaults-sgd": {S004},
+    "defaults-adagrad": {S004},
+    "defaults-rmsprop": {S004},
+    "defaults-adadelta": {S004},
+    "defaults-asgd": {S004},
+    "defaults-adamax": {S004},
+    "defaults-adam": {S004},
+    "defaults-adamw": {S004},
+    "defaults-nadam": {S004},
+    "defaults-radam": {S004},
+    "defaults-sparseadam": {S004},
+    "defaults-rprop": {S004},
+    "defaults-lbfgs": {S004},
+    "defaults-sgdp-adamp": {S004},
+    "defaults-adafactor": {S004},
+    "defaults-novograd": {S004},
+    "defaults-adahessian": {S004},
+}
+#: GUIDANCE.md's "evidence beyond the documents", cited as given there.
+EVIDENCE_RULES = {
+    "crowded-valley-adam": "Crowded Valley",
+    "algoperf-winners": "AlgoPerf",
+    "algoperf-nadamw-workloads": "AlgoPerf",
+    "algoperf-momentum-resnet": "AlgoPerf",
+    "algoperf-nesterov-unet-gnn": "AlgoPerf",
+    "algoperf-search-ranges": "AlgoPerf",
+    "newer-lion": "Lion",
+    "newer-muon": "Muon",
+    "newer-prodigy": "Prodigy",
+    "newer-schedulefree": "Schedule-Free",
+    "ranger-pytorch-optimizer": "Ranger",
+    "sgd-linear-scaling": "Goyal",
+    "adam-sqrt-scaling": "Malladi",
+    "warmup-adam-like-radam": "Ma & Yarats",
+    "tuning-order": "Playbook",
+    "gan-dcgan-adam": "DCGAN",
+    "transformer-adamw-settings": "transformer",
+}
+
+
+def test_every_guidance_rule_is_a_record_citing_its_source_documents(book):
+    ids = {r.id for r in book.rules}
+    assert not set(GUIDANCE_RULES) - ids, f"missing rules: {set(GUIDANCE_RULES) - ids}"
+    for rid, files in GUIDANCE_RULES.items():
+        cited = set(book.source_files(book.get(rid)))
+        assert files <= cited, f"{rid} cites {cited}, expected {files}"
+    for rid, ref in EVIDENCE_RULES.items():
+        text = " ".join(book.source_files(book.get(rid)))
+        assert ref.lower() in text.lower(), f"{rid}: {text!r} does not cite {ref}"
+    for r in book.rules:  # every rule says something and cites something real
+        assert r.text and r.sources
+        for f in book.source_files(r):
+            if f.endswith(".txt"):
+                assert f in (S000, S001, S002, S003, S004)
+                if SEEDS.is_dir():
+                    assert (SEEDS / f).is_file()
+
+
+def test_rule_optimizer_names_are_catalog_entries_or_declared_aliases(book):
+    catalog = CatalogView.from_json(DATA_DIR / "catalog.json").names
+    unknown = {n for n in book.mentioned_optimizers() if n not in catalog and n not in book.aliases}
+    assert not unknown, f"rules name optimizers neither in the catalog nor aliased: {unknown}"
+    for name, alias in book.aliases.items():
+        assert alias["use"] is None or alias["use"] in catalog, name
+        assert alias["why"]
+
+
+def test_rules_are_data_with_validated_conditions():
+    base = {"sources": {"000": {"file": S000}}, "rules": []}
+
+    def bad(rule: dict, match: str) -> None:
+        with pytest.raises(RuleError, match=match):
+            RuleBook({**base, "rules": [rule]})
+
+    ok = {"id": "x", "text": "t", "sources": ["000"], "when": {"domain": ["cv"]}, "optimizers": {"sgd": 1}}
+    RuleBook({**base, "rules": [ok]})
+    bad({**ok, "when": {"colour": ["red"]}}, r"rule 'x'.*when\.colour: unknown trait")
+    bad({**ok, "when": {"domain": ["vision"]}}, r"when\.domain: \['vision'\] not allowed")
+    bad({**ok, "when": {"domain": {"min": 3}}}, r"needs a numeric trait")
+    bad({**ok, "sources": ["999"]}, r"source '999' is not declared")
+    bad({**ok, "weights": {}}, r"unknown field")
+    bad({**ok, "optimizers": {"@nope": 1}}, r"unknown group '@nope'")
+
+
+def test_conditions_ranges_flags_and_unknown_traits(book):
+    fired = lambda **kw: {r.id for r in book.fired(Traits(**kw))}  # noqa: E731
+    assert "small-batch-radam-sgd" in fired(domain="other", batch_size=32)
+    assert "small-batch-radam-sgd" not in fired(domain="other", batch_size=33)
+    assert "large-batch-adam" in fired(domain="other", batch_size=128)
+    assert "very-large-batch-lamb" in fired(domain="other", batch_size=4096)
+    # an unknown trait never satisfies a clause on it
+    assert not {"small-batch-radam-sgd", "large-batch-adam"} & fired(domain="other")
+    assert "sparse-adagrad" in fired(domain="other", grad_sparsity=0.7)
+    assert "sparse-adagrad" in fired(domain="other", sparse_gradients=True)
+    assert "sparse-adagrad" not in fired(domain="other", grad_sparsity=0.2)
+    assert "adam-not-converging-yogi" in fired(domain="other", flags={"adam-not-converging"})
+    assert "full-batch-lbfgs-rprop" in fired(domain="other", batch_size=500, dataset_size=400)
+    assert "minibatch-not-lbfgs-rprop" in fired(domain="other", batch_size=50, dataset_size=400)
+
+
+def test_conflicting_sources_stay_separate_rules_and_both_are_reported(book, rules_only):
+    # 003 says Adam -> linear/step decay; AlgoPerf says NAdamW/AdamW -> warmup + cosine
+    a = book.advise(Traits(domain="nlp", batch_size=64), rules_only.catalog.names).optimizers["adamw"]
+    assert set(a.scheduler_rules["linear"]) == {"adam-linear-step"}
+    assert set(a.scheduler_rules["cosine"]) == {"algoperf-nadamw-workloads"}
+    # 003 says Lookahead k=5; pytorch-optimizer's Ranger uses k=6: the document wins, 6 is kept
+    r = book.advise(Traits(domain="cv"), rules_only.catalog.names).optimizers["ranger"]
+    assert r.hparams["k"].value == 5 and r.hparams["k"].rule == "ranger-lookahead-003"
+    assert (6, "ranger-pytorch-optimizer") in r.hparams["k"].alternatives
+
+
+# ============================================================================ rule-prior rankings
+def test_nlp_small_batch_ranks_the_adam_family_first_with_cited_reasons(rules_only):
+    ans = rules_only.rank(Traits(domain="nlp", batch_size=16), top=5)
+    top3 = ans.optimizers[:3]
+    assert ans.optimizers[0] == "adamw"
+    assert {"adam", "radam", "nadam"} & set(top3)
+    adamw = ans[0]
+    cited = {f for reason in adamw.reasons for f in reason["sources"]}
+    assert S000 in cited and S003 in cited
+    assert any(r["rule"] == "nlp-adamw" for r in adamw.reasons)
+    h = adamw.hyperparameters
+    assert h["lr_range"][0] <= h["lr"] <= h["lr_range"][1]
+    assert 0 < h["warmup_fraction"] <= 0.1  # transformers + Adam need warmup, capped at 10%
+    assert h["beta2"] in (0.98, 0.95) and h["weight_decay"] == 0.1
+    assert h["scheduler"] in rules_only.catalog.schedulers
+    # RAdam warms up implicitly
+    radam = next(r for r in rules_only.rank(Traits(domain="nlp", batch_size=16), top=None) if r.optimizer == "radam")
+    assert radam.hyperparameters["warmup_fraction"] == 0
+
+
+def test_cv_ranks_sgd_momentum_first(rules_only):
+    for batch in (32, 128):
+        ans = rules_only.rank(Traits(domain="cv", batch_size=batch), top=5)
+        assert ans.optimizers[0] in ("momentum", "nesterov"), (batch, ans.optimizers)
+        assert {"momentum", "nesterov"} <= set(ans.optimizers[:3])
+    mom = rules_only.rank(Traits(domain="cv", batch_size=512), top=None)
+    m = next(r for r in mom if r.optimizer == "momentum")
+    assert m.hyperparameters["momentum"] == 0.9
+    assert m.hyperparameters["lr"] == pytest.approx(0.2)  # 0.1 per 256 examples (Goyal et al.)
+
+
+def test_sparse_gradients_favour_adagrad_rmsprop_sparseadam(rules_only):
+    ans = rules_only.rank(Traits(domain="other", sparse_gradients=True, grad_sparsity=0.9, batch_size=64), top=5)
+    assert ans.optimizers[0] in {"adagrad", "rmsprop", "sparse_adam"}
+    assert {"adagrad", "rmsprop", "sparse_adam"} <= set(ans.optimizers)
+    dense = rules_only.rank(Traits(domain="other", batch_size=64), top=None)
+    assert "sparse_adam" in dense.excluded and "sparse_adam" not in dense.optimizers
+
+
+def test_memory_limited_large_model_gets_adafactor(rules_only):
+    ans = rules_only.rank(Traits(domain="nlp", n_params=parse_count("1.3B"), memory_limited=True), top=5)
+    assert ans.optimizers[0] == "adafactor"
+    assert ans[0].memory["bytes"] < next(r for r in ans if r.optimizer == "adamw").memory["bytes"] / 3
+    unmapped = {u["name"] for u in ans.unmapped}
+    reasons = " ".join(r.get("mapped", "") for r in ans[0].reasons)
+    assert "SMMF" in reasons or "Amos" in reasons or "smmf" in unmapped or "amos" in unmapped
+
+
+def test_goals_and_flags(rules_only):
+    gen = rules_only.rank(Traits(domain="tabular", batch_size=64, goal="generalization"), top=3).optimizers
+    assert gen[0] in ("momentum", "nesterov")
+    bal = rules_only.rank(Traits(domain="cv", batch_size=64, goal="balanced"), top=3).optimizers
+    assert "ranger" in bal
+    yogi = rules_only.rank(Traits(domain="other", batch_size=64, flags={"adam_not_converging"}), top=2).optimizers
+    assert "yogi" in yogi
+    gan = rules_only.rank(Traits(domain="gan", batch_size=64, flags={"adam_unstable"}), top=1)[0]
+    assert gan.optimizer == "momentum" and any("nSGDA" in r.get("mapped", "") for r in gan.reasons)
+    assert gan.hyperparameters["grad_clip"] == 1.0
+
+
+# ============================================================================ traits and CLI
+def test_traits_validation_and_parsing():
+    assert set(DOMAINS) == set(__import__("autoopt.task", fromlist=["DOMAINS"]).DOMAINS)
+    assert parse_count("25M") == 25_000_000
+    assert parse_count("1.3B") == 1_300_000_000
+    assert parse_count("350k") == 350_000
+    assert parse_count("1e6") == 1_000_000
+    for bad in ("25X", "-3", "", "M"):
+        with pytest.raises(TraitError, match="params"):
+            parse_count(bad, "params")
+    with pytest.raises(TraitError, match="domain"):
+        Traits(domain="vision")
+    with pytest.raises(TraitError, match="grad_sparsity"):
+        Traits(domain="cv", grad_sparsity=1.5)
+    with pytest.raises(TraitError, match="goal"):
+        Traits(domain="cv", goal="cheap")
+    assert Traits(domain="cv", goal="fast-convergence").goal == "fast"
+
+
+def test_recommend_from_a_task_object_uses_its_measured_traits():
+    from autoopt.task import load_task
+
+    task = load_task("tabular", size=0.3)
+    ans = recommend(task, top=3)
+    assert ans.traits.domain == "tabular" and ans.traits.n_params == task.n_params()
+    assert ans.traits.grad_sparsity == task.traits().grad_sparsity
+    assert len(ans) == 3
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["recommend", *args])
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--task", "vision"], "--task"),
+        (["--task", "cv", "--batch", "0"], "--batch"),
+        (["--task", "cv", "--sparsity", "1.5"], "--sparsity"),
+        (["--task", "cv", "--params", "25X"], "--params"),
+        (["--task", "cv", "--dataset-size", "lots"], "--dataset-size"),
+        (["--task", "cv", "--goal", "cheap"], "--goal"),
+        (["--task", "cv", "--flag", "slow"], "--flag"),
+        (["--batch", "32"], "--task"),
+    ],
+)
+def test_invalid_traits_exit_2_naming_the_option(args, option):
+    res = _invoke(*args)
+    assert res.exit_code == 2, res.output
+    assert option in res.output
+
+
+def test_json_output_schema():
+    res = _invoke("--task", "nlp", "--batch", "16", "--params", "25M", "--json", "--top", "4")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert set(data) >= {"traits", "recommendations", "notes", "excluded", "model", "fired_rules"}
+    assert data["traits"]["n_params"] == 25_000_000 and data["traits"]["batch_size"] == 16
+    recs = data["recommendations"]
+    assert [r["rank"] for r in recs] == [1, 2, 3, 4]
+    assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+    for r in recs:
+        assert 0 <= r["score"] <= 1 and r["score_std"] > 0
+        h = r["hyperparameters"]
+        assert {"lr", "lr_range", "weight_decay", "warmup_fraction", "scheduler", "grad_clip"} <= set(h)
+        assert h["lr_range"][0] <= h["lr"] <= h["lr_range"][1]
+        assert r["memory"]["bytes"] == int(r["memory"]["state_per_param"] * 25_000_000 * 4)
+        assert r["reasons"] and all({"rule", "text", "sources", "weight"} <= set(x) for x in r["reasons"])
+        assert {"n_near", "similar_studies"} <= set(r["evidence"])
+        assert r["trial_config"]["optimizer"] == r["optimizer"]
+    assert all({"text", "rule", "sources"} <= set(n) for n in data["notes"])
+
+
+def test_table_output_lists_reasons_with_source_files():
+    # a ResNet-sized model: far from the shipped (toy) studies, so the documents decide
+    res = _invoke("--task", "cv", "--batch", "64", "--params", "25M", "--dataset-size", "1.2M")
+    assert res.exit_code == 0, res.output
+    assert "momentum" in res.output and S000 in res.output and S003 in res.output
+    assert "25M" in res.output and "cosine" in res.output
+
+
+def test_recommend_cli_answers_fast_without_heavy_imports():
+    """Product requirement: under 2 s. Timed in a fresh interpreter; torch/sklearn never load."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    probe = (
+        "import sys, time; t = time.time(); "
+        "from autoopt.recommend.cli import app; from typer.testing import CliRunner; "
+        "r = CliRunner().invoke(app, ['recommend', '--task', 'nlp', '--batch', '16']); "
+        "assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('torch', 'sklearn', 'optuna', 'ray', 'mlflow', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"heavy modules imported at recommend time: {out.stdout}"
+    walls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        res = subprocess.run(
+            [sys.executable, "-m", "autoopt.recommend.cli", "recommend", "--task", "nlp", "--batch", "16", "--json"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )
+        walls.append(time.perf_counter() - t0)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["recommendations"][0]["optimizer"]
+    assert min(walls) < 2.0, f"recommend took {walls} s"
+
+
+# ============================================================================ studies -> meta-dataset
+OPTS = ("lion", "adamw", "momentum", "sgd")
+
+
+def _study(name: str, domain: str, batch: int, values: dict[str, float], direction: str = "minimize",
+           task: str = "synthetic", failed: tuple[str, ...] = (), default_of: tuple[str, ...] = ()) -> optuna.Study:
+    """A real (in-memory) Optuna study whose trials carry the runner's user_attrs contract."""
+    study = optuna.create_study(study_name=name, direction=direction)
+    traits = {"domain": domain, "batch_size": batch, "grad_sparsity": 0.1, "n_params": 5000, "dataset_size": 2000,
+              "metric": "val_mse", "direction": direction, "sparse_gradients": False}
+    for k, v in {"autoopt.traits": traits, "autoopt.task": task, "autoopt.metric": "val_mse",
+                 "autoopt.direction": direction}.items():
+        study.set_user_attr(k, v)
+    dist = {"optimizer": optuna.distributions.CategoricalDistribution(list(OPTS))}
+    for opt, value in values.items():
+        for j, scale in enumerate((1.0, 1.3)):  # two trials per optimizer; the first is the better
+            lr = {"lion": 3e-4, "adamw": 2e-3, "momentum": 0.05, "sgd": 0.1}[opt] * (1 + j)
+            cfg = {"optimizer": opt, "optimizer_params": {"lr": lr}, "scheduler": "cosine", "scheduler_params": {},
+                   "warmup_fraction": 0.0, "grad_clip": None, "batch_size": None}
+            bad = opt in failed
+            study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL if bad else optuna.trial.TrialState.COMPLETE,
+                value=None if bad else value * scale if direction == "minimize" else value / scale,
+                params={"optimizer": opt}, distributions=dist,
+                user_attrs={"autoopt.config": cfg, "autoopt.status": "failed" if bad else "complete",
+                            **({meta.DEFAULT_ATTR: True} if j == 1 and opt in default_of else {})},
+            ))
+    return study
+
+
+def test_add_study_results_normalises_per_study_and_replaces_on_re_add(tmp_path):
+    path = tmp_path / "meta.csv"
+    study = _study("s1", "tabular", 32, {"lion": 0.2, "adamw": 0.5, "momentum": 0.8, "sgd": 1.0},
+                   failed=("sgd",), default_of=("adamw",))
+    assert meta.add_study_results(study, path) == 4
+    assert meta.add_study_results(study, path) == 4  # re-adding replaces, never duplicates
+    rows = {r["optimizer"]: r for r in meta.read_meta(path)}
+    assert len(rows) == 4
+    assert rows["lion"]["normalized_score"] == 1.0 and rows["momentum"]["normalized_score"] == 0.0
+    assert rows["adamw"]["normalized_score"] == pytest.approx((0.8 - 0.5) / (0.8 - 0.2))
+    assert rows["sgd"]["normalized_score"] == 0.0 and rows["sgd"]["best_value"] is None and rows["sgd"]["n_failed"] == 2
+    assert rows["lion"]["best_lr"] == pytest.approx(3e-4) and rows["lion"]["best_config"]["scheduler"] == "cosine"
+    assert rows["adamw"]["default_value"] == pytest.approx(0.5 * 1.3) and rows["lion"]["default_value"] is None
+    assert rows["lion"]["domain"] == "tabular" and rows["lion"]["n_trials"] == 2
+    # one optimizer only: nothing to compare, so no score (still evidence for its lr)
+    meta.add_study_results(_study("solo", "tabular", 32, {"adamw": 0.3}), path)
+    solo = [r for r in meta.read_meta(path) if r["study"] == "solo"]
+    assert len(solo) == 1 and solo[0]["normalized_score"] is None and solo[0]["best_lr"] == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="autoopt.traits"):
+        meta.add_study_results(optuna.create_study(), path)
+
+
+def _lion_world(tmp_path: Path, n_studies: int) -> list[dict]:
+    """n tabular studies where Lion always wins, plus cv studies where momentum wins."""
+    path = tmp_path / f"meta-{n_studies}.csv"
+    rng = np.random.default_rng(0)
+    for i in range(n_studies):
+        batch = int(rng.choice([16, 32, 64]))
+        noise = rng.uniform(0, 0.05, 4)
+        meta.add_study_results(_study(f"tab{i}", "tabular", batch, {
+            "lion": 0.2 + noise[0], "adamw": 0.5 + noise[1], "momentum": 0.6 + noise[2], "sgd": 0.9 + noise[3]},
+            task="tab-a" if i % 2 else "tab-b", default_of=OPTS), path)
+    for i in range(4):
+        meta.add_study_results(_study(f"cv{i}", "cv", 64, {
+            "momentum": 0.1, "adamw": 0.3, "lion": 0.7, "sgd": 0.5}, task="cv-a", default_of=OPTS), path)
+    return meta.read_meta(path)
+
+
+def test_rule_prior_dominates_without_evidence_and_the_model_takes_over_with_it(tmp_path, rules_only):
+    query = Traits(domain="tabular", batch_size=32, n_params=5000, dataset_size=2000, grad_sparsity=0.1)
+    prior = rules_only.rank(query, top=None)
+    prior_rank = prior.optimizers.index("lion") + 1
+    assert prior_rank > 3  # the documents do not favour Lion for tabular data
+    ranks, weights = [], []
+    for n in (1, 4, 30):
+        rows = _lion_world(tmp_path, n)
+        est = meta.fit_estimator(rows, catalog=rules_only.catalog, n_estimators=40)
+        rec = Recommender(model=CompiledModel.from_estimator(est, meta._rows_for_model(rows)), catalog=rules_only.catalog)
+        ans = rec.rank(query, top=None)
+        lion = next(r for r in ans if r.optimizer == "lion")
+        ranks.append(ans.optimizers.index("lion") + 1)
+        weights.append(lion.learned_weight)
+        # optimizers the studies never tried keep their prior score exactly
+        radam = next(r for r in ans if r.optimizer == "radam")
+        assert radam.learned_weight == 0 and radam.score == pytest.approx(radam.prior_score)
+        # far from the evidence (another domain, no cv rows of radam...) the rules still decide
+        cv = rec.rank(Traits(domain="speech", batch_size=512), top=None)
+        assert cv.optimizers[0] == rules_only.rank(Traits(domain="speech", batch_size=512), top=1).optimizers[0]
+    assert weights[0] < weights[1] < weights[2] and weights[2] > 0.8
+    assert ranks[0] >= ranks[2] and ranks[2] == 1, ranks
+    assert lion.evidence["similar_studies"] >= 20 and lion.evidence["best_in"] >= 20
+    # with lots of evidence the lr suggestion comes from the studies (Lion's best was 3e-4)
+    assert lion.hyperparameters["lr"] == pytest.approx(3e-4, rel=0.5)
+    assert "learned model" in lion.hparam_sources["lr"]
+
+
+def test_model_follows_scikit_learn_conventions_and_compiles_exactly(tmp_path):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from autoopt.recommend.model import OptimizerScoreModel
+
+    rows = _lion_world(tmp_path, 8)
+    y = [r["normalized_score"] for r in rows]
+    m = OptimizerScoreModel(n_estimators=25, evidence_k=3.0)
+    assert clone(m).get_params() == m.get_params()
+    with pytest.raises(NotFittedError):
+        m.predict(rows)
+    with pytest.raises(InvalidParameterError):
+        OptimizerScoreModel(n_estimators=0).fit(rows, y)
+    with pytest.raises(InvalidParameterError):
+        OptimizerScoreModel(bandwidth=-1.0).fit(rows, y)
+    with pytest.raises(ValueError, match="y has"):
+        OptimizerScoreModel().fit(rows, y[:-1])
+    m.fit(rows, y, lr=[r["best_lr"] for r in rows])
+    assert m.score(rows, y) > 0.8
+    compiled = CompiledModel.from_estimator(m)
+    q = Traits(domain="tabular", batch_size=48, n_params=5000, dataset_size=2000, grad_sparsity=0.1)
+    opts = list(OPTS)
+    X = [{**q.to_dict(), "optimizer": o} for o in opts]
+    mean, std = m.predict_distribution(X)
+    lr, lo, hi = m.predict_lr(X)
+    ans = compiled.answer(q, opts)
+    np.testing.assert_allclose([ans[o].score for o in opts], mean, rtol=1e-12)
+    np.testing.assert_allclose([ans[o].score_std for o in opts], std, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose([ans[o].lr for o in opts], lr, rtol=1e-9)
+    np.testing.assert_allclose([ans[o].lr_low for o in opts], lo, rtol=1e-9)
+    np.testing.assert_allclose([ans[o].n_near for o in opts], m.evidence(X), rtol=1e-12)
+    np.testing.assert_allclose([ans[o].weight for o in opts], m.learned_weight(X), rtol=1e-12)
+    # an npz round trip (what the CLI loads) changes nothing
+    np.savez_compressed(tmp_path / "m.npz", **m.to_arrays())
+    again = CompiledModel.load(tmp_path / "m.npz").answer(q, opts)
+    assert [again[o].score for o in opts] == [ans[o].score for o in opts]
+
+
+def test_evaluate_leave_one_task_out(tmp_path, rules_only):
+    rows = _lion_world(tmp_path, 12)
+    res = meta.evaluate(rows=rows, catalog=rules_only.catalog, n_estimators=30)
+    assert set(res["tasks"]) == {"tab-a", "tab-b", "cv-a"}
+    for s in ("recommender", "rules_only", "model_only", "adamw_default"):
+        assert 0.0 <= res["overall"][s]["regret"] <= 1.0
+    tab = res["tasks"]["tab-a"]  # learned from tab-b's studies: Lion, which the rules never pick
+    assert tab["recommender"]["regret"] == 0.0 and tab["recommender"]["top3"] == 1.0
+    assert tab["rules_only"]["regret"] > 0.3 and tab["adamw_default"]["regret"] > 0.3
+
+
+def test_fit_model_saves_artifacts_and_logs_an_mlflow_model(tmp_path):
+    import mlflow
+
+    data = tmp_path / "meta.csv"
+    for i, (dom, b) in enumerate([("tabular", 16), ("tabular", 64), ("cv", 32)]):
+        meta.add_study_results(_study(f"f{i}", dom, b, {"lion": 0.2, "adamw": 0.4, "momentum": 0.3}), data)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    info = meta.fit_model([data], tmp_path / "out", tracking_uri=uri, n_estimators=10)
+    for f in ("model.npz", "model.joblib", "catalog.json"):
+        assert (tmp_path / "out" / f).is_file()
+    assert info["scored_rows"] == 9
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.sklearn.load_model(info["mlflow"]["model_uri"])
+    X = [{"domain": "tabular", "batch_size": 32, "grad_sparsity": 0.1, "n_params": 5000, "dataset_size": 2000,
+          "sparse_gradients": False, "optimizer": "lion"}]
+    assert 0.0 <= loaded.predict(X)[0] <= 1.0
+    # the recommender picks up the user's fitted model (AUTOOPT_RECOMMEND_DIR)
+    ans = recommend(domain="tabular", batch_size=32, model_path=tmp_path / "out" / "model.npz")
+    assert ans.model["fitted"] and ans.model["meta_rows"] == 9
+
+
+# ============================================================================ shipped artefacts, warm start
+def test_shipped_catalog_snapshot_matches_the_live_catalog():
+    live = CatalogView.live().to_json()
+    shipped = json.loads((DATA_DIR / "catalog.json").read_text())
+    assert json.loads(json.dumps(live, default=list)) == shipped, (
+        "autoopt/recommend/data/catalog.json is stale: run "
+        "`python -c 'from autoopt.recommend.recommender import write_catalog_snapshot; write_catalog_snapshot()'`"
+    )
+
+
+def test_shipped_meta_dataset_and_model_work_on_a_fresh_install(tmp_path, monkeypatch):
+    # a fresh install has no user model yet (studies earlier in this session may have fitted one)
+    monkeypatch.setenv("AUTOOPT_RECOMMEND_DIR", str(tmp_path))
+    reload()
+    assert (DATA_DIR / "meta_dataset.csv").is_file() and (DATA_DIR / "model.npz").is_file()
+    rows = meta.read_meta(DATA_DIR / "meta_dataset.csv")
+    assert len({r["task"] for r in rows}) >= 3 and len(rows) >= 40
+    assert all(0.0 <= r["normalized_score"] <= 1.0 for r in rows if r["normalized_score"] is not None)
+    model = CompiledModel.load(DATA_DIR / "model.npz")
+    assert model.n_rows == sum(r["normalized_score"] is not None for r in rows)
+    ans = recommend(domain="cv", batch_size=64, n_params=38_000, dataset_size=700, grad_sparsity=0.3)
+    assert ans.model["fitted"] and ans.model["meta_rows"] == model.n_rows
+    assert any(r.evidence["similar_studies"] > 0 for r in ans)
+
+
+def test_warm_start_suggestions_are_valid_for_a_real_study():
+    from autoopt.space import SearchSpace, TrialConfig
+    from autoopt.spec import SpaceSpec
+    from autoopt.task import TaskTraits
+
+    tt = TaskTraits(domain="nlp", batch_size=16, grad_sparsity=0.8, n_params=80_000, dataset_size=3000,
+                    metric="val_accuracy", direction="maximize", sparse_gradients=True)
+    top = top_optimizers(tt, 3)
+    assert len(top) == 3 and len(set(top)) == 3
+    configs = suggest_configs(tt, 3)
+    assert [c["optimizer"] for c in configs] == top
+    for c in configs:
+        TrialConfig.from_dict(c)
+    space = SearchSpace(SpaceSpec(), tt)
+    params = suggest_trials(tt, 3, space=space)
+    assert [p["optimizer"] for p in params] == top
+    study = optuna.create_study(direction="maximize")
+    for p, c in zip(params, configs):
+        assert all(k in ("optimizer", "scheduler", "warmup_fraction", "grad_clip", "batch_size")
+                   or k.split(".")[0] in (c["optimizer"], c["scheduler"]) for k in p)
+        study.enqueue_trial(p)
+        cfg = space.sample(study.ask())
+        assert cfg.optimizer == c["optimizer"] and cfg.scheduler == c["scheduler"]
+        assert cfg.optimizer_params["lr"] == pytest.approx(c["optimizer_params"]["lr"])
+        assert cfg.warmup_fraction == pytest.approx(c["warmup_fraction"])
+    # a narrowed space: suggestions outside it are skipped, the rest still come
+    narrow = SearchSpace(SpaceSpec(optimizers=["sgd", "momentum", top[1]]), tt)
+    assert [p["optimizer"] for p in suggest_trials(tt, 5, space=narrow)] == [
+        o for o in Recommender.default().rank(Traits.from_any(tt), top=None).optimizers if o in narrow.optimizers
+    ][:5]

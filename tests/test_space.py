@@ -1,0 +1,144 @@
+"""The conditional space: each optimizer samples only its own hyperparameters, restrictions hold,
+and a study resumes with a changed optimizer list (which plain Optuna rejects, optuna#2328)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoopt.catalog import CATALOG
+from autoopt.coordinator import StudyCoordinator
+from autoopt.sampling import ChoiceRestrictingSampler, make_sampler
+from autoopt.space import SearchSpace, TrialConfig
+from autoopt.spec import SpaceSpec, SpecError
+from autoopt.task import TaskTraits
+
+DENSE = TaskTraits("cv", 32, 0.0, 1000, 1000, "val_accuracy", "maximize")
+SPARSE = TaskTraits("nlp", 32, 0.95, 1000, 1000, "val_accuracy", "maximize", sparse_gradients=True)
+
+
+def sample_many(space: SearchSpace, n: int, sampler: str = "random", storage=None, name="s"):
+    study = optuna.create_study(
+        sampler=ChoiceRestrictingSampler(make_sampler(sampler, seed=0), space.restrictions),
+        storage=storage, study_name=name, load_if_exists=True, direction="maximize",
+    )
+    configs = []
+    for _ in range(n):
+        t = study.ask()
+        cfg = space.sample(t)
+        configs.append((t, cfg))
+        study.tell(t, hash(cfg.optimizer) % 7 / 7.0)
+    return study, configs
+
+
+def test_conditional_params_are_the_optimizers_own():
+    space = SearchSpace(SpaceSpec(), DENSE)
+    _, configs = sample_many(space, 60)
+    seen = set()
+    for trial, cfg in configs:
+        seen.add(cfg.optimizer)
+        own = {h.name for h in CATALOG[cfg.optimizer].active_hyperparams(cfg.optimizer_params)}
+        assert set(cfg.optimizer_params) == own
+        opt_params = {k.split(".")[0] for k in trial.params if "." in k}
+        assert opt_params <= {cfg.optimizer, cfg.scheduler}
+        assert 0.0 <= cfg.warmup_fraction <= 0.1
+    assert len(seen) >= 10
+
+
+def test_mini_batch_space_excludes_full_batch_and_sparse_only_with_reasons():
+    space = SearchSpace(SpaceSpec(), DENSE)
+    assert "lbfgs" not in space.optimizers and "full-batch" in space.excluded["lbfgs"]
+    assert "rprop" in space.excluded
+    assert "sparse_adam" in space.excluded and "sparse" in space.excluded["sparse_adam"]
+    sparse = SearchSpace(SpaceSpec(), SPARSE)
+    assert "sparse_adam" in sparse.optimizers
+
+
+def test_restrictions_and_fixed_values_hold():
+    space = SearchSpace(
+        SpaceSpec(optimizers=["adamw", "nesterov"], schedulers=["cosine", "linear"],
+                  params={"adamw": {"lr": {"low": 1e-4, "high": 1e-3}, "beta2": 0.999}}, warmup=0.05,
+                  grad_clip=[1.0, 5.0], batch_size=[16, 64]),
+        DENSE,
+    )
+    _, configs = sample_many(space, 40, sampler="tpe")
+    for _, cfg in configs:
+        assert cfg.optimizer in {"adamw", "nesterov"}
+        assert cfg.scheduler in {"cosine", "linear"}
+        assert cfg.warmup_fraction == 0.05
+        assert cfg.grad_clip in {1.0, 5.0} and cfg.batch_size in {16, 64}
+        if cfg.optimizer == "adamw":
+            assert 1e-4 <= cfg.optimizer_params["lr"] <= 1e-3
+            assert cfg.optimizer_params["beta2"] == 0.999
+    assert {c.optimizer for _, c in configs} == {"adamw", "nesterov"}
+
+
+def test_weight_decay_has_an_explicit_zero_option():
+    space = SearchSpace(SpaceSpec(optimizers=["adamw"]), DENSE)
+    _, configs = sample_many(space, 40)
+    wds = [c.optimizer_params["weight_decay"] for _, c in configs]
+    assert any(w == 0 for w in wds) and any(w > 0 for w in wds)
+
+
+def test_resume_with_changed_optimizer_list(tmp_path):
+    """Add, drop and narrow: the same stored study keeps sampling, TPE learns from old trials."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = SearchSpace(SpaceSpec(optimizers=["adamw", "nesterov", "lion"]), DENSE)
+    sample_many(first, 12, sampler="tpe", storage=url)
+    added = SearchSpace(SpaceSpec(optimizers=["adamw", "nesterov", "lion", "radam"]), DENSE)
+    sample_many(added, 12, sampler="tpe", storage=url)
+    dropped = SearchSpace(SpaceSpec(optimizers=["adamw"], params={"adamw": {"lr": {"low": 1e-4, "high": 1e-3}}}), DENSE)
+    study, configs = sample_many(dropped, 6, sampler="tpe", storage=url)
+    assert all(c.optimizer == "adamw" and 1e-4 <= c.optimizer_params["lr"] <= 1e-3 for _, c in configs)
+    assert len(study.trials) == 30
+    assert {t.params["optimizer"] for t in study.trials} == {"adamw", "nesterov", "lion", "radam"}
+    # plain Optuna would have refused this:
+    plain = optuna.load_study(study_name="s", storage=url)
+    t = plain.ask()
+    with pytest.raises(ValueError):
+        t.suggest_categorical("optimizer", ["adamw", "radam"])
+
+
+def test_coordinator_resume_with_changed_space(tmp_path):
+    url = f"sqlite:///{tmp_path}/c.db"
+    common = dict(storage_url=url, study_name="c", direction="maximize", traits=DENSE.to_dict(), max_epochs=3, n_trials=None)
+    c1 = StudyCoordinator(space=SpaceSpec(optimizers=["sgd", "adam"]).model_dump(mode="json"), **common)
+    for _ in range(3):
+        item = c1.ask()
+        c1.tell(item["number"], {"status": "complete", "value": 0.5, "history": []})
+    c2 = StudyCoordinator(space=SpaceSpec(optimizers=["lion", "adam"]).model_dump(mode="json"), **common)
+    for _ in range(3):
+        item = c2.ask()
+        assert item["config"]["optimizer"] in {"lion", "adam"}
+        c2.tell(item["number"], {"status": "complete", "value": 0.6, "history": []})
+    assert c2.summary()["counts"]["complete"] == 6
+
+
+def test_enqueue_round_trip_and_out_of_space():
+    space = SearchSpace(SpaceSpec(optimizers=["adamw", "momentum"]), DENSE)
+    cfg = TrialConfig("adamw", {"lr": 3e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+                      "cosine", {}, 0.05, None, None)
+    params = space.to_optuna_params(cfg)
+    study = optuna.create_study(sampler=ChoiceRestrictingSampler(make_sampler("tpe", seed=0), space.restrictions))
+    study.enqueue_trial(params)
+    got = space.sample(study.ask())
+    assert got.optimizer == "adamw" and got.optimizer_params["lr"] == pytest.approx(3e-3)
+    assert got.optimizer_params["weight_decay"] == 0.0 and got.scheduler == "cosine"
+    with pytest.raises(SpecError, match="not in this space"):
+        space.to_optuna_params(TrialConfig("lion"))
+
+
+def test_no_applicable_optimizer_is_a_clear_error():
+    with pytest.raises(SpecError, match="no optimizer can run on this task"):
+        SearchSpace(SpaceSpec(optimizers=["sparse_adam"]), DENSE)
+
+
+def test_schedule_free_gets_only_a_constant_schedule():
+    space = SearchSpace(SpaceSpec(optimizers=["schedulefree_adamw", "adamw"], schedulers=["cosine", "linear"]), DENSE)
+    _, configs = sample_many(space, 30)
+    for _, cfg in configs:
+        if cfg.optimizer == "schedulefree_adamw":
+            assert cfg.scheduler == "constant"
+        else:
+            assert cfg.scheduler in {"cosine", "linear"}
+    assert {c.optimizer for _, c in configs} == {"schedulefree_adamw", "adamw"}

@@ -1,0 +1,153 @@
+"""Real studies on a local Ray instance with 2 workers, on SQLite and PostgreSQL: pruning,
+resume, a killed worker, Optuna's own tools reading the result."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+import autoopt
+from autoopt.spec import StudySpec
+from autoopt.storage import StorageError, open_storage, redact
+
+FAST = {"size": 0.25, "epochs": 6}
+
+
+def small_spec(name, **kw):
+    base = dict(
+        name=name, task="cv", task_options=FAST, n_trials=12, workers=2, pruner="hyperband", seed=0,
+        tracking=False,
+        space={"optimizers": ["adamw", "momentum", "sgd", "lion"], "schedulers": ["constant", "cosine"],
+               "params": {"sgd": {"lr": {"low": 1e-4, "high": 1e-3}}}},
+    )
+    base.update(kw)
+    return StudySpec.from_dict(base)
+
+
+def check_study(result, n):
+    study = result.study
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == n
+    states = {t.state.name for t in trials}
+    assert "COMPLETE" in states
+    for t in trials:
+        assert t.user_attrs["autoopt.status"] in ("complete", "pruned", "failed")
+        assert t.user_attrs["autoopt.config"]["optimizer"] == t.params["optimizer"]
+        if t.state.name == "PRUNED":
+            assert t.user_attrs["autoopt.epochs_run"] < 6
+            assert t.intermediate_values
+    assert result.best_value is not None and result.best_config["optimizer"] in {"adamw", "momentum", "sgd", "lion"}
+    return study
+
+
+def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
+    result = autoopt.run(small_spec("sq", n_trials=14))
+    study = check_study(result, 14)
+    assert (workdir / "autoopt-studies.db").exists()  # embedded default in the working directory
+    assert result.counts["pruned"] >= 1, result.counts
+    assert result.epochs_run < result.epochs_budget
+    # resume: same name continues to a larger budget, no lost or duplicated trials
+    again = autoopt.run(small_spec("sq", n_trials=18, space={"optimizers": ["adamw", "radam"]}))
+    numbers = [t.number for t in again.study.trials]
+    assert numbers == list(range(18))
+    assert {t.params["optimizer"] for t in again.study.trials[14:]} <= {"adamw", "radam"}
+    # Optuna's own tools read it
+    loaded = optuna.load_study(study_name="sq", storage=f"sqlite:///{workdir}/autoopt-studies.db")
+    assert len(loaded.trials) == 18 and loaded.best_value == again.best_value
+    del study
+
+
+def test_study_on_postgresql(ray_local, workdir, pg_url):
+    result = autoopt.run(small_spec("pg", storage=pg_url, n_trials=10))
+    check_study(result, 10)
+    loaded = optuna.load_study(study_name="pg", storage=open_storage(pg_url))
+    assert len(loaded.trials) == 10
+    assert loaded.user_attrs["autoopt.task"] == "cv"
+
+
+def test_submit_returns_a_handle(ray_local, workdir):
+    handle = autoopt.submit(small_spec("handle", n_trials=6))
+    status = handle.status()
+    assert status["state"] in ("running", "done")
+    result = handle.wait(timeout=240)
+    assert handle.done() and sum(result.counts[k] for k in ("complete", "pruned", "failed")) == 6
+    df = handle.trials_dataframe()
+    assert len(df) == 6 and {"optimizer", "epochs_run", "state"} <= set(df.columns)
+
+
+def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
+    from helper_tasks import CrashOnceTask
+
+    marker = workdir / "crashed"
+    task = CrashOnceTask(marker=str(marker), size=0.25, epochs=3)
+    spec = StudySpec(name="crash", task=task, n_trials=4, workers=2, pruner="none", tracking=False, retries=1,
+                     space={"optimizers": ["adam"], "schedulers": ["constant"]})
+    result = autoopt.run(spec)
+    assert marker.exists()
+    trials = result.study.trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1
+    assert failed[0].user_attrs["autoopt.reason"].startswith("worker lost")
+    assert failed[0].user_attrs["autoopt.retried"] is True
+    retry = [t for t in trials if t.user_attrs.get("autoopt.retry_of") == failed[0].number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed[0].params
+    assert result.counts["complete"] == 4
+
+
+def test_diverging_trials_do_not_stop_the_study(ray_local, workdir):
+    spec = small_spec("diverge", n_trials=4, pruner="none",
+                      space={"optimizers": ["sgd"], "schedulers": ["constant"],
+                             "params": {"sgd": {"lr": {"low": 50.0, "high": 200.0}}}},
+                      task="tabular", task_options={"size": 0.25, "epochs": 3})
+    result = autoopt.run(spec)
+    assert result.counts["failed"] == 4
+    reasons = [t.user_attrs["autoopt.reason"] for t in result.study.trials]
+    assert all(r.startswith("diverged") for r in reasons)
+
+
+def test_unreachable_storage_is_redacted():
+    with pytest.raises(StorageError) as e:
+        open_storage("postgresql://bob:s3cret@127.0.0.1:1/nope")
+    assert "s3cret" not in str(e.value) and "bob:***@127.0.0.1:1" in str(e.value)
+    assert redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
+def test_eight_concurrent_workers_on_sqlite_lose_nothing(ray_local, workdir):
+    """8 trials in flight at once (fractional CPUs), one SQLite file: every trial is recorded,
+    none fails on a locked database, because only the coordinator writes to it."""
+    spec = small_spec("eight", task="tabular", task_options={"size": 0.25, "epochs": 3}, n_trials=24, workers=8,
+                      cpus_per_trial=0.25, pruner="median",
+                      space={"optimizers": ["adam", "momentum", "rmsprop"], "schedulers": ["constant", "cosine"]})
+    result = autoopt.run(spec)
+    trials = result.study.trials
+    assert len(trials) == 24 and [t.number for t in trials] == list(range(24))
+    assert all(t.state.is_finished() for t in trials)
+    reasons = [t.user_attrs.get("autoopt.reason") or "" for t in trials]
+    assert not [r for r in reasons if "locked" in r or "worker lost" in r]
+    assert all(len(t.user_attrs["autoopt.history"]) == t.user_attrs["autoopt.epochs_run"] for t in trials)
+    failed = [t.user_attrs["autoopt.reason"] for t in trials if t.state.name == "FAIL"]
+    assert all(r.startswith("diverged") for r in failed), failed  # bad lrs, not infrastructure
+    assert result.counts["complete"] + result.counts["pruned"] + len(failed) == 24
+
+
+def test_remote_cluster_with_local_sqlite_is_a_clear_error(workdir):
+    from autoopt.runner import StudyRunner
+    from autoopt.spec import SpecError
+
+    with pytest.raises(SpecError, match="is a file on this machine"):
+        StudyRunner(small_spec("remote", ray_address="ray://10.0.0.1:10001"))
+
+
+def test_warm_start_enqueues_recommendations_first(ray_local, workdir):
+    spec = small_spec("warm", n_trials=5, warm_start={"enabled": True, "n_trials": 2},
+                      space={"optimizers": ["adamw", "radam", "momentum", "nesterov", "lion"]})
+    result = autoopt.run(spec)
+    trials = result.study.trials
+    warm = [t for t in trials if t.user_attrs.get("autoopt.warm_start")]
+    assert len(warm) == 2 and [t.number for t in warm] == [0, 1]
+    from autoopt.recommend import suggest_configs
+
+    expected = [c["optimizer"] for c in suggest_configs(result.study.user_attrs["autoopt.traits"], 8)]
+    assert [t.params["optimizer"] for t in warm] == [o for o in expected if o in spec.space.optimizers][:2]
+    narrowed = autoopt.run(small_spec("narrow", n_trials=4, warm_start={"enabled": True, "n_trials": 0, "narrow_to": 2}))
+    assert len({t.params["optimizer"] for t in narrowed.study.trials}) <= 2
