@@ -29,7 +29,7 @@ Conventions the search space relies on:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -256,6 +256,26 @@ def hidden_matrix_params(model: nn.Module) -> list[nn.Parameter]:
 # --------------------------------------------------------------------------------------
 # SparseAdam for embeddings + AdamW for the rest, as one optimizer
 # --------------------------------------------------------------------------------------
+def resolve_hyperparams(owner: str, hyperparams: Sequence[HyperParam], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every value of ``owner``'s hyperparameters: ``params`` validated and typed, the rest at defaults.
+
+    Shared by optimizers and schedules so both reject unknown names and bad values alike.
+    """
+    by_name = {hp.name: hp for hp in hyperparams}
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(by_name))
+    if unknown:
+        raise ValueError(f"{owner} got unknown hyperparameter(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(by_name) or '(none)'}")
+    values = {hp.name: hp.default for hp in hyperparams}
+    for name, value in params.items():
+        try:
+            values[name] = by_name[name].coerce(value)
+        except ValueError as exc:
+            raise ValueError(f"{owner}: {exc}") from None
+    return values
+
+
 class SparseDenseAdam(torch.optim.Optimizer):
     """``torch.optim.SparseAdam`` for sparse-gradient embeddings, ``AdamW`` for every other parameter.
 
@@ -378,20 +398,7 @@ class OptimizerSpec:
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """All hyperparameter values: ``params`` validated and typed, missing ones at their defaults."""
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.hp_names))
-        if unknown:
-            raise ValueError(
-                f"optimizer {self.name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(self.hp_names) or '(none)'}"
-            )
-        values = self.defaults()
-        for name, value in params.items():
-            try:
-                values[name] = self.hyperparam(name).coerce(value)
-            except ValueError as exc:
-                raise ValueError(f"optimizer {self.name!r}: {exc}") from None
-        return values
+        return resolve_hyperparams(f"optimizer {self.name!r}", self.hyperparams, params)
 
     def active_hyperparams(self, values: Mapping[str, Any] | None = None) -> tuple[HyperParam, ...]:
         """The hyperparameters that matter given the (categorical) values chosen so far."""

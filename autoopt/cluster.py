@@ -63,8 +63,9 @@ def ray_env(token: str) -> dict[str, str]:
 
 
 def _session_pids(sid: int) -> list[int]:
-    """Processes whose session id is ``sid`` (the ones a service started, however deep)."""
-    pids = []
+    """Processes of the service started as ``sid``: those in its session, and every descendant of
+    it (Ray's raylet starts its worker processes in sessions of their own)."""
+    table: dict[int, tuple[int, int]] = {}  # pid -> (ppid, session) of live processes
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -74,9 +75,17 @@ def _session_pids(sid: int) -> list[int]:
             continue
         # pid (comm) state ppid pgrp session ...: comm may contain spaces, so split after ')'
         fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
+        if len(fields) > 3 and fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    found = {pid for pid, (_, session) in table.items() if session == sid}
+    if sid in table:
+        found.add(sid)
+    grew = True
+    while grew:
+        new = {pid for pid, (ppid, _) in table.items() if ppid in found and pid not in found}
+        found |= new
+        grew = bool(new)
+    return sorted(found)
 
 
 def _tail(path: Path, n: int = 3000) -> str:

@@ -32,7 +32,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler
 
-from autoopt.catalog import HyperParam
+from autoopt.catalog import HyperParam, resolve_hyperparams
 
 #: Warmup starts at this fraction of the peak lr.
 WARMUP_START_FACTOR = 0.01
@@ -60,21 +60,7 @@ class SchedulerSpec:
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """All hyperparameter values: ``params`` validated and typed, missing ones at defaults."""
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.hp_names))
-        if unknown:
-            raise ValueError(
-                f"scheduler {self.name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(self.hp_names) or '(none)'}"
-            )
-        values = self.defaults()
-        by_name = {hp.name: hp for hp in self.hyperparams}
-        for name, value in params.items():
-            try:
-                values[name] = by_name[name].coerce(value)
-            except ValueError as exc:
-                raise ValueError(f"scheduler {self.name!r}: {exc}") from None
-        return values
+        return resolve_hyperparams(f"scheduler {self.name!r}", self.hyperparams, params)
 
     def to_dict(self) -> dict[str, Any]:
         return {
