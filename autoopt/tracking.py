@@ -161,6 +161,10 @@ class TrackingConfig:
         default_factory=lambda: float(os.environ.get("AUTOOPT_TRACKING_COOLDOWN_S") or 60.0))
     #: Make and log the study plots when the study finishes.
     log_plots: bool = True
+    #: PNG engine for those plots. matplotlib redraws them in about a second; kaleido renders
+    #: plotly's own look through a headless browser (several seconds), which ``autoopt report``
+    #: uses. Both come with the same HTML plots.
+    plot_png_engine: str = "matplotlib"
 
     def __post_init__(self) -> None:
         if self.flush_every < 1:
@@ -265,9 +269,10 @@ class _Connection:
     def available(self) -> bool:
         return self.config.enabled and time.monotonic() >= _down_until.get(self.uri, 0.0)
 
-    def call(self, what: str, method: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
-        """(ok, result) of ``client.<method>(...)``; failures are warned about once, not raised."""
-        if not self.available():
+    def call(self, what: str, method: str, *args: Any, _force: bool = False, **kwargs: Any) -> tuple[bool, Any]:
+        """(ok, result) of ``client.<method>(...)``; failures are warned about once, not raised.
+        ``_force``: try even during the offline cooldown (a run's final status must not be skipped)."""
+        if not self.config.enabled or not (_force or self.available()):
             return False, None
         start = time.perf_counter()
         last: BaseException | None = None
@@ -504,7 +509,7 @@ class TrialLogger:
         m, _, t = _entities(metrics=final_metrics, tags=tags, step=outcome.epochs_run)
         self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=m, tags=t)
         self.conn.call("end trial run", "set_terminated", self.run_id,
-                       status=RUN_STATUS.get(outcome.status, "FAILED"))
+                       status=RUN_STATUS.get(outcome.status, "FAILED"), _force=True)
 
     def stats(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "overhead_seconds": self.overhead_seconds, "requests": self.requests}
@@ -695,11 +700,11 @@ class StudyTracker:
         tags[NOTE_TAG] = _study_note(summary)
         step = summary["n_trials"] - summary["n_running"]
         m, _, t = _entities(metrics=metrics, tags=tags, step=step)
-        self._conn.call("log study results", "log_batch", self._parent_run_id, metrics=m, tags=t)
+        self._conn.call("log study results", "log_batch", self._parent_run_id, metrics=m, tags=t, _force=True)
         with tempfile.TemporaryDirectory(prefix="autoopt-report-") as tmp:
             try:
                 if self.config.log_plots:
-                    paths = write_report(study, Path(tmp))
+                    paths = write_report(study, Path(tmp), png=self.config.plot_png_engine)
                 else:
                     paths = write_best_config(study, Path(tmp))
             except Exception as exc:  # noqa: BLE001 - plots are a bonus; never fail the study
@@ -707,7 +712,7 @@ class StudyTracker:
                 paths = write_best_config(study, Path(tmp))
             self.log_report(paths)
         self._conn.call("end parent run", "set_terminated", self._parent_run_id,
-                        status="FAILED" if state == "failed" else "FINISHED")
+                        status="FAILED" if state == "failed" else "FINISHED", _force=True)
 
 
 def _jsonable(obj: Any) -> Any:

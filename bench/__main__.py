@@ -33,6 +33,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=None, help="reference tasks for time-to-target and pruning")
     p.add_argument("--workers", type=int, default=2, help="parallel trials for every system (default 2)")
     p.add_argument("--trials", type=int, default=None, help="override every study's trial budget (smoke tests)")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw <out>/*.png and summary.md from the JSON of an earlier run (runs nothing)")
     p.add_argument("--keep-work", action="store_true", help="keep <out>/work (the studies' databases and MLflow stores)")
     return p.parse_args(argv)
 
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import Context, machine, start_ray, write_json
 
     names = args.only or list(COMPARISONS)
+    if args.replot:
+        return replot(args.out.resolve(), names)
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
     ctx = Context(quick=args.quick, out=args.out.resolve(), seeds=seeds, workers=args.workers)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -94,12 +98,50 @@ def main(argv: list[str] | None = None) -> int:
         info["total_s"] = time.time() - started
         write_json(ctx.out / "run.json", {"command": command, "machine": info, "log": ctx.log,
                                           "seconds": {k: v.get("seconds") for k, v in results.items()}})
-        lines = [f"# Benchmark results\n\nCommand: `{command}`\n", f"Machine: {info}\n"]
-        for name, res in results.items():
-            lines.append(f"## {name}\n")
-            lines.append(res.get("markdown") or f"error: {res.get('error')}")
-            lines.append("")
-        (ctx.out / "summary.md").write_text("\n".join(lines))
+        if ctx.runs:  # every study's trials (finish time, value, state, epochs): re-analysable later
+            write_json(ctx.out / "studies.json", {k: r.to_dict() for k, r in ctx.runs.items()})
+        write_summary(ctx.out, command, info, results)
+    return 0
+
+
+def write_summary(out: Path, command: str, info: dict, results: dict[str, dict]) -> None:
+    def load(x):
+        return "/".join(f"{v:.1f}" for v in x) if x else "-"
+
+    machine = (f"{info.get('date')}; {info.get('cpus')} CPUs ({info.get('platform')}), GPU: {info.get('cuda') or 'none'}; "
+               f"Python {info.get('python')}, torch {info.get('torch')}, optuna {info.get('optuna')}, ray {info.get('ray')}, "
+               f"mlflow {info.get('mlflow')}; load average {load(info.get('loadavg_start'))} at start, "
+               f"{load(info.get('loadavg_end'))} at end; Ray start {info.get('ray_init_s', 0):.1f} s, untimed warm-up "
+               f"{info.get('warm_up_s', 0):.1f} s, comparisons {info.get('total_s', 0):.0f} s")
+    lines = [f"# Benchmark results\n\nCommand: `{command}`\n", f"Machine: {machine}\n"]
+    for name, res in results.items():
+        lines.append(f"## {name}\n")
+        lines.append(res.get("markdown") or f"error: {res.get('error')}")
+        lines.append("")
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def replot(out: Path, names: list[str]) -> int:
+    """Plots and tables again from ``<out>/*.json`` (after a change to a plot or a table)."""
+    import json
+
+    from bench.common import Context
+
+    run = json.loads((out / "run.json").read_text())
+    ctx = Context(quick=True, out=out, seeds=[])
+    results = {}
+    for name in names:
+        path = out / f"{name}.json"
+        if name == "scaling" and not path.exists():
+            path = out / "scaling_gpu.json"
+        if not path.exists():
+            continue
+        mod = importlib.import_module(COMPARISONS[name])
+        res = json.loads(path.read_text())
+        mod._plot(ctx, res)
+        res["markdown"] = mod.markdown(res)
+        results[name] = res
+    write_summary(out, run["command"], run["machine"], results)
     return 0
 
 

@@ -159,7 +159,7 @@ def one_second(ctx: Context, n: int, workers: int = 2, systems: tuple[str, ...] 
                        "overhead_share_window": 1 - busy / (r.wall_s - fixed), "fixed_s": fixed,
                        "extra_per_trial_s": per_trial,
                        # the same fixed and per-trial costs over a longer study of 1-second trials
-                       "projected_share": {N: (fixed + N * per_trial / workers) / (fixed + N * (1 + per_trial) / workers)
+                       "projected_share": {str(N): (fixed + N * per_trial / workers) / (fixed + N * (1 + per_trial) / workers)
                                            for N in (100, 1000)}}
         ctx.note(f"  1-second trials {system}: wall {r.wall_s:.1f} s for {busy:.1f} s of trials per worker: "
                  f"overhead {100 * out[system]['overhead_share']:.0f}% of the wall time")
@@ -282,7 +282,7 @@ def markdown(res: dict[str, Any]) -> str:
     o = res["one_second"]
     orows = [[LABELS.get(s, s), o[s].get("wall_s"), o[s].get("ideal_s"), o[s].get("overhead_share"),
               o[s].get("overhead_share_window"), o[s].get("setup_s"), o[s].get("teardown_s"),
-              o[s].get("extra_per_trial_s"), o[s]["projected_share"][100], o[s]["projected_share"][1000]]
+              o[s].get("extra_per_trial_s"), o[s]["projected_share"]["100"], o[s]["projected_share"]["1000"]]
              for s in ("autoopt", "tune") if s in o and "error" not in o[s]]
     parts.append(f"1-second trials: {o['n_trials']} trials, {o['workers']} workers, SQLite, MLflow on.\n")
     parts.append(table(["system", "wall s", "trial s per worker", "overhead share of wall",
@@ -309,7 +309,8 @@ def _plot(ctx: Context, res: dict[str, Any]) -> None:
         ys = [_get(res["rows"], s, w, st, "trials_per_s") or 0 for st, w in groups]
         ax.bar([j + i * width for j in range(len(groups))], ys, width, label=LABELS.get(s, s))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], [f"{st}\n{w} worker(s)" for st, w in groups])
-    ax.set_ylabel("trials / second (whole call)")
+    ax.set_yscale("log")
+    ax.set_ylabel("trials / second (whole call, log)")
     ax.set_title(f"trivial objective, {res['n_trials']} trials")
     ax.legend(fontsize=7)
     b = res["breakdown"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.common import REPO, Context, censored_median, fmt, plt, ratio, table, write_json
-from bench.reference import run_studies, runs_of, setup, target, tasks
+from bench.reference import TOLERANCES, run_studies, runs_of, setup, target, tasks
 from bench.systems import LABELS
 
 DATA = REPO / "autoopt" / "recommend" / "data" / "meta_dataset.csv"
@@ -40,8 +40,8 @@ def run(ctx: Context) -> dict[str, Any]:
                  f"AdamW defaults {fmt(o['adamw_default']['regret'])}")
     errors = run_studies(ctx, ["autoopt", "autoopt_ws"])
     online: dict[str, Any] = {}
-    for task in tasks(ctx):
-        tg = target(ctx, task)
+    for task, tol in [(t, tol) for t in tasks(ctx) for tol in TOLERANCES]:
+        tg = target(ctx, task, tol)
         if tg is None:
             continue
         per: dict[str, Any] = {}
@@ -53,7 +53,7 @@ def run(ctx: Context) -> dict[str, Any]:
                       "best": [r.best() for r in rs], "warm_started": [r.extra.get("warm_started") for r in rs],
                       "trials_median": censored_median([x[1] for x in reach]),
                       "time_median": censored_median([x[0] for x in reach])}
-        online[task] = {**tg, "systems": per, "n_trials": setup(ctx, task)["n_trials"],
+        online[f"{task} @ {100 * tol:g}%"] = {**tg, "systems": per, "n_trials": setup(ctx, task)["n_trials"],
                         "trials_ratio_cold_warm": ratio(per["autoopt"]["trials_median"], per["autoopt_ws"]["trials_median"]),
                         "time_ratio_cold_warm": ratio(per["autoopt"]["time_median"], per["autoopt_ws"]["time_median"])}
     out = {"offline": offline, "online": online, "errors": errors, "measured": measure}
@@ -79,7 +79,7 @@ def markdown(res: dict[str, Any]) -> str:
         for s, p in t["systems"].items():
             rows.append([task, LABELS.get(s, s), fmt(p["trials_median"]), fmt(p["time_median"]),
                          ", ".join(fmt(x, 4) for x in p["first_trial"]), ", ".join(fmt(x, 4) for x in p["best"])])
-    parts += [f"Warm start vs cold (target: within 1% of the best known value):\n",
+    parts += ["Warm start vs cold (target: within 1% / 5% of the best known value, as in time to target):\n",
               table(["task", "system", "trials to target (median)", "seconds to target (median)",
                      "first trial's value", "best value"], rows)]
     ratios = []

@@ -109,7 +109,7 @@ def run(ctx: Context) -> dict[str, Any]:
     result = {"task": task, "task_options": opts, "gpu": gpu, "n_trials": n_trials, "rows": rows}
     name = "scaling_gpu" if gpu else "scaling"
     write_json(ctx.out / f"{name}.json", result)
-    _plot(ctx, result, name)
+    _plot(ctx, result)
     result["markdown"] = markdown(result)
     return result
 
@@ -130,7 +130,8 @@ def markdown(result: dict[str, Any]) -> str:
     return table(header, rows)
 
 
-def _plot(ctx: Context, result: dict[str, Any], name: str) -> None:
+def _plot(ctx: Context, result: dict[str, Any]) -> None:
+    name = "scaling_gpu" if result["gpu"] else "scaling"
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(5, 3.2))
     w = [r["workers"] for r in result["rows"]]
