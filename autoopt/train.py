@@ -13,7 +13,7 @@ import os
 import random
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -140,15 +140,30 @@ def train(
         index = len(history)  # the pruner's step: epochs, or evaluations with eval_every_steps
         return report is not None and bool(report(index, metric)) and index < n_reports
 
+    n_seen = {"batch": 0}
+
+    def forward_backward(batch: Any) -> torch.Tensor:
+        """Loss and gradients (clipped when configured) of one batch."""
+        optimizer.zero_grad(set_to_none=True)
+        output, target = task.forward(model, batch, dev)
+        loss = task.loss(output, target)
+        n_seen["batch"] = len(target)
+        loss.backward()
+        if config.grad_clip:
+            params = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        return loss
+
     model.train()
     global_step = 0
     try:
         for epoch in range(1, n_epochs + 1):
             set_optimizer_mode(optimizer, training=True)
             for step, batch in enumerate(train_loader):
-                optimizer.zero_grad(set_to_none=True)
-                output, target = task.forward(model, batch, dev)
-                loss = task.loss(output, target)
+                if spec.needs_closure:  # L-BFGS re-evaluates the batch inside step(); it returns the first loss
+                    loss = optimizer.step(lambda: forward_backward(batch))
+                else:
+                    loss = forward_backward(batch)
                 lv = float(loss.detach())
                 if not math.isfinite(lv):
                     raise Diverged(f"non-finite training loss ({lv}) at epoch {epoch}, step {step}")
@@ -159,15 +174,12 @@ def train(
                         f"training loss exploded to {lv:.3g} (> {EXPLOSION_FACTOR:g}x the first loss "
                         f"{first_loss:.3g}) at epoch {epoch}, step {step}"
                     )
-                loss.backward()
-                if config.grad_clip:
-                    params = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
+                if not spec.needs_closure:
+                    optimizer.step()
                 schedule.step_batch()
                 global_step += 1
-                state["total"] += lv * len(target)
-                state["count"] += len(target)
+                state["total"] += lv * n_seen["batch"]
+                state["count"] += n_seen["batch"]
                 if eval_every_steps and global_step % eval_every_steps == 0 and evaluate(epoch, global_step):
                     return outcome("pruned", f"pruned by the pruner at evaluation {len(history)} "
                                              f"(epoch {epoch}, step {global_step})", stopped=len(history))

@@ -104,3 +104,16 @@ def test_evaluate_every_n_steps_reports_each_evaluation():
     assert [r.step for r in out.history] == [5 * i for i in seen]
     pruned = train(task, cfg("adam", lr=1e-3), report=lambda i, v: i >= 3, eval_every_steps=5)
     assert pruned.status == "pruned" and len(pruned.history) == 3 and "evaluation 3" in pruned.reason
+
+
+def test_full_batch_lbfgs_gets_its_closure():
+    """L-BFGS re-evaluates the batch inside step(): the loop hands it a closure, so a full-batch
+    configuration trains instead of failing with 'step() missing closure'."""
+    task = load_task("tabular", size=0.25)
+    n_train = len(task.loaders()[0].dataset)
+    config = TrialConfig(optimizer="lbfgs", optimizer_params={"lr": 1.0, "max_iter": 5}, scheduler="constant",
+                         scheduler_params={}, warmup_fraction=0.0, batch_size=n_train)
+    out = train(task, config, seed=0, epochs=3)
+    assert out.status == "complete", out.reason
+    assert len(out.history) == 3 and out.history[-1].train_loss < out.history[0].train_loss
+    assert beats_chance(task, out.value, 0.1), (out.value, task.chance_level)
