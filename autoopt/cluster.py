@@ -39,6 +39,10 @@ from typing import Any
 CLIENT_ENV = ("AUTOOPT_STORAGE", "AUTOOPT_TRACKING_URI", "AUTOOPT_RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 
 
+#: ``mlflow server --allowed-hosts`` of docker-compose.yml: the service name and this machine.
+MLFLOW_ALLOWED_HOSTS = "mlflow,mlflow:*,localhost,localhost:*,127.0.0.1,127.0.0.1:*"
+
+
 class ClusterError(RuntimeError):
     """A part of the local cluster did not start; the message ends with the tail of its log."""
 
@@ -129,8 +133,12 @@ class Service:
         """SIGKILL every process of the service at once: a machine that lost power."""
         if self.proc is None:
             return
-        self._signal_all(signal.SIGKILL)
-        self.proc.wait()
+        for _ in range(20):  # again, for any child forked between listing and signalling
+            self._signal_all(signal.SIGKILL)
+            self.proc.wait()
+            time.sleep(0.05)
+            if not self.pids():
+                break
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL whatever of the session is left after ``timeout`` seconds."""
@@ -304,7 +312,9 @@ def start_mlflow_server(backend_uri: str, artifacts_dir: Path, log: Path, *, por
     server = MlflowServer(name="mlflow", log=log, port=port or free_port())
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
            "--serve-artifacts", "--artifacts-destination", str(artifacts_dir),
-           "--host", "127.0.0.1", "--port", str(server.port), "--workers", "1"]
+           "--host", "127.0.0.1", "--port", str(server.port), "--workers", "1",
+           # the Host headers docker-compose.yml's mlflow service accepts
+           "--allowed-hosts", MLFLOW_ALLOWED_HOSTS]
     # The GenAI job runner (judges, prompt optimisation) is not used by autoopt: 5 fewer processes.
     server.spawn(cmd, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     if wait:

@@ -24,7 +24,7 @@ from autoopt.coordinator import HEARTBEAT_S, StudyCoordinator
 from autoopt.records import EpochRecord, TrialOutcome
 from autoopt.space import TrialConfig
 from autoopt.spec import SpecError, StudySpec
-from autoopt.storage import default_storage_url, open_storage, redact
+from autoopt.storage import StorageError, default_storage_url, open_storage, redact
 from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
@@ -102,6 +102,21 @@ _WORKER_LOST = (
     ray.exceptions.ObjectLostError,
     ray.exceptions.TaskUnschedulableError,
 )
+
+
+def _coordinator_placement() -> Any:
+    """Where a study's coordinator lives: on the head node (hard affinity), which outlives worker
+    nodes, so a killed worker never takes the study's storage owner with it (a soft affinity
+    was seen to land on a worker). Embedded, the head is this machine."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        for node in ray.nodes():
+            if node.get("Alive") and "node:__internal_head__" in (node.get("Resources") or {}):
+                return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+    except Exception:  # noqa: BLE001 - fall back to the driver's node
+        pass
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
 def _env_float(name: str) -> float | None:
@@ -250,9 +265,7 @@ class StudyRunner:
             allowed = [o for o in top if not space.optimizers or o in space.optimizers]
             if allowed:
                 space = space.model_copy(update={"optimizers": allowed})
-        node = ray.get_runtime_context().get_node_id()
-        strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node, soft=True)
-        return _Coordinator.options(scheduling_strategy=strategy).remote(
+        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(
             storage_url=self.storage_url,
             study_name=self.spec.name,
             direction=self.task.direction,
@@ -280,6 +293,15 @@ class StudyRunner:
         self._stop.set()
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except ray.exceptions.RayTaskError as exc:
+            # the coordinator gave up on an unreachable storage: say so in one line, not a Ray traceback
+            if isinstance(getattr(exc, "cause", None), StorageError):
+                raise StorageError(str(exc.cause)) from None
+            raise
+
+    def _run(self) -> dict[str, Any]:
         ensure_ray(self.spec.ray_address)
         self.coordinator = self._make_coordinator()
         try:

@@ -1,0 +1,472 @@
+"""The cluster path, tested without Docker: the docker-compose topology as real processes.
+
+One module-scoped :class:`autoopt.cluster.LocalCluster` on 127.0.0.1: two fresh databases on the
+machine's PostgreSQL (Optuna storage, MLflow backend store), an ``mlflow server`` process on
+PostgreSQL serving artifacts, a Ray head (token authentication on, no CPUs: it only hosts the
+study coordinators and the Ray client server) and a separate Ray worker node (``ray start``).
+Studies are submitted from subprocesses exactly as from the host of a compose stack: the CLI and
+the Python API, with ``AUTOOPT_STORAGE`` / ``AUTOOPT_TRACKING_URI`` / ``AUTOOPT_RAY_ADDRESS``
+(``ray://``) and the Ray token in the environment. The pytest process never joins the cluster.
+
+Faults: the worker node is SIGKILLed mid-study, a (private) PostgreSQL is stopped and restarted
+mid-study, the MLflow server is stopped and restarted mid-study, and two clients run studies
+at the same time. See README "Fault guarantees".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from autoopt.cluster import ClusterError, LocalCluster, PrivatePostgres, create_database
+from autoopt.storage import open_storage
+
+from conftest import PG_ADMIN
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[1]
+AUTOOPT = str(Path(sys.executable).with_name("autoopt"))
+TASK = {"size": 0.25, "epochs": 3}
+BUDGET_S = 60  # wall-time budget of the first of the two concurrent studies (the second: 20 s)
+# ranges in which the tiny regression task never diverges (a diverged trial is FAILED by design)
+SPACE_A = {"optimizers": ["adamw"], "schedulers": ["constant"], "params": {"adamw": {"lr": {"low": 1e-4, "high": 3e-3}}}}
+SPACE_B = {"optimizers": ["radam"], "schedulers": ["constant"], "params": {"radam": {"lr": {"low": 1e-4, "high": 3e-3}}}}
+# fast node-death detection on the head (Ray's default is ~30 s)
+HEAD_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+            "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "1000"}
+
+
+def _check_prereqs() -> None:
+    import sqlalchemy as sa
+
+    from autoopt.storage import _sqlalchemy_url
+
+    try:
+        engine = sa.create_engine(_sqlalchemy_url(PG_ADMIN), connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # CI always has it: fail loudly, never skip
+        pytest.fail(f"PostgreSQL at {PG_ADMIN} is required for the cluster tests: {exc}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    _check_prereqs()
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), postgres_admin_url=PG_ADMIN, worker_cpus=2,
+                     head_env=HEAD_ENV)
+    c.start()
+    yield c
+    c.stop()
+
+
+def write_spec(path: Path, name: str, n_trials: int | None, workers: int = 1, epochs: int = 3, **extra: Any) -> Path:
+    spec = {"name": name, "task": "tabular", "task_options": {**TASK, "epochs": epochs}, "n_trials": n_trials,
+            "workers": workers, "cpus_per_trial": 1, "pruner": "none", "seed": 0,
+            "warm_start": {"enabled": False},
+            "space": SPACE_A, **extra}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOOPT_", "RAY_", "MLFLOW_"))}
+    env.update(cluster.client_env())  # ray://: the host of a compose stack, outside the cluster
+    env["AUTOOPT_RECOMMEND_DIR"] = os.environ["AUTOOPT_RECOMMEND_DIR"]
+    env.update(extra)
+    return env
+
+
+def start_cli(cluster: LocalCluster, spec: Path, cwd: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([AUTOOPT, "run", str(spec), "--json", *args], cwd=cwd, env=client_env(cluster, **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 420) -> tuple[dict[str, Any], str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"client did not finish in {timeout} s:\n{err[-4000:]}")
+    assert proc.returncode == 0, f"client failed ({proc.returncode}):\n{err[-4000:]}"
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def wait_for(what: str, cond, timeout: float, proc: subprocess.Popen | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+        except Exception:  # noqa: BLE001 - the storage may be restarting
+            value = None
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"client exited ({proc.returncode}) while waiting for {what}:\n{proc.stderr.read()[-4000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+API_SCRIPT = """
+import json, sys
+import autoopt
+spec = autoopt.StudySpec(name=sys.argv[1], task="tabular", task_options={task!r}, n_trials=None,
+                         timeout_s={budget}, workers=1,
+                         cpus_per_trial=1, pruner="none", seed=1, warm_start={{"enabled": False}},
+                         space={space!r})
+handle = autoopt.submit(spec)          # storage, tracking and Ray from AUTOOPT_* in the environment
+result = handle.wait()
+print(json.dumps(result.to_dict(), default=str))
+"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Two clients, CLI and Python API, at the same time
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_clients(cluster, tmp_path_factory):
+    """Submit one study with the CLI and one with the Python API, concurrently, from "the host"."""
+    work = tmp_path_factory.mktemp("clients")
+    # Both studies run for a wall-time budget (no trial count), so they overlap for sure even when
+    # one client takes long to connect: each runs BUDGET_S from its own start.
+    cli = start_cli(cluster, write_spec(work / "cli.yaml", "cli-study", None, epochs=10, timeout_s=BUDGET_S), work)
+    # the second client connects once the first one's study exists; its connection may take up to
+    # ~45 s (see docs/cluster.md on Ray client retries), well inside the first study's budget
+    wait_for("the first study", lambda: trials(cluster.optuna_url, "cli-study"), 240, cli)
+    api = subprocess.Popen([sys.executable, "-c", API_SCRIPT.format(task={**TASK, "epochs": 10}, budget=20, space=SPACE_B), "api-study"], cwd=work,
+                           env=client_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli_result, _ = finish(cli)
+    api_result, _ = finish(api)
+    return {"cli-study": cli_result, "api-study": api_result, "workdir": work}
+
+
+def test_trials_ran_on_the_worker_node(cluster, two_clients):
+    worker_ids = {w.node_id for w in cluster.workers}
+    assert None not in worker_ids
+    for name in ("cli-study", "api-study"):
+        ts = trials(cluster.optuna_url, name)
+        assert len(ts) >= 2
+        nodes = {t.user_attrs.get("autoopt.node_id") for t in ts}
+        assert nodes <= worker_ids, f"{name}: trials ran on {nodes}, worker nodes are {worker_ids}"
+        assert cluster.head.node_id not in nodes
+
+
+def test_storage_is_the_clusters_postgresql(cluster, two_clients):
+    assert make_url(cluster.optuna_url).get_backend_name() == "postgresql"
+    for name in ("cli-study", "api-study"):
+        result = two_clients[name]
+        assert result["counts"]["complete"] == len(trials(cluster.optuna_url, name)) >= 2, result
+        assert make_url(result["storage_url"]).get_backend_name() == "postgresql"
+        assert result["storage_url"].rsplit("/", 1)[-1] == cluster.optuna_url.rsplit("/", 1)[-1]
+    # nothing was written next to the client
+    assert not list(two_clients["workdir"].glob("*.db")) and not (two_clients["workdir"] / "mlartifacts").exists()
+
+
+def test_runs_are_on_the_tracking_server(cluster, two_clients):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=cluster.mlflow.url)
+    for name in ("cli-study", "api-study"):
+        result = two_clients[name]
+        assert result["tracking_uri"] == cluster.mlflow.url
+        exp = client.get_experiment_by_name(name)
+        assert exp is not None
+        runs = client.search_runs([exp.experiment_id])
+        parent = [r for r in runs if r.info.run_id == result["mlflow_parent_run_id"]]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["mlflow_parent_run_id"]]
+        assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+        assert len(children) == len(trials(cluster.optuna_url, name))
+        assert all(r.info.status == "FINISHED" for r in children)
+        by_id = {t.user_attrs["autoopt.mlflow_run_id"]: t for t in trials(cluster.optuna_url, name)}
+        assert set(by_id) == {r.info.run_id for r in children}
+        for r in children:
+            history = client.get_metric_history(r.info.run_id, "val_mse")
+            assert len(history) == 10
+        # artifacts went through the server (mlflow-artifacts:/), onto the server's volume
+        assert client.list_artifacts(result["mlflow_parent_run_id"])
+
+
+def test_concurrent_studies_do_not_interfere(cluster, two_clients):
+    a, b = trials(cluster.optuna_url, "cli-study"), trials(cluster.optuna_url, "api-study")
+    assert [t.number for t in a] == list(range(len(a))) and [t.number for t in b] == list(range(len(b)))
+    assert all(t.state == TrialState.COMPLETE for t in a + b)
+    assert {t.params["optimizer"] for t in a} == {"adamw"} and {t.params["optimizer"] for t in b} == {"radam"}
+    assert len({t.user_attrs["autoopt.session"] for t in a}) == 1
+    assert {t.user_attrs["autoopt.session"] for t in a}.isdisjoint({t.user_attrs["autoopt.session"] for t in b})
+    study_b = optuna.load_study(study_name="api-study", storage=open_storage(cluster.optuna_url))
+    assert study_b.user_attrs["autoopt.spec"]["space"]["optimizers"] == ["radam"]
+    # the two studies overlapped in time (else this proves nothing about concurrency)
+    span = lambda ts: (min(t.datetime_start for t in ts), max(t.datetime_complete for t in ts))  # noqa: E731
+    (a0, a1), (b0, b1) = span(a), span(b)
+    assert a0 < b1 and b0 < a1, f"no overlap: cli-study ran {a0:%X}-{a1:%X}, api-study {b0:%X}-{b1:%X}"
+
+
+def http(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_uis_answer_as_in_compose(cluster, two_clients):
+    """The three UIs of the README: MLflow, Ray dashboard (token auth on), optuna-dashboard on the
+    same PostgreSQL storage, started with the URL form docker-compose.yml gives it."""
+    from autoopt.cluster import free_port, port_open
+    from autoopt.storage import _sqlalchemy_url
+
+    status, body = http(cluster.mlflow.url + "/")
+    assert status == 200 and b"<html" in body.lower()
+
+    dash = cluster.head.dashboard_url
+    assert http(dash + "/api/gcs_healthz")[0] == 200  # compose's healthcheck, no token needed
+    assert json.loads(http(dash + "/api/authentication_mode")[1])["authentication_mode"] == "token"
+    assert http(dash + "/nodes?view=summary")[0] == 401
+    status, body = http(dash + "/nodes?view=summary", {"Authorization": f"Bearer {cluster.token}"})
+    assert status == 200 and json.loads(body)["result"] is True
+
+    port = free_port()
+    url = _sqlalchemy_url(cluster.optuna_url)
+    assert url.startswith("postgresql+psycopg://")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), url,
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("optuna-dashboard", lambda: port_open(port), 60, proc)
+        studies = json.loads(http(f"http://127.0.0.1:{port}/api/studies")[1])["study_summaries"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert {"cli-study", "api-study"} <= {s["study_name"] for s in studies}
+
+
+# ------------------------------------------------------------------------------------------------
+# Faults
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def live_worker(cluster):
+    """A running worker node (an earlier fault test may have left none)."""
+    alive = [w for w in cluster.workers if w.alive]
+    return alive[-1] if alive else cluster.add_worker()
+
+
+def actors(cluster: LocalCluster, class_name: str) -> list[dict[str, Any]]:
+    """Actors of the cluster, from the dashboard's state API (with the token)."""
+    status, body = http(cluster.head.dashboard_url + "/api/v0/actors?detail=1&limit=1000",
+                        {"Authorization": f"Bearer {cluster.token}"})
+    assert status == 200, body[:500]
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == class_name:
+                found.append(node)
+            else:
+                for v in node.values():
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(body))
+    return found
+
+
+def test_worker_node_killed_mid_study(cluster, live_worker, tmp_path):
+    """SIGKILL the only worker node while trials run: those trials are FAILED with the reason and
+    re-enqueued; the study waits, and completes on a new worker node; finished trials stay."""
+    url = cluster.optuna_url
+    proc = start_cli(cluster, write_spec(tmp_path / "kill.yaml", "kill-study", 6, workers=2, epochs=12, retries=1),
+                     tmp_path)
+    wait_for("the study", lambda: trials(url, "kill-study"), 240, proc)
+    # the study's coordinator (its storage owner) lives on the head, not on the node about to die
+    coordinators = [a for a in actors(cluster, "StudyCoordinator") if a.get("state") == "ALIVE"]
+    assert coordinators and all(a["node_id"] == cluster.head.node_id for a in coordinators), (
+        [(a["node_id"], a.get("job_id")) for a in coordinators], "head", cluster.head.node_id,
+        "workers", [w.node_id for w in cluster.workers])
+
+    def midway() -> bool:  # trials finished, trials running, and trials still to ask for
+        ts = trials(url, "kill-study")
+        states = [t.state for t in ts]
+        return TrialState.COMPLETE in states and TrialState.RUNNING in states and len(ts) <= 4
+
+    wait_for("a finished and a running trial", midway, 240, proc)
+    done_before = {t.number: t.value for t in trials(url, "kill-study") if t.state == TrialState.COMPLETE}
+    victim = live_worker
+    victim.kill()
+    wait_for("the node's processes to be gone", lambda: not victim.pids(), 10)
+    failed = wait_for("the killed trials to be failed", lambda: [
+        t for t in trials(url, "kill-study") if t.state == TrialState.FAIL], 120, proc)
+    new = cluster.add_worker()
+    result, _ = finish(proc)
+
+    final = trials(url, "kill-study")
+    for number, value in done_before.items():  # nothing already finished is lost
+        assert final[number].state == TrialState.COMPLETE and final[number].value == value
+    story = [(t.number, t.state.name, t.user_attrs.get("autoopt.reason"), t.user_attrs.get("autoopt.retry_of"))
+             for t in final]
+    for t in failed:
+        assert t.user_attrs["autoopt.reason"].startswith("worker lost"), story
+        assert t.user_attrs["autoopt.retried"] is True, story
+    retries = [t for t in final if "autoopt.retry_of" in t.user_attrs]
+    assert {t.user_attrs["autoopt.retry_of"] for t in retries} >= {t.number for t in failed}, story
+    assert all(t.state == TrialState.COMPLETE for t in retries), story
+    assert {t.user_attrs["autoopt.node_id"] for t in retries} == {new.node_id}
+    counted = [t for t in final if not t.user_attrs.get("autoopt.retried")]
+    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert result["counts"]["complete"] == 6
+
+
+@pytest.fixture
+def private_pg(tmp_path):
+    why = PrivatePostgres.available()
+    if why:
+        pytest.fail(f"the PostgreSQL restart test needs a private server: {why}")
+    import tempfile
+
+    # as root the server runs as `postgres`, which cannot enter pytest's 0700 tmp_path
+    pg = PrivatePostgres(Path(tempfile.mkdtemp(prefix="ao-pg-", dir="/tmp"))).init()
+    pg.start()
+    yield pg
+    pg.destroy()
+
+
+def test_postgres_restart_mid_study(cluster, live_worker, private_pg, tmp_path):
+    """Stop the study's PostgreSQL (a private one: never the machine's) for 8 s while trials run,
+    then start it again: the coordinator retries, the study completes, nothing is lost."""
+    url = create_database(private_pg.url, "autoopt_restart")
+    proc = start_cli(cluster, write_spec(tmp_path / "pg.yaml", "pg-study", 8, workers=2, epochs=6), tmp_path,
+                     "--storage", url)
+
+    def midway() -> bool:  # trials finished, trials running, and trials still to ask for
+        ts = trials(url, "pg-study")
+        states = [t.state for t in ts]
+        return TrialState.COMPLETE in states and TrialState.RUNNING in states and len(ts) <= 5
+
+    wait_for("a finished and a running trial", midway, 240, proc)
+    done_before = {t.number: t.value for t in trials(url, "pg-study") if t.state == TrialState.COMPLETE}
+    private_pg.stop("fast")  # ends every session: the coordinator's pooled connections die
+    time.sleep(8)
+    if proc.poll() is not None:
+        err = proc.stderr.read()
+        (tmp_path / "client.err").write_text(err)
+        pytest.fail(f"the client died while PostgreSQL was down:\n{err[:6000]}")
+    private_pg.start()
+    result, err = finish(proc)
+
+    final = trials(url, "pg-study")
+    for number, value in done_before.items():
+        assert final[number].state == TrialState.COMPLETE and final[number].value == value
+    counted = [t for t in final if not t.user_attrs.get("autoopt.retried")]
+    assert len(counted) == 8 and all(t.state == TrialState.COMPLETE for t in counted), [
+        (t.number, t.state, t.user_attrs.get("autoopt.reason")) for t in final]
+    assert result["counts"]["complete"] == 8
+    assert "was unreachable during the study" in err  # the outage really hit the study; the user is told
+
+
+def test_postgres_down_too_long_fails_clearly_then_resumes(cluster, live_worker, private_pg, tmp_path):
+    """PostgreSQL stays down longer than AUTOOPT_STORAGE_RETRY_S (5 s here): the client stops with
+    one line naming the storage (no password, no traceback) and exit code 2; once PostgreSQL is
+    back, `autoopt resume` fails the dead run's RUNNING trials, re-runs them and completes."""
+    url = create_database(private_pg.url, "autoopt_outage")
+    proc = start_cli(cluster, write_spec(tmp_path / "out.yaml", "outage-study", 4, workers=2, epochs=6), tmp_path,
+                     "--storage", url, AUTOOPT_STORAGE_RETRY_S="5")
+    wait_for("a finished and a running trial", lambda: (
+        any(t.state == TrialState.COMPLETE for t in trials(url, "outage-study"))
+        and any(t.state == TrialState.RUNNING for t in trials(url, "outage-study"))), 240, proc)
+    private_pg.stop("fast")
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the client kept waiting for a storage that stayed down")
+    assert proc.returncode == 2, err[-3000:]
+    message = [line for line in err.splitlines() if "error:" in line]
+    assert len(message) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"127.0.0.1:{private_pg.port}/autoopt_outage unreachable for 5 s" in message[0]
+    assert "autoopt resume outage-study" in message[0]
+
+    private_pg.start()
+    before = trials(url, "outage-study")
+    done_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
+    orphans = {t.number for t in before if t.state == TrialState.RUNNING}
+    assert orphans
+    resume = subprocess.Popen([AUTOOPT, "resume", "outage-study", "--storage", url, "--json"], cwd=tmp_path,
+                              env=client_env(cluster, AUTOOPT_STALE_AFTER_S="2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result, _ = finish(resume)
+    final = trials(url, "outage-study")
+    for number, value in done_before.items():
+        assert final[number].state == TrialState.COMPLETE and final[number].value == value
+    for number in orphans:
+        assert final[number].state == TrialState.FAIL and final[number].user_attrs["autoopt.retried"] is True
+        assert final[number].user_attrs["autoopt.reason"].startswith("abandoned")
+    counted = [t for t in final if not t.user_attrs.get("autoopt.retried")]
+    assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert result["counts"]["complete"] == 4
+
+
+def test_mlflow_server_down_mid_study(cluster, live_worker, tmp_path):
+    """Stop the MLflow server while trials run: they go on and land in Optuna; the user is warned;
+    once the server is back (same port), later trials and the study's results are logged."""
+    from mlflow import MlflowClient
+
+    from autoopt.cluster import start_mlflow_server
+
+    url = cluster.optuna_url
+    # a wall-time budget: the study is still running whenever the restarted server is up
+    proc = start_cli(cluster, write_spec(tmp_path / "ml.yaml", "mlflow-study", None, workers=1, epochs=3,
+                                         timeout_s=60), tmp_path, AUTOOPT_TRACKING_COOLDOWN_S="2")
+    wait_for("a finished trial", lambda: any(t.state == TrialState.COMPLETE for t in trials(url, "mlflow-study")),
+             240, proc)
+    server = cluster.mlflow
+    down_at = time.time()
+    server.kill()  # the server process dies (SIGKILL): connections refused from now on
+    # a trial finishes (it must log its epochs and end its run) while the server is down
+    wait_for("a trial finished during the outage", lambda: any(
+        t.state == TrialState.COMPLETE and t.datetime_complete.timestamp() > down_at
+        for t in trials(url, "mlflow-study")), 240, proc)
+    assert proc.poll() is None
+    cluster.mlflow = start_mlflow_server(cluster.mlflow_backend_uri, cluster.workdir / "mlartifacts",
+                                         cluster.workdir / "mlflow-2.log", port=server.port)
+    up_at = time.time()
+    result, err = finish(proc)
+
+    final = trials(url, "mlflow-study")
+    assert result["counts"]["complete"] == len(final) and all(t.state == TrialState.COMPLETE for t in final)
+    assert "MLflow tracking at" in err and "failed during trial" in err, err[-3000:]
+    client = MlflowClient(tracking_uri=cluster.mlflow.url)
+    exp = client.get_experiment_by_name("mlflow-study")
+    parent = client.get_run(result["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and "best_value" in parent.data.metrics, err[-3000:]  # logged after
+    children = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    after = [t for t in final if t.datetime_start.timestamp() > up_at + 2]  # started once the server was back
+    assert after, "no trial started after the server came back"
+    for t in after:
+        run = children[t.user_attrs["autoopt.mlflow_run_id"]]
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 3

@@ -1,0 +1,276 @@
+"""docker-compose.yml, .env.example and Dockerfile are consistent with autoopt's configuration.
+
+No Docker engine runs on CI, so the compose file is parsed (PyYAML) and interpolated with the
+variables of ``.env.example`` the way ``docker compose`` does (``${VAR}``, ``${VAR:-default}``,
+``${VAR:?error}``, ``$$``); then services, start order, ports, environment names, URLs and
+volumes are checked against each other and against the variables autoopt reads.
+``tests/test_cluster.py`` runs the same topology as processes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+from autoopt.cluster import CLIENT_ENV, MLFLOW_ALLOWED_HOSTS
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+SERVICES = {"postgres", "mlflow", "ray-head", "ray-worker", "optuna-dashboard", "autoopt"}
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """A .env file as compose reads it (KEY=VALUE lines; ${VAR} refers to earlier keys)."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        env[key.strip()] = interpolate(value.strip(), env)
+    return env
+
+
+def interpolate(text: str, env: dict[str, str], used: set[str] | None = None) -> str:
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        if used is not None:
+            used.add(name)
+        op, arg = m.group(2), m.group(3)
+        value = env.get(name)
+        if op in (":-", ":?") and not value or op in ("-", "?") and value is None:
+            if op.endswith("?"):
+                raise KeyError(f"{name}: {arg}")
+            return interpolate(arg or "", env, used)
+        return value or ""
+
+    return _VAR.sub(sub, text)
+
+
+def resolve(node: Any, env: dict[str, str], used: set[str] | None = None) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env, used)
+    if isinstance(node, list):
+        return [resolve(v, env, used) for v in node]
+    if isinstance(node, dict):
+        return {k: resolve(v, env, used) for k, v in node.items()}
+    return node
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return read_env_file(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def compose(raw, env) -> dict[str, Any]:
+    return resolve(raw, env)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    e = service.get("environment") or {}
+    if isinstance(e, list):
+        e = dict(item.split("=", 1) for item in e)
+    return {k: str(v) for k, v in e.items()}
+
+
+def flag(command: list[str], name: str) -> str:
+    """``--name=value`` or ``--name value`` from a command list."""
+    for i, arg in enumerate(command):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name:
+            return command[i + 1]
+    raise AssertionError(f"{name} not in {command}")
+
+
+def autoopt_config_vars() -> set[str]:
+    """Every AUTOOPT_* variable name autoopt's code reads."""
+    names: set[str] = set()
+    for path in (ROOT / "autoopt").rglob("*.py"):
+        names |= set(re.findall(r"AUTOOPT_[A-Z0-9_]+", path.read_text()))
+    return names
+
+
+def test_services_and_start_order(compose):
+    services = compose["services"]
+    assert set(services) == SERVICES
+    for name, svc in services.items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            assert cond["condition"] == "service_healthy", f"{name} -> {dep}"
+            assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, which has no healthcheck"
+    # the order compose starts them in: a topological order exists and puts the database first
+    order: list[str] = []
+    pending = dict(services)
+    while pending:
+        ready = [n for n, s in pending.items() if set(s.get("depends_on") or {}) <= set(order)]
+        assert ready, f"depends_on cycle among {sorted(pending)}"
+        order.extend(sorted(ready))
+        for n in ready:
+            del pending[n]
+    assert order[0] == "postgres"
+    deps = lambda n: set(services[n].get("depends_on") or {})  # noqa: E731
+    assert "postgres" in deps("mlflow") and "postgres" in deps("optuna-dashboard")
+    assert {"ray-head", "mlflow"} <= deps("ray-worker") and {"ray-head", "mlflow"} <= deps("autoopt")
+
+
+def test_published_ports_are_bound_to_localhost_by_default(raw, compose):
+    published = {n: s.get("ports", []) for n, s in compose["services"].items()}
+    assert published["ray-worker"] == [] and "container_name" not in compose["services"]["ray-worker"], \
+        "ray-worker must be scalable with --scale: no host ports, no container_name"
+    assert published["autoopt"] == []
+    defaults = resolve(raw, {"POSTGRES_PASSWORD": "x", "RAY_AUTH_TOKEN": "y"})  # a .env with only the secrets
+    for cfg in (compose, defaults):
+        for name, svc in cfg["services"].items():
+            for port in svc.get("ports", []):
+                assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port}"
+    host_ports = {n: {int(p.split(":")[2]): int(p.split(":")[1]) for p in ps} for n, ps in published.items()}
+    assert host_ports["mlflow"] == {5000: 5000}
+    assert host_ports["ray-head"] == {8265: 8265, 10001: 10001}
+    assert host_ports["optuna-dashboard"] == {8080: 8080}
+    assert host_ports["postgres"] == {5432: 5432}
+
+
+def test_env_example_defines_every_variable_and_holds_no_secret(raw, env):
+    used: set[str] = set()
+    resolve(raw, env, used)
+    assert used <= set(env), f"not in .env.example: {sorted(used - set(env))}"
+    for key, value in env.items():
+        if re.search(r"PASSWORD|TOKEN|SECRET", key):
+            assert value == "change-me", f"{key} in .env.example must be a placeholder"
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):  # compose refuses to start without them
+        resolve(raw, {"RAY_AUTH_TOKEN": "y"})
+    with pytest.raises(KeyError, match="RAY_AUTH_TOKEN"):
+        resolve(raw, {"POSTGRES_PASSWORD": "x"})
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored, ".env (real passwords) must be git-ignored"
+
+
+def test_client_environment_matches_autoopt_configuration(compose, env):
+    services = compose["services"]
+    client = environment(services["autoopt"])
+    known = autoopt_config_vars()
+    for key in client:
+        assert key in known or key.startswith("RAY_"), f"autoopt does not read {key}"
+    assert set(CLIENT_ENV) <= set(client)
+    pg = environment(services["postgres"])
+
+    storage = make_url(client["AUTOOPT_STORAGE"])
+    assert storage.get_backend_name() == "postgresql" and storage.host == "postgres"
+    assert storage.port == 5432 and storage.database == pg["POSTGRES_DB"]
+    assert (storage.username, storage.password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+
+    tracking = client["AUTOOPT_TRACKING_URI"]
+    assert tracking == f"http://mlflow:{flag(services['mlflow']['command'], '--port')}"
+    head = services["ray-head"]["command"]
+    assert client["AUTOOPT_RAY_ADDRESS"] == f"ray://ray-head:{flag(head, '--ray-client-server-port')}"
+    assert flag(services["ray-worker"]["command"], "--address") == f"ray-head:{flag(head, '--port')}"
+
+    # the same settings for a client on the host, through the published ports
+    host = make_url(env["AUTOOPT_STORAGE"])
+    assert (host.host, host.port, host.database) == ("127.0.0.1", int(env["POSTGRES_PORT"]), pg["POSTGRES_DB"])
+    assert host.password == pg["POSTGRES_PASSWORD"]
+    assert env["AUTOOPT_TRACKING_URI"] == f"http://127.0.0.1:{env['MLFLOW_PORT']}"
+    assert env["AUTOOPT_RAY_ADDRESS"] == f"ray://127.0.0.1:{env['RAY_CLIENT_PORT']}"
+    for key in ("AUTOOPT_STORAGE", "AUTOOPT_TRACKING_URI", "AUTOOPT_RAY_ADDRESS"):
+        assert key in known
+
+
+def test_ray_token_authentication_is_on(compose, env):
+    for name in ("ray-head", "ray-worker", "autoopt"):
+        e = environment(compose["services"][name])
+        assert e["RAY_AUTH_MODE"] == "token", name
+        assert e["RAY_AUTH_TOKEN"] == env["RAY_AUTH_TOKEN"], name
+    assert env["RAY_AUTH_MODE"] == "token"  # and for clients on the host
+    head = compose["services"]["ray-head"]["command"]
+    assert flag(head, "--num-cpus") == "0", "trials must run on workers, not on the head"
+
+
+def test_mlflow_and_dashboard_use_the_postgres_databases(compose):
+    services = compose["services"]
+    pg = environment(services["postgres"])
+    backend = make_url(flag(services["mlflow"]["command"], "--backend-store-uri"))
+    assert backend.get_backend_name() == "postgresql" and backend.host == "postgres"
+    assert backend.database == pg["MLFLOW_DB"] != pg["POSTGRES_DB"]
+    init = next(v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v)
+    script = (ROOT / init.split(":")[0]).read_text()
+    assert "CREATE DATABASE" in script and "MLFLOW_DB" in script
+    assert "--serve-artifacts" in services["mlflow"]["command"]
+    # the value tests/test_cluster.py runs its mlflow server with
+    assert flag(services["mlflow"]["command"], "--allowed-hosts") == MLFLOW_ALLOWED_HOSTS
+    dash = make_url(services["optuna-dashboard"]["command"][1])
+    storage = make_url(environment(services["autoopt"])["AUTOOPT_STORAGE"])
+    assert (dash.host, dash.port, dash.database, dash.username) == (
+        storage.host, storage.port, storage.database, storage.username)
+
+
+def test_volumes_are_declared_and_mounted_where_data_lives(raw, compose):
+    declared = set(raw.get("volumes") or {})
+    used = set()
+    for name, svc in compose["services"].items():
+        for v in svc.get("volumes", []):
+            source, target = v.split(":")[:2]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name}: bind mount {source} missing"
+            else:
+                assert source in declared, f"{name}: volume {source} not declared"
+                used.add(source)
+    assert used == declared
+    services = compose["services"]
+    assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    dest = flag(services["mlflow"]["command"], "--artifacts-destination")
+    assert f"mlartifacts:{dest}" in services["mlflow"]["volumes"]
+
+
+def test_ray_workers_reserve_nvidia_gpus(compose, env):
+    worker = compose["services"]["ray-worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert flag(worker["command"], "--num-gpus") == env["RAY_WORKER_GPUS"] == str(devices[0]["count"])
+
+
+def test_dockerfile_matches_this_environment():
+    """A ray:// client must have the image's Python minor version and Ray version."""
+    import ray
+
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"ARG PYTHON_VERSION=(\S+)", text).group(1) == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert re.search(r"ARG RAY_VERSION=(\S+)", text).group(1) == ray.__version__
+    for src in re.findall(r"^COPY (.+) \S+$", text, flags=re.M):
+        for part in src.split():
+            assert (ROOT / part).exists(), f"Dockerfile copies missing {part}"
+    # every command the compose services run from this image is installed by it
+    commands = {svc["command"][0] for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items()
+                if name != "postgres"}
+    assert commands == {"ray", "mlflow", "optuna-dashboard", "autoopt"}
+    assert "optuna-dashboard" in text and "ray[default,client]" in text and re.search(r"pip install .* \.", text)
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    """``docker compose config`` where the compose plugin exists (it needs no daemon)."""
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("docker compose plugin not installed here; the file is checked by the tests above")
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    done = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--env-file", str(env_file), "config", "-q"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
