@@ -43,6 +43,12 @@ CLIENT_ENV = ("AUTOOPT_STORAGE", "AUTOOPT_TRACKING_URI", "AUTOOPT_RAY_ADDRESS", 
 MLFLOW_ALLOWED_HOSTS = "mlflow,mlflow:*,localhost,localhost:*,127.0.0.1,127.0.0.1:*"
 
 
+#: Head settings of docker-compose.yml's ``ray-head`` service beyond token authentication: Ray's
+#: client proxy sometimes loses a per-client server to a gRPC fork race (ray#63202); the client
+#: retries, and learns of the loss after this many seconds instead of 30.
+HEAD_ENV = {"RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "10"}
+
+
 class ClusterError(RuntimeError):
     """A part of the local cluster did not start; the message ends with the tail of its log."""
 
@@ -225,7 +231,7 @@ def start_ray_head(temp_dir: Path, token: str, *, num_cpus: int = 0, dashboard: 
     """A head node like the compose ``ray-head`` service: GCS, Ray client server, dashboard, no CPUs."""
     head = RayHead(name="ray-head", log=temp_dir / "ray-head.log", gcs_port=free_port(),
                    client_port=free_port(), dashboard_port=free_port() if dashboard else None,
-                   env={**ray_env(token), **(extra_env or {})}, temp_dir=_ray_temp_dir("head"))
+                   env={**ray_env(token), **HEAD_ENV, **(extra_env or {})}, temp_dir=_ray_temp_dir("head"))
     cmd = [_ray_bin(), "start", "--head", "--block", f"--port={head.gcs_port}", "--node-ip-address=127.0.0.1",
            f"--num-cpus={num_cpus}", "--num-gpus=0", f"--ray-client-server-port={head.client_port}",
            f"--temp-dir={head.temp_dir}", f"--object-store-memory={object_store_bytes}",

@@ -134,14 +134,16 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["address"] = address
     else:  # embedded: a private local instance, quiet unless something goes wrong
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, logging_level=logging.ERROR)
-    for attempt in range(3):
+    attempts = 5
+    for attempt in range(attempts):
         try:
             ray.init(**kwargs)
             return
         except ConnectionAbortedError:
-            # Ray client (ray://): the head's proxy occasionally fails to start the per-client
-            # server ("Initialization failure from server"); a new connection gets a new one.
-            if attempt == 2 or not str(address).startswith("ray://"):
+            # Ray client (ray://): the head's proxy occasionally loses the per-client server to a
+            # gRPC fork race (ray#63202, "Initialization failure from server"); a new connection
+            # gets a new one.
+            if attempt == attempts - 1 or not str(address).startswith("ray://"):
                 raise
             ray.shutdown()
             time.sleep(2.0 * (attempt + 1))

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[1]
 AUTOOPT = str(Path(sys.executable).with_name("autoopt"))
 TASK = {"size": 0.25, "epochs": 3}
-BUDGET_S = 60  # wall-time budget of the first of the two concurrent studies (the second: 20 s)
+BUDGET_S = 400  # safety cap on the API client's study: it stops once the CLI's study is under way
 # ranges in which the tiny regression task never diverges (a diverged trial is FAILED by design)
 SPACE_A = {"optimizers": ["adamw"], "schedulers": ["constant"], "params": {"adamw": {"lr": {"low": 1e-4, "high": 3e-3}}}}
 SPACE_B = {"optimizers": ["radam"], "schedulers": ["constant"], "params": {"radam": {"lr": {"low": 1e-4, "high": 3e-3}}}}
@@ -128,13 +128,27 @@ def wait_for(what: str, cond, timeout: float, proc: subprocess.Popen | None = No
 
 
 API_SCRIPT = """
-import json, sys
+import json, os, sys, time
+import optuna
 import autoopt
+from autoopt.storage import open_storage
 spec = autoopt.StudySpec(name=sys.argv[1], task="tabular", task_options={task!r}, n_trials=None,
                          timeout_s={budget}, workers=1,
                          cpus_per_trial=1, pruner="none", seed=1, warm_start={{"enabled": False}},
                          space={space!r})
 handle = autoopt.submit(spec)          # storage, tracking and Ray from AUTOOPT_* in the environment
+# run until the other client's study ({other!r}) has finished {until} trials, then stop gently
+# (running trials finish): the two studies overlap however long either client took to connect
+storage = open_storage(os.environ["AUTOOPT_STORAGE"])
+while not handle.done():
+    try:
+        other = optuna.load_study(study_name={other!r}, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        other = []
+    if sum(t.state == optuna.trial.TrialState.COMPLETE for t in other) >= {until}:
+        handle.stop()
+        break
+    time.sleep(0.5)
 result = handle.wait()
 print(json.dumps(result.to_dict(), default=str))
 """
@@ -145,16 +159,16 @@ print(json.dumps(result.to_dict(), default=str))
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_clients(cluster, tmp_path_factory):
-    """Submit one study with the CLI and one with the Python API, concurrently, from "the host"."""
+    """Submit one study with the Python API and one with the CLI, concurrently, from "the host"."""
     work = tmp_path_factory.mktemp("clients")
-    # Both studies run for a wall-time budget (no trial count), so they overlap for sure even when
-    # one client takes long to connect: each runs BUDGET_S from its own start.
-    cli = start_cli(cluster, write_spec(work / "cli.yaml", "cli-study", None, epochs=10, timeout_s=BUDGET_S), work)
-    # the second client connects once the first one's study exists; its connection may take up to
-    # ~45 s (see docs/cluster.md on Ray client retries), well inside the first study's budget
-    wait_for("the first study", lambda: trials(cluster.optuna_url, "cli-study"), 240, cli)
-    api = subprocess.Popen([sys.executable, "-c", API_SCRIPT.format(task={**TASK, "epochs": 10}, budget=20, space=SPACE_B), "api-study"], cwd=work,
-                           env=client_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The API client's study runs until the CLI's study has finished 2 of its 4 trials, so the two
+    # overlap for sure, whatever each client's Ray connection took (see docs/cluster.md on Ray
+    # client retries). Its wall-time budget is only a safety cap.
+    api = subprocess.Popen([sys.executable, "-c", API_SCRIPT.format(
+        task={**TASK, "epochs": 10}, budget=BUDGET_S, space=SPACE_B, other="cli-study", until=2), "api-study"],
+        cwd=work, env=client_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for("the API client's study", lambda: trials(cluster.optuna_url, "api-study"), 240, api)
+    cli = start_cli(cluster, write_spec(work / "cli.yaml", "cli-study", 4, epochs=10), work)
     cli_result, _ = finish(cli)
     api_result, _ = finish(api)
     return {"cli-study": cli_result, "api-study": api_result, "workdir": work}
