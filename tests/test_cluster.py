@@ -127,6 +127,15 @@ def wait_for(what: str, cond, timeout: float, proc: subprocess.Popen | None = No
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+def midway(url: str, name: str, most_asked: int):
+    """A condition for wait_for: trials finished, trials running, and trials still to ask for."""
+    def cond() -> bool:
+        ts = trials(url, name)
+        states = [t.state for t in ts]
+        return TrialState.COMPLETE in states and TrialState.RUNNING in states and len(ts) <= most_asked
+    return cond
+
+
 API_SCRIPT = """
 import json, os, sys, time
 import optuna
@@ -322,12 +331,7 @@ def test_worker_node_killed_mid_study(cluster, live_worker, tmp_path):
         [(a["node_id"], a.get("job_id")) for a in coordinators], "head", cluster.head.node_id,
         "workers", [w.node_id for w in cluster.workers])
 
-    def midway() -> bool:  # trials finished, trials running, and trials still to ask for
-        ts = trials(url, "kill-study")
-        states = [t.state for t in ts]
-        return TrialState.COMPLETE in states and TrialState.RUNNING in states and len(ts) <= 4
-
-    wait_for("a finished and a running trial", midway, 240, proc)
+    wait_for("a finished and a running trial", midway(url, "kill-study", 4), 240, proc)
     done_before = {t.number: t.value for t in trials(url, "kill-study") if t.state == TrialState.COMPLETE}
     victim = live_worker
     victim.kill()
@@ -375,12 +379,7 @@ def test_postgres_restart_mid_study(cluster, live_worker, private_pg, tmp_path):
     proc = start_cli(cluster, write_spec(tmp_path / "pg.yaml", "pg-study", 8, workers=2, epochs=6), tmp_path,
                      "--storage", url)
 
-    def midway() -> bool:  # trials finished, trials running, and trials still to ask for
-        ts = trials(url, "pg-study")
-        states = [t.state for t in ts]
-        return TrialState.COMPLETE in states and TrialState.RUNNING in states and len(ts) <= 5
-
-    wait_for("a finished and a running trial", midway, 240, proc)
+    wait_for("a finished and a running trial", midway(url, "pg-study", 5), 240, proc)
     done_before = {t.number: t.value for t in trials(url, "pg-study") if t.state == TrialState.COMPLETE}
     private_pg.stop("fast")  # ends every session: the coordinator's pooled connections die
     time.sleep(8)
