@@ -253,9 +253,6 @@ def hidden_matrix_params(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-# --------------------------------------------------------------------------------------
-# SparseAdam for embeddings + AdamW for the rest, as one optimizer
-# --------------------------------------------------------------------------------------
 def resolve_hyperparams(owner: str, hyperparams: Sequence[HyperParam], params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Every value of ``owner``'s hyperparameters: ``params`` validated and typed, the rest at defaults.
 
@@ -276,6 +273,9 @@ def resolve_hyperparams(owner: str, hyperparams: Sequence[HyperParam], params: M
     return values
 
 
+# --------------------------------------------------------------------------------------
+# SparseAdam for embeddings + AdamW for the rest, as one optimizer
+# --------------------------------------------------------------------------------------
 class SparseDenseAdam(torch.optim.Optimizer):
     """``torch.optim.SparseAdam`` for sparse-gradient embeddings, ``AdamW`` for every other parameter.
 

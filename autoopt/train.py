@@ -109,7 +109,7 @@ def train(
     first_loss: float | None = None
     total_steps = steps_per_epoch * n_epochs
     n_reports = total_steps // eval_every_steps if eval_every_steps else n_epochs
-    state = {"total": 0.0, "count": 0, "t0": time.perf_counter()}
+    state = {"total": 0.0, "count": 0, "batch": 0, "t0": time.perf_counter()}
 
     def evaluate(epoch: int, global_step: int) -> bool:
         """Validate, record, report; True when the pruner says stop."""
@@ -140,14 +140,12 @@ def train(
         index = len(history)  # the pruner's step: epochs, or evaluations with eval_every_steps
         return report is not None and bool(report(index, metric)) and index < n_reports
 
-    n_seen = {"batch": 0}
-
     def forward_backward(batch: Any) -> torch.Tensor:
         """Loss and gradients (clipped when configured) of one batch."""
         optimizer.zero_grad(set_to_none=True)
         output, target = task.forward(model, batch, dev)
         loss = task.loss(output, target)
-        n_seen["batch"] = len(target)
+        state["batch"] = len(target)  # examples in this batch (L-BFGS may evaluate it several times)
         loss.backward()
         if config.grad_clip:
             params = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
@@ -178,8 +176,8 @@ def train(
                     optimizer.step()
                 schedule.step_batch()
                 global_step += 1
-                state["total"] += lv * n_seen["batch"]
-                state["count"] += n_seen["batch"]
+                state["total"] += lv * state["batch"]
+                state["count"] += state["batch"]
                 if eval_every_steps and global_step % eval_every_steps == 0 and evaluate(epoch, global_step):
                     return outcome("pruned", f"pruned by the pruner at evaluation {len(history)} "
                                              f"(epoch {epoch}, step {global_step})", stopped=len(history))
