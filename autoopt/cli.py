@@ -43,11 +43,16 @@ def _guard(fn):  # noqa: ANN001 - small decorator turning known errors into exit
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from autoopt.spec import SpecError
         from autoopt.storage import StorageError
-        from autoopt.task import TaskNotFound
 
         try:
             return fn(*args, **kwargs)
-        except (SpecError, StorageError, TaskNotFound, UsageError) as exc:
+        except Exception as exc:
+            # TaskNotFound comes from autoopt.task, which imports torch: only a command that
+            # loaded it can raise it, and `status`/`list` stay quick
+            task = sys.modules.get("autoopt.task")
+            known = (SpecError, StorageError, UsageError, *((task.TaskNotFound,) if task else ()))
+            if not isinstance(exc, known):
+                raise
             _fail(str(exc).splitlines()[0] if isinstance(exc, StorageError) else str(exc))
 
     return wrapper
@@ -364,5 +369,17 @@ def main() -> None:  # pragma: no cover - console entry
     app()
 
 
+def main() -> None:
+    """The ``autoopt`` console script. When the command is done the process only has to exit:
+    freezing the heap skips the interpreter's final full garbage collection over everything torch,
+    Ray and MLflow allocated (about 3 s of a 40 s quickstart on 2 cores)."""
+    import gc
+
+    try:
+        app()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -72,10 +72,9 @@ def ray_env(token: str) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes of the service started as ``sid``: those in its session, and every descendant of
-    it (Ray's raylet starts its worker processes in sessions of their own)."""
-    table: dict[int, tuple[int, int]] = {}  # pid -> (ppid, session) of live processes
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, session, start time in clock ticks) of every live process."""
+    table: dict[int, tuple[int, int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -83,16 +82,35 @@ def _session_pids(sid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        # pid (comm) state ppid pgrp session ...: comm may contain spaces, so split after ')'
+        # pid (comm) state ppid pgrp session ... starttime(22nd): comm may contain spaces, so split after ')'
         fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 3 and fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    found = {pid for pid, (_, session) in table.items() if session == sid}
+        if len(fields) > 19 and fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[19]))
+    return table
+
+
+def _start_ticks(pid: int) -> int | None:
+    entry = _proc_table().get(pid)
+    return entry[2] if entry else None
+
+
+def _session_pids(sid: int, start_ticks: int | None = None) -> list[int]:
+    """Processes of the service started as ``sid``: those in its session, and every descendant of
+    it (Ray's raylet starts its worker processes in sessions of their own).
+
+    Linux reuses a pid once nothing holds it (here pid_max may be only 32768, and a Ray cluster
+    starts processes by the thousand): if ``sid`` now names a process that started at another
+    time than ``start_ticks``, the service's session is gone and the pid belongs to a stranger.
+    """
+    table = _proc_table()
+    if start_ticks is not None and sid in table and table[sid][2] != start_ticks:
+        return []
+    found = {pid for pid, (_, session, _) in table.items() if session == sid}
     if sid in table:
         found.add(sid)
     grew = True
     while grew:
-        new = {pid for pid, (ppid, _) in table.items() if ppid in found and pid not in found}
+        new = {pid for pid, (ppid, _, _) in table.items() if ppid in found and pid not in found}
         found |= new
         grew = bool(new)
     return sorted(found)
@@ -120,13 +138,16 @@ class Service:
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
             )
+        self._start_ticks = _start_ticks(self.proc.pid)  # tells our session leader from a later one
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def pids(self) -> list[int]:
-        return _session_pids(self.proc.pid) if self.proc is not None else []
+        if self.proc is None:
+            return []
+        return _session_pids(self.proc.pid, getattr(self, "_start_ticks", None))
 
     def _signal_all(self, sig: int) -> None:
         for pid in self.pids():
@@ -506,14 +527,15 @@ class LocalCluster:
             "AUTOOPT_RAY_ADDRESS": self.head.client_address if via_client else self.head.gcs_address,
         }
 
-    def stop(self) -> None:
-        """Stop everything started, and drop the databases; safe to call twice."""
-        for node in reversed(self.workers):
-            node.stop()
-        if self.head is not None:
-            self.head.stop()
-        if self.mlflow is not None:
-            self.mlflow.stop()
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop everything started (SIGTERM, SIGKILL after ``grace_s``), and drop the databases;
+        safe to call twice."""
+        services: list[Service] = [*reversed(self.workers), *(s for s in (self.head, self.mlflow) if s is not None)]
+        for service in services:  # all at once: they shut down in parallel, not one timeout after another
+            service._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for service in services:
+            service.stop(timeout=max(0.0, deadline - time.monotonic()))
         while self._databases:
             try:
                 drop_database(self.postgres_admin_url, self._databases.pop())

@@ -161,6 +161,7 @@ class StudyCoordinator:
             if key not in attrs or key in (A + "spec", A + "space"):
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
+        self._asking: optuna.Trial | None = None
         self.heartbeat()
         self.reap_stale()
 
@@ -179,15 +180,22 @@ class StudyCoordinator:
         """The next trial to run, or None when the trial budget is used up."""
         if self.n_trials is not None and self.counted() >= self.n_trials:
             return None
-        trial = self.study.ask()
+        # a call retried after an outage goes on with the trial it had already created: sampling
+        # it again returns the stored params, so no orphan RUNNING trial is left behind
+        trial = self._asking if self._asking is not None else self.study.ask()
+        self._asking = trial
         try:
             config = self.space.sample(trial)
         except Exception as exc:  # e.g. an enqueued config outside the current space
+            if is_connection_error(exc):
+                raise
+            self._asking = None
             self._finish(trial.number, TrialState.FAIL, None, {A + "status": "failed", A + "reason": f"sampling failed: {exc}"})
             return self.ask()
         trial.set_user_attr(A + "config", config.to_dict())
         trial.set_user_attr(A + "session", self.session)
         trial.set_user_attr(A + "max_epochs", self.max_epochs)
+        self._asking = None
         self._live[trial.number] = trial
         return {"number": trial.number, "config": config.to_dict(), "params": dict(trial.params)}
 
@@ -227,27 +235,34 @@ class StudyCoordinator:
     @_survives_storage_outage
     def fail(self, number: int, reason: str, retry: bool) -> bool:
         """A trial whose worker died: record why; re-enqueue its params if retries are left."""
-        trial = self._live.get(number)
-        frozen = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
-        retried = False
-        attempt = int(frozen.user_attrs.get(A + "attempt", 0))
-        if retry and attempt < self.retries:
+        storage = self.study._storage
+        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        if not frozen.state.is_finished():
+            attempt = int(frozen.user_attrs.get(A + "attempt", 0))
+            retried = retry and attempt < self.retries
+            # close the trial first, then enqueue its re-run: a call retried after an outage
+            # between the two finds the trial failed and enqueues the re-run exactly once
+            self._finish(number, TrialState.FAIL, None, {A + "status": "failed", A + "reason": reason, A + "retried": retried})
+            frozen = storage.get_trial(frozen._trial_id)
+        self._live.pop(number, None)
+        retried = bool(frozen.state == TrialState.FAIL and frozen.user_attrs.get(A + "retried"))
+        if retried and not any(t.user_attrs.get(A + "retry_of") == number for t in self.study.get_trials(deepcopy=False)):
+            attempt = int(frozen.user_attrs.get(A + "attempt", 0))
             self.study.enqueue_trial(dict(frozen.params), user_attrs={A + "attempt": attempt + 1, A + "retry_of": number}, skip_if_exists=False)
-            retried = True
-        attrs = {A + "status": "failed", A + "reason": reason, A + "retried": retried}
-        if trial is not None or frozen.state == TrialState.RUNNING:
-            self._finish(number, TrialState.FAIL, None, attrs)
         return retried
 
     def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+        """Write the outcome's attributes, then close the trial. Idempotent: a call retried after
+        an outage (the first try may have committed) leaves an already-finished trial as it is."""
         storage = self.study._storage
         trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        if storage.get_trial(trial_id).state.is_finished():
+            self._live.pop(number, None)
+            return
         for k, v in attrs.items():
             storage.set_trial_user_attr(trial_id, k, v)
-        self._live.pop(number, None)
-        if storage.get_trial(trial_id).state.is_finished():
-            return
         self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        self._live.pop(number, None)
 
     @_survives_storage_outage
     def enqueue(self, configs: list[dict[str, Any]], limit: int | None = None) -> int:
@@ -284,7 +299,8 @@ class StudyCoordinator:
             session = t.user_attrs.get(A + "session")
             if session == self.session:
                 continue
-            last = beats.get(session or "", 0.0)
+            # a trial another driver has just created has no session yet: its start is its last sign of life
+            last = beats.get(session, 0.0) if session else t.datetime_start.timestamp() if t.datetime_start else 0.0
             if now - float(last) > self.stale_after_s:
                 self.fail(
                     t.number,

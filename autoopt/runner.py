@@ -89,7 +89,20 @@ def run_trial(
     return result
 
 
+def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool) -> None:
+    """Make a worker process ready for trials: import what a trial needs and build the task (its
+    dataset). On a cluster each study's first trials otherwise wait seconds for new processes."""
+    import torch  # noqa: F401
+
+    import autoopt.train  # noqa: F401
+
+    if tracking:
+        import autoopt.tracking  # noqa: F401
+    _cached_task(task_ref, task_options)
+
+
 _run_trial_remote = ray.remote(max_retries=0)(run_trial)
+_prepare_worker_remote = ray.remote(max_retries=0)(prepare_worker)
 _Coordinator = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=0)(StudyCoordinator)
 
 # Errors that mean the worker (or its node) went away, not that the configuration is bad.
@@ -305,6 +318,13 @@ class StudyRunner:
 
     def _run(self) -> dict[str, Any]:
         ensure_ray(self.spec.ray_address)
+        task_ref: Any = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
+        # trial workers start (imports, dataset) while the coordinator and tracking do; nobody
+        # waits for these: a failure shows up in the trials themselves
+        for _ in range(self.spec.workers):
+            _prepare_worker_remote.options(
+                num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
+            ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking))
         self.coordinator = self._make_coordinator()
         try:
             ray.get(self.coordinator.summary.remote())
@@ -319,7 +339,6 @@ class StudyRunner:
                 "autoopt.tracking_uri": self.tracker.config.tracking_uri,
             }))
         self._warm_start()
-        task_ref: Any = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
         threads = max(1, int(self.spec.cpus_per_trial))
         running: dict[Any, int] = {}
         deadline = time.time() + self.spec.timeout_s if self.spec.timeout_s else None

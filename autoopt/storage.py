@@ -12,6 +12,7 @@ journal file storage for users who want it.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import optuna
@@ -56,9 +57,28 @@ def _sqlalchemy_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+_OPEN: dict[str, optuna.storages.BaseStorage] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url`` (default: :func:`default_storage_url`); fails fast if unreachable."""
+    """An Optuna storage for ``url`` (default: :func:`default_storage_url`); fails fast if unreachable.
+
+    One storage per URL and process: each RDBStorage holds a connection pool (and checks the
+    schema when made), so a driver that reopened it for every read would hold idle PostgreSQL
+    connections until garbage collection; with several studies, an MLflow server and Ray on one
+    server that exhausted ``max_connections``. Pooled connections are pinged before use, so the
+    same storage serves again after a database restart.
+    """
     url = url or default_storage_url()
+    with _OPEN_LOCK:
+        storage = _OPEN.get(url)
+        if storage is None:
+            storage = _OPEN[url] = _open(url)
+    return storage
+
+
+def _open(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("journal://"):
         path = url[len("journal://"):]
         Path(path).parent.mkdir(parents=True, exist_ok=True)

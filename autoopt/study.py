@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
-import pandas as pd
 
-from autoopt.runner import Progress, StudyRunner
 from autoopt.spec import StudySpec
 from autoopt.storage import default_storage_url, open_storage, redact
+
+if TYPE_CHECKING:  # reading a study back (status, best) needs neither Ray nor torch nor pandas
+    import pandas as pd
+
+    from autoopt.runner import Progress
 
 
 @dataclass
@@ -67,6 +70,8 @@ class StudyResult:
 
 def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     """Optuna's dataframe plus autoopt's status, reason and epochs per trial."""
+    import pandas as pd
+
     df = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
     extra = pd.DataFrame(
         [
@@ -129,6 +134,8 @@ class StudyHandle:
 
     def __init__(self, spec: StudySpec, on_progress: Callable[[Progress], None] | None = None):
         self.spec = spec
+        from autoopt.runner import StudyRunner
+
         self._runner = StudyRunner(spec, on_progress=on_progress)
         self._result: StudyResult | None = None
         self._error: BaseException | None = None
@@ -202,6 +209,8 @@ def submit(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Calla
 def run(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyResult:
     """Run a study to completion (blocking) and return its result."""
     s = _as_spec(spec, overrides)
+    from autoopt.runner import StudyRunner
+
     runner = StudyRunner(s, on_progress=on_progress)
     runner.run()
     return summarize(s.name, runner.storage_url, runner.progress.elapsed)

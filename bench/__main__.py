@@ -20,6 +20,7 @@ COMPARISONS = {
     "pruning": "bench.pruning",
     "scaling": "bench.scaling",
     "recommender": "bench.recommender",
+    "cli_latency": "bench.cli_latency",
 }
 
 

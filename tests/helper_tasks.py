@@ -43,3 +43,36 @@ class SlowTask(DiabetesMLP):
     def evaluate(self, model, loader, device):
         time.sleep(self.sleep_s)
         return super().evaluate(model, loader, device)
+
+
+class GatedTask(DiabetesMLP):
+    """Holds each trial at its first evaluation until it takes a token from the ``gate`` folder
+    (or until ``gate/open`` exists). A test hands out tokens to let exactly that many trials
+    through, so a fault lands while known trials are RUNNING, however fast or loaded the machine.
+    Works across Ray nodes of one machine: the gate is a folder on its disk."""
+
+    name = "gated"
+
+    def __init__(self, gate: str, **kw):
+        super().__init__(**kw)
+        self.gate = gate
+
+    def evaluate(self, model, loader, device):
+        import weakref
+
+        passed = self.__dict__.setdefault("_passed", weakref.WeakSet())  # one model per trial
+        if model not in passed:
+            self._take_token()
+            passed.add(model)
+        return super().evaluate(model, loader, device)
+
+    def _take_token(self) -> None:
+        gate = Path(self.gate)
+        while not (gate / "open").exists():
+            for token in sorted(gate.glob("token-*")):
+                try:
+                    token.unlink()  # atomic: one trial gets each token
+                    return
+                except FileNotFoundError:
+                    continue
+            time.sleep(0.1)

@@ -112,6 +112,28 @@ def test_unreachable_storage_is_redacted():
     assert redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
 
 
+def test_one_storage_per_url_keeps_postgresql_connections_few(pg_url):
+    """Reading a study again and again (status polls, progress, reports) reuses one pool: the
+    server's max_connections is shared with MLflow, Ray's drivers and other studies."""
+    import sqlalchemy as sa
+
+    db = pg_url.rsplit("/", 1)[1]
+    admin = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0] + "/test",
+                             isolation_level="AUTOCOMMIT")
+
+    def connections() -> int:
+        with admin.connect() as c:
+            return c.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"), {"d": db}).scalar()
+
+    optuna.create_study(study_name="polled", storage=open_storage(pg_url))
+    before = connections()
+    for _ in range(40):
+        optuna.load_study(study_name="polled", storage=open_storage(pg_url)).get_trials(deepcopy=False)
+    assert open_storage(pg_url) is open_storage(pg_url)
+    assert connections() <= before + 1
+    admin.dispose()
+
+
 def test_eight_concurrent_workers_on_sqlite_lose_nothing(ray_local, workdir):
     """8 trials in flight at once (fractional CPUs), one SQLite file: every trial is recorded,
     none fails on a locked database, because only the coordinator writes to it."""
