@@ -365,10 +365,6 @@ def _register_optional() -> None:
 _register_optional()
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
-
-
 def main() -> None:
     """The ``autoopt`` console script. When the command is done the process only has to exit:
     freezing the heap skips the interpreter's final full garbage collection over everything torch,

@@ -182,7 +182,10 @@ class StudyCoordinator:
             return None
         # a call retried after an outage goes on with the trial it had already created: sampling
         # it again returns the stored params, so no orphan RUNNING trial is left behind
-        trial = self._asking if self._asking is not None else self.study.ask()
+        trial = self._asking
+        if trial is not None and self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            trial = None  # another driver declared it abandoned meanwhile (a long outage): start afresh
+        trial = trial if trial is not None else self.study.ask()
         self._asking = trial
         try:
             config = self.space.sample(trial)
