@@ -10,7 +10,9 @@ the Python API, with ``AUTOOPT_STORAGE`` / ``AUTOOPT_TRACKING_URI`` / ``AUTOOPT_
 
 Faults: the worker node is SIGKILLed mid-study, a (private) PostgreSQL is stopped and restarted
 mid-study, the MLflow server is stopped and restarted mid-study, and two clients run studies
-at the same time. See README "Fault guarantees".
+at the same time. See README "Fault guarantees". Nothing here races the clock: the studies run
+``helper_tasks.GatedTask``, which holds each trial until the test hands it a token, so a fault
+always lands while known trials are RUNNING and others have finished, however slow the machine.
 """
 
 from __future__ import annotations
