@@ -16,6 +16,6 @@ demo: install
 	$(BIN)/autoopt run studies/quickstart.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 .PHONY: install demo test
