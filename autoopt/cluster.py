@@ -72,26 +72,26 @@ def ray_env(token: str) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def _stat(pid: int | str) -> tuple[int, int, int] | None:
+    """(ppid, session, start time in clock ticks) of a live process, None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # pid (comm) state ppid pgrp session ... starttime(22nd): comm may contain spaces, so split after ')'
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) <= 19 or fields[0] == "Z":
+        return None
+    return int(fields[1]), int(fields[3]), int(fields[19])
+
+
 def _proc_table() -> dict[int, tuple[int, int, int]]:
     """pid -> (ppid, session, start time in clock ticks) of every live process."""
     table: dict[int, tuple[int, int, int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ... starttime(22nd): comm may contain spaces, so split after ')'
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 19 and fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), int(fields[3]), int(fields[19]))
+        if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
+            table[int(entry.name)] = stat
     return table
-
-
-def _start_ticks(pid: int) -> int | None:
-    entry = _proc_table().get(pid)
-    return entry[2] if entry else None
 
 
 def _session_pids(sid: int, start_ticks: int | None = None) -> list[int]:
@@ -130,6 +130,7 @@ class Service:
     name: str
     log: Path
     proc: subprocess.Popen | None = None
+    start_ticks: int | None = field(default=None, repr=False)  # the leader's start time, set by spawn
 
     def spawn(self, cmd: list[str], env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,8 @@ class Service:
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
             )
-        self._start_ticks = _start_ticks(self.proc.pid)  # tells our session leader from a later one
+        stat = _stat(self.proc.pid)
+        self.start_ticks = stat[2] if stat else None  # tells our session leader from a later one
 
     @property
     def alive(self) -> bool:
@@ -147,7 +149,7 @@ class Service:
     def pids(self) -> list[int]:
         if self.proc is None:
             return []
-        return _session_pids(self.proc.pid, getattr(self, "_start_ticks", None))
+        return _session_pids(self.proc.pid, self.start_ticks)
 
     def _signal_all(self, sig: int) -> None:
         for pid in self.pids():

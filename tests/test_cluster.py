@@ -334,9 +334,9 @@ def test_a_reused_pid_is_not_taken_for_a_dead_service(tmp_path):
     svc.spawn(["sleep", "60"])
     try:
         assert svc.pids() == [svc.proc.pid]
-        assert _session_pids(svc.proc.pid, svc._start_ticks) == [svc.proc.pid]
+        assert _session_pids(svc.proc.pid, svc.start_ticks) == [svc.proc.pid]
         # the same pid with another start time is another process (a new session leader): not ours
-        assert _session_pids(svc.proc.pid, svc._start_ticks + 1) == []
+        assert _session_pids(svc.proc.pid, svc.start_ticks + 1) == []
     finally:
         svc.proc.kill()
         svc.proc.wait()
@@ -392,8 +392,11 @@ def test_worker_node_killed_mid_study(cluster, live_worker, tmp_path):
     victim = live_worker
     victim.kill()
     wait_for("the node's processes to be gone", lambda: not victim.pids(), 10)
-    failed = wait_for("the killed trials to be failed", lambda: (lambda f: f if {t.number for t in f} == running else None)(
-        [t for t in trials(url, "kill-study") if t.state == TrialState.FAIL]), 120, proc)
+    def all_failed() -> list[optuna.trial.FrozenTrial] | None:
+        failed = [t for t in trials(url, "kill-study") if t.state == TrialState.FAIL]
+        return failed if {t.number for t in failed} == running else None
+
+    failed = wait_for("the killed trials to be failed", all_failed, 120, proc)
     gate.open()
     new = cluster.add_worker()
     result, _ = finish(proc)
