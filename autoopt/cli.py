@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from autoopt.core import record as R
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
@@ -171,7 +173,7 @@ def _load_spec_of(name: str, storage: str | None) -> Any:
         study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
-    data = study.user_attrs.get("autoopt.spec")
+    data = study.user_attrs.get(R.SPEC)
     if not data:
         raise UsageError(f"study {name!r} was not created by autoopt (no spec stored)")
     data = {**data, "storage": url}
@@ -249,7 +251,7 @@ def list_studies(
     summaries = optuna.get_all_study_summaries(open_storage(storage or default_storage_url()), include_best_trial=True)
     rows = [
         {"name": s.study_name, "trials": s.n_trials, "best_value": s.best_trial.value if s.best_trial else None,
-         "task": s.user_attrs.get("autoopt.task"), "metric": s.user_attrs.get("autoopt.metric")}
+         "task": s.user_attrs.get(R.TASK), "metric": s.user_attrs.get(R.METRIC)}
         for s in summaries
     ]
     if as_json:
@@ -265,7 +267,7 @@ def list_studies(
 @_guard
 def optimizers(as_json: bool = typer.Option(False, "--json")) -> None:
     """The optimizer catalog: hyperparameters, ranges, defaults, memory and source."""
-    from autoopt.catalog import catalog_table
+    from autoopt.core.catalog import catalog_table
 
     rows = catalog_table()
     if as_json:

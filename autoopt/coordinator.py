@@ -22,11 +22,12 @@ from typing import Any, Callable, TypeVar
 import optuna
 from optuna.trial import TrialState
 
+from autoopt.core import record as R
+from autoopt.core.traits import TaskTraits
 from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
 from autoopt.space import SearchSpace
 from autoopt.spec import SpaceSpec, SpecError
 from autoopt.storage import StorageError, open_storage, redact
-from autoopt.task import TaskTraits
 
 import os
 
@@ -37,7 +38,6 @@ STALE_AFTER_S = float(os.environ.get("AUTOOPT_STALE_AFTER_S", 30.0))
 #: How long the coordinator keeps retrying while the storage is unreachable (a restarting
 #: PostgreSQL) before it gives up with a StorageError naming the storage.
 STORAGE_RETRY_S = float(os.environ.get("AUTOOPT_STORAGE_RETRY_S", 120.0))
-_HB_PREFIX = "autoopt.heartbeat:"
 _log = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -101,8 +101,6 @@ def _survives_storage_outage(method: _F) -> _F:
 
     return wrapper  # type: ignore[return-value]
 
-A = "autoopt."
-
 
 class StudyCoordinator:
     """Owns one Optuna study: ask, report/prune, tell, fail/retry, heartbeats. Run as a Ray actor."""
@@ -158,7 +156,7 @@ class StudyCoordinator:
             )
         attrs = self.study.user_attrs
         for key, value in (study_attrs or {}).items():
-            if key not in attrs or key in (A + "spec", A + "space"):
+            if key not in attrs or key in (R.SPEC, R.SPACE):
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
         self._asking: optuna.Trial | None = None
@@ -172,7 +170,7 @@ class StudyCoordinator:
         return sum(
             1
             for t in self.study.get_trials(deepcopy=False)
-            if t.state != TrialState.WAITING and not t.user_attrs.get(A + "retried")
+            if t.state != TrialState.WAITING and not t.user_attrs.get(R.RETRIED)
         )
 
     @_survives_storage_outage
@@ -193,11 +191,11 @@ class StudyCoordinator:
             if is_connection_error(exc):
                 raise
             self._asking = None
-            self._finish(trial.number, TrialState.FAIL, None, {A + "status": "failed", A + "reason": f"sampling failed: {exc}"})
+            self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
             return self.ask()
-        trial.set_user_attr(A + "config", config.to_dict())
-        trial.set_user_attr(A + "session", self.session)
-        trial.set_user_attr(A + "max_epochs", self.max_epochs)
+        trial.set_user_attr(R.CONFIG, config.to_dict())
+        trial.set_user_attr(R.SESSION, self.session)
+        trial.set_user_attr(R.MAX_EPOCHS, self.max_epochs)
         self._asking = None
         self._live[trial.number] = trial
         return {"number": trial.number, "config": config.to_dict(), "params": dict(trial.params)}
@@ -214,26 +212,9 @@ class StudyCoordinator:
     @_survives_storage_outage
     def tell(self, number: int, outcome: dict[str, Any]) -> str:
         """Store a worker's outcome (status, value, curve, reason) and close the trial."""
-        attrs = {
-            A + "status": outcome["status"],
-            A + "reason": outcome.get("reason"),
-            A + "history": outcome.get("history", []),
-            A + "epochs_run": len(outcome.get("history", [])),
-            A + "stopped_at_epoch": outcome.get("stopped_at_epoch"),
-            A + "device": outcome.get("device"),
-            A + "host": outcome.get("host"),
-            A + "node_id": outcome.get("node_id"),
-            A + "optimizer_state_bytes": outcome.get("optimizer_state_bytes", 0),
-            A + "seconds": outcome.get("seconds"),
-            A + "mlflow_run_id": outcome.get("mlflow_run_id"),
-        }
-        state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(outcome["status"], TrialState.FAIL)
-        value = outcome.get("value")
-        if state == TrialState.COMPLETE and value is None:
-            state = TrialState.FAIL
-            attrs[A + "reason"] = "finished without a validation value"
-        self._finish(number, state, value if state == TrialState.COMPLETE else None, attrs)
-        return state.name
+        state, value, attrs = R.outcome_attrs(outcome)
+        self._finish(number, TrialState[state], value, attrs)
+        return state
 
     @_survives_storage_outage
     def fail(self, number: int, reason: str, retry: bool) -> bool:
@@ -241,17 +222,17 @@ class StudyCoordinator:
         storage = self.study._storage
         frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
         if not frozen.state.is_finished():
-            attempt = int(frozen.user_attrs.get(A + "attempt", 0))
+            attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
             retried = retry and attempt < self.retries
             # close the trial first, then enqueue its re-run: a call retried after an outage
             # between the two finds the trial failed and enqueues the re-run exactly once
-            self._finish(number, TrialState.FAIL, None, {A + "status": "failed", A + "reason": reason, A + "retried": retried})
+            self._finish(number, TrialState.FAIL, None, R.failure_attrs(reason, retried))
             frozen = storage.get_trial(frozen._trial_id)
         self._live.pop(number, None)
-        retried = bool(frozen.state == TrialState.FAIL and frozen.user_attrs.get(A + "retried"))
-        if retried and not any(t.user_attrs.get(A + "retry_of") == number for t in self.study.get_trials(deepcopy=False)):
-            attempt = int(frozen.user_attrs.get(A + "attempt", 0))
-            self.study.enqueue_trial(dict(frozen.params), user_attrs={A + "attempt": attempt + 1, A + "retry_of": number}, skip_if_exists=False)
+        retried = bool(frozen.state == TrialState.FAIL and frozen.user_attrs.get(R.RETRIED))
+        if retried and not any(t.user_attrs.get(R.RETRY_OF) == number for t in self.study.get_trials(deepcopy=False)):
+            attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
+            self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
         return retried
 
     def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
@@ -279,27 +260,27 @@ class StudyCoordinator:
                 params = self.space.to_optuna_params(cfg)
             except SpecError:
                 continue
-            self.study.enqueue_trial(params, user_attrs={A + "warm_start": True}, skip_if_exists=True)
+            self.study.enqueue_trial(params, user_attrs={R.WARM_START: True}, skip_if_exists=True)
             n += 1
         return n
 
     # --- liveness -------------------------------------------------------------------------
     @_survives_storage_outage
     def heartbeat(self) -> None:
-        self.study._storage.set_study_system_attr(self.study._study_id, _HB_PREFIX + self.session, time.time())
+        self.study._storage.set_study_system_attr(self.study._study_id, R.HEARTBEAT_PREFIX + self.session, time.time())
 
     @_survives_storage_outage
     def reap_stale(self) -> list[int]:
         """Fail RUNNING trials of sessions that stopped heart-beating (a killed driver)."""
         beats = {
-            k[len(_HB_PREFIX):]: v
+            k[len(R.HEARTBEAT_PREFIX):]: v
             for k, v in self.study._storage.get_study_system_attrs(self.study._study_id).items()
-            if k.startswith(_HB_PREFIX)
+            if k.startswith(R.HEARTBEAT_PREFIX)
         }
         now = time.time()
         reaped = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            session = t.user_attrs.get(A + "session")
+            session = t.user_attrs.get(R.SESSION)
             if session == self.session:
                 continue
             # a trial another driver has just created has no session yet: its start is its last sign of life
@@ -319,31 +300,20 @@ class StudyCoordinator:
         return sum(
             1
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get(A + "session") != self.session
+            if t.user_attrs.get(R.SESSION) != self.session
         )
 
     # --- reading ----------------------------------------------------------------------------
     @_survives_storage_outage
     def summary(self) -> dict[str, Any]:
-        trials = self.study.get_trials(deepcopy=False)
-        counts = {s: 0 for s in ("complete", "pruned", "failed", "running", "waiting")}
-        for t in trials:
-            key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-                   TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]
-            counts[key] += 1
-        best = None
-        try:
-            bt = self.study.best_trial
-            best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(A + "config"), "params": bt.params}
-        except ValueError:
-            pass
-        return {"counts": counts, "best": best, "counted": self.counted(), "session": self.session,
-                "study_id": self.study._study_id, "storage_outages": self.storage_outages}
+        """Counts by state, the best trial, and this driver's bookkeeping (budget used, outages)."""
+        summary = R.summarize(self.study)
+        bt = summary.best
+        best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(R.CONFIG), "params": bt.params} if bt else None
+        return {"counts": summary.counts, "best": best, "counted": self.counted(), "session": self.session,
+                "storage_outages": self.storage_outages}
 
     @_survives_storage_outage
     def set_study_attrs(self, attrs: dict[str, Any]) -> None:
         for k, v in attrs.items():
             self.study.set_user_attr(k, v)
-
-    def describe_space(self) -> dict[str, Any]:
-        return self.space.describe()

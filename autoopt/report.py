@@ -1,8 +1,7 @@
 """Study report: plots, summary and the best optimizer config, rebuilt from Optuna storage alone.
 
-Everything here reads only an :class:`optuna.Study` and the ``autoopt.*`` user_attrs the runner
-stores on it (``autoopt.config``, ``autoopt.history``, ``autoopt.status``,
-...), so ``autoopt report NAME`` can regenerate the same artifacts long after the study ran, and
+Everything here reads only an :class:`optuna.Study` and the trial record the runner stores on
+it (read through :mod:`autoopt.core.record`), so ``autoopt report NAME`` can regenerate the same artifacts long after the study ran, and
 the MLflow tracker logs exactly what users would regenerate.
 
 Plots are written as HTML (plotly) and PNG. PNG export uses kaleido (which drives a Chrome or
@@ -15,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 import os
 import pprint
 import re
@@ -26,6 +24,9 @@ from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from autoopt.core import record as R
+from autoopt.core.record import trial_config, trial_history, trial_status
 
 _logger = logging.getLogger(__name__)
 
@@ -48,135 +49,13 @@ STATE_COLORS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "failed": "#d62728",
 _kaleido_broken: str | None = None
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the trial contract
-# --------------------------------------------------------------------------------------------
-def trial_status(trial: FrozenTrial) -> str:
-    """complete / pruned / failed / running: the runner's ``autoopt.status`` or Optuna's state."""
-    status = trial.user_attrs.get("autoopt.status")
-    if status in ("complete", "pruned", "failed") and trial.state.is_finished():
-        return status
-    return {
-        TrialState.COMPLETE: "complete",
-        TrialState.PRUNED: "pruned",
-        TrialState.FAIL: "failed",
-    }.get(trial.state, "running")
-
-
-def trial_history(trial: FrozenTrial) -> list[dict[str, Any]]:
-    """Per-epoch records; falls back to Optuna's intermediate values (val metric only)."""
-    history = trial.user_attrs.get("autoopt.history")
-    if isinstance(history, list) and history:
-        return [dict(h) for h in history if isinstance(h, dict) and "epoch" in h]
-    return [
-        {"epoch": int(step), "val_metric": float(value)}
-        for step, value in sorted(trial.intermediate_values.items())
-    ]
-
-
-def config_from_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild a TrialConfig dict from namespaced Optuna params (``adamw.lr`` -> optimizer_params)."""
-    optimizer = params.get("optimizer")
-    scheduler = params.get("scheduler")
-
-    def group(prefix: Any) -> dict[str, Any]:
-        if not prefix:
-            return {}
-        head = f"{prefix}."
-        return {k[len(head):]: v for k, v in params.items() if k.startswith(head)}
-
-    return {
-        "optimizer": optimizer,
-        "optimizer_params": group(optimizer),
-        "scheduler": scheduler or "constant",
-        "scheduler_params": group(scheduler),
-        "warmup_fraction": float(params.get("warmup_fraction", 0.0) or 0.0),
-        "grad_clip": params.get("grad_clip"),
-        "batch_size": params.get("batch_size"),
-    }
-
-
-def trial_config(trial: FrozenTrial) -> dict[str, Any]:
-    config = trial.user_attrs.get("autoopt.config")
-    if isinstance(config, dict) and config.get("optimizer"):
-        return dict(config)
-    return config_from_params(trial.params)
-
-
 def metric_name(study: optuna.Study) -> str:
     """The task's validation metric name (``val_accuracy``, ``val_mse``...)."""
-    attrs = study.user_attrs
-    name = attrs.get("autoopt.metric") or (attrs.get("autoopt.traits") or {}).get("metric")
-    return str(name) if name else "val_metric"
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return R.metric_name(study.user_attrs) or "val_metric"
 
 
 def _maximize(study: optuna.Study) -> bool:
     return study.direction == optuna.study.StudyDirection.MAXIMIZE
-
-
-def _best_trial(study: optuna.Study) -> FrozenTrial | None:
-    complete = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value)
-    ]
-    if not complete:
-        return None
-    pick = max if _maximize(study) else min
-    return pick(complete, key=lambda t: t.value)
-
-
-# --------------------------------------------------------------------------------------------
-# Summary
-# --------------------------------------------------------------------------------------------
-def summarize(study: optuna.Study) -> dict[str, Any]:
-    """Counts by state, best trial and the compute pruning saved (epochs and seconds).
-
-    ``epochs_budget`` is what the same trials would have run without pruning:
-    the sum of each finished trial's ``autoopt.max_epochs`` (n_trials * max_epochs).
-    """
-    trials = study.get_trials(deepcopy=False)
-    counts = Counter(trial_status(t) for t in trials)
-    spec_epochs = (study.user_attrs.get("autoopt.spec") or {}).get("epochs")
-    epochs_run = epochs_budget = 0
-    seconds = 0.0
-    for t in trials:
-        if trial_status(t) == "running":
-            continue
-        run = t.user_attrs.get("autoopt.epochs_run")
-        run = int(run) if run is not None else len(trial_history(t))
-        max_epochs = t.user_attrs.get("autoopt.max_epochs") or spec_epochs or run
-        epochs_run += run
-        epochs_budget += max(int(max_epochs), run)
-        secs = t.user_attrs.get("autoopt.seconds")
-        if _finite(secs):
-            seconds += float(secs)
-        elif t.datetime_start and t.datetime_complete:
-            seconds += (t.datetime_complete - t.datetime_start).total_seconds()
-    saved = epochs_budget - epochs_run
-    best = _best_trial(study)
-    return {
-        "study_name": study.study_name,
-        "metric": metric_name(study),
-        "direction": "maximize" if _maximize(study) else "minimize",
-        "n_trials": len(trials),
-        "n_complete": counts.get("complete", 0),
-        "n_pruned": counts.get("pruned", 0),
-        "n_failed": counts.get("failed", 0),
-        "n_running": counts.get("running", 0),
-        "best_value": best.value if best else None,
-        "best_trial": best.number if best else None,
-        "best_params": dict(best.params) if best else None,
-        "best_config": trial_config(best) if best else None,
-        "epochs_run": epochs_run,
-        "epochs_budget": epochs_budget,
-        "epochs_saved": saved,
-        "pruning_saved_fraction": (saved / epochs_budget) if epochs_budget else 0.0,
-        "compute_seconds": seconds,
-        "est_seconds_saved": (seconds / epochs_run * saved) if epochs_run else 0.0,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +78,7 @@ def _placeholder(title: str, message: str):
 
 
 def _n_complete(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value))
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if R.finite(t.value))
 
 
 def plot_optimization_history(study: optuna.Study):
@@ -218,7 +97,7 @@ def plot_learning_curves(study: optuna.Study):
     from plotly.subplots import make_subplots
 
     name = metric_name(study)
-    best = _best_trial(study)
+    best = R.best_trial(study)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=(name, "train_loss"))
     legend_shown: set[str] = set()
@@ -249,9 +128,9 @@ def plot_learning_curves(study: optuna.Study):
                 row=2, col=1,
             )
         if status in marks:
-            stop = t.user_attrs.get("autoopt.stopped_at_epoch") or epochs[-1]
+            stop = t.user_attrs.get(R.STOPPED_AT_EPOCH) or epochs[-1]
             point = next((h for h in history if h["epoch"] == stop), history[-1])
-            reason = t.user_attrs.get("autoopt.reason") or status
+            reason = t.user_attrs.get(R.REASON) or status
             xs, ys, texts = marks[status]
             xs.append(point["epoch"])
             ys.append(point.get("val_metric"))
@@ -296,7 +175,7 @@ def plot_optimizer_scheduler(study: optuna.Study):
         zrow, trow = [], []
         for s in schedulers:
             trials = cells.get((o, s), [])
-            values = [t.value for t in trials if trial_status(t) == "complete" and _finite(t.value)]
+            values = [t.value for t in trials if trial_status(t) == "complete" and R.finite(t.value)]
             best = (max if maximize else min)(values) if values else None
             zrow.append(best)
             if not trials:
@@ -585,7 +464,7 @@ def write_report(
         fig.write_html(str(path), include_plotlyjs=include_plotlyjs, full_html=True)
         written.append(path)
     written.extend(export_png(figures, out, engine=png))
-    summary = summarize(study)
+    summary = R.summarize(study).as_dict()
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     written.append(summary_path)
@@ -608,7 +487,7 @@ def plain_torch_line(config: dict[str, Any]) -> str | None:
     optimizer the catalog actually builds; None for wrappers and multi-group optimizers."""
     import torch
 
-    from autoopt.catalog import get_optimizer
+    from autoopt.core.catalog import get_optimizer
 
     try:
         spec = get_optimizer(str(config.get("optimizer")))
@@ -648,7 +527,7 @@ def best_config_python(
     header = f"Best optimizer config found by autoopt study {study_name!r}"
     if trial_number is not None:
         header += f" (trial {trial_number}"
-        header += f", {metric}={value:.6g})" if _finite(value) else ")"
+        header += f", {metric}={value:.6g})" if R.finite(value) else ")"
     plain = plain_torch_line(config)
     lines = [
         f'"""{header}.',
@@ -664,7 +543,7 @@ def best_config_python(
         '"""',
         "import torch",
         "",
-        "from autoopt.catalog import get_optimizer",
+        "from autoopt.core.catalog import get_optimizer",
         "from autoopt.schedulers import build_schedule",
         "",
         f"CONFIG = {pprint.pformat(config, sort_dicts=True, width=96)}",
@@ -696,7 +575,7 @@ def best_config_python(
 
 def write_best_config(study: optuna.Study, out_dir: Path | str) -> list[Path]:
     """``best_config.json`` and ``best_config.py`` for the best completed trial (none if no trial completed)."""
-    best = _best_trial(study)
+    best = R.best_trial(study)
     if best is None:
         return []
     out = Path(out_dir)
@@ -726,12 +605,7 @@ __all__ = [
     "PLOT_NAMES",
     "best_config_python",
     "build_figures",
-    "config_from_params",
     "export_png",
-    "summarize",
-    "trial_config",
-    "trial_history",
-    "trial_status",
     "write_best_config",
     "write_report",
 ]

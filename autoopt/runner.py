@@ -20,8 +20,10 @@ from typing import Any, Callable
 
 import ray
 
+from autoopt.core import record as R
 from autoopt.coordinator import HEARTBEAT_S, StudyCoordinator
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.core.traits import MEASURED
 from autoopt.space import TrialConfig
 from autoopt.spec import SpecError, StudySpec
 from autoopt.storage import StorageError, default_storage_url, open_storage, redact
@@ -214,12 +216,12 @@ class StudyRunner:
     # --- set-up ------------------------------------------------------------------------
     def _study_attrs(self) -> dict[str, Any]:
         return {
-            "autoopt.spec": self.spec.to_dict(),
-            "autoopt.task": self.spec.to_dict()["task"],
-            "autoopt.traits": self.traits.to_dict(),
-            "autoopt.metric": self.task.metric,
-            "autoopt.direction": self.task.direction,
-            "autoopt.max_epochs": self._max_reports(),
+            R.SPEC: self.spec.to_dict(),
+            R.TASK: self.spec.to_dict()["task"],
+            R.TRAITS: self.traits.to_dict(MEASURED),
+            R.METRIC: self.task.metric,
+            R.DIRECTION: self.task.direction,
+            R.MAX_EPOCHS: self._max_reports(),
         }
 
     def _max_reports(self) -> int:
@@ -231,7 +233,7 @@ class StudyRunner:
 
     def _has_matrix_params(self) -> bool:
         """Muon applies only to hidden 2-D weights; does this model have any?"""
-        from autoopt.catalog import hidden_matrix_params
+        from autoopt.optimizers import hidden_matrix_params
 
         return bool(hidden_matrix_params(self.task.build_model()))
 
@@ -248,7 +250,7 @@ class StudyRunner:
             import optuna
 
             existing = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)).user_attrs.get(
-                "autoopt.mlflow_parent_run_id"
+                R.MLFLOW_PARENT_RUN_ID
             )
         except Exception:
             existing = None
@@ -257,7 +259,7 @@ class StudyRunner:
             self.spec.to_dict(),
             self.spec.sampler,
             self.spec.pruner,
-            self.traits.to_dict(),
+            self.traits.to_dict(MEASURED),
             resume_run_id=existing,
         )
 
@@ -285,7 +287,7 @@ class StudyRunner:
             study_name=self.spec.name,
             direction=self.task.direction,
             space=space.model_dump(mode="json"),
-            traits=self.traits.to_dict(),
+            traits=self.traits.to_dict(MEASURED),
             max_epochs=self._max_reports(),
             n_trials=self.spec.n_trials,
             sampler=self.spec.sampler,
@@ -334,9 +336,9 @@ class StudyRunner:
         if self.spec.tracking:
             self._start_tracking()
             ray.get(self.coordinator.set_study_attrs.remote({
-                "autoopt.mlflow_parent_run_id": self.parent_run_id,
-                "autoopt.mlflow_experiment_id": self.tracker.experiment_id,
-                "autoopt.tracking_uri": self.tracker.config.tracking_uri,
+                R.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                R.MLFLOW_EXPERIMENT_ID: self.tracker.experiment_id,
+                R.TRACKING_URI: self.tracker.config.tracking_uri,
             }))
         self._warm_start()
         threads = max(1, int(self.spec.cpus_per_trial))

@@ -17,10 +17,9 @@ from typing import Any
 
 import optuna
 
-from autoopt.catalog import CATALOG, HyperParam, OptimizerSpec
-from autoopt.schedulers import SCHEDULERS, SchedulerSpec
+from autoopt.core.catalog import CATALOG, SCHEDULERS, HyperParam
 from autoopt.spec import Range, SpaceSpec, SpecError
-from autoopt.task import TaskTraits
+from autoopt.core.traits import TaskTraits
 
 #: Batch sizes any study may pick from; a user's list must be a subset (stable across resumes).
 BATCH_SIZE_UNIVERSE: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
@@ -320,19 +319,3 @@ class SearchSpace:
         if not self._batch_size.is_fixed and config.batch_size is not None:
             out.update(self._batch_size.default_params(config.batch_size))
         return out
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "optimizers": self.optimizers,
-            "excluded": self.excluded,
-            "schedulers": self.schedulers,
-            "restrictions": {k: list(v) for k, v in self.restrictions.items()},
-        }
-
-
-def optimizer_spec(name: str) -> OptimizerSpec:
-    return CATALOG[name]
-
-
-def scheduler_spec(name: str) -> SchedulerSpec:
-    return SCHEDULERS[name]

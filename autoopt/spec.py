@@ -105,7 +105,7 @@ class SpaceSpec(BaseModel):
     def _known_optimizers(cls, names: list[str] | None) -> list[str] | None:
         if names is None:
             return None
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
 
         if not names and names is not None:
             return names
@@ -121,7 +121,7 @@ class SpaceSpec(BaseModel):
     def _known_families(cls, fams: list[str] | None) -> list[str] | None:
         if fams is None:
             return None
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
 
         known = sorted({s.family for s in CATALOG.values()})
         unknown = [f for f in fams if f not in known]
@@ -134,7 +134,7 @@ class SpaceSpec(BaseModel):
     def _known_schedulers(cls, names: list[str] | None) -> list[str] | None:
         if names is None:
             return None
-        from autoopt.schedulers import SCHEDULERS
+        from autoopt.core.catalog import SCHEDULERS
 
         unknown = [n for n in names if n not in SCHEDULERS]
         if unknown:
@@ -148,7 +148,7 @@ class SpaceSpec(BaseModel):
     @field_validator("params")
     @classmethod
     def _known_params(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
 
         for opt, settings in params.items():
             if opt != "*" and opt not in CATALOG:
@@ -166,7 +166,7 @@ class SpaceSpec(BaseModel):
     @field_validator("scheduler_params")
     @classmethod
     def _known_scheduler_params(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from autoopt.schedulers import SCHEDULERS
+        from autoopt.core.catalog import SCHEDULERS
 
         for name, settings in params.items():
             if name not in SCHEDULERS:

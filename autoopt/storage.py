@@ -103,8 +103,3 @@ def _open(url: str) -> optuna.storages.BaseStorage:
     except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
-
-
-def study_names(url: str | None = None) -> list[str]:
-    storage = open_storage(url)
-    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]

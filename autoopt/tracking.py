@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core.record import EpochRecord, TrialOutcome
 
 _logger = logging.getLogger(__name__)
 
@@ -511,9 +511,6 @@ class TrialLogger:
         self.conn.call("end trial run", "set_terminated", self.run_id,
                        status=RUN_STATUS.get(outcome.status, "FAILED"), _force=True)
 
-    def stats(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "overhead_seconds": self.overhead_seconds, "requests": self.requests}
-
 
 # ----------------------------------------------------------------------------------------------
 # Driver side: experiment + parent run
@@ -651,9 +648,9 @@ class StudyTracker:
 
     # --- study-level results -------------------------------------------------------------------
     def _summary_entities(self, study: Any):
-        from autoopt.report import summarize
+        from autoopt.core.record import summarize
 
-        summary = summarize(study)
+        summary = summarize(study).as_dict()
         metrics = {k: summary[k] for k in (
             "n_trials", "n_complete", "n_pruned", "n_failed", "n_running", "epochs_run",
             "epochs_budget", "epochs_saved", "pruning_saved_fraction", "compute_seconds",

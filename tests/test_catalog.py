@@ -9,16 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoopt.catalog import (
-    CATALOG,
-    HyperParam,
-    SparseDenseAdam,
-    catalog_table,
-    get_optimizer,
-    hidden_matrix_params,
-    optimizer_state_bytes,
-    set_optimizer_mode,
-)
+from autoopt.core.catalog import CATALOG, HyperParam, catalog_table, get_optimizer
+from autoopt.optimizers import SparseDenseAdam, hidden_matrix_params, optimizer_state_bytes, set_optimizer_mode
 
 REQUIRED = {
     "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "amsgrad", "adamw", "nadam",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from autoopt.core import record as R
+
 SPEC = """
 name: clidemo
 task: tabular
@@ -131,9 +133,9 @@ def test_killed_driver_is_resumed(workdir):
     assert r.returncode == 0, r.stderr[-3000:]
     trials = optuna.load_study(study_name="slow", storage=url).trials
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
-    abandoned = [t for t in trials if (t.user_attrs.get("autoopt.reason") or "").startswith("abandoned")]
-    assert abandoned and all(t.state.name == "FAIL" and t.user_attrs["autoopt.retried"] for t in abandoned)
-    counted = [t for t in trials if not t.user_attrs.get("autoopt.retried")]
+    abandoned = [t for t in trials if (t.user_attrs.get(R.REASON) or "").startswith("abandoned")]
+    assert abandoned and all(t.state.name == "FAIL" and t.user_attrs[R.RETRIED] for t in abandoned)
+    counted = [t for t in trials if not t.user_attrs.get(R.RETRIED)]
     assert len(counted) == 6 and all(t.state.name == "COMPLETE" for t in counted)
     assert json.loads(r.stdout.strip().splitlines()[-1])["counts"]["complete"] == 6
     assert len({t.number for t in trials}) == len(trials)
@@ -146,10 +148,10 @@ def test_reading_a_study_back_needs_no_heavy_imports(workdir):
 
     url = f"sqlite:///{workdir / 'autoopt-studies.db'}"
     study = optuna.create_study(study_name="readback", storage=url, direction="maximize")
-    study.set_user_attr("autoopt.metric", "val_accuracy")
+    study.set_user_attr(R.METRIC, "val_accuracy")
     trial = study.ask()
     trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-    trial.set_user_attr("autoopt.config", {"optimizer": "adam"})
+    trial.set_user_attr(R.CONFIG, {"optimizer": "adam"})
     study.tell(trial, 0.9)
     probe = (
         "import sys, json; from typer.testing import CliRunner; from autoopt.cli import app; "

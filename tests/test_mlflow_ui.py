@@ -21,7 +21,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core import record as R
+from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.tracking import (
     StudyTracker,
     TrackingConfig,
@@ -76,7 +77,7 @@ def _tracked_store(tmp_path: Path) -> tuple[str, StudyTracker, dict[str, str]]:
     traits = {"domain": "cv", "metric": "val_accuracy", "direction": "maximize"}
     tracker.start(STUDY, {"n_trials": 3, "task": "cv"}, "TPESampler", "HyperbandPruner", traits)
     study = optuna.create_study(study_name=STUDY, direction="maximize")
-    study.set_user_attr("autoopt.metric", "val_accuracy")
+    study.set_user_attr(R.METRIC, "val_accuracy")
     run_ids = {}
     for number, (status, stop, reason) in enumerate(OUTCOMES):
         config = {"optimizer": "adamw", "optimizer_params": {"lr": 10 ** -(number + 2)}, "scheduler": "cosine",
@@ -94,9 +95,9 @@ def _tracked_store(tmp_path: Path) -> tuple[str, StudyTracker, dict[str, str]]:
             params={"optimizer": "adamw", "adamw.lr": config["optimizer_params"]["lr"]},
             distributions={"optimizer": CategoricalDistribution(["adamw"]),
                            "adamw.lr": FloatDistribution(1e-6, 1.0, log=True)},
-            user_attrs={"autoopt.config": config, "autoopt.history": [h.to_dict() for h in history],
-                        "autoopt.status": status, "autoopt.reason": reason, "autoopt.epochs_run": len(history),
-                        "autoopt.max_epochs": 3, "autoopt.stopped_at_epoch": stop},
+            user_attrs={R.CONFIG: config, R.HISTORY: [h.to_dict() for h in history],
+                        R.STATUS: status, R.REASON: reason, R.EPOCHS_RUN: len(history),
+                        R.MAX_EPOCHS: 3, R.STOPPED_AT_EPOCH: stop},
         ))
     tracker.finish(study)
     return uri, tracker, run_ids

@@ -14,7 +14,8 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoopt.report import PLOT_NAMES, best_config_python, summarize, write_report
+from autoopt.core import record as R
+from autoopt.report import PLOT_NAMES, best_config_python, write_report
 
 MAX_EPOCHS = 6
 DISTRIBUTIONS = {
@@ -62,18 +63,18 @@ def _add_trial(study: optuna.Study, rng: random.Random, status: str, stop: int |
     if status == "failed":
         history[-1]["train_loss"] = float("nan")
     attrs = {
-        "autoopt.config": _config(params),
-        "autoopt.history": history,
-        "autoopt.status": status,
-        "autoopt.reason": {"complete": None, "pruned": "median pruner at epoch %s" % stop,
+        R.CONFIG: _config(params),
+        R.HISTORY: history,
+        R.STATUS: status,
+        R.REASON: {"complete": None, "pruned": "median pruner at epoch %s" % stop,
                            "failed": "loss is nan"}[status],
-        "autoopt.epochs_run": epochs,
-        "autoopt.max_epochs": MAX_EPOCHS,
-        "autoopt.stopped_at_epoch": None if status == "complete" else stop,
-        "autoopt.device": "cpu",
-        "autoopt.host": "test-host",
-        "autoopt.optimizer_state_bytes": 1024,
-        "autoopt.seconds": 0.1 * epochs,
+        R.EPOCHS_RUN: epochs,
+        R.MAX_EPOCHS: MAX_EPOCHS,
+        R.STOPPED_AT_EPOCH: None if status == "complete" else stop,
+        R.DEVICE: "cpu",
+        R.HOST: "test-host",
+        R.OPTIMIZER_STATE_BYTES: 1024,
+        R.SECONDS: 0.1 * epochs,
     }
     state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}[status]
     study.add_trial(create_trial(
@@ -89,8 +90,8 @@ def _add_trial(study: optuna.Study, rng: random.Random, status: str, stop: int |
 def _study(tmp_path: Path, statuses: list[tuple[str, int | None]], name: str = "report-study") -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
                                 direction="maximize")
-    study.set_user_attr("autoopt.metric", "val_accuracy")
-    study.set_user_attr("autoopt.traits", {"domain": "cv", "metric": "val_accuracy", "direction": "maximize"})
+    study.set_user_attr(R.METRIC, "val_accuracy")
+    study.set_user_attr(R.TRAITS, {"domain": "cv", "metric": "val_accuracy", "direction": "maximize"})
     rng = random.Random(7)
     for status, stop in statuses:
         _add_trial(study, rng, status, stop)
@@ -130,7 +131,7 @@ def test_report_of_mixed_study(tmp_path):
     assert summary["best_trial"] == study.best_trial.number
 
     best = json.loads((tmp_path / "report" / "best_config.json").read_text())
-    assert best["config"] == study.best_trial.user_attrs["autoopt.config"]
+    assert best["config"] == study.best_trial.user_attrs[R.CONFIG]
     namespace: dict = {}
     exec(compile((tmp_path / "report" / "best_config.py").read_text(), "best_config.py", "exec"), namespace)
     model = torch.nn.Linear(3, 2)
@@ -155,7 +156,7 @@ def test_report_without_completed_trials(tmp_path, statuses):
     paths = write_report(study, tmp_path / "report", png="matplotlib")
     _assert_plots(paths)
     assert not (tmp_path / "report" / "best_config.py").exists()
-    summary = summarize(study)
+    summary = R.summarize(study).as_dict()
     assert summary["best_value"] is None and summary["n_complete"] == 0
     assert summary["n_pruned"] == sum(s == "pruned" for s, _ in statuses)
 
@@ -184,7 +185,7 @@ def sampled_config(optimizer: str, scheduler: str) -> dict:
 
 @pytest.mark.parametrize("optimizer, scheduler", PAIRS, ids=[f"{o}-{s}" for o, s in PAIRS])
 def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
-    from autoopt.catalog import get_optimizer
+    from autoopt.core.catalog import get_optimizer
     from autoopt.report import plain_torch_line
     from autoopt.schedulers import build_schedule
 

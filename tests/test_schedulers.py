@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoopt.catalog import get_optimizer
-from autoopt.schedulers import SCHEDULERS, WARMUP_START_FACTOR, build_schedule, get_scheduler, scheduler_table
+from autoopt.core.catalog import SCHEDULERS, get_optimizer, get_scheduler, scheduler_table
+from autoopt.schedulers import WARMUP_START_FACTOR, build_schedule
 
 PEAK = 0.1
 

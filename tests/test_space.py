@@ -6,12 +6,12 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autoopt.catalog import CATALOG
+from autoopt.core.catalog import CATALOG
 from autoopt.coordinator import StudyCoordinator
 from autoopt.sampling import ChoiceRestrictingSampler, make_sampler
 from autoopt.space import SearchSpace, TrialConfig
 from autoopt.spec import SpaceSpec, SpecError
-from autoopt.task import TaskTraits
+from autoopt.core.traits import TaskTraits
 
 DENSE = TaskTraits("cv", 32, 0.0, 1000, 1000, "val_accuracy", "maximize")
 SPARSE = TaskTraits("nlp", 32, 0.95, 1000, 1000, "val_accuracy", "maximize", sparse_gradients=True)
