@@ -4,7 +4,6 @@ server (started as a real process on the storage URL, queried over HTTP)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ import optuna
 
 import autoopt
 from autoopt.spec import StudySpec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from local_cluster import free_port
 
 
 def get_json(url: str, deadline_s: float = 60.0, server: subprocess.Popen | None = None):

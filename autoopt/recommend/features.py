@@ -148,6 +148,12 @@ def trait_distances(
     return np.sqrt(d2)
 
 
+def lr_batch_shift(exponent: Any, batch_log2: Any, reference_batch: float) -> Any:
+    """log10 of the factor a learning rate moves by from ``reference_batch`` to a batch of
+    ``2 ** batch_log2`` when ``lr ~ batch ** exponent`` (arrays broadcast)."""
+    return np.asarray(exponent, dtype=float) * (np.asarray(batch_log2, dtype=float) - math.log2(reference_batch)) * math.log10(2)
+
+
 def kernel_weights(distances: np.ndarray, bandwidth: float) -> np.ndarray:
     """Gaussian kernel: a row at distance 0 counts 1, at one bandwidth ~0.61, at three ~0.01."""
     return np.exp(-0.5 * (np.asarray(distances) / bandwidth) ** 2)

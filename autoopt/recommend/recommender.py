@@ -31,7 +31,7 @@ import numpy as np
 
 from autoopt.core.catalog import CATALOG, SCHEDULERS
 from autoopt.core.traits import QUERY, TaskTraits, human_bytes
-from autoopt.recommend.features import TraitEncoding, kernel_weights, numeric_row, trait_distances
+from autoopt.recommend.features import TraitEncoding, kernel_weights, lr_batch_shift, numeric_row, trait_distances
 from autoopt.recommend.rules import CONFIG_KEYS, Advice, OptimizerAdvice, RuleBook, lr_from_rule
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -187,9 +187,7 @@ class CompiledModel:
         lr = lo = hi = [None] * len(known)
         if self.has_lr:
             batch_log2 = self.encoding.impute(numeric[None, :])[0, 0]
-            shift = np.array([self.exponents.get(o, 0.5) for o in known]) * (
-                batch_log2 - math.log2(self.reference_batch)
-            ) * math.log10(2)
+            shift = lr_batch_shift([self.exponents.get(o, 0.5) for o in known], batch_log2, self.reference_batch)
             q = np.percentile(self._forest("lr_", X), [50, 10, 90], axis=0) + shift
             lr, lo, hi = (10 ** q[0]).tolist(), (10 ** q[1]).tolist(), (10 ** q[2]).tolist()
         for i, o in enumerate(known):
