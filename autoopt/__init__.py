@@ -1,6 +1,7 @@
 """autoopt: which optimizer, learning rate, betas, weight decay, warmup and LR schedule to train with.
 
-Search (``run``/``submit`` a :class:`StudySpec`) and recommendation (``autoopt.recommend``).
+Search (``run``/``submit`` a :class:`StudySpec` with a task or your own ``objective(trial)``) and
+recommendation (``autoopt.recommend``).
 Heavy imports (torch, ray, mlflow) happen on first use, so ``import autoopt`` stays fast.
 """
 
@@ -26,6 +27,8 @@ _LAZY = {
     "TrialConfig": ("autoopt.space", "TrialConfig"),
     "SearchSpace": ("autoopt.space", "SearchSpace"),
     "train": ("autoopt.train", "train"),
+    "Trial": ("autoopt.trial", "Trial"),
+    "TrialPruned": ("autoopt.trial", "TrialPruned"),
 }
 
 __all__ = sorted(_LAZY)

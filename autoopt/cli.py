@@ -1,9 +1,12 @@
-"""``autoopt`` command line. Usage errors (bad spec, unknown task or study, unreachable storage)
-print one line and exit 2; a study's failing trials never make the command fail."""
+"""autoopt: search the optimizer, its hyperparameters and the LR schedule for your training.
+
+Usage errors (bad spec, unknown task or study, unreachable storage) print one line and exit 2;
+a study's failing trials never make the command fail."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,8 @@ from autoopt.core import record as R
 #: Options several commands share (typer reads them as metadata; one instance serves every command).
 STORAGE_OPTION = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE", help="Optuna storage URL")
 JSON_OPTION = typer.Option(False, "--json", help="print JSON")
+JOBS_OPTION = typer.Option(None, "--jobs-address", envvar="AUTOOPT_JOBS_ADDRESS",
+                           help="Ray job API (the dashboard, http://host:8265) for studies run with --submit")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -56,7 +61,10 @@ def _guard(fn):  # noqa: ANN001 - small decorator turning known errors into exit
             # TaskNotFound comes from autoopt.task, which imports torch: only a command that
             # loaded it can raise it, and `status`/`list` stay quick
             task = sys.modules.get("autoopt.task")
-            known = (SpecError, StorageError, UsageError, *((task.TaskNotFound,) if task else ()))
+            trial = sys.modules.get("autoopt.trial")
+            jobs = sys.modules.get("autoopt.jobs")
+            known = (SpecError, StorageError, UsageError, *((task.TaskNotFound,) if task else ()),
+                     *((trial.ObjectiveError,) if trial else ()), *((jobs.JobError,) if jobs else ()))
             if not isinstance(exc, known):
                 raise
             _fail(str(exc).splitlines()[0] if isinstance(exc, StorageError) else str(exc))
@@ -153,6 +161,9 @@ def run(
     name: Optional[str] = typer.Option(None, "--name", help="study name (default: the spec's)"),
     warm_start: Optional[bool] = typer.Option(None, "--warm-start/--no-warm-start", help="start from the recommender"),
     as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary"),
+    submit: bool = typer.Option(False, "--submit", help="run the study as a Ray job on the cluster (ships this "
+                                "directory, returns the job id at once)"),
+    jobs_address: Optional[str] = JOBS_OPTION,
 ) -> None:
     """Run (or continue) the study a spec file describes."""
     from autoopt.spec import StudySpec
@@ -163,7 +174,26 @@ def run(
                            timeout_s=timeout, storage=storage, tracking_uri=tracking_uri, ray_address=ray_address, name=name))
     if warm_start is not None:
         data["warm_start"] = {**data["warm_start"], "enabled": warm_start}
-    _run_spec(StudySpec.from_dict(data, source=str(spec_file)), as_json)
+    spec = StudySpec.from_dict(data, source=str(spec_file))
+    if not submit:
+        _run_spec(spec, as_json)
+        return
+    from autoopt import jobs
+
+    # the driver on the cluster reads the same file with the same flags (storage and tracking go as env)
+    flags = {"--trials": trials, "--workers": workers, "--gpus-per-trial": gpus_per_trial,
+             "--cpus-per-trial": cpus_per_trial, "--timeout": timeout, "--name": name}
+    run_args = [str(a) for flag, value in flags.items() if value is not None for a in (flag, value)]
+    if warm_start is not None:
+        run_args.append("--warm-start" if warm_start else "--no-warm-start")
+    if tracking_uri:
+        os.environ["AUTOOPT_TRACKING_URI"] = tracking_uri
+    job_id = jobs.submit(spec_file, spec, run_args, address=jobs_address)
+    if as_json:
+        print(json.dumps({"study_name": spec.name, "job_id": job_id, "jobs_address": jobs.jobs_address(jobs_address)}))
+    else:
+        out.print(f"submitted study {spec.name} as Ray job {job_id}; follow it with `autoopt status {spec.name}` "
+                  f"and `autoopt logs {spec.name}`")
 
 
 def _load_spec_of(name: str, storage: str | None) -> Any:
@@ -180,6 +210,10 @@ def _load_spec_of(name: str, storage: str | None) -> Any:
     data = study.user_attrs.get(R.SPEC)
     if not data:
         raise UsageError(f"study {name!r} was not created by autoopt (no spec stored)")
+    if data.get("objective") is not None:  # importing runs code: a path read back from storage needs trust
+        from autoopt.trial import check_objective_trusted
+
+        check_objective_trusted(data["objective"], f"the spec stored with study {name!r}")
     data = {**data, "storage": url}
     return StudySpec.from_dict(data, source=f"stored spec of {name}")
 
@@ -214,11 +248,31 @@ def status(
     name: str,
     storage: Optional[str] = STORAGE_OPTION,
     as_json: bool = JSON_OPTION,
+    jobs_address: Optional[str] = JOBS_OPTION,
 ) -> None:
-    """Counts by state and the best value so far."""
-    r = _summary(name, storage)
+    """Counts by state and the best value so far (and its Ray job's state, for a submitted study)."""
+    job = None
+    if jobs_address:
+        from autoopt import jobs
+
+        found = jobs.latest_job(name, jobs_address)
+        job = jobs.describe(found) if found is not None else None
+    try:
+        r = _summary(name, storage)
+    except UsageError:
+        if job is None:
+            raise
+        r = None  # submitted, and its driver has not created the study yet
     if as_json:
-        print(json.dumps({k: v for k, v in r.to_dict().items() if k != "best_config"}, default=str))
+        data = {k: v for k, v in r.to_dict().items() if k != "best_config"} if r is not None else {"study_name": name}
+        if job is not None:
+            data["job"] = job
+        print(json.dumps(data, default=str))
+        return
+    if job is not None:
+        out.print(f"{name}: Ray job {job['job_id']} {job['status']}" + (f" ({job['message']})" if job["message"] else ""))
+    if r is None:
+        out.print(f"{name}: no trial stored yet")
         return
     c = r.counts
     out.print(f"{name}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed, "
@@ -227,13 +281,50 @@ def status(
 
 @app.command()
 @_guard
+def logs(name: str, jobs_address: Optional[str] = JOBS_OPTION) -> None:
+    """The driver's output of a study submitted with run --submit."""
+    from autoopt import jobs
+
+    sys.stdout.write(jobs.logs(name, jobs_address))
+
+
+@app.command()
+@_guard
+def stop(name: str, jobs_address: Optional[str] = JOBS_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Stop a submitted study's Ray job (autoopt resume NAME continues it)."""
+    from autoopt import jobs
+
+    job_id, stopped = jobs.stop(name, jobs_address)
+    if as_json:
+        print(json.dumps({"study_name": name, "job_id": job_id, "stopped": stopped}))
+    else:
+        out.print(f"{name}: Ray job {job_id} " + ("stopping" if stopped else "was not running"))
+
+
+@app.command()
+@_guard
 def best(
     name: str,
     storage: Optional[str] = STORAGE_OPTION,
     as_json: bool = JSON_OPTION,
+    fmt: Optional[str] = typer.Option(None, "--format", help="print it as code: torch, lightning or hf"),
 ) -> None:
-    """The best configuration, ready to paste."""
+    """The best configuration, ready to paste (--format: as code for your loop, Lightning or Hugging Face)."""
+    from autoopt.export import FORMATS
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
     r = _summary(name, storage)
+    if fmt is not None:
+        if r.best_config is None:
+            raise UsageError(f"study {name!r} has no completed trial yet")
+        from autoopt.export import best_config_code
+
+        best = R.best_trial(r.study)
+        number = best.number if best is not None else None
+        sys.stdout.write(best_config_code(r.best_config, fmt, study_name=name, metric=r.metric, value=r.best_value,
+                                          trial_number=number))
+        return
     if as_json:
         print(json.dumps({"study_name": name, "best_value": r.best_value, "metric": r.metric,
                           "best_config": r.best_config, "best_params": r.best_params}, default=str))

@@ -144,6 +144,9 @@ class StudyCoordinator:
             pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options),
             load_if_exists=True,
         )
+        metric = (study_attrs or {}).get(R.METRIC)
+        if metric and self.study.metric_names != [metric]:  # optuna-dashboard labels the value with it
+            self.study.set_metric_names([metric])
         if self.study.direction.name.lower() != task.direction:
             raise SpecError(
                 f"study {name!r} exists with direction {self.study.direction.name.lower()}, "

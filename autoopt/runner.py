@@ -25,7 +25,7 @@ from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.space import TrialConfig
-from autoopt.spec import SpecError, StudySpec, task_label
+from autoopt.spec import SpecError, StudySpec, objective_label, task_label
 from autoopt.storage import StorageError, default_storage_url, open_storage, redact
 from autoopt.task import Task, load_task
 
@@ -46,6 +46,16 @@ def _cached_task(task_ref: Any, options: dict[str, Any]) -> Task:
     return task
 
 
+@dataclass(frozen=True)
+class ObjectiveFacts:
+    """An objective study's part of what a trial needs (a task knows these itself)."""
+
+    ref: Any  # import path, or an ObjectRef to the function
+    metric: str
+    direction: str
+    max_reports: int | None
+
+
 def run_trial(
     task_ref: Any,
     task_options: dict[str, Any],
@@ -56,14 +66,24 @@ def run_trial(
     logger: Any,
     threads: int,
     eval_every_steps: int | None = None,
+    objective: ObjectiveFacts | None = None,
 ) -> dict[str, Any]:
-    """What a Ray worker runs for one trial. Returns a TrialOutcome dict; never raises for bad configs."""
+    """What a Ray worker runs for one trial: the task's training loop or the user's objective, both
+    through one :class:`~autoopt.trial.Trial`. Returns a TrialOutcome dict; never raises for bad configs."""
     import torch
 
-    from autoopt.train import pick_device, train
+    from autoopt.train import pick_device, seed_everything
+    from autoopt.trial import Trial, load_objective, task_objective
 
     torch.set_num_threads(threads)
-    task = _cached_task(task_ref, task_options)
+    if objective is None:
+        task = _cached_task(task_ref, task_options)
+        run = task_objective(task, eval_every_steps)
+        metric, direction, max_reports = task.metric, task.direction, None
+    else:
+        ref = objective.ref
+        run = load_objective(ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref)
+        metric, direction, max_reports = objective.metric, objective.direction, objective.max_reports
     # the GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES), else CPU even on a GPU node
     device = pick_device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
     run_id = None
@@ -77,10 +97,15 @@ def run_trial(
         if logger is not None:
             logger.log_epoch(record)
 
-    outcome: TrialOutcome = train(
-        task, TrialConfig.from_dict(config), report=report, on_epoch=on_epoch, device=device, seed=seed,
-        eval_every_steps=eval_every_steps,
-    )
+    def on_traits(traits: TaskTraits) -> None:
+        ray.get(coordinator.set_study_attrs.remote({R.TRAITS: traits.to_dict(MEASURED)}))
+
+    trial = Trial(TrialConfig.from_dict(config), number=number, seed=seed, metric=metric, direction=direction,
+                  max_reports=max_reports, device=device, pruner=report, on_record=on_epoch, logger=logger,
+                  on_traits=on_traits)
+    if objective is not None:
+        seed_everything(seed)
+    outcome: TrialOutcome = trial.run(run)
     if logger is not None:
         logger.finish(outcome)
     result = outcome.to_dict()
@@ -91,16 +116,21 @@ def run_trial(
     return result
 
 
-def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool) -> None:
+def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any = None) -> None:
     """Make a worker process ready for trials: import what a trial needs and build the task (its
-    dataset). On a cluster each study's first trials otherwise wait seconds for new processes."""
+    dataset) or import the objective. On a cluster each study's first trials otherwise wait
+    seconds for new processes."""
     import torch  # noqa: F401
 
     import autoopt.train  # noqa: F401
+    import autoopt.trial
 
     if tracking:
         import autoopt.tracking  # noqa: F401
-    _cached_task(task_ref, task_options)
+    if objective_ref is not None:
+        autoopt.trial.load_objective(ray.get(objective_ref) if isinstance(objective_ref, ray.ObjectRef) else objective_ref)
+    else:
+        _cached_task(task_ref, task_options)
 
 
 _run_trial_remote = ray.remote(max_retries=0)(run_trial)
@@ -217,8 +247,24 @@ class StudyRunner:
                 f"cluster at {address}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
             )
         open_storage(self.storage_url)  # fail fast (clear, redacted message) before starting Ray
-        self.task = load_task(spec.task, **spec.task_options)
-        self.traits = self.task.traits()
+        self.task: Task | None = None
+        self.objective = None
+        if spec.objective is not None:
+            from autoopt.trial import load_objective
+
+            self.objective = load_objective(spec.objective)  # fails fast, here, on a bad import path
+            self.metric = spec.search.metric or "value"
+            if spec.search.direction is None:
+                raise SpecError(f"study {spec.name!r}: an objective needs direction: maximize or minimize "
+                                f"(is a higher {self.metric} better?)")
+            self.direction = spec.search.direction
+            self.traits = self._objective_traits()
+        elif spec.task is not None:
+            self.task = load_task(spec.task, **spec.task_options)
+            self.metric, self.direction = self.task.metric, self.task.direction
+            self.traits = self.task.traits()
+        else:
+            raise SpecError(f"study {spec.name!r} names neither a task nor an objective: set task: or objective:")
         self.on_progress = on_progress
         self.progress = Progress(target=spec.n_trials)
         self.session = uuid.uuid4().hex[:12]
@@ -226,21 +272,38 @@ class StudyRunner:
         self.tracker = None
         self.parent_run_id: str | None = None
         self.coordinator = None
+        self.objective_facts: ObjectiveFacts | None = None
         self._tracking_warned = False
 
     # --- set-up ------------------------------------------------------------------------
+    def _objective_traits(self) -> TaskTraits:
+        """An objective's traits: those ``trial.traits()`` measured in an earlier run of the study, else
+        only the metric (unknown numbers: the recommender's rules on them do not fire)."""
+        import optuna
+
+        try:
+            stored = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)).user_attrs.get(R.TRAITS)
+            if stored:
+                return TaskTraits.from_any(stored)
+        except Exception:  # noqa: BLE001 - a new study
+            pass
+        return TaskTraits(domain="other", metric=self.metric, direction=self.direction)
+
     def _study_attrs(self) -> dict[str, Any]:
+        spec = self.spec.to_dict()
         return {
-            R.SPEC: self.spec.to_dict(),
-            R.TASK: self.spec.to_dict()["task"],
+            R.SPEC: spec,
+            R.TASK: spec["task"] if self.task is not None else spec["objective"],
             R.TRAITS: self.traits.to_dict(MEASURED),
-            R.METRIC: self.task.metric,
-            R.DIRECTION: self.task.direction,
+            R.METRIC: self.metric,
+            R.DIRECTION: self.direction,
             R.MAX_EPOCHS: self._max_reports(),
         }
 
-    def _max_reports(self) -> int:
-        """Pruner resource: epochs, or evaluations per run with ``eval_every_steps``."""
+    def _max_reports(self) -> int | None:
+        """Pruner resource: epochs, or evaluations per run with ``eval_every_steps``; an objective's ``max_reports``."""
+        if self.task is None:
+            return self.spec.search.max_reports
         if not self.spec.eval_every_steps:
             return self.task.epochs
         train_loader, _ = self.task.loaders()
@@ -250,6 +313,8 @@ class StudyRunner:
         """Muon applies only to hidden 2-D weights; does this model have any?"""
         from autoopt.optimizers import hidden_matrix_params
 
+        if self.task is None:  # the user's model is not known here; Muon says so in the trial if it has none
+            return True
         return bool(hidden_matrix_params(self.task.build_model()))
 
     def _start_tracking(self) -> None:
@@ -293,13 +358,14 @@ class StudyRunner:
             allowed = [o for o in top if not space.optimizers or o in space.optimizers]
             if allowed:
                 space = space.model_copy(update={"optimizers": allowed})
-        search = self.spec.search.model_copy(update={"space": space, "task": task_label(self.spec.search.task)})
+        search = self.spec.search.model_copy(update={"space": space, "task": task_label(self.spec.search.task),
+                                                     "objective": objective_label(self.spec.search.objective)})
         return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(
             self.spec.name,
             search,
             self.spec.execution,
             self.spec.places.model_copy(update={"storage": self.storage_url}),
-            TaskFacts(self.task.direction, self.traits, self._max_reports(), self._has_matrix_params()),
+            TaskFacts(self.direction, self.traits, self._max_reports(), self._has_matrix_params()),
             study_attrs=self._study_attrs(),
             session=self.session,
         )
@@ -320,13 +386,19 @@ class StudyRunner:
 
     def _run(self) -> dict[str, Any]:
         ensure_ray(self.spec.ray_address)
-        task_ref: Any = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
+        task_ref: Any = None
+        if self.objective is not None:
+            ref = self.spec.objective if isinstance(self.spec.objective, str) else ray.put(self.objective)
+            self.objective_facts = ObjectiveFacts(ref, self.metric, self.direction, self.spec.search.max_reports)
+        else:
+            task_ref = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
+        objective_ref = self.objective_facts.ref if self.objective_facts is not None else None
         # trial workers start (imports, dataset) while the coordinator and tracking do; nobody
         # waits for these: a failure shows up in the trials themselves
         for _ in range(self.spec.workers):
             _prepare_worker_remote.options(
                 num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
-            ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking))
+            ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
         self.coordinator = self._make_coordinator()
         try:
             ray.get(self.coordinator.summary.remote())
@@ -413,7 +485,7 @@ class StudyRunner:
         return _run_trial_remote.options(
             num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,
-                  threads, self.spec.eval_every_steps)
+                  threads, self.spec.eval_every_steps, self.objective_facts)
 
     def _collect(self, ref: Any, number: int) -> None:
         try:

@@ -104,11 +104,12 @@ def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSamp
         raise SpecError(f"sampler_options for {name}: {exc}") from None
 
 
-def make_pruner(name: str, max_epochs: int, **options: Any) -> optuna.pruners.BasePruner:
-    """An Optuna pruner by name. Hyperband and successive halving run over the task's epochs."""
+def make_pruner(name: str, max_epochs: int | None, **options: Any) -> optuna.pruners.BasePruner:
+    """An Optuna pruner by name. Hyperband and successive halving run over the task's epochs
+    (unknown for an objective without ``max_reports``: Hyperband then learns it from the first trials)."""
     try:
         if name == "hyperband":
-            opts = {"min_resource": 1, "max_resource": max_epochs, "reduction_factor": 3, **options}
+            opts = {"min_resource": 1, "max_resource": max_epochs or "auto", "reduction_factor": 3, **options}
             return optuna.pruners.HyperbandPruner(**opts)
         if name == "successive_halving":
             return optuna.pruners.SuccessiveHalvingPruner(**{"min_resource": 1, "reduction_factor": 3, **options})

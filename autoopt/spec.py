@@ -217,8 +217,15 @@ class SearchSpec(BaseModel):
     """What is searched and how the search decides: the task, the space, sampler, pruner and budget."""
 
     model_config = ConfigDict(extra="forbid")
-    task: Any = Field(description="reference task name, import path 'pkg.mod:Name', or a Task object")
+    task: Any = Field(default=None, description="reference task name, import path 'pkg.mod:Name', or a Task object")
     task_options: dict[str, Any] = Field(default_factory=dict)
+    #: The user's own training loop instead of a task: ``def objective(trial) -> float``.
+    objective: Any = Field(default=None, description="import path 'pkg.mod:function', or a function taking an autoopt.Trial")
+    #: An objective's value: its name and which way is better (a task says both itself).
+    metric: str | None = None
+    direction: str | None = None
+    #: How many times an objective reports (its epochs): the pruner's resource. None: Hyperband sizes it itself.
+    max_reports: int | None = Field(default=None, ge=1)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     n_trials: int | None = Field(default=20, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
@@ -240,6 +247,31 @@ class SearchSpec(BaseModel):
                 f"unknown task {v!r}; use one of {', '.join(REFERENCE_TASKS)} or an import path 'pkg.module:Name'"
             )
         return v
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:
+        if v is None or callable(v):
+            return v
+        if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", v):
+            raise ValueError(f"objective {v!r} must be an import path 'package.module:function' or a function")
+        return v
+
+    @field_validator("direction")
+    @classmethod
+    def _direction(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("maximize", "minimize"):
+            raise ValueError(f"direction {v!r} must be 'maximize' or 'minimize'")
+        return v
+
+    @model_validator(mode="after")
+    def _task_or_objective(self) -> "SearchSpec":
+        if self.task is not None and self.objective is not None:
+            raise ValueError("set either task or objective, not both (a task is autoopt's training loop, "
+                             "an objective is yours)")
+        if self.task is not None and (self.metric is not None or self.direction is not None):
+            raise ValueError("metric and direction come from the task; set them only with an objective")
+        return self
 
     @field_validator("sampler", "pruner")
     @classmethod
@@ -365,7 +397,8 @@ class StudySpec(BaseModel):
         for group in GROUPS:
             d.update(getattr(self, group).model_dump(mode="python"))
         d["description"] = self.description
-        d["task"] = self.search.task  # the object itself, not a dump of it
+        d["task"] = self.search.task  # the objects themselves, not dumps of them
+        d["objective"] = self.search.objective
         return d
 
     def replace(self, **flat_changes: Any) -> "StudySpec":
@@ -377,13 +410,27 @@ class StudySpec(BaseModel):
         this run's liveness timings."""
         d: dict[str, Any] = {"name": self.name}
         for group in GROUPS:
-            d.update(getattr(self, group).model_dump(mode="json", exclude={"task", *RUN_SETTINGS}))
+            d.update(getattr(self, group).model_dump(mode="json", exclude={"task", "objective", *RUN_SETTINGS}))
         d["description"] = self.description
         d["task"] = task_label(self.task)
+        if self.search.objective is None:  # task studies store what they always stored
+            for key in ("objective", "metric", "direction", "max_reports"):
+                d.pop(key, None)
+        else:
+            d["objective"] = objective_label(self.search.objective)
         return d
 
-def task_label(task: Any) -> str:
-    if isinstance(task, str):
+def objective_label(objective: Any) -> str | None:
+    """How a spec stores an objective: its import path (a function by its module and name)."""
+    if objective is None or isinstance(objective, str):
+        return objective
+    module = getattr(objective, "__module__", None) or type(objective).__module__
+    name = getattr(objective, "__qualname__", None) or type(objective).__qualname__
+    return f"{module}:{name}"
+
+
+def task_label(task: Any) -> str | None:
+    if task is None or isinstance(task, str):
         return task
     cls = task if isinstance(task, type) else type(task)
     name = getattr(task, "name", None)

@@ -74,6 +74,8 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     import pandas as pd
 
     df = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
+    # a study with its metric named (optuna-dashboard's label) calls the column value_<metric>
+    df = df.rename(columns={f"value_{name}": "value" for name in study.metric_names or ()})
     extra = pd.DataFrame(
         [
             {
@@ -192,13 +194,23 @@ def _as_spec(spec: StudySpec | dict[str, Any] | None, overrides: dict[str, Any])
     return spec.replace(**overrides) if overrides else spec
 
 
-def submit(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyHandle:
-    """Start a study in the background and return its handle (non-blocking)."""
+def submit(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callable[..., Any] | str | None = None,
+           on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyHandle:
+    """Start a study in the background and return its handle (non-blocking); ``objective`` as in :func:`run`."""
+    if objective is not None:
+        overrides["objective"] = objective
     return StudyHandle(_as_spec(spec, overrides), on_progress=on_progress)
 
 
-def run(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyResult:
-    """Run a study to completion (blocking) and return its result."""
+def run(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callable[..., Any] | str | None = None,
+        on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyResult:
+    """Run a study to completion (blocking) and return its result.
+
+    ``objective``: the user's own training loop, ``def objective(trial: autoopt.Trial) -> float``
+    (or its import path), instead of the spec's task.
+    """
+    if objective is not None:
+        overrides["objective"] = objective
     s = _as_spec(spec, overrides)
     from autoopt.runner import StudyRunner
 

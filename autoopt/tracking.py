@@ -329,6 +329,10 @@ def flatten_config(config: dict[str, Any]) -> dict[str, str]:
     return flat
 
 
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _entities(metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
               tags: dict[str, Any] | None = None, step: int = 0):
     from mlflow.entities import Metric, Param, RunTag
@@ -442,6 +446,14 @@ class TrialLogger:
                or time.monotonic() - self._last_flush >= self.config.flush_seconds)
         if due:
             self.flush()
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """The user's own metrics (``trial.log_metrics``), written at once."""
+        if not self.enabled or self.run_id is None:
+            return
+        m, _, _ = _entities(metrics={k: v for k, v in metrics.items() if _finite_number(v)}, step=int(step))
+        if m:
+            self.conn.call("log user metrics", "log_batch", self.run_id, metrics=m)
 
     def _epoch_metrics(self, record: EpochRecord, ts: int) -> list:
         from mlflow.entities import Metric

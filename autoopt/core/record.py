@@ -66,7 +66,7 @@ class EpochRecord:
     """One point of a learning curve: an evaluation after an epoch (or every N steps)."""
 
     epoch: int
-    train_loss: float
+    train_loss: float | None  # None: an objective reported no training loss
     val_metric: float
     lr: float
     seconds: float
