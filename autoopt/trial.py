@@ -147,6 +147,8 @@ class Trial:
         :class:`TrialPruned` when the pruner stops the trial. A plateau schedule steps on it."""
         value = float(value)
         step = len(self.history) + 1 if step is None else int(step)
+        if self.history and self.history[-1].epoch == step:
+            return  # a step is reported once (as in Optuna): e.g. a final evaluation after the last epoch's
         if not math.isfinite(value):
             raise ValueError(f"reported {self.metric} is not finite ({value}) at step {step}")
         now = time.perf_counter()

@@ -61,8 +61,8 @@ def check_like_a_task_study(result, metric: str, *, user_metric: str | None = No
 
 
 def test_objective_study_runs_on_ray_with_pruning_and_nested_runs(ray_local, workdir):
-    spec = StudySpec(name="mine", metric="val_acc", direction="maximize", n_trials=5, workers=2,
-                     pruner="threshold", pruner_options=PRUNE_BELOW, space=SPACE, seed=1)
+    spec = StudySpec(name="mine", metric="val_acc", direction="maximize", n_trials=3, workers=2,
+                     pruner="threshold", pruner_options=PRUNE_BELOW, space=SPACE, seed=5)
     result = autoopt.run(spec, objective="helper_objectives:objective")
     study = check_like_a_task_study(result, "val_acc", user_metric="val_loss")
     assert result.best_value > 0.75 and result.best_config["optimizer"] == "adamw"

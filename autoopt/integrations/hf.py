@@ -44,7 +44,8 @@ class TrialCallback(TrainerCallback):
     """Reports ``metric`` (a key of the Trainer's evaluation metrics, e.g. ``eval_accuracy``) to the
     trial after every evaluation; raises :class:`autoopt.TrialPruned` when the pruner says stop.
 
-    The report's step is the evaluation's epoch (``eval_strategy="epoch"``), else the global step.
+    The report's step is the evaluation's epoch (``eval_strategy="epoch"``), else the global step;
+    a final ``trainer.evaluate()`` repeats the last step and is not reported again.
     """
 
     def __init__(self, trial: Trial, metric: str) -> None:
@@ -62,7 +63,8 @@ class TrialCallback(TrainerCallback):
             raise KeyError(f"TrialCallback: {self.metric!r} is not among the evaluation metrics "
                            f"({', '.join(sorted(metrics)) or 'none'}); compute_metrics names them eval_<name>")
         epoch = state.epoch
-        by_epoch = str(getattr(args, "eval_strategy", "")).endswith("epoch") and epoch is not None
+        strategy = getattr(args, "eval_strategy", None)
+        by_epoch = getattr(strategy, "value", strategy) == "epoch" and epoch is not None
         step = int(round(epoch)) if by_epoch else int(state.global_step)
         self.trial.report(float(metrics[self.metric]), step=step, train_loss=self._train_loss)
 

@@ -59,6 +59,13 @@ class TrialCallback(pl.Callback):
         self.trial = trial
         self.monitor = monitor
         self.step = step
+        self._losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Keep the training loss since the last report (the curve's train_loss)."""
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and hasattr(loss, "detach"):
+            self._losses.append(float(loss.detach()))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
@@ -67,9 +74,10 @@ class TrialCallback(pl.Callback):
         if value is None:
             known = ", ".join(sorted(trainer.callback_metrics)) or "none"
             raise KeyError(f"TrialCallback: metric {self.monitor!r} was not logged (self.log); logged: {known}")
-        loss = trainer.callback_metrics.get("train_loss")
+        loss = sum(self._losses) / len(self._losses) if self._losses else None
+        self._losses.clear()
         step = trainer.current_epoch + 1 if self.step == "epoch" else trainer.global_step
-        self.trial.report(float(value), step=step, train_loss=None if loss is None else float(loss))
+        self.trial.report(float(value), step=step, train_loss=loss)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self.trial.clip_gradients(pl_module)
