@@ -549,3 +549,73 @@ def test_mlflow_server_down_mid_study(cluster, live_worker, tmp_path):
         run = children[t.user_attrs[R.MLFLOW_RUN_ID]]
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# A study submitted as a Ray job: it outlives the submitting process and runs the shipped module
+# ------------------------------------------------------------------------------------------------
+SHIPPED_OBJECTIVE = '''
+import os
+
+import autoopt
+
+VALUE = {value!r}
+
+
+def objective(trial: autoopt.Trial) -> float:
+    here = os.path.dirname(os.path.abspath(__file__))
+    if "_ray_pkg_" not in here:  # this module exists nowhere but in the job's shipped working directory
+        raise RuntimeError(f"not the module shipped with the job: {{here}}")
+    for step in (1, 2):
+        trial.report(VALUE - 0.1 / step, step=step)
+    return VALUE
+'''
+
+
+def jobs_cli(cluster: LocalCluster, cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = client_env(cluster, AUTOOPT_JOBS_ADDRESS=cluster.head.dashboard_url, AUTOOPT_JOB_PYTHON=sys.executable)
+    return subprocess.run([AUTOOPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_submitted_study_outlives_the_client_and_runs_the_shipped_module(cluster, tmp_path):
+    import uuid
+
+    project = tmp_path / "project"
+    project.mkdir()
+    module = f"shipped_{uuid.uuid4().hex[:8]}"  # on no machine's path: only the job can bring it
+    (project / f"{module}.py").write_text(SHIPPED_OBJECTIVE.format(value=0.4242))
+    (project / "study.yaml").write_text(yaml.safe_dump({
+        "name": "submitted", "objective": f"{module}:objective", "metric": "score", "direction": "maximize",
+        "max_reports": 2, "n_trials": 3, "workers": 1, "cpus_per_trial": 1, "pruner": "none",
+        "space": SPACE_A}))
+    submitted = jobs_cli(cluster, project, "run", "study.yaml", "--submit", "--json")
+    # the submitting process has exited: everything from here on runs on the cluster alone
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job = json.loads(submitted.stdout.strip().splitlines()[-1])
+    assert job["study_name"] == "submitted" and job["job_id"].startswith("autoopt-submitted-")
+
+    def finished() -> dict[str, Any] | None:
+        out = jobs_cli(cluster, project, "status", "submitted", "--json")
+        data = json.loads(out.stdout) if out.returncode == 0 else {}
+        return data if data.get("job", {}).get("status") in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    status = wait_for("the submitted study's job to end", finished, 300)
+    logs = jobs_cli(cluster, project, "logs", "submitted").stdout
+    assert status["job"]["status"] == "SUCCEEDED", logs[-3000:]
+    assert status["counts"]["complete"] == 3 and status["best_value"] == 0.4242
+    ts = trials(cluster.optuna_url, "submitted")
+    assert [t.state for t in ts] == [TrialState.COMPLETE] * 3, [t.user_attrs.get(R.REASON) for t in ts]
+    worker_nodes = {w.node_id for w in cluster.workers}
+    assert {t.user_attrs[R.NODE_ID] for t in ts} <= worker_nodes  # trials ran on the worker node
+    assert '"study_name": "submitted"' in logs  # the driver's --json summary, read back through the job API
+    # stop works against a running job
+    (project / "study.yaml").write_text(yaml.safe_dump({
+        "name": "stopped", "objective": "helper_objectives:objective", "metric": "val_acc", "direction": "maximize",
+        "n_trials": 50, "workers": 1, "cpus_per_trial": 1, "pruner": "none", "space": SPACE_A}))
+    assert jobs_cli(cluster, project, "run", "study.yaml", "--submit").returncode == 0
+    wait_for("a trial of the second job", lambda: trials(cluster.optuna_url, "stopped"), 240)
+    stopped = jobs_cli(cluster, project, "stop", "stopped", "--json")
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["stopped"] is True
+    wait_for("the second job to stop", lambda: json.loads(jobs_cli(cluster, project, "status", "stopped", "--json").stdout)
+             ["job"]["status"] == "STOPPED", 120)
+    assert len(trials(cluster.optuna_url, "stopped")) < 50
