@@ -8,6 +8,8 @@ job by its metadata.
 
 The job API is the Ray dashboard's (port 8265), with the cluster's token authentication:
 ``$AUTOOPT_JOBS_ADDRESS`` (``--jobs-address``), else ``http://<host of AUTOOPT_RAY_ADDRESS>:8265``.
+The driver gets this machine's ``AUTOOPT_STORAGE`` / ``AUTOOPT_TRACKING_URI``, or
+``AUTOOPT_JOB_STORAGE`` / ``AUTOOPT_JOB_TRACKING_URI`` where the cluster reaches them by other names.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ ENV_JOBS_ADDRESS = "AUTOOPT_JOBS_ADDRESS"
 #: The interpreter the entrypoint runs on the cluster (the images have autoopt installed for ``python``).
 ENV_JOB_PYTHON = "AUTOOPT_JOB_PYTHON"
 DASHBOARD_PORT = 8265
+#: The storage and tracking server as the cluster reaches them, when that differs from this machine's view.
+ENV_JOB_STORAGE = "AUTOOPT_JOB_STORAGE"
+ENV_JOB_TRACKING_URI = "AUTOOPT_JOB_TRACKING_URI"
 #: Settings the driver needs that the cluster does not get from the spec file: where results go.
 SHIPPED_ENV = ("AUTOOPT_STORAGE", "AUTOOPT_TRACKING_URI", "MLFLOW_TRACKING_URI", "AUTOOPT_TRUSTED_TASKS",
                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -71,7 +76,9 @@ def submit(spec_file: Path, spec: Any, run_args: list[str], *, address: str | No
         relative = spec_path.relative_to(root)
     except ValueError:
         raise SpecError(f"--submit ships the working directory {root}; the spec {spec_file} must be inside it") from None
-    storage = spec.storage or os.environ.get("AUTOOPT_STORAGE") or ""
+    # the driver runs on the cluster: where it reaches the storage and tracking server may differ
+    # from this machine's addresses (compose: postgres:5432 inside, 127.0.0.1:5432 on the host)
+    storage = spec.storage or os.environ.get(ENV_JOB_STORAGE) or os.environ.get("AUTOOPT_STORAGE") or ""
     if not storage or storage.startswith(("sqlite", "journal")):
         raise SpecError("--submit runs the study on the cluster: use a storage the cluster can reach "
                         "(--storage / AUTOOPT_STORAGE, e.g. postgresql://user:pw@host/db), not a local file")
@@ -80,6 +87,8 @@ def submit(spec_file: Path, spec: Any, run_args: list[str], *, address: str | No
                                                     "--ray-address", "auto", "--json", *run_args])
     env = {k: os.environ[k] for k in SHIPPED_ENV if os.environ.get(k)}
     env["AUTOOPT_STORAGE"] = storage
+    if os.environ.get(ENV_JOB_TRACKING_URI):
+        env["AUTOOPT_TRACKING_URI"] = os.environ[ENV_JOB_TRACKING_URI]
     job_id = f"autoopt-{spec.name}-{uuid.uuid4().hex[:8]}"
     jobs = client(address)
     try:

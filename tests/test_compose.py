@@ -192,6 +192,13 @@ def test_client_environment_matches_autoopt_configuration(compose, env):
     assert env["AUTOOPT_RAY_ADDRESS"] == f"ray://127.0.0.1:{env['RAY_CLIENT_PORT']}"
     for key in ("AUTOOPT_STORAGE", "AUTOOPT_TRACKING_URI", "AUTOOPT_RAY_ADDRESS"):
         assert key in known
+    # `run --submit`: the job API is the head's dashboard, and the driver on the cluster reaches
+    # the storage and MLflow by the names the client container uses
+    dashboard = flag(head, "--dashboard-port")
+    assert client["AUTOOPT_JOBS_ADDRESS"] == f"http://ray-head:{dashboard}"
+    assert env["AUTOOPT_JOBS_ADDRESS"] == f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"
+    assert env["AUTOOPT_JOB_STORAGE"] == client["AUTOOPT_STORAGE"]
+    assert env["AUTOOPT_JOB_TRACKING_URI"] == client["AUTOOPT_TRACKING_URI"]
 
 
 def test_ray_token_authentication_is_on(compose, env):
