@@ -433,7 +433,7 @@ def test_add_study_results_normalises_per_study_and_replaces_on_re_add(tmp_path)
     meta.add_study_results(_study("solo", "tabular", 32, {"adamw": 0.3}), path)
     solo = [r for r in meta.read_meta(path) if r["study"] == "solo"]
     assert len(solo) == 1 and solo[0]["normalized_score"] is None and solo[0]["best_lr"] == pytest.approx(2e-3)
-    with pytest.raises(ValueError, match="autoopt.traits"):
+    with pytest.raises(ValueError, match=R.TRAITS):
         meta.add_study_results(optuna.create_study(), path)
 
 
