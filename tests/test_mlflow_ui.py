@@ -95,6 +95,7 @@ def _tracked_store(tmp_path: Path) -> tuple[str, StudyTracker, dict[str, str]]:
     return uri, tracker, run_ids
 
 
+@pytest.mark.browser
 @pytest.mark.slow
 def test_mlflow_ui_shows_study_and_nested_trials(tmp_path):
     chromium = _chromium()

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 
 import autoopt
 from autoopt.spec import StudySpec
@@ -31,6 +32,7 @@ def get_json(url: str, deadline_s: float = 60.0, server: subprocess.Popen | None
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_shows_params_curves_and_pruned_states(ray_local, workdir):
     spec = StudySpec(name="dash", task="cv", task_options={"size": 0.25, "epochs": 6}, n_trials=10, workers=2,
                      tracking=False, pruner="hyperband",

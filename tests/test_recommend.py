@@ -164,8 +164,14 @@ def test_every_guidance_rule_is_a_record_citing_its_source_documents(book):
         for f in book.source_files(r):
             if f.endswith(".txt"):
                 assert f in (S000, S001, S002, S003, S004)
-                if SEEDS.is_dir():
-                    assert (SEEDS / f).is_file()
+
+
+def test_the_cited_source_documents_exist():
+    """The five documents the rules cite are in the shared seeds folder (outside the repository:
+    where it is not mounted this test says so as a skip, it does not pass)."""
+    if not SEEDS.is_dir():
+        pytest.skip(f"source documents not mounted at {SEEDS}")
+    assert all((SEEDS / f).is_file() for f in (S000, S001, S002, S003, S004)), sorted(p.name for p in SEEDS.iterdir())
 
 
 def test_rule_optimizer_names_are_catalog_entries_or_declared_aliases(book):
@@ -427,7 +433,7 @@ def test_add_study_results_normalises_per_study_and_replaces_on_re_add(tmp_path)
     meta.add_study_results(_study("solo", "tabular", 32, {"adamw": 0.3}), path)
     solo = [r for r in meta.read_meta(path) if r["study"] == "solo"]
     assert len(solo) == 1 and solo[0]["normalized_score"] is None and solo[0]["best_lr"] == pytest.approx(2e-3)
-    with pytest.raises(ValueError, match="autoopt.traits"):
+    with pytest.raises(ValueError, match=R.TRAITS):
         meta.add_study_results(optuna.create_study(), path)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autoopt.core import record as R
 import autoopt
+from autoopt.core import record as R
 from autoopt.spec import StudySpec
 from autoopt.storage import StorageError, open_storage, redact
 
@@ -41,6 +41,7 @@ def check_study(result, n):
     return study
 
 
+@pytest.mark.slow
 def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
     result = autoopt.run(small_spec("sq", n_trials=14))
     study = check_study(result, 14)
@@ -58,6 +59,7 @@ def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
     del study
 
 
+@pytest.mark.slow
 def test_study_on_postgresql(ray_local, workdir, pg_url):
     result = autoopt.run(small_spec("pg", storage=pg_url, n_trials=10))
     check_study(result, 10)
@@ -68,14 +70,21 @@ def test_study_on_postgresql(ray_local, workdir, pg_url):
 
 def test_submit_returns_a_handle(ray_local, workdir):
     handle = autoopt.submit(small_spec("handle", n_trials=6))
-    status = handle.status()
-    assert status["state"] in ("running", "done")
+    early = handle.status()  # Ray, the coordinator and MLflow take seconds to start: nothing ran yet
+    assert early["state"] == "running" and not handle.done()
+    assert set(early) == {"state", "counts", "running", "best_value", "elapsed_s"}
     result = handle.wait(timeout=240)
     assert handle.done() and sum(result.counts[k] for k in ("complete", "pruned", "failed")) == 6
+    final = handle.status()
+    assert final["state"] == "done" and final["running"] == 0
+    assert {k: final["counts"][k] for k in ("complete", "pruned", "failed")} == {
+        k: result.counts[k] for k in ("complete", "pruned", "failed")}
+    assert final["best_value"] == pytest.approx(result.best_value) and handle.best_value == final["best_value"]
     df = handle.trials_dataframe()
     assert len(df) == 6 and {"optimizer", "epochs_run", "state"} <= set(df.columns)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
     from helper_tasks import CrashOnceTask
 
@@ -135,6 +144,7 @@ def test_one_storage_per_url_keeps_postgresql_connections_few(pg_url):
     admin.dispose()
 
 
+@pytest.mark.slow
 def test_eight_concurrent_workers_on_sqlite_lose_nothing(ray_local, workdir):
     """8 trials in flight at once (fractional CPUs), one SQLite file: every trial is recorded,
     none fails on a locked database, because only the coordinator writes to it."""
@@ -161,6 +171,29 @@ def test_remote_cluster_with_local_sqlite_is_a_clear_error(workdir):
         StudyRunner(small_spec("remote", ray_address="ray://10.0.0.1:10001"))
 
 
+def test_after_study_hook_errors_are_reported_not_swallowed(workdir):
+    """The runner does not import the recommender: what runs after a study is the caller's hook,
+    and when it fails the user is told (the study itself is stored either way)."""
+    from autoopt.runner import StudyHooks, StudyRunner
+
+    def read_only_meta_dataset(study):
+        raise PermissionError("meta_dataset.csv is read-only")
+
+    runner = StudyRunner(small_spec("hooked", n_trials=1), hooks=StudyHooks(after_study=read_only_meta_dataset))
+    optuna.create_study(study_name="hooked", storage=open_storage(runner.storage_url), direction="maximize")
+    with pytest.warns(UserWarning, match="after-study step failed for 'hooked': PermissionError: meta_dataset.csv is read-only"):
+        runner._finish()
+
+
+def test_warm_start_without_the_recommender_hooks_is_a_clear_error(workdir):
+    from autoopt.runner import StudyRunner
+    from autoopt.spec import SpecError
+
+    with pytest.raises(SpecError, match="warm_start needs the recommender"):
+        StudyRunner(small_spec("cold", warm_start={"enabled": True}))
+
+
+@pytest.mark.slow
 def test_warm_start_enqueues_recommendations_first(ray_local, workdir):
     spec = small_spec("warm", n_trials=5, warm_start={"enabled": True, "n_trials": 2},
                       space={"optimizers": ["adamw", "radam", "momentum", "nesterov", "lion"]})

@@ -166,7 +166,7 @@ def study_rows(study: Any) -> list[dict[str, Any]]:
     attrs = study.user_attrs
     traits = attrs.get(R.TRAITS)
     if not traits:
-        raise ValueError(f"study {study.study_name!r} has no 'autoopt.traits' user attr; is it an autoopt study?")
+        raise ValueError(f"study {study.study_name!r} has no {R.TRAITS!r} user attr; is it an autoopt study?")
     direction = attrs.get(R.DIRECTION) or study.direction.name.lower()
     sign = 1.0 if direction == "maximize" else -1.0
     per_opt: dict[str, dict[str, Any]] = {}
