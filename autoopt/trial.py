@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from autoopt.core.catalog import get_optimizer
 from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.core.traits import TaskTraits
+from autoopt.optimizers import build_optimizer
 from autoopt.schedulers import LRSchedule, build_schedule
 from autoopt.space import TrialConfig
 from autoopt.spec import objective_label
@@ -111,7 +111,7 @@ class Trial:
         """The sampled optimizer over a model (preferred: biases and norms get no weight decay, Muon
         finds its hidden matrices) or an iterable of parameters."""
         model = model_or_params if isinstance(model_or_params, nn.Module) else _Parameters(model_or_params)
-        optimizer = get_optimizer(self.config.optimizer).build(model, dict(self.config.optimizer_params))
+        optimizer = build_optimizer(self.config.optimizer, model, dict(self.config.optimizer_params))
         self._optimizers.append(optimizer)
         return optimizer
 
