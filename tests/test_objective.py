@@ -57,6 +57,8 @@ def check_like_a_task_study(result, metric: str, *, user_metric: str | None = No
         if user_metric:
             assert client.get_metric_history(run.info.run_id, user_metric)
     assert parent.data.metrics["n_pruned"] >= 1 and parent.data.metrics["n_complete"] >= 1
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert any(p.endswith(".html") for p in plots) and any(p.endswith(".png") for p in plots), plots
     return study
 
 
@@ -71,7 +73,16 @@ def test_objective_study_runs_on_ray_with_pruning_and_nested_runs(ray_local, wor
     assert traits["n_params"] == sum(p.numel() for p in mlp().parameters())
     assert traits["domain"] == "tabular" and traits["dataset_size"] == 512
     assert study.user_attrs[R.SPEC]["objective"] == "helper_objectives:objective"
-    assert "task" not in study.user_attrs[R.SPEC] or study.user_attrs[R.SPEC]["task"] is None
+    assert study.user_attrs[R.SPEC]["task"] is None
+    # resume reads the objective path back from storage: with the user's trust it runs on, and
+    # the driver starts from the traits the workers measured (the recommender's warm start reads them)
+    from autoopt.runner import StudyRunner
+
+    assert StudyRunner(spec.replace(objective="helper_objectives:objective")).traits.n_params == traits["n_params"]
+    out = CliRunner().invoke(app, ["resume", "mine", "--trials", "4", "--json"],
+                             env={"AUTOOPT_TRUSTED_TASKS": "helper_objectives"})
+    assert out.exit_code == 0, out.output
+    assert len(result.study.trials) == 4
 
 
 def test_a_failing_objective_is_a_failed_trial_with_its_reason(ray_local, workdir):
