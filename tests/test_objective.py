@@ -248,3 +248,22 @@ def test_help_first_line_has_no_markup():
     assert out.returncode == 0 and "``" not in out.stdout
     first = [line for line in out.stdout.split("Usage:")[1].splitlines()[1:] if line.strip()][0]
     assert first.strip().startswith("autoopt: search the optimizer")
+
+
+def test_submit_refuses_what_the_cluster_cannot_use(workdir, monkeypatch, pg_url):
+    from local_cluster import free_port
+
+    for key in ("AUTOOPT_JOBS_ADDRESS", "AUTOOPT_RAY_ADDRESS", "RAY_ADDRESS", "AUTOOPT_JOB_STORAGE"):
+        monkeypatch.delenv(key, raising=False)
+    (workdir / "s.yaml").write_text("name: s\nobjective: helper_objectives:objective\ndirection: maximize\n")
+    local = CliRunner().invoke(app, ["run", "s.yaml", "--submit"])
+    assert local.exit_code == 2 and "not a local file" in local.output
+    nowhere = CliRunner().invoke(app, ["run", "s.yaml", "--submit", "--storage", pg_url])
+    assert nowhere.exit_code == 2 and "no cluster to submit to" in nowhere.output
+    closed = f"http://127.0.0.1:{free_port()}"
+    down = CliRunner().invoke(app, ["run", "s.yaml", "--submit", "--storage", pg_url, "--jobs-address", closed])
+    assert down.exit_code == 2 and f"the Ray job API at {closed} did not answer" in down.output
+    (workdir / "sub").mkdir()
+    monkeypatch.chdir(workdir / "sub")  # the spec must travel with the shipped directory
+    outside = CliRunner().invoke(app, ["run", str(workdir / "s.yaml"), "--submit", "--storage", pg_url])
+    assert outside.exit_code == 2 and "must be inside it" in outside.output
