@@ -138,7 +138,8 @@ def test_build_resumes_without_rerunning(ray_local, tmp_path):
     rows = sweep.read_runs(tmp_path / "runs-01.csv.gz")
     keys = [sweep.run_key(r) for r in rows]
     assert len(keys) == len(set(keys)) == 14
-    assert {k[1] for k in keys} == {"sgd", "adam"} and {k[2] for k in keys if k[1] == "adam"} == set(sweep.lr_grid("adam"))
+    assert {k[1] for k in keys} == {"sgd", "adam"}
+    assert {k[2] for k in keys if k[1] == "adam"} == set(sweep.family_lr_grid(FAMILIES["tab_reg"], "adam"))
     for k, r in before.items():  # the first build's rows are kept as they were, not re-run
         again = next(x for x in rows if sweep.run_key(x) == k)
         assert again["seconds"] == r["seconds"] and (again["value"] == r["value"] or math.isnan(r["value"]))
@@ -151,6 +152,7 @@ def test_build_resumes_without_rerunning(ray_local, tmp_path):
     table, manifest = zoo_data.load(tmp_path)
     assert len(table) == 14 and manifest["chunks"]["01"]["complete"]
     assert manifest["lr_grid"]["tab_reg"]["adam"] == sweep.lr_grid("adam", FAMILIES["tab_reg"].lr_shift)
+    assert manifest["lr_grid"]["tab_reg"]["sgd"] == sweep.family_lr_grid(FAMILIES["tab_reg"], "sgd")
     # the metric tells lrs apart: the grid's best and worst ok runs differ
     ok = table[table.status == "ok"]
     assert ok.groupby("optimizer")["value"].agg(lambda v: v.max() - v.min()).min() > 0.01

@@ -48,7 +48,7 @@ LR_STEP_DECADES = 0.5
 LR_CENTER_LOG10: dict[str, float] = {
     "sgd": -1.0, "momentum": -1.5, "nesterov": -1.5, "adagrad": -1.5,
     "adam": -2.5, "adamw": -2.5, "nadam": -2.5, "radam": -2.5, "adabelief": -2.5, "ranger": -2.5,
-    "schedulefree_adamw": -2.5, "adafactor": -2.0, "lamb": -2.0, "rmsprop": -3.0, "lion": -3.5,
+    "schedulefree_adamw": -2.5, "adafactor": -2.0, "lamb": -2.0, "rmsprop": -3.0, "lion": -3.0,
 }
 #: One schedule policy for the whole sweep: 5% linear warmup, then cosine to zero;
 #: schedule-free AdamW keeps the warmup and no decay (it must not be scheduled).
@@ -78,6 +78,14 @@ def lr_grid(optimizer: str, lr_shift: float = 0.0) -> list[float]:
     centre = LR_CENTER_LOG10[optimizer] + lr_shift
     half = (LR_POINTS - 1) / 2
     return [float(f"{10 ** (centre + (i - half) * LR_STEP_DECADES):.6g}") for i in range(LR_POINTS)]
+
+
+SGD_FAMILY = ("sgd", "momentum", "nesterov")
+
+
+def family_lr_grid(family: Any, optimizer: str) -> list[float]:
+    """The grid a zoo family is swept on: its ``lr_shift``, plus ``sgd_lr_shift`` for the SGD family."""
+    return lr_grid(optimizer, family.lr_shift + (family.sgd_lr_shift if optimizer in SGD_FAMILY else 0.0))
 
 
 def chunk_of(instance_id: str) -> int:
@@ -247,7 +255,7 @@ class SweepPlan:
         if unknown:
             raise ValueError(f"optimizer(s) {unknown} not in the sweep; choose from {', '.join(OPTIMIZERS)}")
         fams = list(dict.fromkeys(i.rpartition("-")[0] for i in ids))
-        grids = {f: {o: lr_grid(o, FAMILIES[f].lr_shift) for o in opts} for f in fams}
+        grids = {f: {o: family_lr_grid(FAMILIES[f], o) for o in opts} for f in fams}
         return cls(ids, opts, list(seeds) if seeds is not None else list(SEEDS), grids)
 
     def units(self) -> list[tuple[str, str]]:

@@ -81,6 +81,9 @@ class ZooTask(Task):
     variants: tuple[dict[str, Any], ...] = ()
     #: Where this family's lr optimum sits relative to the sweep's base grid, in decades.
     lr_shift: float = 0.0
+    #: Extra decades for plain / momentum / Nesterov SGD: with mean-reduced losses, embedding rows
+    #: (and recurrent nets) get small gradients, so SGD's best lr sits far above its usual range.
+    sgd_lr_shift: float = 0.0
 
     def __init__(self, index: int = 0, seed: int | None = None, **overrides: Any) -> None:
         if not 0 <= index < len(self.variants):

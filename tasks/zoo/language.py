@@ -92,7 +92,7 @@ class TinyTransformer(TextTask):
     """Token + position embeddings, ``depth`` pre-norm encoder layers, masked mean pool."""
 
     family = "nlp_transformer"
-    lr_shift = -0.25
+    sgd_lr_shift = 0.5
     variants = (
         dict(vocab=2000, seq_len=16, classes=4, zipf=1.1, negation=0.5, n_train=4000, dim=32, depth=1, heads=2, batch_size=32, steps=150),
         dict(vocab=4000, seq_len=16, classes=6, zipf=1.0, negation=0.6, n_train=12000, dim=32, depth=2, heads=4, batch_size=32, steps=100),
@@ -124,6 +124,7 @@ class RecurrentClassifier(TextTask):
     """Embedding, one LSTM or GRU layer, the hidden state at the document's last token."""
 
     family = "nlp_rnn"
+    sgd_lr_shift = 1.0
     uses_lengths = True
     variants = (
         dict(cell="gru", vocab=2000, seq_len=16, classes=4, zipf=1.1, negation=0.5, n_train=4000, dim=32, hidden=32, batch_size=32, steps=150),
@@ -156,6 +157,7 @@ class BagOfEmbeddings(TextTask):
     family = "nlp_bag"
     supports_sparse_gradients = True
     lr_shift = 0.5
+    sgd_lr_shift = 1.0
     variants = (
         dict(vocab=5000, seq_len=24, classes=5, zipf=1.07, negation=0.0, n_train=6000, dim=32, hidden=0, batch_size=32, steps=200),
         dict(vocab=50000, seq_len=32, classes=8, zipf=1.0, negation=0.2, n_train=40000, dim=16, hidden=0, batch_size=512, steps=80),

@@ -45,6 +45,7 @@ class RatingsMF(MSETask):
     domain = "recsys"
     supports_sparse_gradients = True
     lr_shift = 0.5
+    sgd_lr_shift = 0.5
     variants = (
         dict(users=1000, items=500, rank=4, ratings=20000, noise=0.5, dim=16, batch_size=128, steps=200),
         dict(users=20000, items=5000, rank=8, ratings=100000, noise=0.4, dim=32, batch_size=1024, steps=100),
@@ -99,6 +100,7 @@ class HashedCTR(AUCTask):
     domain = "recsys"
     supports_sparse_gradients = True
     lr_shift = 0.5
+    sgd_lr_shift = 0.5
     variants = (
         dict(fields=8, cardinality=2000, buckets=2**14, dim=8, hidden=0, n_train=20000, batch_size=256, steps=150),
         dict(fields=16, cardinality=20000, buckets=2**17, dim=7, hidden=0, n_train=100000, batch_size=1024, steps=60),

@@ -98,6 +98,7 @@ class TabularRegressor(MSETask):
     """An MLP regressing a standardised target; validation MSE."""
 
     family = "tab_reg"
+    lr_shift = 0.5
     domain = "tabular"
     variants = (
         dict(source="friedman1", features=10, noise=0.5, n_train=3000, n_val=500, width=64, depth=2, batch_size=32, steps=250),

@@ -76,7 +76,7 @@ class SmallCNN(ImageTask):
 
     family = "cv_cnn"
     variants = (
-        dict(source="patterns", size=12, classes=6, noise=0.8, shift=2, n_train=4000, width=8, batch_size=32, steps=150),
+        dict(source="patterns", size=12, classes=6, noise=0.8, shift=2, n_train=4000, width=8, batch_size=32, steps=120),
         dict(source="digits", noise=0.3, n_train=1200, width=8, batch_size=16, steps=200),
         dict(source="patterns", size=12, classes=10, noise=1.0, shift=2, n_train=8000, width=8, batch_size=128, steps=100),
         dict(source="digits", noise=0.6, n_train=500, width=16, batch_size=32, steps=150),
@@ -113,7 +113,7 @@ class SmallResNet(ImageTask):
 
     family = "cv_resnet"
     variants = (
-        dict(source="digits", noise=0.4, n_train=1300, width=8, blocks=2, batch_size=32, steps=150),
+        dict(source="digits", noise=0.4, n_train=1300, width=8, blocks=2, batch_size=32, steps=120),
         dict(source="patterns", size=12, classes=8, noise=1.0, shift=3, n_train=6000, width=8, blocks=1, batch_size=64, steps=120),
         dict(source="patterns", size=12, classes=6, noise=1.2, shift=3, n_train=3000, width=8, blocks=1, batch_size=32, steps=120),
         dict(source="digits", noise=0.8, n_train=800, width=16, blocks=1, batch_size=16, steps=200),
@@ -158,14 +158,13 @@ class TinyViT(ImageTask):
 
     family = "cv_vit"
     variants = (
-        dict(source="digits", noise=0.3, n_train=1300, patch=2, dim=32, depth=1, heads=2, batch_size=32, steps=150),
-        dict(source="patterns", size=12, classes=6, noise=0.8, shift=3, n_train=5000, patch=4, dim=32, depth=2, heads=4, batch_size=32, steps=120),
-        dict(source="patterns", size=12, classes=8, noise=1.0, shift=2, n_train=3000, patch=3, dim=24, depth=1, heads=2, batch_size=32, steps=150),
+        dict(source="digits", noise=0.3, n_train=1300, patch=4, dim=32, depth=1, heads=2, batch_size=32, steps=150),
+        dict(source="patterns", size=12, classes=6, noise=0.6, shift=1, n_train=5000, patch=4, dim=32, depth=2, heads=4, batch_size=32, steps=120),
+        dict(source="patterns", size=12, classes=8, noise=0.8, shift=1, n_train=3000, patch=3, dim=24, depth=1, heads=2, batch_size=32, steps=150),
         dict(source="digits", noise=0.6, n_train=700, patch=4, dim=32, depth=2, heads=4, batch_size=16, steps=150),
-        dict(source="patterns", size=12, classes=10, noise=0.9, shift=3, n_train=12000, patch=4, dim=16, depth=1, heads=2, batch_size=256, steps=80),
-        dict(source="patterns", size=12, classes=5, noise=1.3, shift=3, n_train=2000, patch=4, dim=32, depth=1, heads=4, batch_size=8, steps=250),
+        dict(source="patterns", size=12, classes=10, noise=0.6, shift=1, n_train=12000, patch=4, dim=16, depth=1, heads=2, batch_size=256, steps=80),
+        dict(source="patterns", size=12, classes=5, noise=0.9, shift=1, n_train=2000, patch=4, dim=32, depth=1, heads=4, batch_size=8, steps=250),
     )
-    lr_shift = -0.25
 
     def build_model(self, sparse_gradients: bool = False) -> nn.Module:
         k = self.knobs
