@@ -406,13 +406,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _exit_cleanly_on_sigterm() -> None:
-    """``kill PID`` ends the build like Ctrl-C: in-flight units cancelled, Ray shut down, journals intact."""
-    import signal
-    import threading
+def exit_cleanly_on_sigterm() -> None:
+    """Make ``kill PID`` end a build like Ctrl-C: in-flight units cancelled, Ray shut down, journals intact.
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    For the CLI's process (a background job ignores SIGINT, so SIGTERM is how it gets stopped).
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def build(
@@ -440,7 +441,6 @@ def build(
     from autoopt.runner import ensure_ray
 
     plan = SweepPlan.make(families, limit, optimizers, seeds)
-    _exit_cleanly_on_sigterm()
     out = Path(out) if out is not None else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     store = ZooStore(out).load()
