@@ -67,6 +67,8 @@ INSTANCE_COLUMNS: tuple[str, ...] = (
 MANIFEST = "MANIFEST.json"
 INSTANCES = "instances.csv"
 JOURNAL_DIR = ".journal"
+#: Seconds between progress lines in the log (besides one per sealed chunk).
+LOG_EVERY_S = 120.0
 #: Units in a row Ray may lose (a dead worker or node) before the build stops.
 MAX_LOST_IN_A_ROW = 3
 
@@ -498,7 +500,7 @@ def build(
                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
         bar.start()
         bar_task = bar.add_task("", total=plan.total_runs, completed=done_runs)
-    unit_started = time.perf_counter()
+    unit_started = last_log = time.perf_counter()
     try:
         while queue or in_flight:
             while queue and len(in_flight) < window:
@@ -535,9 +537,12 @@ def build(
                 sealed.append(chunk)
                 log(f"chunk {chunk:02d} complete: {n} runs -> {out / chunk_file(chunk)}; {done_runs}/{plan.total_runs} "
                     f"runs, {run_seconds / max(ran, 1):.2f} s/run, ETA {_duration(eta)}")
-            elif ran and int(ran) % (per_unit * len(plan.optimizers)) == 0:
+            elif time.perf_counter() - last_log >= LOG_EVERY_S:
                 log(f"{done_runs}/{plan.total_runs} runs, {run_seconds / ran:.2f} s/run in workers, "
-                    f"{elapsed / ran:.2f} s/run wall, ETA {_duration(eta)}")
+                    f"{elapsed / ran:.2f} s/run wall, ETA {_duration(eta)} (chunk {chunk:02d}, {iid})")
+            else:
+                continue
+            last_log = time.perf_counter()
     finally:
         if bar is not None:
             bar.stop()
