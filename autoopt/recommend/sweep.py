@@ -269,6 +269,11 @@ class SweepPlan:
         grids = {f: {o: family_lr_grid(FAMILIES[f], o) for o in opts} for f in fams}
         return cls(ids, opts, list(seeds) if seeds is not None else list(SEEDS), grids)
 
+    def on_grid(self, row: dict[str, Any]) -> bool:
+        """Whether a run row sits on this plan's grid (rows of families or optimizers it does not cover do)."""
+        grid = self.grids.get(row["instance"].rpartition("-")[0], {}).get(row["optimizer"])
+        return grid is None or float(f"{row['lr']:.6g}") in {float(f"{lr:.6g}") for lr in grid}
+
     def units(self) -> list[tuple[str, str]]:
         return [(i, o) for i in self.instances for o in self.optimizers]
 
@@ -329,11 +334,7 @@ class ZooStore:
         Rows off the plan's grid of their (family, optimizer) -- left by an earlier grid -- are
         dropped, so every instance keeps exactly the grid the manifest states.
         """
-        def on_grid(r: dict[str, Any]) -> bool:
-            grid = plan.grids.get(r["instance"].rpartition("-")[0], {}).get(r["optimizer"])
-            return grid is None or float(f"{r['lr']:.6g}") in {float(f"{lr:.6g}") for lr in grid}
-
-        rows = [r for r in self.rows.values() if chunk_of(r["instance"]) == chunk and on_grid(r)]
+        rows = [r for r in self.rows.values() if chunk_of(r["instance"]) == chunk and plan.on_grid(r)]
         rows.sort(key=lambda r: (order.get(r["instance"], len(order)), r["instance"],
                                  opt_order.get(r["optimizer"], len(opt_order)), r["optimizer"], r["lr"], r["seed"]))
         write_runs(self.out / chunk_file(chunk), rows)
@@ -354,7 +355,7 @@ class ZooStore:
         for r in self.instances.values():
             c = chunks.setdefault(f"{chunk_of(r['instance']):02d}", {"instances": [], "runs": 0})
             c["instances"].append(r["instance"])
-        for r in self.rows.values():
+        for r in filter(plan.on_grid, self.rows.values()):
             c = chunks.setdefault(f"{chunk_of(r['instance']):02d}", {"instances": [], "runs": 0})
             c["runs"] += 1
         for name, c in chunks.items():
