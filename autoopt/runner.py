@@ -24,7 +24,8 @@ from autoopt.coordinator import HEARTBEAT_S, StudyCoordinator
 from autoopt.records import EpochRecord, TrialOutcome
 from autoopt.space import TrialConfig
 from autoopt.spec import SpecError, StudySpec
-from autoopt.storage import StorageError, default_storage_url, open_storage, redact
+from autoopt.redaction import redact, redact_text
+from autoopt.storage import StorageError, default_storage_url, open_storage
 from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
@@ -137,6 +138,25 @@ def _env_float(name: str) -> float | None:
     return float(value) if value else None
 
 
+def _init_loopback_only(kwargs: dict[str, Any]) -> None:
+    """Start the embedded Ray with every server (GCS, raylet, object manager, workers, agents)
+    bound to 127.0.0.1: it has no authentication, so nothing off this machine may reach it.
+
+    Ray binds to all interfaces of its node IP unless it runs in its local-only mode, the one it
+    uses on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import);
+    that mode is switched on for this start only, so a later connection to a cluster in the
+    same process advertises the real node IP again.
+    """
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` ($AUTOOPT_RAY_ADDRESS / $RAY_ADDRESS) or start a local Ray."""
     if ray.is_initialized():
@@ -147,6 +167,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["address"] = address
     else:  # embedded: a private local instance, quiet unless something goes wrong
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, logging_level=logging.ERROR)
+        _init_loopback_only(kwargs)
+        return
     attempts = 5
     for attempt in range(attempts):
         try:
@@ -336,7 +358,7 @@ class StudyRunner:
             ray.get(self.coordinator.set_study_attrs.remote({
                 "autoopt.mlflow_parent_run_id": self.parent_run_id,
                 "autoopt.mlflow_experiment_id": self.tracker.experiment_id,
-                "autoopt.tracking_uri": self.tracker.config.tracking_uri,
+                "autoopt.tracking_uri": redact(self.tracker.config.tracking_uri),
             }))
         self._warm_start()
         threads = max(1, int(self.spec.cpus_per_trial))
@@ -433,7 +455,7 @@ class StudyRunner:
 
                 self._tracking_warned = True
                 warnings.warn(TrackingUnavailableWarning(
-                    f"MLflow tracking at {self.tracker.config.tracking_uri} failed during trial {number} on host "
+                    f"MLflow tracking at {redact(self.tracker.config.tracking_uri)} failed during trial {number} on host "
                     f"{outcome.get('host') or '?'}: the trial ran and is in the Optuna storage, its MLflow run may be "
                     "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
         self.progress.finished_this_run += 1
@@ -471,7 +493,7 @@ class StudyRunner:
             except Exception as exc:  # tracking never loses a finished study
                 import warnings
 
-                warnings.warn(f"autoopt: could not finish MLflow logging: {exc}", stacklevel=2)
+                warnings.warn(f"autoopt: could not finish MLflow logging: {redact_text(str(exc))}", stacklevel=2)
         try:
             from autoopt.recommend import meta
 

@@ -31,6 +31,10 @@ _HP_BOUNDS: dict[str, tuple[float, float, bool]] = {
 }
 
 
+#: Spec fields that are URLs and may carry credentials.
+URL_FIELDS = ("storage", "tracking_uri", "ray_address")
+
+
 class SpecError(ValueError):
     """A spec that cannot run; the message names the field and what is allowed."""
 
@@ -306,9 +310,14 @@ class StudySpec(BaseModel):
             raise SpecError(format_validation_error(exc, source)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict; a Task object is recorded by its class path."""
+        """JSON-safe dict to store and log: a Task object is recorded by its class path, and the
+        URLs without their credentials (the full ones stay in this process only)."""
+        from autoopt.redaction import redact
+
         d = self.model_dump(mode="json", exclude={"task"})
         d["task"] = task_label(self.task)
+        for key in URL_FIELDS:
+            d[key] = redact(d[key])
         return d
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.redaction import is_redacted, redact, redact_text, restore
 
 _logger = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class _Connection:
                 except Exception as exc:  # noqa: BLE001 - tracking must never break training
                     if _error_code(exc) in _REJECTIONS:
                         _warn_once(f"{self.uri}|rejected|{what}",
-                                   f"MLflow at {self.uri} rejected {what}: {exc}")
+                                   f"MLflow at {redact(self.uri)} rejected {what}: {redact_text(str(exc))}")
                         return False, None
                     last = exc
                     if attempt + 1 < self.config.retries:
@@ -299,8 +300,8 @@ class _Connection:
             self.failed = True
             _warn_once(
                 self.uri,
-                f"MLflow tracking at {self.uri} is unreachable ({what} failed "
-                f"{self.config.retries} times: {type(last).__name__}: {str(last)[:300]}). "
+                f"MLflow tracking at {redact(self.uri)} is unreachable ({what} failed "
+                f"{self.config.retries} times: {type(last).__name__}: {redact_text(str(last))[:300]}). "
                 "The study continues; this process skips tracking for "
                 f"{self.config.offline_cooldown_seconds:.0f} s at a time. Results stay in the Optuna "
                 "storage (`autoopt report` rebuilds the plots).",
@@ -588,7 +589,7 @@ class StudyTracker:
             try:
                 _prepare_local_store(self.config.tracking_uri)
             except Exception as exc:  # noqa: BLE001
-                _warn_once(self.config.tracking_uri, f"cannot create MLflow store {self.config.tracking_uri}: {exc}")
+                _warn_once(self.config.tracking_uri, f"cannot create MLflow store {redact(self.config.tracking_uri)}: {exc}")
                 return None
         self._experiment_id = self._ensure_experiment()
         if self._experiment_id is None:
@@ -758,14 +759,32 @@ def log_report(study: Any, report: str | Path | list[Path], tracking_uri: str | 
         paths = [Path(p) for p in report]
     attrs = study.user_attrs
     run_id = attrs.get("autoopt.mlflow_parent_run_id")
-    uri = tracking_uri or attrs.get("autoopt.tracking_uri")
+    # stored without its password: the full URI comes from this user's settings
+    uri = tracking_uri or restore(attrs.get("autoopt.tracking_uri"), [os.environ.get(e) for e in TRACKING_URI_ENV])
     if not run_id or not uri:
         _logger.warning("study %s has no MLflow parent run; the report is not logged", study.study_name)
+        return paths
+    if is_redacted(uri):
+        _logger.warning("the study's tracking URI %s is stored without its password; set %s to the full URI "
+                        "to log the report", uri, TRACKING_URI_ENV[0])
         return paths
     tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name=study.study_name))
     tracker._parent_run_id = run_id
     tracker.log_report(paths)
     return paths
+
+
+def store_uri_problem(uri: str) -> str | None:
+    """Why ``mlflow server`` could not serve ``uri`` as its store; None if it can."""
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    if is_remote(uri) or "://" not in uri:
+        return None
+    scheme = uri.split("://", 1)[0].split("+", 1)[0]
+    if scheme == "file" or scheme in DATABASE_ENGINES:
+        return None
+    return (f"tracking URI {redact(uri)!r} has the unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, "
+            f"{', '.join(e + '://...' for e in DATABASE_ENGINES if e != 'sqlite')}, file:///path or http(s)://server")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -796,20 +815,20 @@ def start_ui(
     """
     if is_remote(tracking_uri):
         raise ValueError(
-            f"tracking_uri {tracking_uri!r} is already a tracking server: open it in a browser"
+            f"tracking_uri {redact(tracking_uri)!r} is already a tracking server: open it in a browser"
         )
     path = sqlite_path(tracking_uri)
     if path is not None and not path.exists():
         raise FileNotFoundError(f"no MLflow store at {path}; run a study first or pass another tracking_uri")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-           "--host", host, "--port", str(port), "--workers", str(workers)]
+    # the store URI (it may carry a password) goes through the environment, not the command line
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers)]
     root = local_artifact_root(tracking_uri)
     if root is not None:
         cmd += ["--artifacts-destination", str(root)]
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
     # Own session: the server forks uvicorn and a job runner; stop_ui ends the whole group.
     # The GenAI job runner (a huey pool) is of no use for training runs: keep the UI light.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
                             start_new_session=True, env=env)
     if out:

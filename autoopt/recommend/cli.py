@@ -84,7 +84,13 @@ def recommend_command(
         raise _bad(exc.field, str(exc).split(": ", 1)[-1]) from None
     if model is not None and not model.is_file():
         raise typer.BadParameter(f"{model} not found", param_hint="--model")
-    answer = Recommender.default(model).rank(traits, top=top)
+    from autoopt.recommend.recommender import ModelFileError
+
+    try:
+        recommender = Recommender.default(model)
+    except ModelFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from None
+    answer = recommender.rank(traits, top=top)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2, default=str))
     else:
@@ -276,6 +282,9 @@ def meta_evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the results as JSON here"),
     holdout: str = typer.Option("task", "--holdout", help="task: leave one task out; study: leave one study out"),
     measure: bool = typer.Option(False, "--measure", help="also train each strategy's top-1 configuration once"),
+    trust_task: Optional[list[str]] = typer.Option(
+        None, "--trust-task", help="with --measure: trust a task import path of the data (pkg.module:Name, pkg.module or pkg.*)"
+    ),
 ) -> None:
     """Leave-one-task-out regret and top-3 hit rate vs AdamW-at-defaults and rules-only."""
     if holdout not in ("task", "study"):
@@ -285,8 +294,13 @@ def meta_evaluate(
     for p in data or []:
         if not p.is_file():
             raise typer.BadParameter(f"{p} not found", param_hint="--data")
+    from autoopt.trust import UntrustedImport
+
     try:
-        result = meta.evaluate(data or None, holdout=holdout, measure=measure)
+        result = meta.evaluate(data or None, holdout=holdout, measure=measure, trusted_tasks=trust_task or ())
+    except UntrustedImport as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
