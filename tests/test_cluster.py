@@ -107,6 +107,7 @@ def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOOPT_", "RAY_", "MLFLOW_"))}
     env.update(cluster.client_env())  # ray://: the host of a compose stack, outside the cluster
     env["AUTOOPT_RECOMMEND_DIR"] = os.environ["AUTOOPT_RECOMMEND_DIR"]
+    env["AUTOOPT_TRUSTED_TASKS"] = "helper_tasks"  # `resume` imports the stored task path only if trusted
     env.update(extra)
     return env
 
