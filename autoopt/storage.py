@@ -117,7 +117,7 @@ def _open(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         engine_kwargs.update(pool_recycle=300, connect_args={"connect_timeout": 10})
     try:
         return optuna.storages.RDBStorage(sa_url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {redact(url)}: {redact_text(reason.replace(url, redact(url)))}") from None
 
