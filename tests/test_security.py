@@ -191,7 +191,9 @@ def test_a_storage_password_appears_nowhere(tmp_path, pg_url):
 
 
 def test_tracking_warnings_redact_the_tracking_password():
-    from autoopt.tracking import TrackingConfig, TrackingUnavailableWarning, _Connection, free_port
+    from local_cluster import free_port
+
+    from autoopt.tracking import TrackingConfig, TrackingUnavailableWarning, _Connection
 
     uri = f"http://mlflow-user:{PASSWORD}@127.0.0.1:{free_port()}"  # nothing listens there
     conn = _Connection(TrackingConfig(tracking_uri=uri, experiment_name="x", retries=1, backoff_seconds=0.0,
