@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import pprint
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
