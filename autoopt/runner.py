@@ -236,7 +236,7 @@ class StudyRunner:
         if address.startswith("ray://") and self.storage_url.startswith(("sqlite", "journal")):
             raise SpecError(
                 f"storage {redact(self.storage_url)} is a file on this machine, but the study runs on the Ray "
-                f"cluster at {address}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
+                f"cluster at {redact(address)}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
             )
         open_storage(self.storage_url)  # fail fast (clear, redacted message) before starting Ray
         self.task = load_task(spec.task, **spec.task_options)
