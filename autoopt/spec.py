@@ -254,7 +254,17 @@ class SearchSpec(BaseModel):
         return v
 
 
-class ExecutionSpec(BaseModel):
+class _RedactedRepr(BaseModel):
+    """A model whose repr (in logs, tracebacks, a user's print) shows its URLs without credentials."""
+
+    def __repr_args__(self):  # noqa: ANN204 - pydantic's own signature
+        from autoopt.redaction import redact
+
+        for key, value in super().__repr_args__():
+            yield key, redact(value) if key in URL_FIELDS and isinstance(value, str) else value
+
+
+class ExecutionSpec(_RedactedRepr):
     """How trials run: Ray workers, resources per trial, retries, and the driver's liveness timings."""
 
     model_config = ConfigDict(extra="forbid")
@@ -276,7 +286,7 @@ class ExecutionSpec(BaseModel):
 RUN_SETTINGS = ("heartbeat_s", "stale_after_s", "storage_retry_s")
 
 
-class PlacesSpec(BaseModel):
+class PlacesSpec(_RedactedRepr):
     """Where results go: the Optuna storage and the MLflow tracking store."""
 
     model_config = ConfigDict(extra="forbid")

@@ -218,6 +218,13 @@ def test_redaction_and_restore():
     # a redacted URL read back is completed only from the user's own settings
     assert restore(shown, [None, "postgresql://u:other@db:5432/optuna", full]) == full
     assert restore(shown, ["postgresql://u:x@elsewhere/optuna"]) == shown
+    # a spec printed, logged or in a traceback shows its URLs redacted; it keeps the full ones to connect
+    from autoopt.spec import StudySpec
+
+    spec = StudySpec.from_dict({"name": "s", "task": "cv", "storage": full,
+                                "tracking_uri": f"http://u:{PASSWORD}@mlflow:5000", "ray_address": "ray://h:10001"})
+    assert PASSWORD not in repr(spec) + str(spec) + json.dumps(spec.to_dict())
+    assert spec.storage == full
 
 
 # --- 5. report folders stay inside --out; a study name cannot inject code into best_config.py ------
