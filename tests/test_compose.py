@@ -352,3 +352,75 @@ def test_every_service_refuses_placeholder_secrets(raw, compose, env):
     refused = subprocess.run(["sh", str(REQUIRE_SECRETS), "true"], env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": ""},
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "RAY_AUTH_TOKEN" in refused.stderr
+
+
+def test_mlflow_basic_auth_refuses_anonymous_clients(raw, tmp_path, monkeypatch):
+    """Run `mlflow server` as the compose service does (its command, its auth config, its environment;
+    a SQLite store and local folders in place of PostgreSQL and the volumes): anonymous and
+    wrong-password requests get 401, the compose clients' login gets in, /health stays open."""
+    import base64
+    import configparser
+    import time
+    import urllib.error
+    import urllib.request
+
+    from local_cluster import free_port
+
+    from autoopt.ui import stop_ui
+
+    svc = resolve(raw, SECRETS)["services"]["mlflow"]
+    env = environment(svc)
+    config = configparser.ConfigParser()
+    config.read(ROOT / next(v for v in svc["volumes"] if v.endswith(env["MLFLOW_AUTH_CONFIG_PATH"] + ":ro")).split(":")[0])
+    config["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'basic_auth.db'}"
+    with open(tmp_path / "auth.ini", "w") as f:
+        config.write(f)
+    port = free_port()
+    command = list(svc["command"][2:])  # after `mlflow server`
+    for name, value in (("--artifacts-destination", str(tmp_path / "artifacts")), ("--host", "127.0.0.1"),
+                        ("--port", str(port))):
+        command[command.index(name) + 1] = value
+    command += ["--workers", "1"]  # one web worker is enough for a probe (the default starts several)
+    server_env = {**os.environ, **env, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+                  "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    log = open(tmp_path / "mlflow.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *command], env=server_env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, login: tuple[str, str] | None = None) -> int:
+        request = urllib.request.Request(base + path)
+        if login:
+            request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+            try:
+                if get("/health") == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        client = environment(resolve(raw, SECRETS)["services"]["autoopt"])
+        login = (client["MLFLOW_TRACKING_USERNAME"], client["MLFLOW_TRACKING_PASSWORD"])
+        assert get(search) == 401
+        assert get(search, (login[0], "wrong")) == 401
+        assert get(search, login) == 200
+        # what autoopt's tracking does with the clients' environment: MLflow's client logs in
+        from mlflow import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
+        assert MlflowClient(tracking_uri=base).create_experiment("basic-auth-probe")
+    finally:
+        stop_ui(proc)
+        log.close()
