@@ -354,6 +354,7 @@ def test_every_service_refuses_placeholder_secrets(raw, compose, env):
     assert refused.returncode == 1 and "RAY_AUTH_TOKEN" in refused.stderr
 
 
+@pytest.mark.slow
 def test_mlflow_basic_auth_refuses_anonymous_clients(raw, tmp_path, monkeypatch):
     """Run `mlflow server` as the compose service does (its command, its auth config, its environment;
     a SQLite store and local folders in place of PostgreSQL and the volumes): anonymous and

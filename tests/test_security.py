@@ -55,6 +55,7 @@ def _stored_study(url: str, name: str, task: str, task_options: dict | None = No
                                          "n_trials": 1, "tracking": False})
 
 
+@pytest.mark.slow
 def test_resume_does_not_import_a_task_path_read_from_storage(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     imported, called = tmp_path / "imported", tmp_path / "called"
@@ -80,6 +81,7 @@ def test_resume_does_not_import_a_task_path_read_from_storage(tmp_path):
     assert r.returncode == 2 and "not an autoopt.Task subclass" in r.stderr and not called.exists()
 
 
+@pytest.mark.slow
 def test_meta_evaluate_does_not_import_a_task_path_read_from_data(tmp_path):
     from autoopt.recommend import meta
 
@@ -135,6 +137,7 @@ def _dump_sqlite(path: Path) -> str:
     return "\n".join(text)
 
 
+@pytest.mark.slow
 def test_a_storage_password_appears_nowhere(tmp_path, pg_url):
     """A study on PostgreSQL with a password in the storage URL, then resume, status, best and list:
     the password is in no table of the Optuna database, no table or artifact of the MLflow
@@ -228,6 +231,7 @@ def test_redaction_and_restore():
 
 
 # --- 5. report folders stay inside --out; a study name cannot inject code into best_config.py ------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/ao-abs-escape", "..", 'x"""; import os; os.system("id") #'])
 def test_report_of_a_hostile_study_name_stays_inside_the_reports_folder(tmp_path, name):
     import random
@@ -309,6 +313,7 @@ def crashing_run(tmp_path_factory):
     return {"returncode": proc.returncode, **out, "listening": listening, "crashed": marker.exists()}
 
 
+@pytest.mark.slow
 def test_embedded_ray_listens_on_loopback_only(crashing_run):
     import ipaddress
 
@@ -320,6 +325,7 @@ def test_embedded_ray_listens_on_loopback_only(crashing_run):
     assert not exposed, f"listening off loopback: {exposed}"
 
 
+@pytest.mark.slow
 def test_json_stdout_is_only_the_json_when_a_worker_dies(crashing_run):
     assert crashing_run["returncode"] == 0, crashing_run["stderr"][-3000:]
     assert crashing_run["crashed"], "the task never killed its worker"
