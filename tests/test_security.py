@@ -350,4 +350,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, args, needle
     r = autoopt(*args, cwd=tmp_path, env={"AUTOOPT_STORAGE": "", "AUTOOPT_TRACKING_URI": ""}, timeout=120)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr + r.stdout and needle in " ".join(r.stderr.split()), r.stderr
+    if args[0] != "recommend":  # typer's own usage-error panel for --model; the others are autoopt's one line
+        assert [line for line in r.stderr.splitlines() if line.strip()] == [r.stderr.strip()], r.stderr
+        assert r.stderr.startswith("error: ")
     assert files_in(tmp_path) == before
