@@ -4,6 +4,7 @@ print one line and exit 2; a study's failing trials never make the command fail.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,12 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from autoopt.core import record as R
+
+#: Options several commands share (typer reads them as metadata; one instance serves every command).
+STORAGE_OPTION = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE", help="Optuna storage URL")
+JSON_OPTION = typer.Option(False, "--json", help="print JSON")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -43,6 +50,7 @@ def _guard(fn):  # noqa: ANN001 - small decorator turning known errors into exit
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from autoopt.spec import SpecError
         from autoopt.storage import StorageError
+        from autoopt.trust import UntrustedImport
 
         try:
             return fn(*args, **kwargs)
@@ -50,7 +58,7 @@ def _guard(fn):  # noqa: ANN001 - small decorator turning known errors into exit
             # TaskNotFound comes from autoopt.task, which imports torch: only a command that
             # loaded it can raise it, and `status`/`list` stay quick
             task = sys.modules.get("autoopt.task")
-            known = (SpecError, StorageError, UsageError, *((task.TaskNotFound,) if task else ()))
+            known = (SpecError, StorageError, UsageError, UntrustedImport, *((task.TaskNotFound,) if task else ()))
             if not isinstance(exc, known):
                 raise
             _fail(str(exc).splitlines()[0] if isinstance(exc, StorageError) else str(exc))
@@ -87,12 +95,29 @@ def _progress_table(name: str, p: Any) -> Table:
     return t
 
 
-def _run_spec(spec: Any, as_json: bool) -> None:
-    from autoopt.study import summarize
-    from autoopt.runner import StudyRunner
+def _claim_stdout() -> Any:
+    """For ``--json``: the real stdout, kept for the JSON alone. From here on file descriptor 1
+    is stderr, so whatever else the process prints (Ray's "(raylet) A worker died ..." lines,
+    MLflow's messages, native logs), now or from a background thread at exit, goes to stderr
+    and ``autoopt run --json | jq`` always reads one JSON document."""
+    try:
+        if sys.stdout.fileno() != 1:
+            return sys.stdout
+    except (AttributeError, OSError, ValueError):  # an in-memory stdout (tests' CliRunner)
+        return sys.stdout
+    sys.stdout.flush()
+    json_fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(json_fd, "w", encoding="utf-8")
 
+
+def _run_spec(spec: Any, as_json: bool) -> None:
+    from autoopt.runner import StudyRunner
+    from autoopt.study import recommender_hooks, summarize
+
+    json_out = _claim_stdout() if as_json else None
     console = err if as_json else out
-    runner = StudyRunner(spec)
+    runner = StudyRunner(spec, hooks=recommender_hooks())
     live = Live(_progress_table(spec.name, runner.progress), console=console, refresh_per_second=4, transient=False)
     last = [0.0]
 
@@ -105,16 +130,19 @@ def _run_spec(spec: Any, as_json: bool) -> None:
     with live:
         runner.run()
     result = summarize(spec.name, runner.storage_url, runner.progress.elapsed)
-    if as_json:
-        print(json.dumps(result.to_dict(), default=str))
+    if json_out is not None:
+        json_out.write(json.dumps(result.to_dict(), default=str) + "\n")
+        json_out.flush()
     else:
         _print_best(result)
 
 
 def _print_best(result: Any) -> None:
+    from autoopt.redaction import redact
+
     out.print(f"storage: {result.to_dict()['storage_url']}")
     if result.mlflow_parent_run_id:
-        out.print(f"MLflow: {result.tracking_uri}  parent run {result.mlflow_parent_run_id}  (autoopt ui)")
+        out.print(f"MLflow: {redact(result.tracking_uri)}  parent run {result.mlflow_parent_run_id}  (autoopt ui)")
     c = result.counts
     out.print(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
               f"epochs trained {result.epochs_run} of {result.epochs_budget} without pruning")
@@ -152,7 +180,7 @@ def run(
     from autoopt.spec import StudySpec
 
     spec = StudySpec.from_yaml(spec_file)
-    data = spec.model_dump(mode="python")
+    data = spec.flat()
     data.update(_overrides(n_trials=trials, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
                            timeout_s=timeout, storage=storage, tracking_uri=tracking_uri, ray_address=ray_address, name=name))
     if warm_start is not None:
@@ -160,22 +188,38 @@ def run(
     _run_spec(StudySpec.from_dict(data, source=str(spec_file)), as_json)
 
 
-def _load_spec_of(name: str, storage: str | None) -> Any:
+def _load_spec_of(name: str, storage: str | None, trusted: list[str] | None = None) -> Any:
+    """The spec stored with a study, made runnable here: its task path must be trusted (importing
+    it runs code someone with write access to the storage chose), and its URLs, stored without
+    their passwords, are completed from this user's own settings."""
     import optuna
 
+    from autoopt.redaction import is_redacted, restore
     from autoopt.spec import StudySpec
     from autoopt.storage import default_storage_url, open_storage
+    from autoopt.trust import check_trusted
 
     url = storage or default_storage_url()
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=open_storage(url, create=False))
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
-    data = study.user_attrs.get("autoopt.spec")
-    if not data:
+    data = study.user_attrs.get(R.SPEC)
+    if not isinstance(data, dict) or not data:
         raise UsageError(f"study {name!r} was not created by autoopt (no spec stored)")
+    check_trusted(data.get("task"), f"the spec stored with study {name!r}", trusted or ())
     data = {**data, "storage": url}
+    for key, envs in (("tracking_uri", ("AUTOOPT_TRACKING_URI", "MLFLOW_TRACKING_URI")),
+                      ("ray_address", ("AUTOOPT_RAY_ADDRESS", "RAY_ADDRESS"))):
+        value = restore(data.get(key), [os.environ.get(e) for e in envs])
+        if is_redacted(value):
+            raise UsageError(f"the stored {key} of study {name!r} is {value} (its password is never stored): "
+                             f"set {envs[0]} to the full URL")
+        data[key] = value
     return StudySpec.from_dict(data, source=f"stored spec of {name}")
+
+
+_TRUST_HELP = "trust a task import path read back from storage (pkg.module:Name, pkg.module or pkg.*; repeatable)"
 
 
 @app.command()
@@ -183,31 +227,35 @@ def _load_spec_of(name: str, storage: str | None) -> Any:
 def resume(
     name: str,
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="new total trial budget"),
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    trust_task: Optional[list[str]] = typer.Option(None, "--trust-task", help=_TRUST_HELP),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Continue a study from its stored spec (after a stop, a crash or to add trials)."""
-    spec = _load_spec_of(name, storage)
+    spec = _load_spec_of(name, storage, trust_task)
     if trials:
-        spec = spec.model_copy(update={"n_trials": trials})
+        spec = spec.replace(n_trials=trials)
     _run_spec(spec, as_json)
 
 
 def _summary(name: str, storage: str | None) -> Any:
+    from autoopt.storage import StorageMissing
     from autoopt.study import summarize
 
     try:
         return summarize(name, storage)
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
+    except StorageMissing as exc:
+        raise UsageError(f"no study named {name!r}: {exc}") from None
 
 
 @app.command()
 @_guard
 def status(
     name: str,
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Counts by state and the best value so far."""
     r = _summary(name, storage)
@@ -223,8 +271,8 @@ def status(
 @_guard
 def best(
     name: str,
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The best configuration, ready to paste."""
     r = _summary(name, storage)
@@ -238,18 +286,22 @@ def best(
 @app.command("list")
 @_guard
 def list_studies(
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Studies in the storage."""
     import optuna
 
-    from autoopt.storage import default_storage_url, open_storage
+    from autoopt.storage import StorageMissing, default_storage_url, open_storage
 
-    summaries = optuna.get_all_study_summaries(open_storage(storage or default_storage_url()), include_best_trial=True)
+    try:  # no storage file yet: no studies (and none is created by looking)
+        summaries = optuna.get_all_study_summaries(open_storage(storage or default_storage_url(), create=False),
+                                                   include_best_trial=True)
+    except StorageMissing:
+        summaries = []
     rows = [
         {"name": s.study_name, "trials": s.n_trials, "best_value": s.best_trial.value if s.best_trial else None,
-         "task": s.user_attrs.get("autoopt.task"), "metric": s.user_attrs.get("autoopt.metric")}
+         "task": s.user_attrs.get(R.TASK), "metric": s.user_attrs.get(R.METRIC)}
         for s in summaries
     ]
     if as_json:
@@ -263,9 +315,9 @@ def list_studies(
 
 @app.command()
 @_guard
-def optimizers(as_json: bool = typer.Option(False, "--json")) -> None:
+def optimizers(as_json: bool = JSON_OPTION) -> None:
     """The optimizer catalog: hyperparameters, ranges, defaults, memory and source."""
-    from autoopt.catalog import catalog_table
+    from autoopt.core.catalog import catalog_table
 
     rows = catalog_table()
     if as_json:
@@ -286,7 +338,7 @@ def optimizers(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 @_guard
-def tasks(as_json: bool = typer.Option(False, "--json")) -> None:
+def tasks(as_json: bool = JSON_OPTION) -> None:
     """Reference tasks and their traits (sparsity measured from real gradients)."""
     from autoopt.task import REFERENCE_TASKS, load_task
 
@@ -306,7 +358,7 @@ def tasks(as_json: bool = typer.Option(False, "--json")) -> None:
 def report(
     name: str,
     out_dir: Path = typer.Option(Path("reports"), "--out", help="folder for the HTML and PNG plots"),
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    storage: Optional[str] = STORAGE_OPTION,
     log: bool = typer.Option(True, "--log/--no-log", help="also log the plots to the study's MLflow parent run"),
 ) -> None:
     """Regenerate a study's plots (HTML + PNG) and log them to MLflow."""
@@ -316,10 +368,14 @@ def report(
     from autoopt.storage import default_storage_url, open_storage
 
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url()))
+        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url(), create=False))
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
-    paths = report_mod.write_report(study, out_dir / name)
+    try:
+        folder = report_mod.report_folder(out_dir, study.study_name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    paths = report_mod.write_report(study, folder)
     if log:
         from autoopt import tracking
 
@@ -336,18 +392,25 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the study store (Ctrl-C to stop)."""
     from autoopt import tracking
+    from autoopt.redaction import redact, redact_text
+    from autoopt.ui import start_ui, stop_ui, store_uri_problem
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    problem = store_uri_problem(uri)
+    if problem:
+        _fail(problem)
     try:
-        proc = tracking.start_ui(uri, host=host, port=port)
+        proc = start_ui(uri, host=host, port=port)
     except ValueError as exc:  # an http(s) tracking server already is the UI
         out.print(str(exc))
         raise typer.Exit(0)
-    out.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
+    except (FileNotFoundError, RuntimeError) as exc:  # no store there yet; the server did not start
+        _fail(redact_text(str(exc).strip()))
+    out.print(f"MLflow UI on http://{host}:{port} (store {redact(uri)}); Ctrl-C to stop")
     try:
         code = proc.wait()
     except KeyboardInterrupt:
-        tracking.stop_ui(proc)
+        stop_ui(proc)
         code = 0
     raise typer.Exit(code)
 

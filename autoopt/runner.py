@@ -20,11 +20,14 @@ from typing import Any, Callable
 
 import ray
 
-from autoopt.coordinator import HEARTBEAT_S, StudyCoordinator
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core import record as R
+from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.space import TrialConfig
-from autoopt.spec import SpecError, StudySpec
-from autoopt.storage import StorageError, default_storage_url, open_storage, redact
+from autoopt.redaction import redact, redact_text
+from autoopt.spec import SpecError, StudySpec, task_label
+from autoopt.storage import StorageError, default_storage_url, open_storage
 from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
@@ -132,9 +135,23 @@ def _coordinator_placement() -> Any:
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value else None
+def _init_loopback_only(kwargs: dict[str, Any]) -> None:
+    """Start the embedded Ray with every server (GCS, raylet, object manager, workers, agents)
+    bound to 127.0.0.1: it has no authentication, so nothing off this machine may reach it.
+
+    Ray binds to all interfaces of its node IP unless it runs in its local-only mode, the one it
+    uses on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import);
+    that mode is switched on for this start only, so a later connection to a cluster in the
+    same process advertises the real node IP again.
+    """
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -147,6 +164,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["address"] = address
     else:  # embedded: a private local instance, quiet unless something goes wrong
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, logging_level=logging.ERROR)
+        _init_loopback_only(kwargs)
+        return
     attempts = 5
     for attempt in range(attempts):
         try:
@@ -187,17 +206,37 @@ class Progress:
         return self.elapsed / self.finished_this_run * remaining
 
 
+@dataclass
+class StudyHooks:
+    """The recommender's part in a study, passed in by the caller so the runner never imports it
+    (:func:`autoopt.study.recommender_hooks` gives the standard ones).
+
+    ``suggest_configs(traits, k)``: TrialConfig dicts to warm-start with; ``top_optimizers(traits,
+    k)``: the optimizers to narrow the space to; ``after_study(study)``: runs on the finished study
+    (feeds the meta-dataset); its errors are reported as warnings, the study is kept either way.
+    """
+
+    suggest_configs: Callable[[TaskTraits, int], list[dict[str, Any]]] | None = None
+    top_optimizers: Callable[[TaskTraits, int], list[str]] | None = None
+    after_study: Callable[[Any], Any] | None = None
+
+
 class StudyRunner:
     """Drives one study: prepares the task, the coordinator and tracking, then dispatches trials."""
 
-    def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None):
+    def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None,
+                 hooks: StudyHooks | None = None):
         self.spec = spec
+        self.hooks = hooks or StudyHooks()
+        if spec.search.warm_start.enabled and (self.hooks.suggest_configs is None or self.hooks.top_optimizers is None):
+            raise SpecError("warm_start needs the recommender: run the study with autoopt.run/submit, "
+                            "or pass StudyHooks with suggest_configs and top_optimizers")
         self.storage_url = spec.storage or default_storage_url()
         address = spec.ray_address or os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or ""
         if address.startswith("ray://") and self.storage_url.startswith(("sqlite", "journal")):
             raise SpecError(
                 f"storage {redact(self.storage_url)} is a file on this machine, but the study runs on the Ray "
-                f"cluster at {address}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
+                f"cluster at {redact(address)}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
             )
         open_storage(self.storage_url)  # fail fast (clear, redacted message) before starting Ray
         self.task = load_task(spec.task, **spec.task_options)
@@ -214,12 +253,12 @@ class StudyRunner:
     # --- set-up ------------------------------------------------------------------------
     def _study_attrs(self) -> dict[str, Any]:
         return {
-            "autoopt.spec": self.spec.to_dict(),
-            "autoopt.task": self.spec.to_dict()["task"],
-            "autoopt.traits": self.traits.to_dict(),
-            "autoopt.metric": self.task.metric,
-            "autoopt.direction": self.task.direction,
-            "autoopt.max_epochs": self._max_reports(),
+            R.SPEC: self.spec.to_dict(),
+            R.TASK: self.spec.to_dict()["task"],
+            R.TRAITS: self.traits.to_dict(MEASURED),
+            R.METRIC: self.task.metric,
+            R.DIRECTION: self.task.direction,
+            R.MAX_EPOCHS: self._max_reports(),
         }
 
     def _max_reports(self) -> int:
@@ -231,7 +270,7 @@ class StudyRunner:
 
     def _has_matrix_params(self) -> bool:
         """Muon applies only to hidden 2-D weights; does this model have any?"""
-        from autoopt.catalog import hidden_matrix_params
+        from autoopt.optimizers import hidden_matrix_params
 
         return bool(hidden_matrix_params(self.task.build_model()))
 
@@ -248,7 +287,7 @@ class StudyRunner:
             import optuna
 
             existing = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)).user_attrs.get(
-                "autoopt.mlflow_parent_run_id"
+                R.MLFLOW_PARENT_RUN_ID
             )
         except Exception:
             existing = None
@@ -257,7 +296,7 @@ class StudyRunner:
             self.spec.to_dict(),
             self.spec.sampler,
             self.spec.pruner,
-            self.traits.to_dict(),
+            self.traits.to_dict(MEASURED),
             resume_run_id=existing,
         )
 
@@ -265,41 +304,26 @@ class StudyRunner:
         ws = self.spec.warm_start
         if not ws.enabled or ws.n_trials == 0:
             return 0
-        from autoopt.recommend import recommender
-
         # ask for more than needed: suggestions outside this study's space are skipped
-        configs = recommender.suggest_configs(self.traits, ws.n_trials * 4)
+        configs = self.hooks.suggest_configs(self.traits, ws.n_trials * 4)
         return int(ray.get(self.coordinator.enqueue.remote(configs, ws.n_trials)))
 
     def _make_coordinator(self) -> Any:
         space = self.spec.space
         if self.spec.warm_start.enabled and self.spec.warm_start.narrow_to:
-            from autoopt.recommend import recommender
-
-            top = recommender.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
+            top = self.hooks.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
             allowed = [o for o in top if not space.optimizers or o in space.optimizers]
             if allowed:
                 space = space.model_copy(update={"optimizers": allowed})
+        search = self.spec.search.model_copy(update={"space": space, "task": task_label(self.spec.search.task)})
         return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(
-            storage_url=self.storage_url,
-            study_name=self.spec.name,
-            direction=self.task.direction,
-            space=space.model_dump(mode="json"),
-            traits=self.traits.to_dict(),
-            max_epochs=self._max_reports(),
-            n_trials=self.spec.n_trials,
-            sampler=self.spec.sampler,
-            sampler_options=self.spec.sampler_options,
-            pruner=self.spec.pruner,
-            pruner_options=self.spec.pruner_options,
-            seed=self.spec.seed,
-            retries=self.spec.retries,
+            self.spec.name,
+            search,
+            self.spec.execution,
+            self.spec.places.model_copy(update={"storage": self.storage_url}),
+            TaskFacts(self.task.direction, self.traits, self._max_reports(), self._has_matrix_params()),
             study_attrs=self._study_attrs(),
-            has_matrix_params=self._has_matrix_params(),
             session=self.session,
-            # the driver's settings, not those of the (cluster) node the actor lands on
-            storage_retry_s=_env_float("AUTOOPT_STORAGE_RETRY_S"),
-            stale_after_s=_env_float("AUTOOPT_STALE_AFTER_S"),
         )
 
     # --- the loop ------------------------------------------------------------------------
@@ -334,9 +358,9 @@ class StudyRunner:
         if self.spec.tracking:
             self._start_tracking()
             ray.get(self.coordinator.set_study_attrs.remote({
-                "autoopt.mlflow_parent_run_id": self.parent_run_id,
-                "autoopt.mlflow_experiment_id": self.tracker.experiment_id,
-                "autoopt.tracking_uri": self.tracker.config.tracking_uri,
+                R.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                R.MLFLOW_EXPERIMENT_ID: self.tracker.experiment_id,
+                R.TRACKING_URI: redact(self.tracker.config.tracking_uri),
             }))
         self._warm_start()
         threads = max(1, int(self.spec.cpus_per_trial))
@@ -363,7 +387,7 @@ class StudyRunner:
                     number = running.pop(ref)
                     self._collect(ref, number)
                 now = time.time()
-                if now - last_beat >= HEARTBEAT_S:
+                if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
                     last_beat = now
                 if now - last_reap >= REAP_EVERY_S:
@@ -399,7 +423,7 @@ class StudyRunner:
         ray.get(self.coordinator.heartbeat.remote())
         reaped = ray.get(self.coordinator.reap_stale.remote())
         if not reaped:
-            time.sleep(min(HEARTBEAT_S, 1.0))
+            time.sleep(min(self.spec.execution.heartbeat_s, 1.0))
         self._update_progress(0)
         return True
 
@@ -433,7 +457,7 @@ class StudyRunner:
 
                 self._tracking_warned = True
                 warnings.warn(TrackingUnavailableWarning(
-                    f"MLflow tracking at {self.tracker.config.tracking_uri} failed during trial {number} on host "
+                    f"MLflow tracking at {redact(self.tracker.config.tracking_uri)} failed during trial {number} on host "
                     f"{outcome.get('host') or '?'}: the trial ran and is in the Optuna storage, its MLflow run may be "
                     "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
         self.progress.finished_this_run += 1
@@ -461,7 +485,7 @@ class StudyRunner:
             self.on_progress(p)
 
     def _finish(self) -> None:
-        """Log the study's summary and plots, and feed the recommender's meta-dataset."""
+        """Log the study's summary and plots, then run the caller's after-study hook."""
         import optuna
 
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
@@ -471,13 +495,15 @@ class StudyRunner:
             except Exception as exc:  # tracking never loses a finished study
                 import warnings
 
-                warnings.warn(f"autoopt: could not finish MLflow logging: {exc}", stacklevel=2)
-        try:
-            from autoopt.recommend import meta
+                warnings.warn(f"autoopt: could not finish MLflow logging: {redact_text(str(exc))}", stacklevel=2)
+        if self.hooks.after_study is not None:
+            try:
+                self.hooks.after_study(study)
+            except Exception as exc:  # the study is stored either way: say what did not happen
+                import warnings
 
-            meta.add_study_results(study)
-        except Exception:
-            pass
+                warnings.warn(f"autoopt: the after-study step failed for {self.spec.name!r}: "
+                              f"{type(exc).__name__}: {exc}", stacklevel=2)
 
     @property
     def storage_label(self) -> str:

@@ -8,44 +8,16 @@ A task is the unit autoopt tunes an optimizer for. Reference tasks live in the t
 from __future__ import annotations
 
 import importlib
-import math
+import inspect
+import typing
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-DOMAINS = ("cv", "nlp", "tabular", "recsys", "speech", "rl", "gan", "other")
-DIRECTIONS = ("maximize", "minimize")
-
-
-@dataclass(frozen=True)
-class TaskTraits:
-    """The facts about a workload that optimizer choice depends on (see GUIDANCE.md)."""
-
-    domain: str
-    batch_size: int
-    grad_sparsity: float
-    n_params: int
-    dataset_size: int
-    metric: str
-    direction: str
-    sparse_gradients: bool = False
-
-    def __post_init__(self) -> None:
-        if self.domain not in DOMAINS:
-            raise ValueError(f"domain {self.domain!r} is not one of {', '.join(DOMAINS)}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction {self.direction!r} is not one of {', '.join(DIRECTIONS)}")
-        if not 0.0 <= self.grad_sparsity <= 1.0:
-            raise ValueError(f"grad_sparsity must be in [0, 1], got {self.grad_sparsity}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from autoopt.core.traits import MEASURED, TaskTraits
 
 
 class Task(ABC):
@@ -177,7 +149,7 @@ class Task(ABC):
             "epochs": self.epochs,
             "size": self.size,
             "chance_level": self.chance_level,
-            **self.traits().to_dict(),
+            **self.traits().to_dict(MEASURED),
         }
 
 
@@ -246,9 +218,16 @@ def _import_path(path: str) -> Any:
 
 
 def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
-    """A Task from a reference name ('cv'), an import path ('pkg.mod:Cls'), a class/factory or an instance."""
+    """A Task from a reference name ('cv'), an import path ('pkg.mod:Cls'), a class/factory or an instance.
+
+    An import path must name a Task subclass, a Task instance or a function annotated to return a
+    Task: it is checked before anything is called, so a path like ``os:system`` is refused instead
+    of being run with ``task_options`` as arguments. A path read back from a storage or a data file
+    must pass :func:`autoopt.trust.check_trusted` before it gets here.
+    """
     if isinstance(ref, Task):
         return ref
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if isinstance(ref, str):
         if ref in REFERENCE_TASKS:
             target = _import_path(REFERENCE_TASKS[ref])
@@ -258,26 +237,40 @@ def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
             raise TaskNotFound(
                 f"unknown task {ref!r}: use one of {', '.join(REFERENCE_TASKS)} or an import path 'pkg.module:Name'"
             )
+        if isinstance(target, Task):
+            return target
+        _check_importable_task(ref, target)
     else:
         target = ref
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     task = target(**kwargs) if callable(target) else target
     if not isinstance(task, Task):
         raise TaskNotFound(f"{ref!r} did not produce an autoopt.task.Task (got {type(task).__name__})")
     return task
 
 
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+def _check_importable_task(ref: str, target: Any) -> None:
+    """An imported object may be called only if it is a Task subclass or a Task factory."""
+    if isinstance(target, type):
+        if issubclass(target, Task):
+            return
+        raise TaskNotFound(f"task {ref!r} is the class {target.__qualname__}, which is not a subclass of autoopt.Task")
+    if inspect.isfunction(target):
+        try:
+            returns = typing.get_type_hints(target).get("return")
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve says nothing
+            returns = None
+        if isinstance(returns, type) and issubclass(returns, Task):
+            return
+    raise TaskNotFound(
+        f"task {ref!r} is a {type(target).__name__}, not an autoopt.Task subclass or a function annotated "
+        "'-> Task'; autoopt calls only those with task_options"
+    )
 
 
 __all__ = [
-    "DOMAINS",
-    "DIRECTIONS",
     "FunctionTask",
     "REFERENCE_TASKS",
     "Task",
     "TaskNotFound",
-    "TaskTraits",
     "load_task",
 ]

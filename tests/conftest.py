@@ -17,6 +17,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(TESTS))
+sys.path.insert(1, str(TESTS.parent))  # bench/ (tests of the benchmark helpers) with a bare `pytest` too
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # finished studies feed the recommender's meta-dataset: keep the tests' studies out of the user's
 os.environ["AUTOOPT_RECOMMEND_DIR"] = tempfile.mkdtemp(prefix="autoopt-recommend-")
@@ -27,11 +28,13 @@ PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:54
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole session (2 CPUs, as on CI)."""
+    """One local Ray for the whole session (2 CPUs, as on CI), started as a study starts it
+    (bound to 127.0.0.1 only)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from autoopt.runner import ensure_ray
+
+    ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from autoopt.recommend.features import DOMAINS, FLAGS, GOALS, TraitError, Traits, human_bytes, human_count, parse_count
+from autoopt.core.traits import DOMAINS, FLAGS, GOALS, TaskTraits, TraitError, human_bytes, human_count, parse_count
 
 # ============================================================================ recommend
 
@@ -79,23 +79,29 @@ def recommend_command(
         base = _measured_traits(from_task) if from_task else None
         if base is None and task is None:
             raise TraitError("domain", f"is required (or --from-task); one of {', '.join(DOMAINS)}")
-        traits = Traits.from_any(base, **overrides)
+        traits = TaskTraits.from_any(base, **overrides)
     except TraitError as exc:
         raise _bad(exc.field, str(exc).split(": ", 1)[-1]) from None
     if model is not None and not model.is_file():
         raise typer.BadParameter(f"{model} not found", param_hint="--model")
-    answer = Recommender.default(model).rank(traits, top=top)
+    from autoopt.recommend.recommender import ModelFileError
+
+    try:
+        recommender = Recommender.default(model)
+    except ModelFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from None
+    answer = recommender.rank(traits, top=top)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2, default=str))
     else:
         render(answer)
 
 
-def _measured_traits(ref: str) -> dict[str, Any]:
+def _measured_traits(ref: str) -> TaskTraits:
     from autoopt.task import TaskNotFound, load_task
 
     try:
-        return load_task(ref).traits().to_dict()
+        return load_task(ref).traits()
     except TaskNotFound as exc:
         raise typer.BadParameter(str(exc), param_hint="--from-task") from None
 
@@ -278,7 +284,7 @@ def _zoo_build(out: Optional[Path], families: Optional[list[str]], limit: Option
 @meta_app.command("fit")
 def meta_fit(
     data: Optional[list[Path]] = typer.Option(None, "--data", help="meta-dataset CSV (repeatable; default shipped + user's)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="directory for model.npz/model.joblib/catalog.json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="directory for model.npz"),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the fitted model to MLflow"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
     experiment: str = typer.Option("autoopt-recommender", "--experiment"),
@@ -305,6 +311,9 @@ def meta_evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the results as JSON here"),
     holdout: str = typer.Option("task", "--holdout", help="task: leave one task out; study: leave one study out"),
     measure: bool = typer.Option(False, "--measure", help="also train each strategy's top-1 configuration once"),
+    trust_task: Optional[list[str]] = typer.Option(
+        None, "--trust-task", help="with --measure: trust a task import path of the data (pkg.module:Name, pkg.module or pkg.*)"
+    ),
 ) -> None:
     """Leave-one-task-out regret and top-3 hit rate vs AdamW-at-defaults and rules-only."""
     if holdout not in ("task", "study"):
@@ -314,8 +323,13 @@ def meta_evaluate(
     for p in data or []:
         if not p.is_file():
             raise typer.BadParameter(f"{p} not found", param_hint="--data")
+    from autoopt.trust import UntrustedImport
+
     try:
-        result = meta.evaluate(data or None, holdout=holdout, measure=measure)
+        result = meta.evaluate(data or None, holdout=holdout, measure=measure, trusted_tasks=trust_task or ())
+    except UntrustedImport as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

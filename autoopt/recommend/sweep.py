@@ -253,7 +253,7 @@ class SweepPlan:
     @classmethod
     def make(cls, families: Sequence[str] | None = None, limit: int | None = None,
              optimizers: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> "SweepPlan":
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
         from autoopt.tasks.zoo import FAMILIES, instances
 
         ids = instances(list(families) if families else None)
