@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import re
 import socket
 import time
@@ -362,32 +361,6 @@ def load_objective(ref: Any) -> Callable[[Trial], Any]:
     return target
 
 
-#: Import paths read back from storage are imported only if they match this allow-list (as task paths).
-ENV_TRUSTED = "AUTOOPT_TRUSTED_TASKS"
-
-
-def check_objective_trusted(path: Any, origin: str, extra: Iterable[str] = ()) -> None:
-    """Raise :class:`ObjectiveError` unless an objective path read back from ``origin`` may be imported.
-
-    Importing runs code, so a path written to a shared storage by someone else needs the user's
-    trust: ``$AUTOOPT_TRUSTED_TASKS`` (or ``extra``) lists ``pkg.mod:fn``, ``pkg.mod`` or ``pkg.*``.
-    """
-    if not isinstance(path, str):
-        raise ObjectiveError(f"{origin} names an objective that is not an import path: {path!r}")
-    module = path.partition(":")[0]
-    patterns = [p for p in (*re.split(r"[,\s]+", os.environ.get(ENV_TRUSTED, "")), *extra) if p]
-    for pattern in patterns:
-        if pattern.endswith(".*") and (module == pattern[:-2] or module.startswith(pattern[:-1])):
-            return
-        if path == pattern or (":" not in pattern and module == pattern):
-            return
-    raise ObjectiveError(
-        f"{origin} names the objective {path!r}; autoopt imports an objective read back from a storage only "
-        f"if you trust it, since importing runs its code. If you trust whoever can write there, set "
-        f"{ENV_TRUSTED}={path}"
-    )
-
-
 def task_objective(task: Any, eval_every_steps: int | None = None) -> Callable[[Trial], TrialOutcome]:
     """A Task as an objective: autoopt's own training loop on the trial's configuration."""
 
@@ -406,7 +379,6 @@ __all__ = [
     "Trial",
     "TrialPruned",
     "TrialScheduler",
-    "check_objective_trusted",
     "load_objective",
     "measure_traits",
     "objective_label",

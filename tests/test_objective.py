@@ -18,7 +18,7 @@ from autoopt.core import record as R
 from autoopt.schedulers import build_schedule
 from autoopt.spec import SpecError, StudySpec
 from autoopt.storage import open_storage
-from autoopt.trial import ObjectiveError, Trial, TrialPruned, check_objective_trusted, load_objective
+from autoopt.trial import ObjectiveError, Trial, TrialPruned, load_objective
 from helper_objectives import PRUNE_BELOW, SPACE, mlp
 
 CONFIG = {"optimizer": "adamw", "optimizer_params": {"lr": 0.01, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.99,
@@ -186,20 +186,18 @@ def test_objective_needs_a_direction_and_a_target(workdir):
 
 def test_read_back_objective_path_needs_trust(monkeypatch, workdir):
     monkeypatch.delenv("AUTOOPT_TRUSTED_TASKS", raising=False)
-    with pytest.raises(ObjectiveError, match="only if you trust it"):
-        check_objective_trusted("evil.mod:run", "the spec stored with study 's'")
-    for pattern in ("evil.mod:run", "evil.mod", "evil.*"):
-        check_objective_trusted("evil.mod:run", "x", extra=[pattern])
-    with pytest.raises(ObjectiveError):
-        check_objective_trusted("evilish.mod:run", "x", extra=["evil.*"])
     # the CLI's resume refuses an untrusted stored objective before importing it (exit 2, nothing run)
     url = f"sqlite:///{workdir}/o.db"
     study = optuna.create_study(study_name="stored", storage=open_storage(url))
-    study.set_user_attr(R.SPEC, {"name": "stored", "objective": "evil_module_never_imported:run",
+    study.set_user_attr(R.SPEC, {"name": "stored", "objective": "evil_module_never_imported:run", "task": None,
                                  "direction": "maximize", "n_trials": 1})
     out = CliRunner().invoke(app, ["resume", "stored", "--storage", url])
-    assert out.exit_code == 2 and "only if you trust it" in out.output
+    assert out.exit_code == 2 and "names the objective 'evil_module_never_imported:run'" in out.output
+    assert "only if you trust it" in out.output
     assert "evil_module_never_imported" not in sys.modules
+    # trusted (--trust-task, as for task paths): it is imported, and its absence is a clear error
+    out = CliRunner().invoke(app, ["resume", "stored", "--storage", url, "--trust-task", "evil_module_never_imported"])
+    assert out.exit_code == 2 and "cannot import the objective's module 'evil_module_never_imported'" in out.output
 
 
 def test_best_as_code_for_torch_lightning_and_hf(workdir):
