@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 from autoopt.core import record as R
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+pytestmark = pytest.mark.slow  # end-to-end runs as a user's; make test-fast leaves them out
+
 CASES = [("torch_loop.py", "torch-loop", None), ("lightning_module.py", "lightning-module", "lightning"),
          ("hf_trainer.py", "hf-trainer", "transformers")]
 
