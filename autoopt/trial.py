@@ -29,7 +29,6 @@ from autoopt.core.traits import TaskTraits
 from autoopt.optimizers import build_optimizer
 from autoopt.schedulers import LRSchedule, build_schedule
 from autoopt.space import TrialConfig
-from autoopt.spec import objective_label
 
 #: Is this pruning step the trial's last word? ``report(step, value)`` -> True: stop the trial.
 PrunerCall = Callable[[int, float], bool]
@@ -381,6 +380,5 @@ __all__ = [
     "TrialScheduler",
     "load_objective",
     "measure_traits",
-    "objective_label",
     "task_objective",
 ]
