@@ -118,6 +118,19 @@ def _claim_stdout() -> Any:
     return os.fdopen(json_fd, "w", encoding="utf-8")
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``autoopt stop`` of a submitted study: Ray stops a job's driver with it) ends the
+    study as Ctrl-C does: trials in flight are recorded as interrupted, not left RUNNING."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("stopped (SIGTERM)")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _run_spec(spec: Any, as_json: bool) -> None:
     from autoopt.runner import StudyRunner
     from autoopt.study import recommender_hooks, summarize
@@ -125,6 +138,7 @@ def _run_spec(spec: Any, as_json: bool) -> None:
     json_out = _claim_stdout() if as_json else None
     console = err if as_json else out
     runner = StudyRunner(spec, hooks=recommender_hooks())
+    _stop_on_sigterm()
     live = Live(_progress_table(spec.name, runner.progress), console=console, refresh_per_second=4, transient=False)
     last = [0.0]
 

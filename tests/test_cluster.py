@@ -650,4 +650,8 @@ def test_submitted_study_outlives_the_client_and_runs_the_shipped_module(cluster
     assert stopped.returncode == 0 and json.loads(stopped.stdout)["stopped"] is True
     wait_for("the second job to stop", lambda: json.loads(jobs_cli(cluster, project, "status", "stopped", "--json").stdout)
              ["job"]["status"] == "STOPPED", 120)
-    assert len(trials(cluster.optuna_url, "stopped")) < 50
+    stopped_trials = trials(cluster.optuna_url, "stopped")
+    assert len(stopped_trials) < 50
+    # the driver ended as on Ctrl-C: the trial in flight is recorded (and re-enqueued for a resume), not left RUNNING
+    assert TrialState.RUNNING not in {t.state for t in stopped_trials}, [(t.number, t.state) for t in stopped_trials]
+    assert any(t.user_attrs.get(R.REASON) == "interrupted: the study was stopped" for t in stopped_trials)
