@@ -63,7 +63,7 @@ def check_trusted(path: Any, origin: str, extra: Iterable[str] = (), flag: str =
     if is_trusted(path, extra):
         return
     raise UntrustedImport(
-        f"{origin} names the {what} {path!r}; autoopt imports a {what} path read back from a storage or a "
+        f"{origin} names the {what} {path!r}; autoopt imports {'an' if what[0] in 'aeiou' else 'a'} {what} path read back from a storage or a "
         f"data file only if you trust it, since importing runs its code. If you trust whoever can write "
         f"to {origin}, pass {flag} {path} or set {ENV_TRUSTED}={path}"
     )
