@@ -215,8 +215,16 @@ def meta_build(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the build's Optuna storage lives"),
     track: bool = typer.Option(False, "--track/--no-track", help="log the build's trials to MLflow"),
     seed: int = typer.Option(0, "--seed"),
+    zoo: bool = typer.Option(False, "--zoo", help="run the task zoo's dense lr sweep instead (--out is then a folder)"),
+    families: Optional[list[str]] = typer.Option(None, "--families", help="zoo families (repeatable or comma-separated; default all)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="zoo: at most N instances per family"),
+    optimizers: Optional[str] = typer.Option(None, "--optimizers", help="zoo: comma-separated subset of the sweep's optimizers"),
+    run_seeds: Optional[str] = typer.Option(None, "--run-seeds", help="zoo: comma-separated training seeds (default 0,1)"),
 ) -> None:
-    """Run the reference tasks' studies over a grid of traits and add their rows."""
+    """Run the reference tasks' studies over a grid of traits and add their rows (or, with --zoo, the zoo sweep)."""
+    if zoo:
+        _zoo_build(out, families, limit, optimizers, run_seeds, workers)
+        return
     from autoopt.recommend import meta
 
     try:
@@ -244,6 +252,26 @@ def meta_build(
         log=typer.echo,
     )
     typer.echo(f"{summary['rows']} rows from {len(summary['studies'])} studies -> {out} ({summary['seconds']}s)")
+
+
+def _zoo_build(out: Optional[Path], families: Optional[list[str]], limit: Optional[int], optimizers: Optional[str],
+               run_seeds: Optional[str], workers: int) -> None:
+    """``meta build --zoo``: parse the options, then :func:`autoopt.recommend.sweep.build`."""
+    from autoopt.recommend import sweep
+
+    fams = [f.strip() for item in families or [] for f in item.split(",") if f.strip()]
+    opts = [o.strip() for o in optimizers.split(",") if o.strip()] if optimizers else None
+    try:
+        seeds = [int(x) for x in run_seeds.split(",") if x.strip()] if run_seeds else None
+        plan_check = sweep.SweepPlan.make(fams or None, limit, opts, seeds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--families/--optimizers/--run-seeds") from None
+    if not plan_check.instances:
+        raise typer.BadParameter("no zoo instance selected", param_hint="--families/--limit")
+    summary = sweep.build(out, families=fams or None, limit=limit, optimizers=opts, seeds=seeds, workers=workers,
+                          log=typer.echo)
+    typer.echo(f"{summary['runs_done']}/{summary['runs_total']} runs in {summary['out']} "
+               f"({summary['ran']} run now, {summary['seconds']}s)")
 
 
 @meta_app.command("fit")
