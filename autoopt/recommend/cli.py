@@ -268,6 +268,7 @@ def _zoo_build(out: Optional[Path], families: Optional[list[str]], limit: Option
         raise typer.BadParameter(str(exc), param_hint="--families/--optimizers/--run-seeds") from None
     if not plan_check.instances:
         raise typer.BadParameter("no zoo instance selected", param_hint="--families/--limit")
+    sweep.exit_cleanly_on_sigterm()
     summary = sweep.build(out, families=fams or None, limit=limit, optimizers=opts, seeds=seeds, workers=workers,
                           log=typer.echo)
     typer.echo(f"{summary['runs_done']}/{summary['runs_total']} runs in {summary['out']} "

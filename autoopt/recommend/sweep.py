@@ -47,13 +47,16 @@ LR_STEP_DECADES = 0.5
 #: catalog's lr range so that, for a few hundred steps on small models, the best lr is inside.
 LR_CENTER_LOG10: dict[str, float] = {
     "sgd": -1.0, "momentum": -1.5, "nesterov": -1.5, "adagrad": -1.5,
-    "adam": -2.5, "adamw": -2.5, "nadam": -2.5, "radam": -2.5, "adabelief": -2.5, "ranger": -2.5,
+    "adam": -2.5, "adamw": -2.5, "nadam": -2.5, "radam": -2.0, "adabelief": -2.5, "ranger": -2.0,
     "schedulefree_adamw": -2.5, "adafactor": -2.0, "lamb": -2.0, "rmsprop": -3.0, "lion": -3.0,
 }
 #: One schedule policy for the whole sweep: 5% linear warmup, then cosine to zero;
 #: schedule-free AdamW keeps the warmup and no decay (it must not be scheduled).
 SCHEDULE = {"scheduler": "cosine", "warmup_fraction": 0.05}
 SCHEDULE_FREE = {"scheduler": "constant", "warmup_fraction": 0.05}
+#: Hyperparameters the sweep sets away from the catalog's defaults, and why: Adafactor's default
+#: relative step size ignores the lr (and the schedule), which would make its lr grid seven copies.
+SWEEP_PARAMS: dict[str, dict[str, Any]] = {"adafactor": {"relative_step": False}}
 RUN_COLUMNS: tuple[str, ...] = (
     "instance", "optimizer", "lr", "seed", "status", "value", "final_train_loss", "seconds", "reason",
 )
@@ -64,6 +67,8 @@ INSTANCE_COLUMNS: tuple[str, ...] = (
 MANIFEST = "MANIFEST.json"
 INSTANCES = "instances.csv"
 JOURNAL_DIR = ".journal"
+#: Units in a row Ray may lose (a dead worker or node) before the build stops.
+MAX_LOST_IN_A_ROW = 3
 
 
 def default_out_dir() -> Path:
@@ -101,7 +106,7 @@ def trial_config(optimizer: str, lr: float) -> Any:
     from autoopt.space import TrialConfig
 
     policy = SCHEDULE_FREE if optimizer == "schedulefree_adamw" else SCHEDULE
-    return TrialConfig(optimizer, {"lr": lr}, scheduler=policy["scheduler"],
+    return TrialConfig(optimizer, {**SWEEP_PARAMS.get(optimizer, {}), "lr": lr}, scheduler=policy["scheduler"],
                        warmup_fraction=policy["warmup_fraction"])
 
 
@@ -290,25 +295,39 @@ class ZooStore:
                 self.rows[run_key(r)] = r
         return self
 
-    def has(self, instance_id: str, optimizer: str, points: Sequence[tuple[float, int]]) -> bool:
-        return all((instance_id, optimizer, float(f"{lr:.6g}"), s) in self.rows for lr, s in points)
+    def missing(self, instance_id: str, optimizer: str, points: Sequence[tuple[float, int]]) -> list[tuple[float, int]]:
+        """The (lr, seed) points of a unit that have no row yet."""
+        return [(lr, s) for lr, s in points if (instance_id, optimizer, float(f"{lr:.6g}"), s) not in self.rows]
 
     def journal(self, rows: Sequence[dict[str, Any]]) -> None:
         """Append a unit's rows to its chunk's journal (flushed: an interruption loses at most this unit)."""
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         path = self.journal_dir / chunk_file(chunk_of(rows[0]["instance"]))[: -len(".gz")]
-        fresh = not path.exists()
+        fresh = not path.exists() or path.stat().st_size == 0
+        cut = False  # the last line was cut short by an interruption: start on a new line
+        if not fresh:
+            with path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         with path.open("a", encoding="utf-8", newline="") as f:
             text = _csv_text(RUN_COLUMNS, rows)
-            f.write(text if fresh else text.split("\n", 1)[1])
+            f.write(text if fresh else ("\n" if cut else "") + text.split("\n", 1)[1])
             f.flush()
             os.fsync(f.fileno())
         for r in rows:
             self.rows[run_key(r)] = r
 
-    def seal_chunk(self, chunk: int, order: dict[str, int], opt_order: dict[str, int]) -> int:
-        """Write ``runs-NN.csv.gz`` from every known row of the chunk and drop its journal."""
-        rows = [r for r in self.rows.values() if chunk_of(r["instance"]) == chunk]
+    def seal_chunk(self, chunk: int, order: dict[str, int], opt_order: dict[str, int], plan: SweepPlan) -> int:
+        """Write ``runs-NN.csv.gz`` from every known row of the chunk and drop its journal.
+
+        Rows off the plan's grid of their (family, optimizer) -- left by an earlier grid -- are
+        dropped, so every instance keeps exactly the grid the manifest states.
+        """
+        def on_grid(r: dict[str, Any]) -> bool:
+            grid = plan.grids.get(r["instance"].rpartition("-")[0], {}).get(r["optimizer"])
+            return grid is None or float(f"{r['lr']:.6g}") in {float(f"{lr:.6g}") for lr in grid}
+
+        rows = [r for r in self.rows.values() if chunk_of(r["instance"]) == chunk and on_grid(r)]
         rows.sort(key=lambda r: (order.get(r["instance"], len(order)), r["instance"],
                                  opt_order.get(r["optimizer"], len(opt_order)), r["optimizer"], r["lr"], r["seed"]))
         write_runs(self.out / chunk_file(chunk), rows)
@@ -348,7 +367,7 @@ class ZooStore:
             "lr_grid": dict(sorted(grids.items())),
             "schedule_policy": {"default": SCHEDULE, "schedulefree_adamw": SCHEDULE_FREE,
                                 "evaluations_per_run": _evals(), "value": "best validation metric over the evaluations"},
-            "hyperparameters": "catalog defaults except lr",
+            "hyperparameters": {"default": "catalog defaults except lr", **SWEEP_PARAMS},
             "chunks": dict(sorted(chunks.items())),
             "files": {"instances": INSTANCES, "runs": "runs-NN.csv.gz"},
         }
@@ -385,6 +404,16 @@ def _versions() -> dict[str, str]:
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make ``kill PID`` end a build like Ctrl-C: in-flight units cancelled, Ray shut down, journals intact.
+
+    For the CLI's process (a background job ignores SIGINT, so SIGTERM is how it gets stopped).
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def build(
@@ -437,11 +466,11 @@ def build(
     store.write_manifest(plan, command)
 
     # 2. the units still missing, chunk by chunk
-    todo = [(i, o) for i, o in plan.units() if not store.has(i, o, plan.points(i, o))]
+    todo = [(i, o, m) for i, o in plan.units() if (m := store.missing(i, o, plan.points(i, o)))]
     per_unit = LR_POINTS * len(plan.seeds)
-    done_runs = plan.total_runs - len(todo) * per_unit
+    done_runs = plan.total_runs - sum(len(m) for _, _, m in todo)
     pending_by_chunk: dict[int, int] = {}
-    for i, _ in todo:  # counted before max_units: a chunk is sealed only when it is really complete
+    for i, _, _ in todo:  # counted before max_units: a chunk is sealed only when it is really complete
         pending_by_chunk[chunk_of(i)] = pending_by_chunk.get(chunk_of(i), 0) + 1
     if max_units is not None:
         todo = todo[:max_units]
@@ -452,13 +481,15 @@ def build(
     chunks_in_plan = sorted({chunk_of(i) for i in plan.instances})
     for c in chunks_in_plan:
         if c not in pending_by_chunk and (store.journal_dir / chunk_file(c)[:-3]).exists():
-            store.seal_chunk(c, order, opt_order)
+            store.seal_chunk(c, order, opt_order, plan)
 
-    in_flight: dict[Any, tuple[str, str]] = {}
+    in_flight: dict[Any, tuple[str, str, list[tuple[float, int]]]] = {}
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", workers)))
     queue = list(todo)
     ran = run_seconds = 0.0
     sealed: list[int] = []
+    unsealable: set[int] = set()  # chunks with a unit Ray lost in this build
+    lost_in_a_row = 0
     bar = None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -471,16 +502,23 @@ def build(
     try:
         while queue or in_flight:
             while queue and len(in_flight) < window:
-                iid, opt = queue.pop(0)
-                in_flight[remote_unit.remote(iid, opt, plan.points(iid, opt), device)] = (iid, opt)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            iid, opt = in_flight.pop(ready[0])
+                iid, opt, points = queue.pop(0)
+                in_flight[remote_unit.remote(iid, opt, points, device)] = (iid, opt, points)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)  # wakes up for signals
+            if not ready:
+                continue
+            iid, opt, points = in_flight.pop(ready[0])
             try:
                 rows = ray.get(ready[0])
-            except Exception as exc:  # a worker crash: record the unit as failed runs, keep going
-                rows = [{"instance": iid, "optimizer": opt, "lr": lr, "seed": s, "status": "failed", "value": math.nan,
-                         "final_train_loss": math.nan, "seconds": 0.0, "reason": f"worker error: {type(exc).__name__}: {exc}"[:300]}
-                        for lr, s in plan.points(iid, opt)]
+            except Exception as exc:  # Ray lost the worker (or the node): nothing is recorded, a rerun retries
+                log(f"{iid} {opt}: no result ({type(exc).__name__}: {str(exc)[:200]}); rerun the build to retry it")
+                unsealable.add(chunk_of(iid))
+                lost_in_a_row += 1
+                if lost_in_a_row >= MAX_LOST_IN_A_ROW:
+                    raise RuntimeError(f"Ray returned no result for {lost_in_a_row} units in a row (last: {exc}); "
+                                       f"stopping: what finished is in {out}, rerun to resume") from exc
+                continue
+            lost_in_a_row = 0
             store.journal(rows)
             ran += len(rows)
             done_runs += len(rows)
@@ -491,8 +529,8 @@ def build(
             eta = elapsed / ran * (plan.total_runs - done_runs) if ran else 0.0
             if bar is not None:
                 bar.update(bar_task, completed=done_runs, description=f"chunk {chunk:02d} {iid} {opt}")
-            if pending_by_chunk[chunk] == 0:
-                n = store.seal_chunk(chunk, order, opt_order)
+            if pending_by_chunk[chunk] == 0 and chunk not in unsealable:
+                n = store.seal_chunk(chunk, order, opt_order, plan)
                 store.write_manifest(plan, command)
                 sealed.append(chunk)
                 log(f"chunk {chunk:02d} complete: {n} runs -> {out / chunk_file(chunk)}; {done_runs}/{plan.total_runs} "

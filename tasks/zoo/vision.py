@@ -112,6 +112,7 @@ class SmallResNet(ImageTask):
     """A stem conv and ``blocks`` residual blocks (BatchNorm), the width doubling once."""
 
     family = "cv_resnet"
+    lr_shift = 0.5
     variants = (
         dict(source="digits", noise=0.4, n_train=1300, width=8, blocks=2, batch_size=32, steps=120),
         dict(source="patterns", size=12, classes=8, noise=1.0, shift=3, n_train=6000, width=8, blocks=1, batch_size=64, steps=120),
