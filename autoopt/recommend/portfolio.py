@@ -36,18 +36,19 @@ def prior_scenarios(prior_regret: np.ndarray, families: Sequence[str], n: int, s
     return np.asarray(prior_regret)[None, :] * np.exp(log_noise - 0.5 * (PRIOR_FAMILY_SIGMA**2 + PRIOR_OWN_SIGMA**2))
 
 
-def greedy(point: np.ndarray, scenarios: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+def greedy(point: np.ndarray, scenarios: np.ndarray, k: int, first: int | None = None) -> tuple[list[int], list[float]]:
     """(the indices of the first k picks, the expected best-of regret after each pick).
 
     ``point``: (n,) expected regret per candidate (decides the first pick and ties);
-    ``scenarios``: (n_scenarios, n) regret per scenario and candidate.
+    ``scenarios``: (n_scenarios, n) regret per scenario and candidate; ``first``: a fixed first pick.
     """
     point = np.asarray(point, dtype=float)
     scenarios = np.asarray(scenarios, dtype=float)
     n = len(point)
     if n == 0:
         return [], []
-    first = int(np.lexsort((np.arange(n), point))[0])
+    if first is None:
+        first = int(np.lexsort((np.arange(n), point))[0])
     picks, best_of = [first], [float(scenarios[:, first].mean())]
     current = scenarios[:, first].copy()
     while len(picks) < min(k, n):

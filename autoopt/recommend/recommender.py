@@ -52,6 +52,9 @@ STATE_BYTES = 4
 #: that favourite at least this weight (the documents' main recommendations; weaker rules only
 #: when their favourite loses first place).
 STRONG_RULE_WEIGHT = 1.0
+#: The data may take first place from the rules' favourite only with at least this learned
+#: weight (n_near / (n_near + k)): strong evidence near the queried traits.
+STRONG_EVIDENCE_WEIGHT = 0.5
 #: Portfolio positions chosen greedily when every optimizer is asked for (the rest by expected regret).
 PORTFOLIO_DEPTH = 5
 
@@ -422,6 +425,9 @@ class Recommender:
         k = PORTFOLIO_DEPTH if top is None else top
         order, best_of = self._portfolio(recs, k)
         ruled, _ = self._portfolio(recs, k, prior_only=True)
+        if order and order[0] != ruled[0] and recs[order[0]].learned_weight < STRONG_EVIDENCE_WEIGHT:
+            # the guidance keeps first place unless the data near these traits is strong
+            order, best_of = self._portfolio(recs, k, first=ruled[0])
         recs = [recs[i] for i in order]
         for i, r in enumerate(recs, 1):
             r.rank = i
@@ -469,7 +475,8 @@ class Recommender:
     def _names(order: list[int], feasible: list[str]) -> list[str]:
         return [feasible[i] for i in order]
 
-    def _portfolio(self, recs: list[Recommendation], k: int, prior_only: bool = False) -> tuple[list[int], list[float]]:
+    def _portfolio(self, recs: list[Recommendation], k: int, prior_only: bool = False,
+                   first: int | None = None) -> tuple[list[int], list[float]]:
         """Indices of ``recs`` in portfolio order (the first ``k`` greedy, the rest by expected regret)."""
         if not recs:
             return [], []
@@ -482,7 +489,7 @@ class Recommender:
             trees = np.stack([r.scenarios if r.scenarios is not None else np.full(n, prior[i]) for i, r in enumerate(recs)], axis=1)
             scenarios = w[None, :] * trees + (1 - w[None, :]) * scenarios
             point = np.array([r.predicted_regret for r in recs])
-        picks, best_of = greedy(point, scenarios, k)
+        picks, best_of = greedy(point, scenarios, k, first=first)
         rest = sorted((i for i in range(len(recs)) if i not in picks), key=lambda i: (point[i], recs[i].optimizer))
         return picks + rest, best_of
 
