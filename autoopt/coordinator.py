@@ -17,6 +17,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import optuna
@@ -26,18 +27,9 @@ from autoopt.core import record as R
 from autoopt.core.traits import TaskTraits
 from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
 from autoopt.space import SearchSpace
-from autoopt.spec import SpaceSpec, SpecError
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpecError
 from autoopt.storage import StorageError, open_storage, redact
 
-import os
-
-#: A driver writes a heartbeat this often; its RUNNING trials count as abandoned once it has
-#: been silent for STALE_AFTER_S. Both can be set by environment (tests use short ones).
-HEARTBEAT_S = float(os.environ.get("AUTOOPT_HEARTBEAT_S", 5.0))
-STALE_AFTER_S = float(os.environ.get("AUTOOPT_STALE_AFTER_S", 30.0))
-#: How long the coordinator keeps retrying while the storage is unreachable (a restarting
-#: PostgreSQL) before it gives up with a StorageError naming the storage.
-STORAGE_RETRY_S = float(os.environ.get("AUTOOPT_STORAGE_RETRY_S", 120.0))
 _log = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -102,58 +94,64 @@ def _survives_storage_outage(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the driver measured about the task that the coordinator needs (it never loads the task)."""
+
+    direction: str
+    traits: TaskTraits
+    #: The pruner's resource: epochs, or evaluations per run with ``eval_every_steps``.
+    max_epochs: int
+    #: Whether the model has hidden 2-D weights (Muon applies only to those).
+    has_matrix_params: bool = True
+
+
 class StudyCoordinator:
     """Owns one Optuna study: ask, report/prune, tell, fail/retry, heartbeats. Run as a Ray actor."""
 
     def __init__(
         self,
+        name: str,
+        search: SearchSpec,
+        execution: ExecutionSpec,
+        places: PlacesSpec,
+        task: TaskFacts,
         *,
-        storage_url: str,
-        study_name: str,
-        direction: str,
-        space: dict[str, Any],
-        traits: dict[str, Any],
-        max_epochs: int,
-        n_trials: int | None,
-        sampler: str = "tpe",
-        sampler_options: dict[str, Any] | None = None,
-        pruner: str = "hyperband",
-        pruner_options: dict[str, Any] | None = None,
-        seed: int | None = 0,
-        retries: int = 1,
         study_attrs: dict[str, Any] | None = None,
-        has_matrix_params: bool = True,
         session: str | None = None,
-        storage_retry_s: float | None = None,
-        stale_after_s: float | None = None,
     ) -> None:
+        if not places.storage:
+            raise SpecError("the coordinator needs the storage URL the driver resolved (places.storage)")
         self.session = session or uuid.uuid4().hex[:12]
-        self.storage_url = storage_url
-        self.study_name = study_name
-        # the driver passes its own settings: on a cluster this actor's environment is the head's
-        self.storage_retry_s = STORAGE_RETRY_S if storage_retry_s is None else float(storage_retry_s)
-        self.stale_after_s = STALE_AFTER_S if stale_after_s is None else float(stale_after_s)
+        self.storage_url = places.storage
+        self.study_name = name
+        # the driver's settings, passed in: on a cluster this actor's own environment is the head's
+        self.storage_retry_s = execution.storage_retry_s
+        self.stale_after_s = execution.stale_after_s
         self.storage_outages = 0
-        self.max_epochs = max_epochs
-        self.n_trials = n_trials
-        self.retries = retries
-        self.traits = TaskTraits(**traits)
-        self.space = SearchSpace(SpaceSpec.model_validate(space), self.traits, has_matrix_params=has_matrix_params)
-        self.storage = open_storage(storage_url)
-        base = make_sampler(sampler, seed=seed, **(sampler_options or {}))
+        self.max_epochs = task.max_epochs
+        self.n_trials = search.n_trials
+        self.retries = execution.retries
+        self.traits = task.traits
+        self.space = SearchSpace(search.space, self.traits, has_matrix_params=task.has_matrix_params)
+        self.storage = open_storage(self.storage_url)
+        base = make_sampler(search.sampler, seed=search.seed, **search.sampler_options)
         self.study = optuna.create_study(
             storage=self.storage,
-            study_name=study_name,
-            direction=direction,
+            study_name=name,
+            direction=task.direction,
             sampler=ChoiceRestrictingSampler(base, self.space.restrictions),
-            pruner=make_pruner(pruner, max_epochs, **(pruner_options or {})),
+            pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options),
             load_if_exists=True,
         )
-        if self.study.direction.name.lower() != direction:
+        if self.study.direction.name.lower() != task.direction:
             raise SpecError(
-                f"study {study_name!r} exists with direction {self.study.direction.name.lower()}, "
-                f"but this task's metric is {direction}d"
+                f"study {name!r} exists with direction {self.study.direction.name.lower()}, "
+                f"but this task's metric is {task.direction}d"
             )
+        # the study's rows are read and written through this storage's public API by number and
+        # id (an optuna.Study exposes neither its storage nor its id)
+        self.study_id = self.storage.get_study_id_from_name(name)
         attrs = self.study.user_attrs
         for key, value in (study_attrs or {}).items():
             if key not in attrs or key in (R.SPEC, R.SPACE):
@@ -181,7 +179,7 @@ class StudyCoordinator:
         # a call retried after an outage goes on with the trial it had already created: sampling
         # it again returns the stored params, so no orphan RUNNING trial is left behind
         trial = self._asking
-        if trial is not None and self.study._storage.get_trial(trial._trial_id).state.is_finished():
+        if trial is not None and self.storage.get_trial(self._trial_id(trial.number)).state.is_finished():
             trial = None  # another driver declared it abandoned meanwhile (a long outage): start afresh
         trial = trial if trial is not None else self.study.ask()
         self._asking = trial
@@ -219,15 +217,15 @@ class StudyCoordinator:
     @_survives_storage_outage
     def fail(self, number: int, reason: str, retry: bool) -> bool:
         """A trial whose worker died: record why; re-enqueue its params if retries are left."""
-        storage = self.study._storage
-        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        trial_id = self._trial_id(number)
+        frozen = self.storage.get_trial(trial_id)
         if not frozen.state.is_finished():
             attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
             retried = retry and attempt < self.retries
             # close the trial first, then enqueue its re-run: a call retried after an outage
             # between the two finds the trial failed and enqueues the re-run exactly once
             self._finish(number, TrialState.FAIL, None, R.failure_attrs(reason, retried))
-            frozen = storage.get_trial(frozen._trial_id)
+            frozen = self.storage.get_trial(trial_id)
         self._live.pop(number, None)
         retried = bool(frozen.state == TrialState.FAIL and frozen.user_attrs.get(R.RETRIED))
         if retried and not any(t.user_attrs.get(R.RETRY_OF) == number for t in self.study.get_trials(deepcopy=False)):
@@ -235,16 +233,18 @@ class StudyCoordinator:
             self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
         return retried
 
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
     def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         """Write the outcome's attributes, then close the trial. Idempotent: a call retried after
         an outage (the first try may have committed) leaves an already-finished trial as it is."""
-        storage = self.study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        if storage.get_trial(trial_id).state.is_finished():
+        trial_id = self._trial_id(number)
+        if self.storage.get_trial(trial_id).state.is_finished():
             self._live.pop(number, None)
             return
         for k, v in attrs.items():
-            storage.set_trial_user_attr(trial_id, k, v)
+            self.storage.set_trial_user_attr(trial_id, k, v)
         self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
         self._live.pop(number, None)
 
@@ -267,14 +267,14 @@ class StudyCoordinator:
     # --- liveness -------------------------------------------------------------------------
     @_survives_storage_outage
     def heartbeat(self) -> None:
-        self.study._storage.set_study_system_attr(self.study._study_id, R.HEARTBEAT_PREFIX + self.session, time.time())
+        self.storage.set_study_system_attr(self.study_id, R.HEARTBEAT_PREFIX + self.session, time.time())
 
     @_survives_storage_outage
     def reap_stale(self) -> list[int]:
         """Fail RUNNING trials of sessions that stopped heart-beating (a killed driver)."""
         beats = {
             k[len(R.HEARTBEAT_PREFIX):]: v
-            for k, v in self.study._storage.get_study_system_attrs(self.study._study_id).items()
+            for k, v in self.storage.get_study_system_attrs(self.study_id).items()
             if k.startswith(R.HEARTBEAT_PREFIX)
         }
         now = time.time()

@@ -21,11 +21,11 @@ from typing import Any, Callable
 import ray
 
 from autoopt.core import record as R
-from autoopt.coordinator import HEARTBEAT_S, StudyCoordinator
+from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.core.record import EpochRecord, TrialOutcome
-from autoopt.core.traits import MEASURED
+from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.space import TrialConfig
-from autoopt.spec import SpecError, StudySpec
+from autoopt.spec import SpecError, StudySpec, task_label
 from autoopt.storage import StorageError, default_storage_url, open_storage, redact
 from autoopt.task import Task, load_task
 
@@ -134,11 +134,6 @@ def _coordinator_placement() -> Any:
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value else None
-
-
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` ($AUTOOPT_RAY_ADDRESS / $RAY_ADDRESS) or start a local Ray."""
     if ray.is_initialized():
@@ -189,11 +184,31 @@ class Progress:
         return self.elapsed / self.finished_this_run * remaining
 
 
+@dataclass
+class StudyHooks:
+    """The recommender's part in a study, passed in by the caller so the runner never imports it
+    (:func:`autoopt.study.recommender_hooks` gives the standard ones).
+
+    ``suggest_configs(traits, k)``: TrialConfig dicts to warm-start with; ``top_optimizers(traits,
+    k)``: the optimizers to narrow the space to; ``after_study(study)``: runs on the finished study
+    (feeds the meta-dataset); its errors are reported as warnings, the study is kept either way.
+    """
+
+    suggest_configs: Callable[[TaskTraits, int], list[dict[str, Any]]] | None = None
+    top_optimizers: Callable[[TaskTraits, int], list[str]] | None = None
+    after_study: Callable[[Any], Any] | None = None
+
+
 class StudyRunner:
     """Drives one study: prepares the task, the coordinator and tracking, then dispatches trials."""
 
-    def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None):
+    def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None,
+                 hooks: StudyHooks | None = None):
         self.spec = spec
+        self.hooks = hooks or StudyHooks()
+        if spec.search.warm_start.enabled and (self.hooks.suggest_configs is None or self.hooks.top_optimizers is None):
+            raise SpecError("warm_start needs the recommender: run the study with autoopt.run/submit, "
+                            "or pass StudyHooks with suggest_configs and top_optimizers")
         self.storage_url = spec.storage or default_storage_url()
         address = spec.ray_address or os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or ""
         if address.startswith("ray://") and self.storage_url.startswith(("sqlite", "journal")):
@@ -267,41 +282,26 @@ class StudyRunner:
         ws = self.spec.warm_start
         if not ws.enabled or ws.n_trials == 0:
             return 0
-        from autoopt.recommend import recommender
-
         # ask for more than needed: suggestions outside this study's space are skipped
-        configs = recommender.suggest_configs(self.traits, ws.n_trials * 4)
+        configs = self.hooks.suggest_configs(self.traits, ws.n_trials * 4)
         return int(ray.get(self.coordinator.enqueue.remote(configs, ws.n_trials)))
 
     def _make_coordinator(self) -> Any:
         space = self.spec.space
         if self.spec.warm_start.enabled and self.spec.warm_start.narrow_to:
-            from autoopt.recommend import recommender
-
-            top = recommender.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
+            top = self.hooks.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
             allowed = [o for o in top if not space.optimizers or o in space.optimizers]
             if allowed:
                 space = space.model_copy(update={"optimizers": allowed})
+        search = self.spec.search.model_copy(update={"space": space, "task": task_label(self.spec.search.task)})
         return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(
-            storage_url=self.storage_url,
-            study_name=self.spec.name,
-            direction=self.task.direction,
-            space=space.model_dump(mode="json"),
-            traits=self.traits.to_dict(MEASURED),
-            max_epochs=self._max_reports(),
-            n_trials=self.spec.n_trials,
-            sampler=self.spec.sampler,
-            sampler_options=self.spec.sampler_options,
-            pruner=self.spec.pruner,
-            pruner_options=self.spec.pruner_options,
-            seed=self.spec.seed,
-            retries=self.spec.retries,
+            self.spec.name,
+            search,
+            self.spec.execution,
+            self.spec.places.model_copy(update={"storage": self.storage_url}),
+            TaskFacts(self.task.direction, self.traits, self._max_reports(), self._has_matrix_params()),
             study_attrs=self._study_attrs(),
-            has_matrix_params=self._has_matrix_params(),
             session=self.session,
-            # the driver's settings, not those of the (cluster) node the actor lands on
-            storage_retry_s=_env_float("AUTOOPT_STORAGE_RETRY_S"),
-            stale_after_s=_env_float("AUTOOPT_STALE_AFTER_S"),
         )
 
     # --- the loop ------------------------------------------------------------------------
@@ -365,7 +365,7 @@ class StudyRunner:
                     number = running.pop(ref)
                     self._collect(ref, number)
                 now = time.time()
-                if now - last_beat >= HEARTBEAT_S:
+                if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
                     last_beat = now
                 if now - last_reap >= REAP_EVERY_S:
@@ -401,7 +401,7 @@ class StudyRunner:
         ray.get(self.coordinator.heartbeat.remote())
         reaped = ray.get(self.coordinator.reap_stale.remote())
         if not reaped:
-            time.sleep(min(HEARTBEAT_S, 1.0))
+            time.sleep(min(self.spec.execution.heartbeat_s, 1.0))
         self._update_progress(0)
         return True
 
@@ -463,7 +463,7 @@ class StudyRunner:
             self.on_progress(p)
 
     def _finish(self) -> None:
-        """Log the study's summary and plots, and feed the recommender's meta-dataset."""
+        """Log the study's summary and plots, then run the caller's after-study hook."""
         import optuna
 
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
@@ -474,12 +474,14 @@ class StudyRunner:
                 import warnings
 
                 warnings.warn(f"autoopt: could not finish MLflow logging: {exc}", stacklevel=2)
-        try:
-            from autoopt.recommend import meta
+        if self.hooks.after_study is not None:
+            try:
+                self.hooks.after_study(study)
+            except Exception as exc:  # the study is stored either way: say what did not happen
+                import warnings
 
-            meta.add_study_results(study)
-        except Exception:
-            pass
+                warnings.warn(f"autoopt: the after-study step failed for {self.spec.name!r}: "
+                              f"{type(exc).__name__}: {exc}", stacklevel=2)
 
     @property
     def storage_label(self) -> str:

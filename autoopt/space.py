@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from autoopt.core.catalog import CATALOG, SCHEDULERS, HyperParam
+from autoopt.core.catalog import CATALOG, SCHEDULERS, HyperParam, range_problem
 from autoopt.spec import Range, SpaceSpec, SpecError
 from autoopt.core.traits import TaskTraits
 
@@ -154,10 +154,9 @@ def _param(prefixed: str, hp: HyperParam, setting: Any, where: str) -> _Param:
             p.log = setting.log
             if setting.log is False:
                 p.one_minus_log = False
-        if p.one_minus_log and (p.high >= 1 or p.low < 0):
-            raise SpecError(f"{where}: {hp.name} must lie in [0, 1), got [{p.low}, {p.high}]")
-        if p.log and p.low <= 0:
-            raise SpecError(f"{where}: {hp.name} is sampled on a log scale; low must be > 0, got {p.low}")
+        problem = range_problem(p.low, p.high, log=p.log, one_minus_log=p.one_minus_log, integer=hp.kind == "int")
+        if problem:
+            raise SpecError(f"{where}: {hp.name}: {problem}")
         if p.allow_zero and setting.low == 0:
             p.low = hp.low
         return p

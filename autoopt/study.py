@@ -22,7 +22,7 @@ from autoopt.storage import default_storage_url, open_storage, redact
 if TYPE_CHECKING:  # reading a study back (status, best) needs neither Ray nor torch nor pandas
     import pandas as pd
 
-    from autoopt.runner import Progress
+    from autoopt.runner import Progress, StudyHooks
 
 
 @dataclass
@@ -115,6 +115,14 @@ def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float 
     )
 
 
+def recommender_hooks() -> StudyHooks:
+    """Warm starts come from the recommender, and finished studies feed its meta-dataset."""
+    from autoopt.recommend import add_study_results, recommender
+    from autoopt.runner import StudyHooks
+
+    return StudyHooks(recommender.suggest_configs, recommender.top_optimizers, add_study_results)
+
+
 class StudyHandle:
     """A study running in the background: poll ``status()``, read ``best_*``, or ``wait()``."""
 
@@ -122,7 +130,7 @@ class StudyHandle:
         self.spec = spec
         from autoopt.runner import StudyRunner
 
-        self._runner = StudyRunner(spec, on_progress=on_progress)
+        self._runner = StudyRunner(spec, on_progress=on_progress, hooks=recommender_hooks())
         self._result: StudyResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"autoopt-{spec.name}", daemon=True)
@@ -181,10 +189,7 @@ def _as_spec(spec: StudySpec | dict[str, Any] | None, overrides: dict[str, Any])
         return StudySpec(**overrides)
     if isinstance(spec, dict):
         return StudySpec.from_dict({**spec, **overrides})
-    if not overrides:
-        return spec
-    data = {**spec.model_dump(mode="python", exclude={"task"}), "task": spec.task, **overrides}
-    return StudySpec.from_dict(data)
+    return spec.replace(**overrides) if overrides else spec
 
 
 def submit(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyHandle:
@@ -197,6 +202,6 @@ def run(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable
     s = _as_spec(spec, overrides)
     from autoopt.runner import StudyRunner
 
-    runner = StudyRunner(s, on_progress=on_progress)
+    runner = StudyRunner(s, on_progress=on_progress, hooks=recommender_hooks())
     runner.run()
     return summarize(s.name, runner.storage_url, runner.progress.elapsed)

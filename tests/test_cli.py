@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -38,6 +37,7 @@ def spec_file(workdir):
     return p
 
 
+@pytest.mark.slow
 def test_run_json_then_status_best_list_resume(workdir, spec_file):
     r = autoopt("run", str(spec_file), "--json", "--workers", "2", cwd=workdir)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -97,6 +97,7 @@ def test_catalog_and_tasks_listings(workdir):
     assert r.returncode == 0 and "adamw" in r.stdout
 
 
+@pytest.mark.slow
 def test_killed_driver_is_resumed(workdir):
     """SIGKILL the driver mid-study; `autoopt resume` fails its abandoned trials with a reason,
     re-runs them, and the study ends with its full budget (raised to 6 by `resume --trials`), no duplicate."""

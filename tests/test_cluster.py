@@ -1,6 +1,6 @@
 """The cluster path, tested without Docker: the docker-compose topology as real processes.
 
-One module-scoped :class:`autoopt.cluster.LocalCluster` on 127.0.0.1: two fresh databases on the
+One module-scoped :class:`local_cluster.LocalCluster` on 127.0.0.1: two fresh databases on the
 machine's PostgreSQL (Optuna storage, MLflow backend store), an ``mlflow server`` process on
 PostgreSQL serving artifacts, a Ray head (token authentication on, no CPUs: it only hosts the
 study coordinators and the Ray client server) and a separate Ray worker node (``ray start``).
@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from autoopt.core import record as R
-from autoopt.cluster import ClusterError, LocalCluster, PrivatePostgres, create_database
+from local_cluster import LocalCluster, PrivatePostgres, create_database
 from autoopt.storage import open_storage
 
 from conftest import PG_ADMIN
@@ -54,10 +54,10 @@ HEAD_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms":
 def _check_prereqs() -> None:
     import sqlalchemy as sa
 
-    from autoopt.storage import _sqlalchemy_url
+    from autoopt.storage import sqlalchemy_url
 
     try:
-        engine = sa.create_engine(_sqlalchemy_url(PG_ADMIN), connect_args={"connect_timeout": 5})
+        engine = sa.create_engine(sqlalchemy_url(PG_ADMIN), connect_args={"connect_timeout": 5})
         with engine.connect():
             pass
         engine.dispose()
@@ -295,8 +295,8 @@ def http(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 def test_uis_answer_as_in_compose(cluster, two_clients):
     """The three UIs of the README: MLflow, Ray dashboard (token auth on), optuna-dashboard on the
     same PostgreSQL storage, started with the URL form docker-compose.yml gives it."""
-    from autoopt.cluster import free_port, port_open
-    from autoopt.storage import _sqlalchemy_url
+    from local_cluster import free_port, port_open
+    from autoopt.storage import sqlalchemy_url
 
     status, body = http(cluster.mlflow.url + "/")
     assert status == 200 and b"<html" in body.lower()
@@ -309,7 +309,7 @@ def test_uis_answer_as_in_compose(cluster, two_clients):
     assert status == 200 and json.loads(body)["result"] is True
 
     port = free_port()
-    url = _sqlalchemy_url(cluster.optuna_url)
+    url = sqlalchemy_url(cluster.optuna_url)
     assert url.startswith("postgresql+psycopg://")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), url,
                              "--host", "127.0.0.1", "--port", str(port)],
@@ -329,15 +329,15 @@ def test_uis_answer_as_in_compose(cluster, two_clients):
 def test_a_reused_pid_is_not_taken_for_a_dead_service(tmp_path):
     """Ray starts processes by the thousand and pid_max may be 32768: once a service's processes
     are gone its pid can name a stranger, which stop()/kill() must then leave alone."""
-    from autoopt.cluster import Service, _session_pids
+    from local_cluster import Service, session_pids
 
     svc = Service("sleeper", tmp_path / "sleeper.log")
     svc.spawn(["sleep", "60"])
     try:
         assert svc.pids() == [svc.proc.pid]
-        assert _session_pids(svc.proc.pid, svc.start_ticks) == [svc.proc.pid]
+        assert session_pids(svc.proc.pid, svc.start_ticks) == [svc.proc.pid]
         # the same pid with another start time is another process (a new session leader): not ours
-        assert _session_pids(svc.proc.pid, svc.start_ticks + 1) == []
+        assert session_pids(svc.proc.pid, svc.start_ticks + 1) == []
     finally:
         svc.proc.kill()
         svc.proc.wait()
@@ -512,7 +512,7 @@ def test_mlflow_server_down_mid_study(cluster, live_worker, tmp_path):
     once the server is back (same port), later trials and the study's results are logged."""
     from mlflow import MlflowClient
 
-    from autoopt.cluster import start_mlflow_server
+    from local_cluster import start_mlflow_server
 
     url = cluster.optuna_url
     gate = Gate(tmp_path / "gate")

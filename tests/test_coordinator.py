@@ -19,15 +19,14 @@ from typing import Iterator
 
 import optuna
 import psycopg
-import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from autoopt.core import record as R
-from autoopt.coordinator import StudyCoordinator
-from autoopt.spec import SpaceSpec
+from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec
 from autoopt.core.traits import TaskTraits
 
 TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
@@ -35,9 +34,13 @@ OUTCOME = {"status": "complete", "value": 0.75, "history": [{"epoch": 0, "value"
 
 
 def coordinator(url: str, retries: int = 1) -> StudyCoordinator:
-    return StudyCoordinator(storage_url=url, study_name=f"s-{uuid.uuid4().hex[:6]}", direction="maximize",
-                            space=SpaceSpec(optimizers=["adamw"]).model_dump(mode="json"), traits=TRAITS.to_dict(),
-                            max_epochs=3, n_trials=None, retries=retries, storage_retry_s=30)
+    return StudyCoordinator(
+        f"s-{uuid.uuid4().hex[:6]}",
+        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw"]), n_trials=None),
+        ExecutionSpec(retries=retries, storage_retry_s=30),
+        PlacesSpec(storage=url),
+        TaskFacts("maximize", TRAITS, max_epochs=3),
+    )
 
 
 @contextmanager

@@ -23,17 +23,9 @@ from optuna.trial import TrialState, create_trial
 
 from autoopt.core import record as R
 from autoopt.core.record import EpochRecord, TrialOutcome
-from autoopt.tracking import (
-    StudyTracker,
-    TrackingConfig,
-    default_tracking_uri,
-    experiment_url,
-    free_port,
-    run_url,
-    start_ui,
-    stop_ui,
-    ui_url,
-)
+from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
+from autoopt.ui import experiment_url, run_url, start_ui, stop_ui, ui_url
+from local_cluster import free_port
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 STUDY = "ui-study"
@@ -103,6 +95,7 @@ def _tracked_store(tmp_path: Path) -> tuple[str, StudyTracker, dict[str, str]]:
     return uri, tracker, run_ids
 
 
+@pytest.mark.browser
 @pytest.mark.slow
 def test_mlflow_ui_shows_study_and_nested_trials(tmp_path):
     chromium = _chromium()

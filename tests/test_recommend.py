@@ -164,8 +164,14 @@ def test_every_guidance_rule_is_a_record_citing_its_source_documents(book):
         for f in book.source_files(r):
             if f.endswith(".txt"):
                 assert f in (S000, S001, S002, S003, S004)
-                if SEEDS.is_dir():
-                    assert (SEEDS / f).is_file()
+
+
+def test_the_cited_source_documents_exist():
+    """The five documents the rules cite are in the shared seeds folder (outside the repository:
+    where it is not mounted this test says so as a skip, it does not pass)."""
+    if not SEEDS.is_dir():
+        pytest.skip(f"source documents not mounted at {SEEDS}")
+    assert all((SEEDS / f).is_file() for f in (S000, S001, S002, S003, S004)), sorted(p.name for p in SEEDS.iterdir())
 
 
 def test_rule_optimizer_names_are_catalog_entries_or_declared_aliases(book):

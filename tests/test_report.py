@@ -102,6 +102,9 @@ MIXED = [("complete", None)] * 6 + [("pruned", 2), ("pruned", 3), ("failed", 1)]
 
 
 def _assert_plots(paths: list[Path]) -> None:
+    """All five plots drawn: files present and valid, and none of them a "Plot failed" placeholder."""
+    summary = json.loads(next(p for p in paths if p.name == "summary.json").read_text())
+    assert summary["plot_errors"] == {}, summary["plot_errors"]
     names = {p.name for p in paths}
     for stem in PLOT_NAMES:
         assert f"{stem}.html" in names and f"{stem}.png" in names, stem
@@ -148,6 +151,22 @@ def test_matplotlib_png_fallback(tmp_path):
     study = _study(tmp_path, MIXED)
     paths = write_report(study, tmp_path / "report", png="matplotlib")
     _assert_plots(paths)
+
+
+def test_a_failing_plot_degrades_to_a_placeholder_and_is_reported(tmp_path, monkeypatch):
+    """Users still get the report when one plot breaks; summary.json says which and why."""
+    from autoopt import report
+
+    def broken(study):
+        raise RuntimeError("no importances for you")
+
+    monkeypatch.setitem(report._BUILDERS, "param_importances", broken)
+    study = _study(tmp_path, MIXED)
+    paths = write_report(study, tmp_path / "report", png="matplotlib")
+    assert {f"{stem}.{ext}" for stem in PLOT_NAMES for ext in ("html", "png")} <= {p.name for p in paths}
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["plot_errors"] == {"param_importances": "RuntimeError: no importances for you"}
+    assert "Plot failed: RuntimeError: no importances for you" in (tmp_path / "report" / "param_importances.html").read_text()
 
 
 @pytest.mark.parametrize("statuses", [[], [("pruned", 2), ("failed", 1), ("pruned", 4)]], ids=["empty", "no-complete"])

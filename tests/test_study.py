@@ -41,6 +41,7 @@ def check_study(result, n):
     return study
 
 
+@pytest.mark.slow
 def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
     result = autoopt.run(small_spec("sq", n_trials=14))
     study = check_study(result, 14)
@@ -58,6 +59,7 @@ def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
     del study
 
 
+@pytest.mark.slow
 def test_study_on_postgresql(ray_local, workdir, pg_url):
     result = autoopt.run(small_spec("pg", storage=pg_url, n_trials=10))
     check_study(result, 10)
@@ -68,14 +70,21 @@ def test_study_on_postgresql(ray_local, workdir, pg_url):
 
 def test_submit_returns_a_handle(ray_local, workdir):
     handle = autoopt.submit(small_spec("handle", n_trials=6))
-    status = handle.status()
-    assert status["state"] in ("running", "done")
+    early = handle.status()  # Ray, the coordinator and MLflow take seconds to start: nothing ran yet
+    assert early["state"] == "running" and not handle.done()
+    assert set(early) == {"state", "counts", "running", "best_value", "elapsed_s"}
     result = handle.wait(timeout=240)
     assert handle.done() and sum(result.counts[k] for k in ("complete", "pruned", "failed")) == 6
+    final = handle.status()
+    assert final["state"] == "done" and final["running"] == 0
+    assert {k: final["counts"][k] for k in ("complete", "pruned", "failed")} == {
+        k: result.counts[k] for k in ("complete", "pruned", "failed")}
+    assert final["best_value"] == pytest.approx(result.best_value) and handle.best_value == final["best_value"]
     df = handle.trials_dataframe()
     assert len(df) == 6 and {"optimizer", "epochs_run", "state"} <= set(df.columns)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
     from helper_tasks import CrashOnceTask
 
@@ -135,6 +144,7 @@ def test_one_storage_per_url_keeps_postgresql_connections_few(pg_url):
     admin.dispose()
 
 
+@pytest.mark.slow
 def test_eight_concurrent_workers_on_sqlite_lose_nothing(ray_local, workdir):
     """8 trials in flight at once (fractional CPUs), one SQLite file: every trial is recorded,
     none fails on a locked database, because only the coordinator writes to it."""
@@ -161,6 +171,7 @@ def test_remote_cluster_with_local_sqlite_is_a_clear_error(workdir):
         StudyRunner(small_spec("remote", ray_address="ray://10.0.0.1:10001"))
 
 
+@pytest.mark.slow
 def test_warm_start_enqueues_recommendations_first(ray_local, workdir):
     spec = small_spec("warm", n_trials=5, warm_start={"enabled": True, "n_trials": 2},
                       space={"optimizers": ["adamw", "radam", "momentum", "nesterov", "lion"]})

@@ -47,6 +47,28 @@ REQUIREMENTS = frozenset({"sparse_gradients", "dense_gradients", "full_batch", "
 # --------------------------------------------------------------------------------------
 # Hyperparameters
 # --------------------------------------------------------------------------------------
+def range_problem(low: float | None, high: float | None, *, log: bool = False, one_minus_log: bool = False,
+                  integer: bool = False) -> str | None:
+    """Why ``[low, high]`` is not a usable search range (None when it is).
+
+    The one range check behind catalog hyperparameters, a spec's ``{low, high}`` and the search
+    space that merges the two.
+    """
+    if low is None or high is None:
+        return "low and high are required"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"low and high must be finite, got [{low}, {high}]"
+    if low > high:
+        return f"low {low} is above high {high}"
+    if integer and (int(low) != low or int(high) != high):
+        return f"an int range needs integer bounds, got [{low}, {high}]"
+    if log and low <= 0:
+        return f"a log-scale range needs low > 0, got {low}"
+    if one_minus_log and not (0 <= low and high < 1):
+        return f"a 1-x log-scale range needs values in [0, 1), got [{low}, {high}]"
+    return None
+
+
 @dataclass(frozen=True)
 class HyperParam:
     """One tunable optimizer (or scheduler) hyperparameter and its search range."""
@@ -83,18 +105,9 @@ class HyperParam:
         """Raise ValueError unless ``[low, high]`` is a usable range for this hyperparameter."""
         if self.kind == "categorical":
             raise ValueError(f"hyperparameter {self.name!r} is categorical; it has choices, not a range")
-        if low is None or high is None:
-            raise ValueError(f"hyperparameter {self.name!r}: low and high are required")
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"hyperparameter {self.name!r}: low and high must be finite, got [{low}, {high}]")
-        if low > high:
-            raise ValueError(f"hyperparameter {self.name!r}: low {low} is above high {high}")
-        if self.kind == "int" and (int(low) != low or int(high) != high):
-            raise ValueError(f"hyperparameter {self.name!r}: int range needs integer bounds, got [{low}, {high}]")
-        if self.log and low <= 0:
-            raise ValueError(f"hyperparameter {self.name!r}: a log-scale range needs low > 0, got {low}")
-        if self.one_minus_log and not (low < 1 and high < 1):
-            raise ValueError(f"hyperparameter {self.name!r}: a 1-x log-scale range needs values below 1, got [{low}, {high}]")
+        problem = range_problem(low, high, log=self.log, one_minus_log=self.one_minus_log, integer=self.kind == "int")
+        if problem:
+            raise ValueError(f"hyperparameter {self.name!r}: {problem}")
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` lies in the search range (or choices; 0 when ``allow_zero``)."""

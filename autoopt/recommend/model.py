@@ -23,10 +23,15 @@ from numbers import Integral, Real
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
+
+# scikit-learn checks an estimator's ``_parameter_constraints`` (the named error for a bad
+# n_estimators, estimator...) only through these private helpers; there is no public API for
+# third-party estimators, so they are imported here and nowhere else.
+from sklearn.base import _fit_context  # noqa: E402
+from sklearn.utils._param_validation import Interval, StrOptions  # noqa: E402
 
 from autoopt.recommend.features import NUMERIC_FEATURES, TraitEncoding, numeric_row
 
