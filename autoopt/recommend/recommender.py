@@ -38,6 +38,7 @@ from autoopt.core.traits import QUERY, TaskTraits, human_bytes
 from autoopt.recommend.features import NUMERIC_FEATURES, TraitEncoding, kernel_weights, numeric_row, trait_distances
 from autoopt.recommend.portfolio import DEFAULT_SCENARIOS, greedy, prior_scenarios
 from autoopt.recommend.rules import CONFIG_KEYS, Advice, OptimizerAdvice, RuleBook, lr_from_rule
+from autoopt.recommend.sweep import SWEEP_PARAMS
 
 DATA_DIR = Path(__file__).with_name("data")
 MODEL_FILE = "model.npz"
@@ -55,6 +56,9 @@ STRONG_RULE_WEIGHT = 1.0
 #: The data may take first place from the rules' favourite only with at least this learned
 #: weight (n_near / (n_near + k)): strong evidence near the queried traits.
 STRONG_EVIDENCE_WEIGHT = 0.5
+#: Evidence (tasks) a library-default lr counts for when blended with the learned lr; an lr
+#: from advice (a scaling rule, DCGAN, Lion's README) counts for the model's ``evidence_k``.
+DEFAULT_LR_K = 0.25
 #: Portfolio positions chosen greedily when every optimizer is asked for (the rest by expected regret).
 PORTFOLIO_DEPTH = 5
 
@@ -643,10 +647,17 @@ class Recommender:
         if not lo <= lr <= hi:
             lo, hi = min(lo, lr / 3), max(hi, lr * 3)
         w_lr = m.lr_weight if m is not None else 0.0
+        if w_lr > 0 and _is_default(sources.get("lr")):
+            # a library default says nothing about this task: weigh it as DEFAULT_LR_K tasks of evidence
+            n = w_lr * self.model.evidence_k / (1 - w_lr) if w_lr < 1 else math.inf
+            w_lr = n / (n + DEFAULT_LR_K) if math.isfinite(n) else 1.0
         if m is not None and m.lr is not None and w_lr > 0:
             lr = _geo_blend(m.lr, lr, w_lr)
             lo, hi = _geo_blend(m.lr_low, lo, w_lr), _geo_blend(m.lr_high, hi, w_lr)
             sources["lr"] = f"learned model (weight {w_lr:.2f}) + {sources.get('lr', 'catalog default')}"
+            for hp, v in SWEEP_PARAMS.get(name, {}).items():  # what the zoo measured the lr with
+                if hp in values:
+                    values[hp], sources[hp] = v, "the zoo sweep's setting (the learned lr was measured with it)"
         if lr_hp:
             lr = _clip_hp(lr_hp, lr)
             lo, hi = max(lo, lr_hp["low"]), min(hi, lr_hp["high"])
@@ -764,6 +775,11 @@ def _clip_hp(hp: Mapping[str, Any] | None, value: Any) -> Any:
         return 0.0 if hp["kind"] == "float" else 0
     v = min(max(float(value), hp["low"]), hp["high"])
     return int(round(v)) if hp["kind"] == "int" else v
+
+
+def _is_default(source: str | None) -> bool:
+    """Whether an lr comes from a library default (the catalog's, or 004's PyTorch defaults) rather than advice."""
+    return source in (None, "", "catalog default") or str(source).startswith("defaults-")
 
 
 def _prior_regret(prior: float) -> float:
