@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoopt.core.catalog import CATALOG, OptimizerSpec
+from autoopt.core.catalog import OptimizerSpec, get_optimizer
 
 #: Parameter-name / module-class-name substrings excluded from weight decay.
 NO_DECAY_PATTERNS: tuple[str, ...] = ("bias", "Norm")
@@ -146,12 +146,16 @@ class SparseDenseAdam(torch.optim.Optimizer):
 # --------------------------------------------------------------------------------------
 # Building a catalog entry
 # --------------------------------------------------------------------------------------
-def build_optimizer(spec: OptimizerSpec, model: nn.Module, values: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """``spec``'s optimizer for ``model`` with resolved hyperparameter ``values`` (see :meth:`OptimizerSpec.build`)."""
+def build_optimizer(
+    spec: OptimizerSpec | str, model: nn.Module, params: Mapping[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer ``spec`` (a catalog entry or its name) for ``model``: ``params`` validated
+    and typed by the catalog, missing ones at their defaults."""
+    spec = get_optimizer(spec) if isinstance(spec, str) else spec
     b = spec.builder
-    if b is None:  # pragma: no cover - every catalog entry has one (test_catalog checks)
+    if b is None:  # pragma: no cover - every catalog entry has one (test_catalog builds them all)
         raise NotImplementedError(f"optimizer {spec.name!r} has no builder")
-    v = dict(values)
+    v = spec.resolve(params)
     fixed = dict(b.fixed)
     if b.kind == "custom":
         return _CUSTOM[b.target](model, v, **fixed)
@@ -214,7 +218,7 @@ def _build_lookahead(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimiz
     base_params: dict[str, Any] = {"lr": v["lr"], "weight_decay": v["weight_decay"]}
     if v["base"] == "momentum":
         base_params["momentum"] = v["momentum"]
-    base = CATALOG[v["base"]].build(model, base_params)
+    base = build_optimizer(v["base"], model, base_params)
     return Lookahead(base, k=v["k"], alpha=v["alpha"])
 
 

@@ -325,12 +325,11 @@ def plain_torch_line(config: dict[str, Any]) -> str | None:
     optimizer the catalog actually builds; None for wrappers and multi-group optimizers."""
     import torch
 
-    from autoopt.core.catalog import get_optimizer
+    from autoopt.optimizers import build_optimizer
 
     try:
-        spec = get_optimizer(str(config.get("optimizer")))
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-        opt = spec.build(model, dict(config.get("optimizer_params") or {}))
+        opt = build_optimizer(str(config.get("optimizer")), model, dict(config.get("optimizer_params") or {}))
     except Exception:
         return None
     cls = type(opt)
@@ -381,7 +380,7 @@ def best_config_python(
         '"""',
         "import torch",
         "",
-        "from autoopt.core.catalog import get_optimizer",
+        "from autoopt import optimizers",
         "from autoopt.schedulers import build_schedule",
         "",
         f"CONFIG = {pprint.pformat(config, sort_dicts=True, width=96)}",
@@ -390,7 +389,7 @@ def best_config_python(
         "",
         "",
         "def build_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:",
-        '    return get_optimizer(CONFIG["optimizer"]).build(model, CONFIG["optimizer_params"])',
+        '    return optimizers.build_optimizer(CONFIG["optimizer"], model, CONFIG["optimizer_params"])',
         "",
         "",
         "def build_lr_schedule(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):",

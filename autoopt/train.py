@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from autoopt.core.catalog import get_optimizer
-from autoopt.optimizers import optimizer_state_bytes, set_optimizer_mode
+from autoopt.optimizers import build_optimizer, optimizer_state_bytes, set_optimizer_mode
 from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.schedulers import build_schedule
 from autoopt.space import TrialConfig
@@ -91,7 +91,7 @@ def train(
         seed_everything(seed)
         sparse = "sparse_gradients" in spec.requires
         model = task.build_model(sparse_gradients=sparse).to(dev)
-        optimizer = spec.build(model, dict(config.optimizer_params))
+        optimizer = build_optimizer(spec, model, dict(config.optimizer_params))
         train_loader, val_loader = task.loaders(config.batch_size)
         steps_per_epoch = max(len(train_loader), 1)
         schedule = build_schedule(

@@ -441,7 +441,7 @@ def test_add_study_results_records_every_trial_as_a_run_and_replaces_on_re_add(t
     grid = task_grids(pd.DataFrame(rows))["s1"]
     assert grid.best_optimizer == "lion" and grid.tuned("lion")[0] == 0.0
     assert grid.lookup("sgd", 0.1)[0] == CAP
-    with pytest.raises(ValueError, match="autoopt.traits"):
+    with pytest.raises(ValueError, match=R.TRAITS):
         meta.add_study_results(optuna.create_study(), path)
 
 

@@ -204,7 +204,7 @@ def sampled_config(optimizer: str, scheduler: str) -> dict:
 
 @pytest.mark.parametrize("optimizer, scheduler", PAIRS, ids=[f"{o}-{s}" for o, s in PAIRS])
 def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
-    from autoopt.core.catalog import get_optimizer
+    from autoopt.optimizers import build_optimizer
     from autoopt.report import plain_torch_line
     from autoopt.schedulers import build_schedule
 
@@ -216,7 +216,7 @@ def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     ref_model = copy.deepcopy(model)  # the trial's run, side by side with the pasted snippet's
     optimizer_ = namespace["build_optimizer"](model)
-    reference = get_optimizer(optimizer).build(ref_model, config["optimizer_params"])
+    reference = build_optimizer(optimizer, ref_model, config["optimizer_params"])
     assert type(optimizer_) is type(reference)
     strip = lambda g: {k: v for k, v in g.items() if k != "params"}  # noqa: E731
     assert [strip(g) for g in optimizer_.param_groups] == [strip(g) for g in reference.param_groups]
@@ -247,7 +247,7 @@ def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
 
         built = eval(plain, {"torch": torch, "pytorch_optimizer": pytorch_optimizer, "model": model})
         # Against a fresh, unscheduled build: the schedule above has moved the reference's lr.
-        fresh = get_optimizer(optimizer).build(ref_model, config["optimizer_params"])
+        fresh = build_optimizer(optimizer, ref_model, config["optimizer_params"])
         assert type(built) is type(fresh)
         decayed = max(fresh.param_groups, key=lambda g: g.get("weight_decay", 0) or 0)
         for key, value in strip(built.param_groups[0]).items():

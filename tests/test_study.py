@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autoopt.core import record as R
 import autoopt
+from autoopt.core import record as R
 from autoopt.spec import StudySpec
 from autoopt.storage import StorageError, open_storage, redact
 
@@ -169,6 +169,28 @@ def test_remote_cluster_with_local_sqlite_is_a_clear_error(workdir):
 
     with pytest.raises(SpecError, match="is a file on this machine"):
         StudyRunner(small_spec("remote", ray_address="ray://10.0.0.1:10001"))
+
+
+def test_after_study_hook_errors_are_reported_not_swallowed(workdir):
+    """The runner does not import the recommender: what runs after a study is the caller's hook,
+    and when it fails the user is told (the study itself is stored either way)."""
+    from autoopt.runner import StudyHooks, StudyRunner
+
+    def read_only_meta_dataset(study):
+        raise PermissionError("meta_dataset.csv is read-only")
+
+    runner = StudyRunner(small_spec("hooked", n_trials=1), hooks=StudyHooks(after_study=read_only_meta_dataset))
+    optuna.create_study(study_name="hooked", storage=open_storage(runner.storage_url), direction="maximize")
+    with pytest.warns(UserWarning, match="after-study step failed for 'hooked': PermissionError: meta_dataset.csv is read-only"):
+        runner._finish()
+
+
+def test_warm_start_without_the_recommender_hooks_is_a_clear_error(workdir):
+    from autoopt.runner import StudyRunner
+    from autoopt.spec import SpecError
+
+    with pytest.raises(SpecError, match="warm_start needs the recommender"):
+        StudyRunner(small_spec("cold", warm_start={"enabled": True}))
 
 
 @pytest.mark.slow

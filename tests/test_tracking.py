@@ -229,8 +229,8 @@ def test_child_runs_hold_params_curves_and_state(tracked):
             assert metrics["best_val_accuracy"] == pytest.approx(trial.value)
             assert "autoopt.reason" not in tags
         else:
-            assert tags["autoopt.stopped_at_epoch"] == str(trial.user_attrs["autoopt.stopped_at_epoch"])
-            assert tags["autoopt.reason"] == trial.user_attrs["autoopt.reason"]
+            assert tags["autoopt.stopped_at_epoch"] == str(trial.user_attrs[R.STOPPED_AT_EPOCH])
+            assert tags["autoopt.reason"] == trial.user_attrs[R.REASON]
     pruned = next(r for r in children if r.data.tags["autoopt.state"] == "pruned")
     assert pruned.data.tags["autoopt.reason"] == "MedianPruner at epoch 2"
     failed = next(r for r in children if r.data.tags["autoopt.state"] == "failed")

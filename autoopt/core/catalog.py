@@ -1,8 +1,8 @@
 """The one catalog: the optimizers and LR schedules autoopt can choose from, their hyperparameters and search ranges.
 
 Plain data, importable without torch: the recommender reads it directly (``autoopt recommend``
-stays fast) and the trainer builds an entry with :meth:`OptimizerSpec.build`, which hands its
-declarative :class:`Builder` to :mod:`autoopt.optimizers` (where torch is imported).
+stays fast) and the trainer builds an entry with :func:`autoopt.optimizers.build_optimizer`, which
+reads its declarative :class:`Builder` (that module imports torch; this one never does).
 
 Every entry says where it comes from (``torch.optim`` or the ``pytorch-optimizer`` package),
 which guidance supports it (source documents ``000``..``004`` summarised in GUIDANCE.md, or
@@ -11,7 +11,7 @@ how much optimizer state it keeps per parameter, and how it applies weight decay
 
 Conventions the search space relies on:
 
-* Ranges are *search* ranges, not hard limits: :meth:`OptimizerSpec.build` accepts any value
+* Ranges are *search* ranges, not hard limits: :func:`~autoopt.optimizers.build_optimizer` accepts any value
   the optimizer's own constructor accepts (it only rejects unknown names and categorical
   values outside ``choices``).
 * ``log=True``: sample on a log scale.  ``one_minus_log=True``: sample ``1 - value`` on a log
@@ -316,13 +316,7 @@ class OptimizerSpec:
         full = {**self.defaults(), **dict(values or {})}
         return tuple(hp for hp in self.hyperparams if not hp.active_if or full.get(hp.active_if[0]) in hp.active_if[1])
 
-    # -- building ----------------------------------------------------------------------
-    def build(self, model: Any, params: Mapping[str, Any] | None = None) -> Any:
-        """The torch optimizer for ``model`` with hyperparameters ``params`` (missing ones at defaults)."""
-        from autoopt.optimizers import build_optimizer  # torch: only the trainer gets here
-
-        return build_optimizer(self, model, self.resolve(params))
-
+    # -- where it applies ---------------------------------------------------------------
     def applicable(
         self, *, sparse_gradients: bool, has_matrix_params: bool = True, full_batch: bool = False
     ) -> tuple[bool, str | None]:

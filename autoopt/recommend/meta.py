@@ -60,7 +60,7 @@ def study_runs(study: Any) -> list[dict[str, Any]]:
     attrs = study.user_attrs
     traits = attrs.get(R.TRAITS)
     if not traits:
-        raise ValueError(f"study {study.study_name!r} has no 'autoopt.traits' user attr; is it an autoopt study?")
+        raise ValueError(f"study {study.study_name!r} has no {R.TRAITS!r} user attr; is it an autoopt study?")
     direction = attrs.get(R.DIRECTION) or study.direction.name.lower()
     created = time.strftime("%Y-%m-%dT%H:%M:%S")
     rows = []
