@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from autoopt.recommend import sweep, zoo_data
 from autoopt.recommend.cli import app
-from autoopt.task import DOMAINS
+from autoopt.core.traits import DOMAINS
 from autoopt.tasks.zoo import FAMILIES, instances, load_instance
 
 # one cheap instance per kind of data generator and model

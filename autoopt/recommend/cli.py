@@ -84,7 +84,13 @@ def recommend_command(
         raise _bad(exc.field, str(exc).split(": ", 1)[-1]) from None
     if model is not None and not model.is_file():
         raise typer.BadParameter(f"{model} not found", param_hint="--model")
-    answer = Recommender.default(model).rank(traits, top=top)
+    from autoopt.recommend.recommender import ModelFileError
+
+    try:
+        recommender = Recommender.default(model)
+    except ModelFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from None
+    answer = recommender.rank(traits, top=top)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2, default=str))
     else:

@@ -256,7 +256,9 @@ def _log_to_mlflow(est: Any, info: Mapping[str, Any], tracking_uri: str | None, 
             pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}"],
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
         )
-    return {"tracking_uri": uri, "run_id": run.info.run_id, "model_uri": model_info.model_uri}
+    from autoopt.redaction import redact
+
+    return {"tracking_uri": redact(uri), "run_id": run.info.run_id, "model_uri": model_info.model_uri}
 
 
 def _jsonable(o: Any) -> Any:

@@ -59,6 +59,8 @@ STRONG_EVIDENCE_WEIGHT = 0.5
 #: Evidence (tasks) a library-default lr counts for when blended with the learned lr; an lr
 #: from advice (a scaling rule, DCGAN, Lion's README) counts for the model's ``evidence_k``.
 DEFAULT_LR_K = 0.25
+#: How reasons that come from the data cite it.
+ZOO_SOURCE = "zoo meta-dataset (autoopt/recommend/data/zoo)"
 #: Portfolio positions chosen greedily when every optimizer is asked for (the rest by expected regret).
 PORTFOLIO_DEPTH = 5
 
@@ -136,6 +138,10 @@ class ModelAnswer:
     lr_weight: float = 0.0
 
 
+class ModelFileError(ValueError):
+    """A file given as a recommender model is not one."""
+
+
 class CompiledModel:
     """A fitted :class:`~autoopt.recommend.model.RegretModel` evaluated with numpy only.
 
@@ -163,8 +169,20 @@ class CompiledModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "CompiledModel":
-        with np.load(path, allow_pickle=False) as z:
-            return cls({k: z[k] for k in z.files}, origin=str(path))
+        """The model saved in ``path``; :class:`ModelFileError` if that is not one (never unpickles)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls({k: z[k] for k in z.files}, origin=str(path))
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, say what it is not
+            if "pickle" in str(exc):
+                reason = "it holds pickled objects, which autoopt never loads"
+            elif isinstance(exc, KeyError):
+                reason = f"it has no {exc} array"
+            else:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(
+                f"{path} is not a recommender model saved by `autoopt meta fit` (model.npz): {reason}"
+            ) from None
 
     @classmethod
     def from_estimator(cls, estimator: Any) -> "CompiledModel":
@@ -436,11 +454,25 @@ class Recommender:
         for i, r in enumerate(recs, 1):
             r.rank = i
             r.portfolio_best_of = best_of[i - 1] if i <= len(best_of) else None
+            if r.learned_weight > 0:
+                r.reasons.append({
+                    "rule": "zoo-evidence", "weight": 0.0, "sources": [ZOO_SOURCE], "source_ids": [],
+                    "text": f"The zoo's tasks near these traits (evidence {r.evidence.get('n_near', 0.0):.1f} tasks, "
+                            f"weight {r.learned_weight:.2f}) predict regret {r.predicted_regret:.2f} at lr "
+                            f"{r.hyperparameters['lr']:.3g} (0 = a task's best configuration, 1 = its grid's median).",
+                })
+            if 1 < i <= len(best_of):
+                r.reasons.append({
+                    "rule": "portfolio", "weight": 0.0, "sources": [ZOO_SOURCE if self.model else "rule prior"],
+                    "source_ids": [],
+                    "text": f"Portfolio pick: with it the expected regret of the best of the first {i} falls from "
+                            f"{best_of[i - 2]:.3f} to {best_of[i - 1]:.3f} (it does well where the ones before it may not).",
+                })
         overrides_found = self._overrides(advice, recs, [r.optimizer for r in recs], self._names(ruled, feasible))
         if overrides_found and recs:
             recs[0].reasons.insert(0, {
                 "rule": "data-override", "text": " ".join(o["text"] for o in overrides_found),
-                "sources": ["zoo meta-dataset (autoopt/recommend/data/zoo)"], "source_ids": [], "weight": 0.0,
+                "sources": [ZOO_SOURCE], "source_ids": [], "weight": 0.0,
                 "overrides": [o["rule"] for o in overrides_found],
             })
         notes = [{"text": note, "rule": rule.id, "sources": self.rules.source_files(rule)} for note, rule in advice.notes]

@@ -47,8 +47,12 @@ LR_STEP_DECADES = 0.5
 #: catalog's lr range so that, for a few hundred steps on small models, the best lr is inside.
 LR_CENTER_LOG10: dict[str, float] = {
     "sgd": -1.0, "momentum": -1.5, "nesterov": -1.5, "adagrad": -1.5,
-    "adam": -2.5, "adamw": -2.5, "nadam": -2.5, "radam": -2.0, "adabelief": -2.5, "ranger": -2.0,
-    "schedulefree_adamw": -2.5, "adafactor": -2.0, "lamb": -2.0, "rmsprop": -3.0, "lion": -3.0,
+    "adam": -2.5, "adamw": -2.5, "nadam": -2.5, "adabelief": -2.5, "schedulefree_adamw": -2.5,
+    # RAdam's rectification damps its first hundred steps (beta2 = 0.999), and Ranger is RAdam
+    # inside: in runs this short their best lr sits a decade above Adam's.
+    "radam": -1.5, "ranger": -1.5,
+    # Adafactor (relative_step=False) scales its step by each weight's RMS.
+    "adafactor": -1.5, "lamb": -2.0, "rmsprop": -3.0, "lion": -3.0,
 }
 #: One schedule policy for the whole sweep: 5% linear warmup, then cosine to zero;
 #: schedule-free AdamW keeps the warmup and no decay (it must not be scheduled).
@@ -67,6 +71,8 @@ INSTANCE_COLUMNS: tuple[str, ...] = (
 MANIFEST = "MANIFEST.json"
 INSTANCES = "instances.csv"
 JOURNAL_DIR = ".journal"
+#: Seconds between progress lines in the log (besides one per sealed chunk).
+LOG_EVERY_S = 120.0
 #: Units in a row Ray may lose (a dead worker or node) before the build stops.
 MAX_LOST_IN_A_ROW = 3
 
@@ -247,7 +253,7 @@ class SweepPlan:
     @classmethod
     def make(cls, families: Sequence[str] | None = None, limit: int | None = None,
              optimizers: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> "SweepPlan":
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
         from autoopt.tasks.zoo import FAMILIES, instances
 
         ids = instances(list(families) if families else None)
@@ -262,6 +268,11 @@ class SweepPlan:
         fams = list(dict.fromkeys(i.rpartition("-")[0] for i in ids))
         grids = {f: {o: family_lr_grid(FAMILIES[f], o) for o in opts} for f in fams}
         return cls(ids, opts, list(seeds) if seeds is not None else list(SEEDS), grids)
+
+    def on_grid(self, row: dict[str, Any]) -> bool:
+        """Whether a run row sits on this plan's grid (rows of families or optimizers it does not cover do)."""
+        grid = self.grids.get(row["instance"].rpartition("-")[0], {}).get(row["optimizer"])
+        return grid is None or float(f"{row['lr']:.6g}") in {float(f"{lr:.6g}") for lr in grid}
 
     def units(self) -> list[tuple[str, str]]:
         return [(i, o) for i in self.instances for o in self.optimizers]
@@ -323,11 +334,7 @@ class ZooStore:
         Rows off the plan's grid of their (family, optimizer) -- left by an earlier grid -- are
         dropped, so every instance keeps exactly the grid the manifest states.
         """
-        def on_grid(r: dict[str, Any]) -> bool:
-            grid = plan.grids.get(r["instance"].rpartition("-")[0], {}).get(r["optimizer"])
-            return grid is None or float(f"{r['lr']:.6g}") in {float(f"{lr:.6g}") for lr in grid}
-
-        rows = [r for r in self.rows.values() if chunk_of(r["instance"]) == chunk and on_grid(r)]
+        rows = [r for r in self.rows.values() if chunk_of(r["instance"]) == chunk and plan.on_grid(r)]
         rows.sort(key=lambda r: (order.get(r["instance"], len(order)), r["instance"],
                                  opt_order.get(r["optimizer"], len(opt_order)), r["optimizer"], r["lr"], r["seed"]))
         write_runs(self.out / chunk_file(chunk), rows)
@@ -348,7 +355,7 @@ class ZooStore:
         for r in self.instances.values():
             c = chunks.setdefault(f"{chunk_of(r['instance']):02d}", {"instances": [], "runs": 0})
             c["instances"].append(r["instance"])
-        for r in self.rows.values():
+        for r in filter(plan.on_grid, self.rows.values()):
             c = chunks.setdefault(f"{chunk_of(r['instance']):02d}", {"instances": [], "runs": 0})
             c["runs"] += 1
         for name, c in chunks.items():
@@ -498,7 +505,7 @@ def build(
                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
         bar.start()
         bar_task = bar.add_task("", total=plan.total_runs, completed=done_runs)
-    unit_started = time.perf_counter()
+    unit_started = last_log = time.perf_counter()
     try:
         while queue or in_flight:
             while queue and len(in_flight) < window:
@@ -535,9 +542,12 @@ def build(
                 sealed.append(chunk)
                 log(f"chunk {chunk:02d} complete: {n} runs -> {out / chunk_file(chunk)}; {done_runs}/{plan.total_runs} "
                     f"runs, {run_seconds / max(ran, 1):.2f} s/run, ETA {_duration(eta)}")
-            elif ran and int(ran) % (per_unit * len(plan.optimizers)) == 0:
+            elif time.perf_counter() - last_log >= LOG_EVERY_S:
                 log(f"{done_runs}/{plan.total_runs} runs, {run_seconds / ran:.2f} s/run in workers, "
-                    f"{elapsed / ran:.2f} s/run wall, ETA {_duration(eta)}")
+                    f"{elapsed / ran:.2f} s/run wall, ETA {_duration(eta)} (chunk {chunk:02d}, {iid})")
+            else:
+                continue
+            last_log = time.perf_counter()
     finally:
         if bar is not None:
             bar.stop()

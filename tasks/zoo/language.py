@@ -58,6 +58,8 @@ class TextTask(ZooTask):
     """Document classification on :func:`zipf_documents`."""
 
     domain = "nlp"
+    #: The model also takes each document's length (recurrent nets read the state at its last token).
+    uses_lengths = False
 
     def make_datasets(self) -> tuple[Any, Any]:
         k, rng = self.knobs, self.rng()
@@ -67,8 +69,6 @@ class TextTask(ZooTask):
         if self.uses_lengths:
             return split(rng, n_val, tokens, lengths, labels)
         return split(rng, n_val, tokens, labels)
-
-    uses_lengths = False
 
 
 class _Encoder(nn.Module):
