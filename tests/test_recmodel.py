@@ -192,3 +192,26 @@ def test_strong_nearby_evidence_overrides_a_rule_and_says_so(world):
     # and the lr comes from the data (AdamW's best is 2e-3 at every batch size here)
     assert 10 ** -3.1 < ans[0].hyperparameters["lr"] < 10 ** -2.3
     assert "learned model" in ans[0].hparam_sources["lr"]
+
+
+def test_shipped_model_moves_the_lr_with_batch_size_the_way_the_zoo_does():
+    """On the shipped zoo data, per doubling of the batch the best grid lr of SGD and momentum
+    rises and AdamW's falls slightly; the shipped model never moves an lr against the data, and
+    SGD's rises with the batch."""
+    from autoopt.recommend.recommender import DATA_DIR
+
+    grids, _ = meta.grids_from(studies=[])
+    model = CompiledModel.load(DATA_DIR / "model.npz")
+    batches = sorted({g.traits["batch_size"] for g in grids.values()})
+    assert len(batches) >= 3
+    moved = {}
+    for opt in ("sgd", "momentum", "adamw"):
+        xs = [math.log2(g.traits["batch_size"]) for g in grids.values()]
+        ys = [math.log10(g.curves[opt].best[0]) for g in grids.values()]
+        slope = np.polyfit(xs, ys, 1)[0]
+        q = {"domain": "tabular", "n_params": 10_000, "dataset_size": 3000, "grad_sparsity": 0.05}
+        lo, hi = (model.best_lrs({**q, "batch_size": b}, [opt])[opt].lr for b in (batches[0] // 2, batches[-1]))
+        moved[opt] = (slope, lo, hi)
+        if abs(slope) > 0.1:
+            assert (hi >= lo) if slope > 0 else (hi <= lo), moved
+    assert moved["sgd"][0] > 0.1 and moved["sgd"][2] > moved["sgd"][1], moved
