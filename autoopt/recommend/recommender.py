@@ -23,7 +23,6 @@ arrays (data/model.npz) and the optimizer catalog is torch-free data (autoopt.co
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
