@@ -247,8 +247,8 @@ class CompiledModel:
             lo, hi = np.nanmin(self.instance_numeric[:, col]), np.nanmax(self.instance_numeric[:, col])
             if q[col] < lo - margin or q[col] > hi + margin:
                 base = 2.0 if col == 0 else 10.0
-                out.append({"trait": NUMERIC_FEATURES[col].split("_", 1)[1], "value": float(base ** q[col]),
-                            "range": [float(base ** lo), float(base ** hi)]})
+                out.append({"trait": NUMERIC_FEATURES[col].split("_", 1)[1], "value": _sig(base ** q[col]),
+                            "range": [_sig(base ** lo), _sig(base ** hi)]})
         return out
 
     def lr_curves(self, traits: Any, optimizers: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -302,6 +302,10 @@ class CompiledModel:
             m.lr_weight = n_lr / (n_lr + self.evidence_k)
             out[o] = m
         return out
+
+
+def _sig(v: float) -> float:
+    return float(f"{v:.3g}")
 
 
 def _domain(traits: Any) -> str:
