@@ -305,7 +305,8 @@ class CompiledModel:
 
 
 def _sig(v: float) -> float:
-    return float(f"{v:.3g}")
+    """A trait value for display: whole counts as integers, small values to 3 significant digits."""
+    return float(round(v)) if v >= 100 else float(f"{v:.3g}")
 
 
 def _domain(traits: Any) -> str:
