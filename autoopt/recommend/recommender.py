@@ -773,6 +773,8 @@ class Recommender:
             "batch_size": int(round(2 ** self.model.instance_numeric[nearest, 0])),
             "best_lr": float(f"{self.model.best_lr[nearest, j]:.3g}"),
             "tuned_regret": round(float(self.model.best_regret[nearest, j]), 3),
+            "metric": None,  # kept for the --json shape: zoo evidence is in regret units, not a metric's
+            "best_value": None,
             "normalized_score": round(float(1.0 / (1.0 + self.model.best_regret[nearest, j])), 3),
         }
         return out
