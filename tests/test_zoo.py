@@ -132,6 +132,7 @@ def test_build_resumes_without_rerunning(ray_local, tmp_path):
         f.write("tab_reg-00,adam,0.0001,0,ok")  # a line cut short by an interruption
     before = {sweep.run_key(r): r for r in sweep.read_runs(journal)}
     assert len(before) == 7
+    assert len(zoo_data.load(tmp_path)[0]) == 0 and len(zoo_data.load(tmp_path, journals=True)[0]) == 7
 
     second = sweep.build(tmp_path, **kwargs)
     assert second["ran"] == 7 and second["sealed_chunks"] == [1]  # only the missing unit ran
