@@ -138,7 +138,7 @@ def run(
     spec_file: Path = typer.Argument(..., help="study spec (YAML), e.g. studies/quickstart.yaml"),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="trial budget (total for the study)"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials in parallel"),
-    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", min=0.0, help="GPUs per trial (fractions pack trials)"),
+    gpus_per_trial: Optional[str] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial (fractions pack trials) or auto: a GPU share where the cluster has GPUs, else CPU"),
     cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", min=0.01),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=1.0, help="wall-time budget in seconds"),
     storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE", help="Optuna storage URL"),

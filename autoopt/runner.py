@@ -210,6 +210,9 @@ class StudyRunner:
         self.parent_run_id: str | None = None
         self.coordinator = None
         self._tracking_warned = False
+        self.gpus_per_trial = 0.0 if spec.gpus_per_trial == "auto" else float(spec.gpus_per_trial)
+        self.resource_request: dict[str, float] = {}
+        self._fits_now = True
 
     # --- set-up ------------------------------------------------------------------------
     def _study_attrs(self) -> dict[str, Any]:
@@ -316,14 +319,40 @@ class StudyRunner:
                 raise StorageError(str(exc.cause)) from None
             raise
 
+    def _fit_resources(self) -> None:
+        """Resolve ``gpus_per_trial: auto`` on this cluster; refuse a request no node can ever run."""
+        from autoopt import resources
+
+        nodes = resources.alive_nodes()
+        self.gpus_per_trial = resources.resolve_gpus(self.spec.gpus_per_trial, self.spec.workers, nodes)
+        self.resource_request = {"CPU": self.spec.cpus_per_trial, "GPU": self.gpus_per_trial}
+        asked = {"cpus_per_trial": self.spec.cpus_per_trial, "gpus_per_trial": self.spec.gpus_per_trial}
+        self._fits_now = resources.check_fits(self.resource_request, nodes, asked)
+        if not self._fits_now:
+            self._warn_waiting(0.0)
+
+    def _warn_waiting(self, waited_s: float, pending: int | None = None) -> None:
+        """On an autoscaling cluster: say so while no node has what a trial asks for."""
+        import warnings
+
+        from autoopt import resources
+
+        message = resources.waiting_message(self.resource_request, resources.alive_nodes(),
+                                            self.spec.workers if pending is None else pending, waited_s)
+        if message is None:
+            self._fits_now = True
+        else:
+            warnings.warn(resources.ResourcesUnavailableWarning(message), stacklevel=2)
+
     def _run(self) -> dict[str, Any]:
         ensure_ray(self.spec.ray_address)
+        self._fit_resources()
         task_ref: Any = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
         # trial workers start (imports, dataset) while the coordinator and tracking do; nobody
         # waits for these: a failure shows up in the trials themselves
         for _ in range(self.spec.workers):
             _prepare_worker_remote.options(
-                num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
+                num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
             ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking))
         self.coordinator = self._make_coordinator()
         try:
@@ -342,8 +371,11 @@ class StudyRunner:
         threads = max(1, int(self.spec.cpus_per_trial))
         running: dict[Any, int] = {}
         deadline = time.time() + self.spec.timeout_s if self.spec.timeout_s else None
-        last_beat = last_reap = time.time()
+        last_beat = last_reap = last_resource_warning = started = time.time()
         exhausted = False
+        from autoopt.resources import warn_interval_s
+
+        resource_warn_s = warn_interval_s()
         try:
             while True:
                 out_of_time = deadline is not None and time.time() >= deadline
@@ -366,6 +398,9 @@ class StudyRunner:
                 if now - last_beat >= HEARTBEAT_S:
                     self.coordinator.heartbeat.remote()
                     last_beat = now
+                if not self._fits_now and now - last_resource_warning >= resource_warn_s:
+                    self._warn_waiting(now - started, len(running))
+                    last_resource_warning = now
                 if now - last_reap >= REAP_EVERY_S:
                     self.coordinator.reap_stale.remote()
                     self._log_progress()
@@ -409,7 +444,7 @@ class StudyRunner:
             logger = self.tracker.trial_logger(item["number"], TrialConfig.from_dict(item["config"]).flat_params(), item["config"])
         seed = (self.spec.seed or 0) + item["number"]
         return _run_trial_remote.options(
-            num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
+            num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,
                   threads, self.spec.eval_every_steps)
 

@@ -230,7 +230,8 @@ class StudySpec(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0)
     workers: int = Field(default=2, ge=1)
     cpus_per_trial: float = Field(default=1.0, gt=0)
-    gpus_per_trial: float = Field(default=0.0, ge=0)
+    gpus_per_trial: float | Literal["auto"] = Field(
+        default=0.0, description="GPUs per trial (fractions pack trials); auto: a GPU share where the cluster has GPUs, else 0")
     sampler: str = "tpe"
     sampler_options: dict[str, Any] = Field(default_factory=dict)
     pruner: str = "hyperband"
@@ -263,6 +264,19 @@ class StudySpec(BaseModel):
                 f"unknown task {v!r}; use one of {', '.join(REFERENCE_TASKS)} or an import path 'pkg.module:Name'"
             )
         return v
+
+    @field_validator("gpus_per_trial", mode="before")
+    @classmethod
+    def _gpus(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            gpus = float(v)
+        except (TypeError, ValueError):
+            gpus = math.nan
+        if isinstance(v, bool) or not (math.isfinite(gpus) and gpus >= 0):
+            raise ValueError(f"must be a number >= 0 or 'auto', got {v!r}")
+        return gpus
 
     @field_validator("sampler")
     @classmethod
