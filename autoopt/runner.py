@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
 REAP_EVERY_S = 15.0
+#: The reason recorded for trials a stop (Ctrl-C, SIGTERM, an error) cut short; they are re-run.
+INTERRUPTED = "interrupted: the study was stopped"
 
 _TASKS: dict[Any, Task] = {}
 
@@ -115,6 +118,10 @@ _WORKER_LOST = (
     ray.exceptions.ObjectLostError,
     ray.exceptions.TaskUnschedulableError,
 )
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _coordinator_placement() -> Any:
@@ -210,6 +217,12 @@ class StudyRunner:
         self.parent_run_id: str | None = None
         self.coordinator = None
         self._tracking_warned = False
+        self._resume_run_id: str | None = None
+        self._coordinator_kwargs: dict[str, Any] = {}
+        self._in_flight: list[int] = []
+        self._unrecorded: list[int] = []
+        self._sigterm_before: Any = None
+        self.interrupt: dict[str, Any] | None = None
         self.gpus_per_trial = 0.0 if spec.gpus_per_trial == "auto" else float(spec.gpus_per_trial)
         self.resource_request: dict[str, float] = {}
         self._fits_now = True
@@ -255,14 +268,61 @@ class StudyRunner:
             )
         except Exception:
             existing = None
+        self._resume_run_id = existing
+        self._open_parent_run()
+        if self.parent_run_id is not None and existing is not None:
+            self._sync(finish_parent=False)  # resumed: first log what an earlier outage kept out of MLflow
+
+    def _open_parent_run(self) -> None:
+        """Create (or re-open) the study's MLflow run; while MLflow is down the study runs untracked
+        and the loop tries again, so trials started after the server is back are tracked live."""
         self.parent_run_id = self.tracker.start(
             self.spec.name,
             self.spec.to_dict(),
             self.spec.sampler,
             self.spec.pruner,
             self.traits.to_dict(),
-            resume_run_id=existing,
+            resume_run_id=self._resume_run_id,
         )
+        if self.parent_run_id is not None:
+            self._set_study_attrs({
+                "autoopt.mlflow_parent_run_id": self.parent_run_id,
+                "autoopt.mlflow_experiment_id": self.tracker.experiment_id,
+                "autoopt.tracking_uri": self.tracker.config.tracking_uri,
+            })
+
+    def _set_study_attrs(self, attrs: dict[str, Any]) -> None:
+        """Through the coordinator (the storage's one owner); directly once it is gone (Ctrl-C)."""
+        try:
+            ray.get(self.coordinator.set_study_attrs.remote(attrs))
+        except Exception:  # noqa: BLE001
+            import optuna
+
+            study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+
+    def _sync(self, finish_parent: bool | None) -> dict[str, Any] | None:
+        """Back-fill MLflow from the storage (autoopt.sync); warn when MLflow is still away."""
+        import warnings
+
+        import optuna
+
+        from autoopt.sync import sync_study
+        from autoopt.tracking import TrackingUnavailableWarning
+
+        study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+        try:
+            report = sync_study(study, tracker=self.tracker, finish_parent=finish_parent, set_attrs=self._set_study_attrs)
+        except Exception as exc:  # noqa: BLE001 - tracking never loses a study
+            report = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"}
+        self.parent_run_id = self.tracker.parent_run_id
+        if not report["reachable"]:
+            warnings.warn(TrackingUnavailableWarning(
+                f"MLflow at {self.tracker.config.tracking_uri} could not be brought up to date "
+                f"({report.get('error') or 'unreachable'}); every result is in the Optuna storage: "
+                f"`autoopt sync {self.spec.name}` logs what is missing once the server answers"), stacklevel=2)
+        return report
 
     def _warm_start(self) -> int:
         ws = self.spec.warm_start
@@ -283,7 +343,7 @@ class StudyRunner:
             allowed = [o for o in top if not space.optimizers or o in space.optimizers]
             if allowed:
                 space = space.model_copy(update={"optimizers": allowed})
-        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(
+        self._coordinator_kwargs = dict(
             storage_url=self.storage_url,
             study_name=self.spec.name,
             direction=self.task.direction,
@@ -304,6 +364,7 @@ class StudyRunner:
             storage_retry_s=_env_float("AUTOOPT_STORAGE_RETRY_S"),
             stale_after_s=_env_float("AUTOOPT_STALE_AFTER_S"),
         )
+        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(**self._coordinator_kwargs)
 
     # --- the loop ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -313,11 +374,18 @@ class StudyRunner:
     def run(self) -> dict[str, Any]:
         try:
             return self._run()
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM): record it everywhere, then let it propagate
+            self._record_interrupt()
+            raise
         except ray.exceptions.RayTaskError as exc:
             # the coordinator gave up on an unreachable storage: say so in one line, not a Ray traceback
             if isinstance(getattr(exc, "cause", None), StorageError):
                 raise StorageError(str(exc.cause)) from None
             raise
+        finally:
+            if self._sigterm_before is not None:
+                signal.signal(signal.SIGTERM, self._sigterm_before)
+                self._sigterm_before = None
 
     def _fit_resources(self) -> None:
         """Resolve ``gpus_per_trial: auto`` on this cluster; refuse a request no node can ever run."""
@@ -346,6 +414,9 @@ class StudyRunner:
 
     def _run(self) -> dict[str, Any]:
         ensure_ray(self.spec.ray_address)
+        if threading.current_thread() is threading.main_thread():
+            # Ray's driver handler exits at once on SIGTERM; stop like Ctrl-C instead, recording it
+            self._sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
         self._fit_resources()
         task_ref: Any = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
         # trial workers start (imports, dataset) while the coordinator and tracking do; nobody
@@ -362,11 +433,6 @@ class StudyRunner:
             raise SpecError(str(getattr(cause, "args", [cause])[0] if getattr(cause, "args", None) else cause)) from None
         if self.spec.tracking:
             self._start_tracking()
-            ray.get(self.coordinator.set_study_attrs.remote({
-                "autoopt.mlflow_parent_run_id": self.parent_run_id,
-                "autoopt.mlflow_experiment_id": self.tracker.experiment_id,
-                "autoopt.tracking_uri": self.tracker.config.tracking_uri,
-            }))
         self._warm_start()
         threads = max(1, int(self.spec.cpus_per_trial))
         running: dict[Any, int] = {}
@@ -403,16 +469,13 @@ class StudyRunner:
                     last_resource_warning = now
                 if now - last_reap >= REAP_EVERY_S:
                     self.coordinator.reap_stale.remote()
+                    if self.tracker is not None and self.parent_run_id is None:
+                        self._open_parent_run()
                     self._log_progress()
                     last_reap = now
                 self._update_progress(len(running))
         finally:
-            for ref, number in running.items():  # interrupted: record what was in flight
-                ray.cancel(ref, force=True)
-                try:
-                    ray.get(self.coordinator.fail.remote(number, "interrupted: the study was stopped", True))
-                except Exception:
-                    pass
+            self._fail_in_flight(running, INTERRUPTED)
         self._update_progress(0)
         summary = ray.get(self.coordinator.summary.remote())
         if summary.get("storage_outages"):
@@ -425,6 +488,40 @@ class StudyRunner:
         if self.on_progress:
             self.on_progress(self.progress)
         return summary
+
+    def _fail_in_flight(self, running: dict[Any, int], reason: str) -> None:
+        """The loop ended early: stop the trials in flight and record them as failed (re-run on resume)."""
+        self._in_flight = sorted(running.values())
+        for ref in running:
+            ray.cancel(ref, force=True)
+        self._unrecorded = []
+        for number in self._in_flight:
+            try:
+                ray.get(self.coordinator.fail.remote(number, reason, True), timeout=60)
+            except Exception:  # noqa: BLE001 - the coordinator went down with Ray: see _record_interrupt
+                self._unrecorded.append(number)
+
+    def _record_interrupt(self) -> None:
+        """After Ctrl-C: trials in flight are FAILED (interrupted) and queued to re-run, the MLflow
+        trial and study runs end as KILLED; ``self.interrupt`` says what happened, for the message."""
+        import optuna
+
+        from autoopt.coordinator import StudyCoordinator
+
+        if self._unrecorded and self._coordinator_kwargs:
+            # Ray died with the interrupt (a terminal's Ctrl-C reaches its processes too): record directly
+            local = StudyCoordinator(**self._coordinator_kwargs)
+            for number in self._unrecorded:
+                local.fail(number, INTERRUPTED, True)
+        study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+        if self.tracker is not None:
+            self._sync(finish_parent=False)
+            self.tracker.end(study, "KILLED", "interrupted")
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        self.interrupt = {"study": self.spec.name, "interrupted_trials": self._in_flight, "counts": counts,
+                          "mlflow_parent_run_id": self.parent_run_id}
 
     def _wait_for_foreign(self) -> bool:
         """Budget used up here; if other drivers' trials are still RUNNING, wait for them to finish
@@ -501,12 +598,7 @@ class StudyRunner:
 
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
         if self.tracker is not None:
-            try:
-                self.tracker.finish(study)
-            except Exception as exc:  # tracking never loses a finished study
-                import warnings
-
-                warnings.warn(f"autoopt: could not finish MLflow logging: {exc}", stacklevel=2)
+            self._sync(finish_parent=True)  # trials an outage kept out of MLflow, then the study's results
         try:
             from autoopt.recommend import meta
 
