@@ -463,14 +463,14 @@ class StudyRunner:
                 now = time.time()
                 if now - last_beat >= HEARTBEAT_S:
                     self.coordinator.heartbeat.remote()
+                    if self.tracker is not None and self.parent_run_id is None:
+                        self._open_parent_run()  # MLflow was down at the start: is it back?
                     last_beat = now
                 if not self._fits_now and now - last_resource_warning >= resource_warn_s:
                     self._warn_waiting(now - started, len(running))
                     last_resource_warning = now
                 if now - last_reap >= REAP_EVERY_S:
                     self.coordinator.reap_stale.remote()
-                    if self.tracker is not None and self.parent_run_id is None:
-                        self._open_parent_run()
                     self._log_progress()
                     last_reap = now
                 self._update_progress(len(running))
