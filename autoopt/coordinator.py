@@ -12,12 +12,15 @@ session has gone quiet are failed with a reason and, if configured, re-enqueued.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import sqlite3
+import threading
 import time
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -102,6 +105,47 @@ def _survives_storage_outage(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 A = "autoopt."
+#: First key of the PostgreSQL advisory lock that guards a study's trial budget (the second is the study id).
+_PG_LOCK_CLASS = 0x6175746F  # "auto"
+
+
+@contextlib.contextmanager
+def budget_lock(storage: Any, storage_url: str, study_id: int) -> Iterator[None]:
+    """Held while a driver counts the budget and creates its next trial, across processes and
+    machines: a PostgreSQL advisory lock (a transaction-scoped one, released on commit or when a
+    connection dies; it does not block Optuna's own row locks), and for a SQLite or journal file
+    an ``flock`` on a file next to it (the kernel releases it when the holder dies)."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        import sqlalchemy
+
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"), {"c": _PG_LOCK_CLASS, "s": study_id})
+            yield
+        return
+    path = _storage_file(storage_url)
+    if path is None:  # in-memory: one process
+        with _LOCAL_BUDGET_LOCK:
+            yield
+        return
+    with open(f"{path}.autoopt-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_LOCAL_BUDGET_LOCK = threading.Lock()
+
+
+def _storage_file(url: str) -> str | None:
+    if url.startswith("journal://"):
+        return url[len("journal://"):]
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        return path if path and path != ":memory:" else None
+    return None
 
 
 class StudyCoordinator:
@@ -162,6 +206,9 @@ class StudyCoordinator:
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
         self._asking: optuna.Trial | None = None
+        self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
+        self._last_beat = 0.0
+        self._quiet_until = 0.0  # after a stall of its own, this driver reaps nobody until then
         self.heartbeat()
         self.reap_stale()
 
@@ -178,14 +225,18 @@ class StudyCoordinator:
     @_survives_storage_outage
     def ask(self) -> dict[str, Any] | None:
         """The next trial to run, or None when the trial budget is used up."""
-        if self.n_trials is not None and self.counted() >= self.n_trials:
-            return None
         # a call retried after an outage goes on with the trial it had already created: sampling
         # it again returns the stored params, so no orphan RUNNING trial is left behind
         trial = self._asking
         if trial is not None and self.study._storage.get_trial(trial._trial_id).state.is_finished():
             trial = None  # another driver declared it abandoned meanwhile (a long outage): start afresh
-        trial = trial if trial is not None else self.study.ask()
+        if trial is None:
+            # counting and taking a slot is one step for all drivers of the study: two drivers
+            # that both see one slot left would otherwise both take it
+            with budget_lock(self.storage, self.storage_url, self.study._study_id):
+                if self.n_trials is not None and self.counted() >= self.n_trials:
+                    return None
+                trial = self.study.ask()
         self._asking = trial
         try:
             config = self.space.sample(trial)
@@ -205,11 +256,51 @@ class StudyCoordinator:
     @_survives_storage_outage
     def report(self, number: int, epoch: int, value: float) -> bool:
         """Record an intermediate value; True means the pruner wants the trial stopped."""
-        trial = self._live.get(number)
+        trial = self._live.get(self._claimed.get(number, number))
         if trial is None:
             return True  # the trial was failed meanwhile (e.g. declared stale): stop it
-        trial.report(value, step=epoch)
+        try:
+            trial.report(value, step=epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another driver took this one for dead (it was stalled) and queued a re-run
+            trial = self._reclaim(number)
+            if trial is None:
+                return True  # the re-run already started elsewhere: that copy goes on, this one stops
+            trial.report(value, step=epoch)
+        if time.time() - self._last_beat >= HEARTBEAT_S:
+            self.heartbeat()  # a reporting worker keeps its driver's session alive, stalled loop or not
         return trial.should_prune()
+
+    def _reclaim(self, number: int, history: list[dict[str, Any]] | None = None) -> optuna.Trial | None:
+        """Trial ``number`` runs here, but another driver failed it as abandoned (this driver was
+        stalled longer than ``stale_after_s``) and queued its re-run. Take that re-run over while it
+        is still WAITING (an atomic claim, as Optuna's own ask does), with the values reported so
+        far, and go on under its number; None if another driver got it first."""
+        storage = self.study._storage
+        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        if not str(frozen.user_attrs.get(A + "reason") or "").startswith("abandoned"):
+            return None
+        rerun = next((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                      if t.user_attrs.get(A + "retry_of") == number), None)
+        if rerun is None or not storage.set_trial_state_values(rerun._trial_id, TrialState.RUNNING):
+            self._live.pop(number, None)
+            return None
+        trial = optuna.Trial(self.study, rerun._trial_id)
+        config = self.space.sample(trial)  # its fixed params: the same configuration
+        trial.set_user_attr(A + "config", config.to_dict())
+        trial.set_user_attr(A + "session", self.session)
+        trial.set_user_attr(A + "max_epochs", self.max_epochs)
+        trial.set_user_attr(A + "reclaimed_from", number)
+        values = dict(frozen.intermediate_values)
+        values.update({i + 1: h["val_metric"] for i, h in enumerate(history or [])})  # the pruner's steps
+        for step, value in sorted(values.items()):
+            trial.report(value, step=step)
+        self._live.pop(number, None)
+        self._live[trial.number] = trial
+        self._claimed[number] = trial.number
+        _log.warning("autoopt: trial %d was taken for abandoned while it ran here; it goes on as trial %d",
+                     number, trial.number)
+        return trial
 
     @_survives_storage_outage
     def tell(self, number: int, outcome: dict[str, Any]) -> str:
@@ -232,8 +323,15 @@ class StudyCoordinator:
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
             attrs[A + "reason"] = "finished without a validation value"
-        self._finish(number, state, value if state == TrialState.COMPLETE else None, attrs)
+        if number in self._live and number not in self._claimed and self._finished_elsewhere(number):
+            # failed as abandoned while it ran here: record the outcome on its re-run if still free
+            self._reclaim(number, outcome.get("history"))
+        self._finish(self._claimed.get(number, number), state, value if state == TrialState.COMPLETE else None, attrs)
         return state.name
+
+    def _finished_elsewhere(self, number: int) -> bool:
+        storage = self.study._storage
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)).state.is_finished()
 
     @_survives_storage_outage
     def fail(self, number: int, reason: str, retry: bool) -> bool:
@@ -286,7 +384,9 @@ class StudyCoordinator:
     # --- liveness -------------------------------------------------------------------------
     @_survives_storage_outage
     def heartbeat(self) -> None:
-        self.study._storage.set_study_system_attr(self.study._study_id, _HB_PREFIX + self.session, time.time())
+        now = time.time()
+        self.study._storage.set_study_system_attr(self.study._study_id, _HB_PREFIX + self.session, now)
+        self._last_beat = now
 
     @_survives_storage_outage
     def reap_stale(self) -> list[int]:
@@ -297,6 +397,15 @@ class StudyCoordinator:
             if k.startswith(_HB_PREFIX)
         }
         now = time.time()
+        own = beats.get(self.session)
+        if own is None or now - float(own) > self.stale_after_s / 2:
+            # this driver was stalled itself (its own heartbeat is old: a storage outage, a paused
+            # process): the others' silence may be the same outage, so they get a full
+            # stale_after_s from now to be heard again before their trials count as abandoned
+            self.heartbeat()
+            self._quiet_until = now + self.stale_after_s
+        if now <= self._quiet_until:
+            return []
         reaped = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             session = t.user_attrs.get(A + "session")
