@@ -13,6 +13,7 @@ session has gone quiet are failed with a reason and, if configured, re-enqueued.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import logging
@@ -71,6 +72,33 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def disk_full_cause(exc: BaseException) -> str | None:
+    """The real error, if ``exc`` (or what caused it) says the storage's disk is full. Optuna
+    reports it as "... e.g. exceeding max length", which sends users looking in the wrong place."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for candidate in (e, getattr(e, "orig", None)):
+            if isinstance(candidate, OSError) and candidate.errno in (errno.ENOSPC, errno.EDQUOT):
+                return f"{candidate.strerror or 'no space left on device'}"
+            if isinstance(candidate, sqlite3.Error) and "disk is full" in str(candidate):
+                return str(candidate)
+            if getattr(candidate, "sqlstate", None) == "53100":  # PostgreSQL disk_full
+                return (str(candidate).strip().splitlines() or ["disk full"])[0]
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+    return None
+
+
+#: Calls that still write once the storage was found full: recording how trials ended.
+_RECORDING = ("tell", "fail", "fail_running")
+#: Calls the driver does not wait for: skipped once the storage is full.
+_BACKGROUND = ("heartbeat", "reap_stale")
+#: Space set aside next to a SQLite/journal file, given back when its disk is full so that the
+#: trials in flight can still be recorded as failed with the real reason.
+RESERVE_BYTES = 1 << 20
+
+
 def _survives_storage_outage(method: _F) -> _F:
     """Retry a coordinator call while the storage is unreachable, for up to ``storage_retry_s``.
 
@@ -81,12 +109,23 @@ def _survives_storage_outage(method: _F) -> _F:
 
     @functools.wraps(method)
     def wrapper(self: "StudyCoordinator", *args: Any, **kwargs: Any) -> Any:
+        if self.full is not None and method.__name__ not in _RECORDING and not getattr(method, "_reads", False):
+            if method.__name__ in _BACKGROUND:
+                return None  # the driver stops on the next call it waits for; no noise from these
+            raise StorageFullError(self.full)  # no new work once the disk is full
         deadline = time.monotonic() + self.storage_retry_s
         delay = 0.5
         while True:
             try:
                 return method(self, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - only connection errors are retried
+                cause = disk_full_cause(exc)
+                if cause is not None:
+                    if self.full is None:
+                        self.full = (f"storage {redact(self.storage_url)} is full ({cause}); the study stopped and "
+                                     f"what is stored is intact. Free space, then run `autoopt resume {self.study_name}`.")
+                        _release_reserve(self.storage_url)
+                    raise StorageFullError(self.full) from None
                 if not is_connection_error(exc):
                     raise
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -105,6 +144,42 @@ def _survives_storage_outage(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 A = "autoopt."
+
+
+class StorageFullError(StorageError):
+    """The storage's disk is full: the study stops (trials in flight are recorded as failed)."""
+
+
+def _reads(method: _F) -> _F:
+    """Mark a call that only reads: it still answers once the storage is full."""
+    method._reads = True  # type: ignore[attr-defined]
+    return method
+
+
+def _reserve_path(storage_url: str) -> str | None:
+    path = _storage_file(storage_url)
+    return f"{path}.autoopt-reserve" if path else None
+
+
+def _keep_reserve(storage_url: str) -> None:
+    path = _reserve_path(storage_url)
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)  # real blocks, not a sparse file
+        finally:
+            os.close(fd)
+    except OSError:  # no room for it (or no fallocate): the trials in flight may stay RUNNING until resume
+        pass
+
+
+def _release_reserve(storage_url: str) -> None:
+    path = _reserve_path(storage_url)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 #: First key of the PostgreSQL advisory lock that guards a study's trial budget (the second is the study id).
 _PG_LOCK_CLASS = 0x6175746F  # "auto"
 
@@ -180,6 +255,8 @@ class StudyCoordinator:
         self.storage_retry_s = STORAGE_RETRY_S if storage_retry_s is None else float(storage_retry_s)
         self.stale_after_s = STALE_AFTER_S if stale_after_s is None else float(stale_after_s)
         self.storage_outages = 0
+        self.full: str | None = None  # set once the storage's disk was found full
+        _keep_reserve(storage_url)
         self.max_epochs = max_epochs
         self.n_trials = n_trials
         self.retries = retries
@@ -214,6 +291,7 @@ class StudyCoordinator:
 
     # --- trials --------------------------------------------------------------------------
     @_survives_storage_outage
+    @_reads
     def counted(self) -> int:
         """Trials that use up the budget: all but waiting ones and failures that were retried."""
         return sum(
@@ -323,6 +401,10 @@ class StudyCoordinator:
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
             attrs[A + "reason"] = "finished without a validation value"
+        if self.full is not None and "StorageFullError" in str(outcome.get("reason")):
+            # it failed only because its reports could not be stored: recorded as stopped, to run again
+            self.fail(number, f"stopped: {self.full.split(';')[0]}", True)
+            return TrialState.FAIL.name
         if number in self._live and number not in self._claimed and self._finished_elsewhere(number):
             # failed as abandoned while it ran here: record the outcome on its re-run if still free
             self._reclaim(number, outcome.get("history"))
@@ -351,6 +433,15 @@ class StudyCoordinator:
             attempt = int(frozen.user_attrs.get(A + "attempt", 0))
             self.study.enqueue_trial(dict(frozen.params), user_attrs={A + "attempt": attempt + 1, A + "retry_of": number}, skip_if_exists=False)
         return retried
+
+    @_survives_storage_outage
+    def fail_running(self, reason: str) -> list[int]:
+        """Fail (and queue to re-run) every trial of this driver still RUNNING: the study stopped."""
+        mine = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.user_attrs.get(A + "session") == self.session]
+        for number in mine:
+            self.fail(number, reason, True)
+        return mine
 
     def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         """Write the outcome's attributes, then close the trial. Idempotent: a call retried after
@@ -423,6 +514,7 @@ class StudyCoordinator:
         return reaped
 
     @_survives_storage_outage
+    @_reads
     def foreign_running(self) -> int:
         """RUNNING trials that belong to other drivers (alive, or not yet known to be dead)."""
         return sum(
@@ -433,6 +525,7 @@ class StudyCoordinator:
 
     # --- reading ----------------------------------------------------------------------------
     @_survives_storage_outage
+    @_reads
     def summary(self) -> dict[str, Any]:
         trials = self.study.get_trials(deepcopy=False)
         counts = {s: 0 for s in ("complete", "pruned", "failed", "running", "waiting")}

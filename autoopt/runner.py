@@ -32,6 +32,7 @@ ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
 REAP_EVERY_S = 15.0
 #: The reason recorded for trials a stop (Ctrl-C, SIGTERM, an error) cut short; they are re-run.
 INTERRUPTED = "interrupted: the study was stopped"
+_log = logging.getLogger(__name__)
 
 _TASKS: dict[Any, Task] = {}
 
@@ -118,6 +119,22 @@ _WORKER_LOST = (
     ray.exceptions.ObjectLostError,
     ray.exceptions.TaskUnschedulableError,
 )
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:300]}"
+
+
+def _stop_reason(exc: BaseException) -> str:
+    """What the trials in flight are failed with when the loop ends on ``exc``: the real reason
+    when the storage's disk is full, else that the study was stopped."""
+    from autoopt.coordinator import StorageFullError
+
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    if isinstance(cause, StorageFullError):
+        return f"stopped: {str(cause).split(';')[0]}"
+    return INTERRUPTED
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -439,6 +456,7 @@ class StudyRunner:
         deadline = time.time() + self.spec.timeout_s if self.spec.timeout_s else None
         last_beat = last_reap = last_resource_warning = started = time.time()
         exhausted = False
+        stop_reason = INTERRUPTED
         from autoopt.resources import warn_interval_s
 
         resource_warn_s = warn_interval_s()
@@ -458,8 +476,8 @@ class StudyRunner:
                     continue
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in done:
-                    number = running.pop(ref)
-                    self._collect(ref, number)
+                    self._collect(ref, running[ref])
+                    del running[ref]  # recorded (if recording failed, the stop below records it)
                 now = time.time()
                 if now - last_beat >= HEARTBEAT_S:
                     self.coordinator.heartbeat.remote()
@@ -474,8 +492,11 @@ class StudyRunner:
                     self._log_progress()
                     last_reap = now
                 self._update_progress(len(running))
+        except BaseException as exc:
+            stop_reason = _stop_reason(exc)
+            raise
         finally:
-            self._fail_in_flight(running, INTERRUPTED)
+            self._fail_in_flight(running, stop_reason)
         self._update_progress(0)
         summary = ray.get(self.coordinator.summary.remote())
         if summary.get("storage_outages"):
@@ -498,8 +519,15 @@ class StudyRunner:
         for number in self._in_flight:
             try:
                 ray.get(self.coordinator.fail.remote(number, reason, True), timeout=60)
-            except Exception:  # noqa: BLE001 - the coordinator went down with Ray: see _record_interrupt
+            except Exception as exc:  # noqa: BLE001 - the coordinator went down with Ray: see _record_interrupt
                 self._unrecorded.append(number)
+                _log.warning("autoopt: trial %d could not be recorded as stopped (%s); `autoopt resume %s` "
+                             "will", number, _first_line(exc), self.spec.name)
+        if self.coordinator is not None:
+            try:  # and any trial of this session the loop lost track of (a collect cut short)
+                ray.get(self.coordinator.fail_running.remote(reason), timeout=60)
+            except Exception as exc:  # noqa: BLE001
+                _log.warning("autoopt: running trials could not be recorded as stopped (%s)", _first_line(exc))
 
     def _record_interrupt(self) -> None:
         """After Ctrl-C: trials in flight are FAILED (interrupted) and queued to re-run, the MLflow
