@@ -1,4 +1,5 @@
-# The two set-up commands in the README: `make demo` and `make test`.
+# The set-up commands in the README: `make demo`, `make test` (the full suite, what CI runs) and
+# `make test-fast` (everyday work: no cluster, browser or long end-to-end tests).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,4 +19,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q --durations=20
 
-.PHONY: install demo test
+test-fast: install
+	$(BIN)/python -m pytest -q --durations=10 -m "not cluster and not browser and not slow"
+
+.PHONY: install demo test test-fast

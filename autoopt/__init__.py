@@ -15,7 +15,7 @@ _LAZY = {
     "SpaceSpec": ("autoopt.spec", "SpaceSpec"),
     "SpecError": ("autoopt.spec", "SpecError"),
     "Task": ("autoopt.task", "Task"),
-    "TaskTraits": ("autoopt.task", "TaskTraits"),
+    "TaskTraits": ("autoopt.core.traits", "TaskTraits"),
     "FunctionTask": ("autoopt.task", "FunctionTask"),
     "load_task": ("autoopt.task", "load_task"),
     "run": ("autoopt.study", "run"),

@@ -14,6 +14,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from autoopt.core import record as R
+
+#: Options several commands share (typer reads them as metadata; one instance serves every command).
+STORAGE_OPTION = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE", help="Optuna storage URL")
+JSON_OPTION = typer.Option(False, "--json", help="print JSON")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
@@ -88,11 +94,11 @@ def _progress_table(name: str, p: Any) -> Table:
 
 
 def _run_spec(spec: Any, as_json: bool) -> None:
-    from autoopt.study import summarize
     from autoopt.runner import StudyRunner
+    from autoopt.study import recommender_hooks, summarize
 
     console = err if as_json else out
-    runner = StudyRunner(spec)
+    runner = StudyRunner(spec, hooks=recommender_hooks())
     live = Live(_progress_table(spec.name, runner.progress), console=console, refresh_per_second=4, transient=False)
     last = [0.0]
 
@@ -172,7 +178,7 @@ def run(
     from autoopt.spec import StudySpec
 
     spec = StudySpec.from_yaml(spec_file)
-    data = spec.model_dump(mode="python")
+    data = spec.flat()
     data.update(_overrides(n_trials=trials, workers=workers, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
                            timeout_s=timeout, storage=storage, tracking_uri=tracking_uri, ray_address=ray_address, name=name))
     if warm_start is not None:
@@ -191,7 +197,7 @@ def _load_spec_of(name: str, storage: str | None) -> Any:
         study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
-    data = study.user_attrs.get("autoopt.spec")
+    data = study.user_attrs.get(R.SPEC)
     if not data:
         raise UsageError(f"study {name!r} was not created by autoopt (no spec stored)")
     data = {**data, "storage": url}
@@ -203,13 +209,13 @@ def _load_spec_of(name: str, storage: str | None) -> Any:
 def resume(
     name: str,
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="new total trial budget"),
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Continue a study from its stored spec (after a stop, a crash or to add trials)."""
     spec = _load_spec_of(name, storage)
     if trials:
-        spec = spec.model_copy(update={"n_trials": trials})
+        spec = spec.replace(n_trials=trials)
     _run_spec(spec, as_json)
 
 
@@ -226,8 +232,8 @@ def _summary(name: str, storage: str | None) -> Any:
 @_guard
 def status(
     name: str,
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Counts by state and the best value so far."""
     r = _summary(name, storage)
@@ -243,8 +249,8 @@ def status(
 @_guard
 def best(
     name: str,
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The best configuration, ready to paste."""
     r = _summary(name, storage)
@@ -258,8 +264,8 @@ def best(
 @app.command("list")
 @_guard
 def list_studies(
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
-    as_json: bool = typer.Option(False, "--json"),
+    storage: Optional[str] = STORAGE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Studies in the storage."""
     import optuna
@@ -269,7 +275,7 @@ def list_studies(
     summaries = optuna.get_all_study_summaries(open_storage(storage or default_storage_url()), include_best_trial=True)
     rows = [
         {"name": s.study_name, "trials": s.n_trials, "best_value": s.best_trial.value if s.best_trial else None,
-         "task": s.user_attrs.get("autoopt.task"), "metric": s.user_attrs.get("autoopt.metric")}
+         "task": s.user_attrs.get(R.TASK), "metric": s.user_attrs.get(R.METRIC)}
         for s in summaries
     ]
     if as_json:
@@ -283,9 +289,9 @@ def list_studies(
 
 @app.command()
 @_guard
-def optimizers(as_json: bool = typer.Option(False, "--json")) -> None:
+def optimizers(as_json: bool = JSON_OPTION) -> None:
     """The optimizer catalog: hyperparameters, ranges, defaults, memory and source."""
-    from autoopt.catalog import catalog_table
+    from autoopt.core.catalog import catalog_table
 
     rows = catalog_table()
     if as_json:
@@ -306,7 +312,7 @@ def optimizers(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 @_guard
-def tasks(as_json: bool = typer.Option(False, "--json")) -> None:
+def tasks(as_json: bool = JSON_OPTION) -> None:
     """Reference tasks and their traits (sparsity measured from real gradients)."""
     from autoopt.task import REFERENCE_TASKS, load_task
 
@@ -326,7 +332,7 @@ def tasks(as_json: bool = typer.Option(False, "--json")) -> None:
 def report(
     name: str,
     out_dir: Path = typer.Option(Path("reports"), "--out", help="folder for the HTML and PNG plots"),
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    storage: Optional[str] = STORAGE_OPTION,
     log: bool = typer.Option(True, "--log/--no-log", help="also log the plots to the study's MLflow parent run"),
 ) -> None:
     """Regenerate a study's plots (HTML + PNG) and log them to MLflow."""
@@ -385,10 +391,11 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the study store (Ctrl-C to stop)."""
     from autoopt import tracking
+    from autoopt.ui import start_ui, stop_ui
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     try:
-        proc = tracking.start_ui(uri, host=host, port=port)
+        proc = start_ui(uri, host=host, port=port)
     except ValueError as exc:  # an http(s) tracking server already is the UI
         out.print(str(exc))
         raise typer.Exit(0)
@@ -406,7 +413,7 @@ def ui(
     except KeyboardInterrupt:
         code = 0
     finally:
-        tracking.stop_ui(proc)
+        stop_ui(proc)
     raise typer.Exit(code)
 
 

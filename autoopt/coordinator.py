@@ -17,32 +17,27 @@ import errno
 import fcntl
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
+from autoopt.core import record as R
+from autoopt.core.traits import TaskTraits
 from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
 from autoopt.space import SearchSpace
-from autoopt.spec import SpaceSpec, SpecError
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpecError
 from autoopt.storage import StorageError, open_storage, redact
-from autoopt.task import TaskTraits
 
-import os
-
-#: A driver writes a heartbeat this often; its RUNNING trials count as abandoned once it has
-#: been silent for STALE_AFTER_S. Both can be set by environment (tests use short ones).
-HEARTBEAT_S = float(os.environ.get("AUTOOPT_HEARTBEAT_S", 5.0))
-STALE_AFTER_S = float(os.environ.get("AUTOOPT_STALE_AFTER_S", 30.0))
-#: How long the coordinator keeps retrying while the storage is unreachable (a restarting
-#: PostgreSQL) before it gives up with a StorageError naming the storage.
-STORAGE_RETRY_S = float(os.environ.get("AUTOOPT_STORAGE_RETRY_S", 120.0))
-_HB_PREFIX = "autoopt.heartbeat:"
 _log = logging.getLogger(__name__)
+#: On a re-run that a stalled driver took back (_reclaim): the number of the trial it ran first.
+RECLAIMED_FROM = R.PREFIX + "reclaimed_from"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -128,6 +123,7 @@ def _survives_storage_outage(method: _F) -> _F:
                     raise StorageFullError(self.full) from None
                 if not is_connection_error(exc):
                     raise
+
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 if time.monotonic() + delay > deadline:
                     raise StorageError(
@@ -142,8 +138,6 @@ def _survives_storage_outage(method: _F) -> _F:
                 delay = min(delay * 2, 5.0)
 
     return wrapper  # type: ignore[return-value]
-
-A = "autoopt."
 
 
 class StorageFullError(StorageError):
@@ -180,6 +174,8 @@ def _release_reserve(storage_url: str) -> None:
     if path is not None:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
 #: First key of the PostgreSQL advisory lock that guards a study's trial budget (the second is the study id).
 _PG_LOCK_CLASS = 0x6175746F  # "auto"
 
@@ -223,63 +219,70 @@ def _storage_file(url: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the driver measured about the task that the coordinator needs (it never loads the task)."""
+
+    direction: str
+    traits: TaskTraits
+    #: The pruner's resource: epochs, or evaluations per run with ``eval_every_steps``.
+    max_epochs: int
+    #: Whether the model has hidden 2-D weights (Muon applies only to those).
+    has_matrix_params: bool = True
+
+
 class StudyCoordinator:
     """Owns one Optuna study: ask, report/prune, tell, fail/retry, heartbeats. Run as a Ray actor."""
 
     def __init__(
         self,
+        name: str,
+        search: SearchSpec,
+        execution: ExecutionSpec,
+        places: PlacesSpec,
+        task: TaskFacts,
         *,
-        storage_url: str,
-        study_name: str,
-        direction: str,
-        space: dict[str, Any],
-        traits: dict[str, Any],
-        max_epochs: int,
-        n_trials: int | None,
-        sampler: str = "tpe",
-        sampler_options: dict[str, Any] | None = None,
-        pruner: str = "hyperband",
-        pruner_options: dict[str, Any] | None = None,
-        seed: int | None = 0,
-        retries: int = 1,
         study_attrs: dict[str, Any] | None = None,
-        has_matrix_params: bool = True,
         session: str | None = None,
-        storage_retry_s: float | None = None,
-        stale_after_s: float | None = None,
     ) -> None:
+        if not places.storage:
+            raise SpecError("the coordinator needs the storage URL the driver resolved (places.storage)")
         self.session = session or uuid.uuid4().hex[:12]
-        self.storage_url = storage_url
-        self.study_name = study_name
-        # the driver passes its own settings: on a cluster this actor's environment is the head's
-        self.storage_retry_s = STORAGE_RETRY_S if storage_retry_s is None else float(storage_retry_s)
-        self.stale_after_s = STALE_AFTER_S if stale_after_s is None else float(stale_after_s)
+        self.storage_url = places.storage
+        self.study_name = name
+        # the driver's settings, passed in: on a cluster this actor's own environment is the head's
+        self.storage_retry_s = execution.storage_retry_s
+        self.stale_after_s = execution.stale_after_s
         self.storage_outages = 0
         self.full: str | None = None  # set once the storage's disk was found full
-        _keep_reserve(storage_url)
-        self.max_epochs = max_epochs
-        self.n_trials = n_trials
-        self.retries = retries
-        self.traits = TaskTraits(**traits)
-        self.space = SearchSpace(SpaceSpec.model_validate(space), self.traits, has_matrix_params=has_matrix_params)
-        self.storage = open_storage(storage_url)
-        base = make_sampler(sampler, seed=seed, **(sampler_options or {}))
+        self.heartbeat_s = execution.heartbeat_s
+        self.max_epochs = task.max_epochs
+        self.n_trials = search.n_trials
+        self.retries = execution.retries
+        self.traits = task.traits
+        self.space = SearchSpace(search.space, self.traits, has_matrix_params=task.has_matrix_params)
+        self.storage = open_storage(self.storage_url)
+        _keep_reserve(self.storage_url)
+        base = make_sampler(search.sampler, seed=search.seed, **search.sampler_options)
         self.study = optuna.create_study(
             storage=self.storage,
-            study_name=study_name,
-            direction=direction,
+            study_name=name,
+            direction=task.direction,
             sampler=ChoiceRestrictingSampler(base, self.space.restrictions),
-            pruner=make_pruner(pruner, max_epochs, **(pruner_options or {})),
+            pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options),
             load_if_exists=True,
         )
-        if self.study.direction.name.lower() != direction:
+        if self.study.direction.name.lower() != task.direction:
             raise SpecError(
-                f"study {study_name!r} exists with direction {self.study.direction.name.lower()}, "
-                f"but this task's metric is {direction}d"
+                f"study {name!r} exists with direction {self.study.direction.name.lower()}, "
+                f"but this task's metric is {task.direction}d"
             )
+        # the study's rows are read and written through this storage's public API by number and
+        # id (an optuna.Study exposes neither its storage nor its id)
+        self.study_id = self.storage.get_study_id_from_name(name)
         attrs = self.study.user_attrs
         for key, value in (study_attrs or {}).items():
-            if key not in attrs or key in (A + "spec", A + "space"):
+            if key not in attrs or key in (R.SPEC, R.SPACE):
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
         self._asking: optuna.Trial | None = None
@@ -297,7 +300,7 @@ class StudyCoordinator:
         return sum(
             1
             for t in self.study.get_trials(deepcopy=False)
-            if t.state != TrialState.WAITING and not t.user_attrs.get(A + "retried")
+            if t.state != TrialState.WAITING and not t.user_attrs.get(R.RETRIED)
         )
 
     @_survives_storage_outage
@@ -306,12 +309,12 @@ class StudyCoordinator:
         # a call retried after an outage goes on with the trial it had already created: sampling
         # it again returns the stored params, so no orphan RUNNING trial is left behind
         trial = self._asking
-        if trial is not None and self.study._storage.get_trial(trial._trial_id).state.is_finished():
+        if trial is not None and self.storage.get_trial(self._trial_id(trial.number)).state.is_finished():
             trial = None  # another driver declared it abandoned meanwhile (a long outage): start afresh
         if trial is None:
             # counting and taking a slot is one step for all drivers of the study: two drivers
             # that both see one slot left would otherwise both take it
-            with budget_lock(self.storage, self.storage_url, self.study._study_id):
+            with budget_lock(self.storage, self.storage_url, self.study_id):
                 if self.n_trials is not None and self.counted() >= self.n_trials:
                     return None
                 trial = self.study.ask()
@@ -322,11 +325,11 @@ class StudyCoordinator:
             if is_connection_error(exc):
                 raise
             self._asking = None
-            self._finish(trial.number, TrialState.FAIL, None, {A + "status": "failed", A + "reason": f"sampling failed: {exc}"})
+            self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
             return self.ask()
-        trial.set_user_attr(A + "config", config.to_dict())
-        trial.set_user_attr(A + "session", self.session)
-        trial.set_user_attr(A + "max_epochs", self.max_epochs)
+        trial.set_user_attr(R.CONFIG, config.to_dict())
+        trial.set_user_attr(R.SESSION, self.session)
+        trial.set_user_attr(R.MAX_EPOCHS, self.max_epochs)
         self._asking = None
         self._live[trial.number] = trial
         return {"number": trial.number, "config": config.to_dict(), "params": dict(trial.params)}
@@ -345,7 +348,7 @@ class StudyCoordinator:
             if trial is None:
                 return True  # the re-run already started elsewhere: that copy goes on, this one stops
             trial.report(value, step=epoch)
-        if time.time() - self._last_beat >= HEARTBEAT_S:
+        if time.time() - self._last_beat >= self.heartbeat_s:
             self.heartbeat()  # a reporting worker keeps its driver's session alive, stalled loop or not
         return trial.should_prune()
 
@@ -354,21 +357,21 @@ class StudyCoordinator:
         stalled longer than ``stale_after_s``) and queued its re-run. Take that re-run over while it
         is still WAITING (an atomic claim, as Optuna's own ask does), with the values reported so
         far, and go on under its number; None if another driver got it first."""
-        storage = self.study._storage
-        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
-        if not str(frozen.user_attrs.get(A + "reason") or "").startswith("abandoned"):
+        storage = self.storage
+        frozen = storage.get_trial(self._trial_id(number))
+        if not str(frozen.user_attrs.get(R.REASON) or "").startswith("abandoned"):
             return None
         rerun = next((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                      if t.user_attrs.get(A + "retry_of") == number), None)
+                      if t.user_attrs.get(R.RETRY_OF) == number), None)
         if rerun is None or not storage.set_trial_state_values(rerun._trial_id, TrialState.RUNNING):
             self._live.pop(number, None)
             return None
         trial = optuna.Trial(self.study, rerun._trial_id)
         config = self.space.sample(trial)  # its fixed params: the same configuration
-        trial.set_user_attr(A + "config", config.to_dict())
-        trial.set_user_attr(A + "session", self.session)
-        trial.set_user_attr(A + "max_epochs", self.max_epochs)
-        trial.set_user_attr(A + "reclaimed_from", number)
+        trial.set_user_attr(R.CONFIG, config.to_dict())
+        trial.set_user_attr(R.SESSION, self.session)
+        trial.set_user_attr(R.MAX_EPOCHS, self.max_epochs)
+        trial.set_user_attr(RECLAIMED_FROM, number)
         values = dict(frozen.intermediate_values)
         values.update({i + 1: h["val_metric"] for i, h in enumerate(history or [])})  # the pruner's steps
         for step, value in sorted(values.items()):
@@ -383,24 +386,7 @@ class StudyCoordinator:
     @_survives_storage_outage
     def tell(self, number: int, outcome: dict[str, Any]) -> str:
         """Store a worker's outcome (status, value, curve, reason) and close the trial."""
-        attrs = {
-            A + "status": outcome["status"],
-            A + "reason": outcome.get("reason"),
-            A + "history": outcome.get("history", []),
-            A + "epochs_run": len(outcome.get("history", [])),
-            A + "stopped_at_epoch": outcome.get("stopped_at_epoch"),
-            A + "device": outcome.get("device"),
-            A + "host": outcome.get("host"),
-            A + "node_id": outcome.get("node_id"),
-            A + "optimizer_state_bytes": outcome.get("optimizer_state_bytes", 0),
-            A + "seconds": outcome.get("seconds"),
-            A + "mlflow_run_id": outcome.get("mlflow_run_id"),
-        }
-        state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(outcome["status"], TrialState.FAIL)
-        value = outcome.get("value")
-        if state == TrialState.COMPLETE and value is None:
-            state = TrialState.FAIL
-            attrs[A + "reason"] = "finished without a validation value"
+        state, value, attrs = R.outcome_attrs(outcome)
         if self.full is not None and "StorageFullError" in str(outcome.get("reason")):
             # it failed only because its reports could not be stored: recorded as stopped, to run again
             self.fail(number, f"stopped: {self.full.split(';')[0]}", True)
@@ -408,51 +394,52 @@ class StudyCoordinator:
         if number in self._live and number not in self._claimed and self._finished_elsewhere(number):
             # failed as abandoned while it ran here: record the outcome on its re-run if still free
             self._reclaim(number, outcome.get("history"))
-        self._finish(self._claimed.get(number, number), state, value if state == TrialState.COMPLETE else None, attrs)
-        return state.name
+        self._finish(self._claimed.get(number, number), TrialState[state], value, attrs)
+        return state
 
     def _finished_elsewhere(self, number: int) -> bool:
-        storage = self.study._storage
-        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)).state.is_finished()
+        return self.storage.get_trial(self._trial_id(number)).state.is_finished()
 
     @_survives_storage_outage
     def fail(self, number: int, reason: str, retry: bool) -> bool:
         """A trial whose worker died: record why; re-enqueue its params if retries are left."""
-        storage = self.study._storage
-        frozen = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        trial_id = self._trial_id(number)
+        frozen = self.storage.get_trial(trial_id)
         if not frozen.state.is_finished():
-            attempt = int(frozen.user_attrs.get(A + "attempt", 0))
+            attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
             retried = retry and attempt < self.retries
             # close the trial first, then enqueue its re-run: a call retried after an outage
             # between the two finds the trial failed and enqueues the re-run exactly once
-            self._finish(number, TrialState.FAIL, None, {A + "status": "failed", A + "reason": reason, A + "retried": retried})
-            frozen = storage.get_trial(frozen._trial_id)
+            self._finish(number, TrialState.FAIL, None, R.failure_attrs(reason, retried))
+            frozen = self.storage.get_trial(trial_id)
         self._live.pop(number, None)
-        retried = bool(frozen.state == TrialState.FAIL and frozen.user_attrs.get(A + "retried"))
-        if retried and not any(t.user_attrs.get(A + "retry_of") == number for t in self.study.get_trials(deepcopy=False)):
-            attempt = int(frozen.user_attrs.get(A + "attempt", 0))
-            self.study.enqueue_trial(dict(frozen.params), user_attrs={A + "attempt": attempt + 1, A + "retry_of": number}, skip_if_exists=False)
+        retried = bool(frozen.state == TrialState.FAIL and frozen.user_attrs.get(R.RETRIED))
+        if retried and not any(t.user_attrs.get(R.RETRY_OF) == number for t in self.study.get_trials(deepcopy=False)):
+            attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
+            self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
         return retried
 
     @_survives_storage_outage
     def fail_running(self, reason: str) -> list[int]:
         """Fail (and queue to re-run) every trial of this driver still RUNNING: the study stopped."""
         mine = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.user_attrs.get(A + "session") == self.session]
+                if t.user_attrs.get(R.SESSION) == self.session]
         for number in mine:
             self.fail(number, reason, True)
         return mine
 
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
     def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         """Write the outcome's attributes, then close the trial. Idempotent: a call retried after
         an outage (the first try may have committed) leaves an already-finished trial as it is."""
-        storage = self.study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        if storage.get_trial(trial_id).state.is_finished():
+        trial_id = self._trial_id(number)
+        if self.storage.get_trial(trial_id).state.is_finished():
             self._live.pop(number, None)
             return
         for k, v in attrs.items():
-            storage.set_trial_user_attr(trial_id, k, v)
+            self.storage.set_trial_user_attr(trial_id, k, v)
         self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
         self._live.pop(number, None)
 
@@ -468,7 +455,7 @@ class StudyCoordinator:
                 params = self.space.to_optuna_params(cfg)
             except SpecError:
                 continue
-            self.study.enqueue_trial(params, user_attrs={A + "warm_start": True}, skip_if_exists=True)
+            self.study.enqueue_trial(params, user_attrs={R.WARM_START: True}, skip_if_exists=True)
             n += 1
         return n
 
@@ -476,16 +463,16 @@ class StudyCoordinator:
     @_survives_storage_outage
     def heartbeat(self) -> None:
         now = time.time()
-        self.study._storage.set_study_system_attr(self.study._study_id, _HB_PREFIX + self.session, now)
+        self.storage.set_study_system_attr(self.study_id, R.HEARTBEAT_PREFIX + self.session, now)
         self._last_beat = now
 
     @_survives_storage_outage
     def reap_stale(self) -> list[int]:
         """Fail RUNNING trials of sessions that stopped heart-beating (a killed driver)."""
         beats = {
-            k[len(_HB_PREFIX):]: v
-            for k, v in self.study._storage.get_study_system_attrs(self.study._study_id).items()
-            if k.startswith(_HB_PREFIX)
+            k[len(R.HEARTBEAT_PREFIX):]: v
+            for k, v in self.storage.get_study_system_attrs(self.study_id).items()
+            if k.startswith(R.HEARTBEAT_PREFIX)
         }
         now = time.time()
         own = beats.get(self.session)
@@ -499,7 +486,7 @@ class StudyCoordinator:
             return []
         reaped = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            session = t.user_attrs.get(A + "session")
+            session = t.user_attrs.get(R.SESSION)
             if session == self.session:
                 continue
             # a trial another driver has just created has no session yet: its start is its last sign of life
@@ -520,32 +507,21 @@ class StudyCoordinator:
         return sum(
             1
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get(A + "session") != self.session
+            if t.user_attrs.get(R.SESSION) != self.session
         )
 
     # --- reading ----------------------------------------------------------------------------
     @_survives_storage_outage
     @_reads
     def summary(self) -> dict[str, Any]:
-        trials = self.study.get_trials(deepcopy=False)
-        counts = {s: 0 for s in ("complete", "pruned", "failed", "running", "waiting")}
-        for t in trials:
-            key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-                   TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]
-            counts[key] += 1
-        best = None
-        try:
-            bt = self.study.best_trial
-            best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(A + "config"), "params": bt.params}
-        except ValueError:
-            pass
-        return {"counts": counts, "best": best, "counted": self.counted(), "session": self.session,
-                "study_id": self.study._study_id, "storage_outages": self.storage_outages}
+        """Counts by state, the best trial, and this driver's bookkeeping (budget used, outages)."""
+        summary = R.summarize(self.study)
+        bt = summary.best
+        best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(R.CONFIG), "params": bt.params} if bt else None
+        return {"counts": summary.counts, "best": best, "counted": self.counted(), "session": self.session,
+                "storage_outages": self.storage_outages}
 
     @_survives_storage_outage
     def set_study_attrs(self, attrs: dict[str, Any]) -> None:
         for k, v in attrs.items():
             self.study.set_user_attr(k, v)
-
-    def describe_space(self) -> dict[str, Any]:
-        return self.space.describe()

@@ -21,10 +21,12 @@ from typing import Any, Callable
 
 import ray
 
-from autoopt.coordinator import HEARTBEAT_S, StudyCoordinator
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core import record as R
+from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.space import TrialConfig
-from autoopt.spec import SpecError, StudySpec
+from autoopt.spec import SpecError, StudySpec, task_label
 from autoopt.storage import StorageError, default_storage_url, open_storage, redact
 from autoopt.task import Task, load_task
 
@@ -156,11 +158,6 @@ def _coordinator_placement() -> Any:
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value else None
-
-
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` ($AUTOOPT_RAY_ADDRESS / $RAY_ADDRESS) or start a local Ray."""
     if ray.is_initialized():
@@ -211,11 +208,31 @@ class Progress:
         return self.elapsed / self.finished_this_run * remaining
 
 
+@dataclass
+class StudyHooks:
+    """The recommender's part in a study, passed in by the caller so the runner never imports it
+    (:func:`autoopt.study.recommender_hooks` gives the standard ones).
+
+    ``suggest_configs(traits, k)``: TrialConfig dicts to warm-start with; ``top_optimizers(traits,
+    k)``: the optimizers to narrow the space to; ``after_study(study)``: runs on the finished study
+    (feeds the meta-dataset); its errors are reported as warnings, the study is kept either way.
+    """
+
+    suggest_configs: Callable[[TaskTraits, int], list[dict[str, Any]]] | None = None
+    top_optimizers: Callable[[TaskTraits, int], list[str]] | None = None
+    after_study: Callable[[Any], Any] | None = None
+
+
 class StudyRunner:
     """Drives one study: prepares the task, the coordinator and tracking, then dispatches trials."""
 
-    def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None):
+    def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None,
+                 hooks: StudyHooks | None = None):
         self.spec = spec
+        self.hooks = hooks or StudyHooks()
+        if spec.search.warm_start.enabled and (self.hooks.suggest_configs is None or self.hooks.top_optimizers is None):
+            raise SpecError("warm_start needs the recommender: run the study with autoopt.run/submit, "
+                            "or pass StudyHooks with suggest_configs and top_optimizers")
         self.storage_url = spec.storage or default_storage_url()
         address = spec.ray_address or os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or ""
         if address.startswith("ray://") and self.storage_url.startswith(("sqlite", "journal")):
@@ -235,7 +252,7 @@ class StudyRunner:
         self.coordinator = None
         self._tracking_warned = False
         self._resume_run_id: str | None = None
-        self._coordinator_kwargs: dict[str, Any] = {}
+        self._coordinator_args: tuple[tuple, dict[str, Any]] | None = None
         self._in_flight: list[int] = []
         self._unrecorded: list[int] = []
         self._sigterm_before: Any = None
@@ -247,12 +264,12 @@ class StudyRunner:
     # --- set-up ------------------------------------------------------------------------
     def _study_attrs(self) -> dict[str, Any]:
         return {
-            "autoopt.spec": self.spec.to_dict(),
-            "autoopt.task": self.spec.to_dict()["task"],
-            "autoopt.traits": self.traits.to_dict(),
-            "autoopt.metric": self.task.metric,
-            "autoopt.direction": self.task.direction,
-            "autoopt.max_epochs": self._max_reports(),
+            R.SPEC: self.spec.to_dict(),
+            R.TASK: self.spec.to_dict()["task"],
+            R.TRAITS: self.traits.to_dict(MEASURED),
+            R.METRIC: self.task.metric,
+            R.DIRECTION: self.task.direction,
+            R.MAX_EPOCHS: self._max_reports(),
         }
 
     def _max_reports(self) -> int:
@@ -264,7 +281,7 @@ class StudyRunner:
 
     def _has_matrix_params(self) -> bool:
         """Muon applies only to hidden 2-D weights; does this model have any?"""
-        from autoopt.catalog import hidden_matrix_params
+        from autoopt.optimizers import hidden_matrix_params
 
         return bool(hidden_matrix_params(self.task.build_model()))
 
@@ -281,7 +298,7 @@ class StudyRunner:
             import optuna
 
             existing = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)).user_attrs.get(
-                "autoopt.mlflow_parent_run_id"
+                R.MLFLOW_PARENT_RUN_ID
             )
         except Exception:
             existing = None
@@ -298,14 +315,14 @@ class StudyRunner:
             self.spec.to_dict(),
             self.spec.sampler,
             self.spec.pruner,
-            self.traits.to_dict(),
+            self.traits.to_dict(MEASURED),
             resume_run_id=self._resume_run_id,
         )
         if self.parent_run_id is not None:
             self._set_study_attrs({
-                "autoopt.mlflow_parent_run_id": self.parent_run_id,
-                "autoopt.mlflow_experiment_id": self.tracker.experiment_id,
-                "autoopt.tracking_uri": self.tracker.config.tracking_uri,
+                R.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                R.MLFLOW_EXPERIMENT_ID: self.tracker.experiment_id,
+                R.TRACKING_URI: self.tracker.config.tracking_uri,
             })
 
     def _set_study_attrs(self, attrs: dict[str, Any]) -> None:
@@ -345,43 +362,25 @@ class StudyRunner:
         ws = self.spec.warm_start
         if not ws.enabled or ws.n_trials == 0:
             return 0
-        from autoopt.recommend import recommender
-
         # ask for more than needed: suggestions outside this study's space are skipped
-        configs = recommender.suggest_configs(self.traits, ws.n_trials * 4)
+        configs = self.hooks.suggest_configs(self.traits, ws.n_trials * 4)
         return int(ray.get(self.coordinator.enqueue.remote(configs, ws.n_trials)))
 
     def _make_coordinator(self) -> Any:
         space = self.spec.space
         if self.spec.warm_start.enabled and self.spec.warm_start.narrow_to:
-            from autoopt.recommend import recommender
-
-            top = recommender.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
+            top = self.hooks.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
             allowed = [o for o in top if not space.optimizers or o in space.optimizers]
             if allowed:
                 space = space.model_copy(update={"optimizers": allowed})
-        self._coordinator_kwargs = dict(
-            storage_url=self.storage_url,
-            study_name=self.spec.name,
-            direction=self.task.direction,
-            space=space.model_dump(mode="json"),
-            traits=self.traits.to_dict(),
-            max_epochs=self._max_reports(),
-            n_trials=self.spec.n_trials,
-            sampler=self.spec.sampler,
-            sampler_options=self.spec.sampler_options,
-            pruner=self.spec.pruner,
-            pruner_options=self.spec.pruner_options,
-            seed=self.spec.seed,
-            retries=self.spec.retries,
-            study_attrs=self._study_attrs(),
-            has_matrix_params=self._has_matrix_params(),
-            session=self.session,
-            # the driver's settings, not those of the (cluster) node the actor lands on
-            storage_retry_s=_env_float("AUTOOPT_STORAGE_RETRY_S"),
-            stale_after_s=_env_float("AUTOOPT_STALE_AFTER_S"),
+        search = self.spec.search.model_copy(update={"space": space, "task": task_label(self.spec.search.task)})
+        self._coordinator_args = (
+            (self.spec.name, search, self.spec.execution, self.spec.places.model_copy(update={"storage": self.storage_url}),
+             TaskFacts(self.task.direction, self.traits, self._max_reports(), self._has_matrix_params())),
+            dict(study_attrs=self._study_attrs(), session=self.session),
         )
-        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(**self._coordinator_kwargs)
+        args, kwargs = self._coordinator_args
+        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(*args, **kwargs)
 
     # --- the loop ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -479,7 +478,7 @@ class StudyRunner:
                     self._collect(ref, running[ref])
                     del running[ref]  # recorded (if recording failed, the stop below records it)
                 now = time.time()
-                if now - last_beat >= HEARTBEAT_S:
+                if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
                     if self.tracker is not None and self.parent_run_id is None:
                         self._open_parent_run()  # MLflow was down at the start: is it back?
@@ -536,9 +535,10 @@ class StudyRunner:
 
         from autoopt.coordinator import StudyCoordinator
 
-        if self._unrecorded and self._coordinator_kwargs:
+        if self._unrecorded and self._coordinator_args:
             # Ray died with the interrupt (a terminal's Ctrl-C reaches its processes too): record directly
-            local = StudyCoordinator(**self._coordinator_kwargs)
+            args, kwargs = self._coordinator_args
+            local = StudyCoordinator(*args, **kwargs)
             for number in self._unrecorded:
                 local.fail(number, INTERRUPTED, True)
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
@@ -559,7 +559,7 @@ class StudyRunner:
         ray.get(self.coordinator.heartbeat.remote())
         reaped = ray.get(self.coordinator.reap_stale.remote())
         if not reaped:
-            time.sleep(min(HEARTBEAT_S, 1.0))
+            time.sleep(min(self.spec.execution.heartbeat_s, 1.0))
         self._update_progress(0)
         return True
 
@@ -621,18 +621,20 @@ class StudyRunner:
             self.on_progress(p)
 
     def _finish(self) -> None:
-        """Log the study's summary and plots, and feed the recommender's meta-dataset."""
+        """Log the study's summary and plots, then run the caller's after-study hook."""
         import optuna
 
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
         if self.tracker is not None:
             self._sync(finish_parent=True)  # trials an outage kept out of MLflow, then the study's results
-        try:
-            from autoopt.recommend import meta
+        if self.hooks.after_study is not None:
+            try:
+                self.hooks.after_study(study)
+            except Exception as exc:  # the study is stored either way: say what did not happen
+                import warnings
 
-            meta.add_study_results(study)
-        except Exception:
-            pass
+                warnings.warn(f"autoopt: the after-study step failed for {self.spec.name!r}: "
+                              f"{type(exc).__name__}: {exc}", stacklevel=2)
 
     @property
     def storage_label(self) -> str:

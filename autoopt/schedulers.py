@@ -1,4 +1,6 @@
-"""Learning-rate schedules autoopt can choose from, and the linear warmup that composes with all of them.
+"""Build a trial's learning-rate schedule: a catalog schedule plus the linear warmup that composes with all of them.
+
+The schedules themselves (names, hyperparameters, ranges) are data in :mod:`autoopt.core.catalog`.
 
 Step-based schedules are defined in *fractions of the training run* (``total_steps`` optimizer
 steps), so one configuration works for any epoch count or dataset size.  They are built from
@@ -25,169 +27,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler
 
-from autoopt.catalog import HyperParam, resolve_hyperparams
+from autoopt.core.catalog import get_scheduler
+from autoopt.core.traits import DIRECTIONS
 
 #: Warmup starts at this fraction of the peak lr.
 WARMUP_START_FACTOR = 0.01
-
-DIRECTIONS = ("maximize", "minimize")
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    """One LR schedule: its hyperparameters and when it steps (every batch or every epoch)."""
-
-    name: str
-    display: str
-    hyperparams: tuple[HyperParam, ...]
-    per: Literal["step", "epoch_metric"]
-    guidance: str
-    description: str
-
-    @property
-    def hp_names(self) -> tuple[str, ...]:
-        return tuple(hp.name for hp in self.hyperparams)
-
-    def defaults(self) -> dict[str, Any]:
-        return {hp.name: hp.default for hp in self.hyperparams}
-
-    def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """All hyperparameter values: ``params`` validated and typed, missing ones at defaults."""
-        return resolve_hyperparams(f"scheduler {self.name!r}", self.hyperparams, params)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "display": self.display,
-            "hyperparams": [hp.to_dict() for hp in self.hyperparams],
-            "per": self.per,
-            "guidance": self.guidance,
-            "description": self.description,
-        }
-
-
-def _fraction(name: str, low: float, high: float, default: float, help: str, log: bool = False) -> HyperParam:
-    return HyperParam(name, "float", low, high, log=log, default=default, help=help)
-
-
-_GAMMA_STEP = HyperParam("gamma", "float", 0.05, 0.5, log=True, default=0.1, help="lr multiplier at each drop")
-_ETA_MIN = HyperParam(
-    "eta_min_ratio", "float", 1e-4, 0.1, log=True, default=0.0, allow_zero=True,
-    help="final lr as a fraction of the peak (0: anneal to zero)",
-)
-
-SCHEDULERS: dict[str, SchedulerSpec] = {
-    spec.name: spec
-    for spec in (
-        SchedulerSpec(
-            "constant", "Constant", (), "step", "001",
-            "Peak lr throughout (after warmup). Baseline; the schedule for schedule-free optimizers.",
-        ),
-        SchedulerSpec(
-            "cosine", "Cosine annealing", (_ETA_MIN,), "step", "001, 003, AlgoPerf",
-            "CosineAnnealingLR from the peak to eta_min over the run: for SGD/momentum (003); "
-            "cosine + warmup was best in the LeNet/Fashion-MNIST example (001); NAdamW + warmup + cosine in AlgoPerf.",
-        ),
-        SchedulerSpec(
-            "cosine_restarts", "Cosine with warm restarts",
-            (
-                HyperParam("n_cycles", "int", 2, 5, default=3,
-                           help="cycles in the run; the first lasts run / (1 + t_mult + ... + t_mult^(n-1))"),
-                HyperParam("t_mult", "categorical", choices=(1, 2), default=2, help="cycle length multiplier"),
-                _ETA_MIN,
-            ),
-            "step", "003",
-            "CosineAnnealingWarmRestarts (SGDR), a cyclic schedule for SGD (003); the first cycle is sized so "
-            "the last cycle ends with the run (annealed, not just restarted).",
-        ),
-        SchedulerSpec(
-            "linear", "Linear decay",
-            (HyperParam("end_factor", "float", 1e-3, 0.1, log=True, default=0.01,
-                        help="final lr as a fraction of the peak (AlgoPerf: 1e-3..1e-2)"),),
-            "step", "003, AlgoPerf",
-            "LinearLR from the peak to end_factor x peak: for Adam/RAdam (003); momentum + linear decay "
-            "won AlgoPerf ImageNet ResNet-50, Nesterov + linear decay fastMRI and OGBG.",
-        ),
-        SchedulerSpec(
-            "step", "Step decay",
-            (_fraction("step_fraction", 0.1, 0.5, 0.3, "interval between drops as a fraction of the run"), _GAMMA_STEP),
-            "step", "003",
-            "StepLR: multiply by gamma every step_fraction of the run: for Adam/RAdam (003).",
-        ),
-        SchedulerSpec(
-            "multistep", "Multi-step decay",
-            (
-                HyperParam("milestones", "categorical", choices=("0.5,0.75", "0.3,0.6,0.9", "0.33,0.67"),
-                           default="0.5,0.75", help="drop points as fractions of the run"),
-                _GAMMA_STEP,
-            ),
-            "step", "001",
-            "MultiStepLR at fixed fractions of the run (multistep: 0.884 vs constant 0.882 in 001's example).",
-        ),
-        SchedulerSpec(
-            "exponential", "Exponential decay",
-            (HyperParam("gamma", "float", 0.5, 0.99, default=0.9, one_minus_log=True,
-                        help="lr multiplier per epoch (applied smoothly per step)"),),
-            "step", "001",
-            "ExponentialLR with gamma per epoch, spread over the epoch's steps (001: beaten by polynomial for SGD).",
-        ),
-        SchedulerSpec(
-            "inverse_sqrt", "Inverse square root",
-            (_fraction("timescale_fraction", 0.005, 0.2, 0.05,
-                       "decay timescale as a fraction of the run: lr = peak / sqrt(1 + t / timescale)", log=True),),
-            "step", "001",
-            "LambdaLR with peak / sqrt(1 + t / timescale): the transformer decay; beats exponential for SGD (001).",
-        ),
-        SchedulerSpec(
-            "polynomial", "Polynomial decay",
-            (HyperParam("power", "float", 0.5, 3.0, log=True, default=1.0, help="decay exponent (1: linear to 0)"),),
-            "step", "001",
-            "PolynomialLR from the peak to 0 over the run (001: polynomial beats exponential for SGD).",
-        ),
-        SchedulerSpec(
-            "one_cycle", "One-cycle",
-            (
-                _fraction("pct_start", 0.1, 0.5, 0.3, "fraction of the (post-warmup) run spent ramping up"),
-                HyperParam("div_factor", "float", 5.0, 100.0, log=True, default=25.0,
-                           help="the ramp starts at peak / div_factor"),
-                HyperParam("anneal_strategy", "categorical", choices=("cos", "linear"), default="cos",
-                           help="shape of both phases"),
-            ),
-            "step", "003",
-            "OneCycleLR (cyclic LR, 003) with momentum cycling off (the tuned momentum stays); "
-            "ends at peak / (div_factor * 1e4). Its ramp absorbs the warmup.",
-        ),
-        SchedulerSpec(
-            "plateau", "Reduce on plateau",
-            (
-                HyperParam("factor", "float", 0.1, 0.7, default=0.5, help="lr multiplier when the metric stalls (003: 0.5)"),
-                HyperParam("patience", "int", 0, 10, default=2, help="epochs without improvement before a drop"),
-            ),
-            "epoch_metric", "003",
-            "ReduceLROnPlateau on the validation metric (respecting the study direction), for any optimizer (003).",
-        ),
-    )
-}
-
-
-def get_scheduler(name: str) -> SchedulerSpec:
-    """The scheduler spec ``name``; ValueError naming it and listing the allowed names otherwise."""
-    try:
-        return SCHEDULERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}") from None
-
-
-def scheduler_table() -> list[dict[str, Any]]:
-    """Every scheduler as a JSON-serialisable dict."""
-    return [spec.to_dict() for spec in SCHEDULERS.values()]
 
 
 # --------------------------------------------------------------------------------------
@@ -395,10 +245,6 @@ def build_schedule(
 
 __all__ = [
     "LRSchedule",
-    "SCHEDULERS",
-    "SchedulerSpec",
     "WARMUP_START_FACTOR",
     "build_schedule",
-    "get_scheduler",
-    "scheduler_table",
 ]

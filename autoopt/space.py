@@ -17,10 +17,9 @@ from typing import Any
 
 import optuna
 
-from autoopt.catalog import CATALOG, HyperParam, OptimizerSpec
-from autoopt.schedulers import SCHEDULERS, SchedulerSpec
+from autoopt.core.catalog import CATALOG, SCHEDULERS, HyperParam, range_problem
 from autoopt.spec import Range, SpaceSpec, SpecError
-from autoopt.task import TaskTraits
+from autoopt.core.traits import TaskTraits
 
 #: Batch sizes any study may pick from; a user's list must be a subset (stable across resumes).
 BATCH_SIZE_UNIVERSE: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
@@ -155,10 +154,9 @@ def _param(prefixed: str, hp: HyperParam, setting: Any, where: str) -> _Param:
             p.log = setting.log
             if setting.log is False:
                 p.one_minus_log = False
-        if p.one_minus_log and (p.high >= 1 or p.low < 0):
-            raise SpecError(f"{where}: {hp.name} must lie in [0, 1), got [{p.low}, {p.high}]")
-        if p.log and p.low <= 0:
-            raise SpecError(f"{where}: {hp.name} is sampled on a log scale; low must be > 0, got {p.low}")
+        problem = range_problem(p.low, p.high, log=p.log, one_minus_log=p.one_minus_log, integer=hp.kind == "int")
+        if problem:
+            raise SpecError(f"{where}: {hp.name}: {problem}")
         if p.allow_zero and setting.low == 0:
             p.low = hp.low
         return p
@@ -320,19 +318,3 @@ class SearchSpace:
         if not self._batch_size.is_fixed and config.batch_size is not None:
             out.update(self._batch_size.default_params(config.batch_size))
         return out
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "optimizers": self.optimizers,
-            "excluded": self.excluded,
-            "schedulers": self.schedulers,
-            "restrictions": {k: list(v) for k, v in self.restrictions.items()},
-        }
-
-
-def optimizer_spec(name: str) -> OptimizerSpec:
-    return CATALOG[name]
-
-
-def scheduler_spec(name: str) -> SchedulerSpec:
-    return SCHEDULERS[name]

@@ -1,13 +1,15 @@
-"""A study spec: what to tune (task + search space) and how to run it (budget, sampler, pruner,
-workers, storage, tracking). Validated by pydantic so a bad YAML file fails with the field's name.
+"""A study spec: what is searched, how the trials run and where results go, validated so bad input names its field.
 
-The split follows Ray Tune: :class:`SpaceSpec` says *what* is searched, the rest of
-:class:`StudySpec` says *how* the search runs.
+The split follows Ray Tune's ``Tuner(param_space, tune_config, run_config)``:
+:class:`SearchSpec` (task, :class:`SpaceSpec`, sampler, pruner, budget), :class:`ExecutionSpec`
+(workers, resources per trial, retries, Ray address) and :class:`PlacesSpec` (storage, tracking).
+A YAML file may use the nested parts or the flat keys of earlier versions.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -45,12 +47,11 @@ class Range(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> "Range":
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("low and high must be finite numbers")
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        from autoopt.core.catalog import range_problem
+
+        problem = range_problem(self.low, self.high, log=bool(self.log))
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -105,7 +106,7 @@ class SpaceSpec(BaseModel):
     def _known_optimizers(cls, names: list[str] | None) -> list[str] | None:
         if names is None:
             return None
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
 
         if not names and names is not None:
             return names
@@ -121,7 +122,7 @@ class SpaceSpec(BaseModel):
     def _known_families(cls, fams: list[str] | None) -> list[str] | None:
         if fams is None:
             return None
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
 
         known = sorted({s.family for s in CATALOG.values()})
         unknown = [f for f in fams if f not in known]
@@ -134,7 +135,7 @@ class SpaceSpec(BaseModel):
     def _known_schedulers(cls, names: list[str] | None) -> list[str] | None:
         if names is None:
             return None
-        from autoopt.schedulers import SCHEDULERS
+        from autoopt.core.catalog import SCHEDULERS
 
         unknown = [n for n in names if n not in SCHEDULERS]
         if unknown:
@@ -148,7 +149,7 @@ class SpaceSpec(BaseModel):
     @field_validator("params")
     @classmethod
     def _known_params(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from autoopt.catalog import CATALOG
+        from autoopt.core.catalog import CATALOG
 
         for opt, settings in params.items():
             if opt != "*" and opt not in CATALOG:
@@ -166,7 +167,7 @@ class SpaceSpec(BaseModel):
     @field_validator("scheduler_params")
     @classmethod
     def _known_scheduler_params(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from autoopt.schedulers import SCHEDULERS
+        from autoopt.core.catalog import SCHEDULERS
 
         for name, settings in params.items():
             if name not in SCHEDULERS:
@@ -179,34 +180,22 @@ class SpaceSpec(BaseModel):
                     )
         return params
 
-    @field_validator("warmup")
+    @field_validator("warmup", "grad_clip", "batch_size")
     @classmethod
-    def _warmup_fraction(cls, v: Any) -> Any:
-        vals = [v.low, v.high] if isinstance(v, Range) else (v if isinstance(v, list) else [v])
-        for x in vals:
-            if x is None:
-                continue
-            if not isinstance(x, (int, float)) or not 0 <= x < 1:
-                raise ValueError(f"warmup is a fraction of total steps in [0, 1), got {x!r}")
+    def _plain_setting(cls, v: Any, info: Any) -> Any:
+        ok, what = _PLAIN_SETTINGS[info.field_name]
+        for x in [v.low, v.high] if isinstance(v, Range) else (v if isinstance(v, list) else [v]):
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not ok(x)):
+                raise ValueError(f"{what}, got {x!r}")
         return v
 
-    @field_validator("grad_clip")
-    @classmethod
-    def _grad_clip(cls, v: Any) -> Any:
-        vals = [v.low, v.high] if isinstance(v, Range) else (v if isinstance(v, list) else [v])
-        for x in vals:
-            if x is not None and (not isinstance(x, (int, float)) or x <= 0):
-                raise ValueError(f"grad_clip is a max gradient norm > 0 (or null for none), got {x!r}")
-        return v
 
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_size(cls, v: Any) -> Any:
-        vals = [v.low, v.high] if isinstance(v, Range) else (v if isinstance(v, list) else [v])
-        for x in vals:
-            if x is not None and (not isinstance(x, (int, float)) or int(x) != x or x < 1):
-                raise ValueError(f"batch_size must be a positive integer, got {x!r}")
-        return v
+#: warmup / grad_clip / batch_size: what each value of a setting must satisfy, and how to say it.
+_PLAIN_SETTINGS: dict[str, tuple[Any, str]] = {
+    "warmup": (lambda x: 0 <= x < 1, "warmup is a fraction of total steps in [0, 1)"),
+    "grad_clip": (lambda x: x > 0, "grad_clip is a max gradient norm > 0 (or null for none)"),
+    "batch_size": (lambda x: int(x) == x and x >= 1, "batch_size must be a positive integer"),
+}
 
 
 class WarmStartSpec(BaseModel):
@@ -218,41 +207,28 @@ class WarmStartSpec(BaseModel):
     narrow_to: int | None = Field(default=None, ge=1, description="keep only the top-N recommended optimizers")
 
 
-class StudySpec(BaseModel):
-    """Everything a study needs. Loaded from YAML (``StudySpec.from_yaml``) or built in Python."""
+def _env_seconds(name: str, default: float) -> float:
+    """A liveness timing from the driver's environment (tests shorten them); read where the spec is built."""
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+class SearchSpec(BaseModel):
+    """What is searched and how the search decides: the task, the space, sampler, pruner and budget."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
     task: Any = Field(description="reference task name, import path 'pkg.mod:Name', or a Task object")
     task_options: dict[str, Any] = Field(default_factory=dict)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     n_trials: int | None = Field(default=20, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
-    workers: int = Field(default=2, ge=1)
-    cpus_per_trial: float = Field(default=1.0, gt=0)
-    gpus_per_trial: float | Literal["auto"] = Field(
-        default=0.0, description="GPUs per trial (fractions pack trials); auto: a GPU share where the cluster has GPUs, else 0")
     sampler: str = "tpe"
     sampler_options: dict[str, Any] = Field(default_factory=dict)
     pruner: str = "hyperband"
     pruner_options: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = 0
     eval_every_steps: int | None = Field(default=None, ge=1, description="validate every N steps instead of every epoch")
-    retries: int = Field(default=1, ge=0, description="re-runs of a trial whose worker died")
-    storage: str | None = None
-    tracking: bool = Field(default=True, description="log to MLflow")
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    ray_address: str | None = None
     warm_start: WarmStartSpec = Field(default_factory=WarmStartSpec)
-    description: str = ""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", v):
-            raise ValueError("name must be 1-128 characters of letters, digits, '_', '.', '-'")
-        return v
 
     @field_validator("task")
     @classmethod
@@ -264,6 +240,34 @@ class StudySpec(BaseModel):
                 f"unknown task {v!r}; use one of {', '.join(REFERENCE_TASKS)} or an import path 'pkg.module:Name'"
             )
         return v
+
+    @field_validator("sampler", "pruner")
+    @classmethod
+    def _known_name(cls, v: str, info: Any) -> str:
+        allowed = {"sampler": SAMPLERS, "pruner": PRUNERS}[info.field_name]
+        if v not in allowed:
+            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+
+class ExecutionSpec(BaseModel):
+    """How trials run: Ray workers, resources per trial, retries, and the driver's liveness timings."""
+
+    model_config = ConfigDict(extra="forbid")
+    workers: int = Field(default=2, ge=1)
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float | Literal["auto"] = Field(
+        default=0.0, description="GPUs per trial (fractions pack trials); auto: a GPU share where the cluster has GPUs, else 0")
+    retries: int = Field(default=1, ge=0, description="re-runs of a trial whose worker died")
+    ray_address: str | None = None
+    #: A driver writes a heartbeat this often; its RUNNING trials count as abandoned once it has
+    #: been silent for ``stale_after_s``. The coordinator keeps retrying an unreachable storage
+    #: (a restarting PostgreSQL) for ``storage_retry_s`` before the study stops with a clear error.
+    #: Not stored with the study: they belong to this run, and travel to the coordinator in this object.
+    heartbeat_s: float = Field(default_factory=lambda: _env_seconds("AUTOOPT_HEARTBEAT_S", 5.0), gt=0)
+    stale_after_s: float = Field(default_factory=lambda: _env_seconds("AUTOOPT_STALE_AFTER_S", 30.0), gt=0)
+    storage_retry_s: float = Field(default_factory=lambda: _env_seconds("AUTOOPT_STORAGE_RETRY_S", 120.0), ge=0)
+
 
     @field_validator("gpus_per_trial", mode="before")
     @classmethod
@@ -278,23 +282,74 @@ class StudySpec(BaseModel):
             raise ValueError(f"must be a number >= 0 or 'auto', got {v!r}")
         return gpus
 
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, v: str) -> str:
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}; allowed: {', '.join(SAMPLERS)}")
-        return v
 
-    @field_validator("pruner")
+#: ExecutionSpec fields that are this run's settings, not part of the stored study spec.
+RUN_SETTINGS = ("heartbeat_s", "stale_after_s", "storage_retry_s")
+
+
+class PlacesSpec(BaseModel):
+    """Where results go: the Optuna storage and the MLflow tracking store."""
+
+    model_config = ConfigDict(extra="forbid")
+    storage: str | None = None
+    tracking: bool = Field(default=True, description="log to MLflow")
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+#: The groups of a StudySpec and the (flat) keys each holds, as in Ray Tune's
+#: Tuner(param_space, tune_config, run_config): what is searched, how it runs, where results go.
+GROUPS: dict[str, type[BaseModel]] = {"search": SearchSpec, "execution": ExecutionSpec, "places": PlacesSpec}
+_GROUP_OF: dict[str, str] = {key: group for group, model in GROUPS.items() for key in model.model_fields}
+
+
+class StudySpec(BaseModel):
+    """Everything a study needs, in three parts (search / execution / places).
+
+    Loaded from YAML (``StudySpec.from_yaml``) or built in Python. The flat keys of earlier specs
+    (``n_trials: 20``, ``workers: 2``, ``storage: ...``) are accepted anywhere and filed into
+    their part, and ``spec.n_trials`` reads ``spec.search.n_trials``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    search: SearchSpec
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    places: PlacesSpec = Field(default_factory=PlacesSpec)
+
+    @model_validator(mode="before")
     @classmethod
-    def _pruner(cls, v: str) -> str:
-        if v not in PRUNERS:
-            raise ValueError(f"unknown pruner {v!r}; allowed: {', '.join(PRUNERS)}")
+    def _file_flat_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        groups: dict[str, Any] = {}
+        for group in GROUPS:
+            value = data.pop(group, None)
+            groups[group] = dict(value) if isinstance(value, dict) else ({} if value is None else value)
+        for key in [k for k in data if k in _GROUP_OF]:
+            if isinstance(groups[_GROUP_OF[key]], dict):
+                groups[_GROUP_OF[key]][key] = data.pop(key)
+        return {**data, **groups}
+
+    def __getattr__(self, name: str) -> Any:
+        """Flat names read through to their part: ``spec.workers`` is ``spec.execution.workers``."""
+        group = _GROUP_OF.get(name)
+        if group is not None and group in self.__dict__:
+            return getattr(self.__dict__[group], name)
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", v):
+            raise ValueError("name must be 1-128 characters of letters, digits, '_', '.', '-'")
         return v
 
     @model_validator(mode="after")
     def _budget(self) -> "StudySpec":
-        if self.n_trials is None and self.timeout_s is None:
+        if self.search.n_trials is None and self.search.timeout_s is None:
             raise ValueError("set a budget: n_trials and/or timeout_s")
         return self
 
@@ -319,12 +374,28 @@ class StudySpec(BaseModel):
         except ValidationError as exc:
             raise SpecError(format_validation_error(exc, source)) from None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict; a Task object is recorded by its class path."""
-        d = self.model_dump(mode="json", exclude={"task"})
-        d["task"] = task_label(self.task)
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its flat key, as plain Python data (the task as given)."""
+        d: dict[str, Any] = {"name": self.name}
+        for group in GROUPS:
+            d.update(getattr(self, group).model_dump(mode="python"))
+        d["description"] = self.description
+        d["task"] = self.search.task  # the object itself, not a dump of it
         return d
 
+    def replace(self, **flat_changes: Any) -> "StudySpec":
+        """A validated copy with some settings changed (flat keys)."""
+        return StudySpec.from_dict({**self.flat(), **flat_changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored study spec: JSON-safe flat keys (a Task object by its class path), without
+        this run's liveness timings."""
+        d: dict[str, Any] = {"name": self.name}
+        for group in GROUPS:
+            d.update(getattr(self, group).model_dump(mode="json", exclude={"task", *RUN_SETTINGS}))
+        d["description"] = self.description
+        d["task"] = task_label(self.task)
+        return d
 
 def task_label(task: Any) -> str:
     if isinstance(task, str):
@@ -338,7 +409,10 @@ def format_validation_error(exc: ValidationError, source: str = "spec") -> str:
     """One line per problem: ``source: field.path: message``."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+        if parts and parts[0] in GROUPS and len(parts) > 1:  # flat keys are unique: name them as written
+            parts = parts[1:]
+        loc = ".".join(parts)
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(dict.fromkeys(lines))

@@ -49,12 +49,22 @@ def redact(url: str) -> str:
         return url
 
 
-def _sqlalchemy_url(url: str) -> str:
+def sqlalchemy_url(url: str) -> str:
     """psycopg 3 is our PostgreSQL driver: give plain postgresql:// URLs that dialect."""
     u = make_url(url)
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return u.render_as_string(hide_password=False)
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage an ``optuna.Study`` reads and writes.
+
+    Optuna 5 has no public accessor for it (and ``Study.system_attrs`` is gone), yet copying a
+    study with its system attributes (the report's in-memory snapshot) needs it: the one place
+    autoopt reaches into a Study. Code that opened the storage itself uses that instead.
+    """
+    return study._storage
 
 
 _OPEN: dict[str, optuna.storages.BaseStorage] = {}
@@ -85,7 +95,7 @@ def _open(url: str) -> optuna.storages.BaseStorage:
         backend = optuna.storages.journal.JournalFileBackend(path)
         return optuna.storages.JournalStorage(backend)
     try:
-        sa_url = _sqlalchemy_url(url)
+        sa_url = sqlalchemy_url(url)
         dialect = make_url(sa_url).get_backend_name()
     except Exception as exc:
         raise StorageError(f"malformed storage URL {redact(url)}: {exc}") from None
@@ -103,8 +113,3 @@ def _open(url: str) -> optuna.storages.BaseStorage:
     except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
-
-
-def study_names(url: str | None = None) -> list[str]:
-    storage = open_storage(url)
-    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
+from autoopt.core import record as R
 from autoopt.spec import StudySpec
 from autoopt.storage import default_storage_url, open_storage, redact
 
 if TYPE_CHECKING:  # reading a study back (status, best) needs neither Ray nor torch nor pandas
     import pandas as pd
 
-    from autoopt.runner import Progress
+    from autoopt.runner import Progress, StudyHooks
 
 
 @dataclass
@@ -77,12 +78,12 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         [
             {
                 "number": t.number,
-                "optimizer": (t.user_attrs.get("autoopt.config") or {}).get("optimizer"),
-                "scheduler": (t.user_attrs.get("autoopt.config") or {}).get("scheduler"),
-                "epochs_run": t.user_attrs.get("autoopt.epochs_run"),
-                "reason": t.user_attrs.get("autoopt.reason"),
-                "host": t.user_attrs.get("autoopt.host"),
-                "device": t.user_attrs.get("autoopt.device"),
+                "optimizer": (t.user_attrs.get(R.CONFIG) or {}).get("optimizer"),
+                "scheduler": (t.user_attrs.get(R.CONFIG) or {}).get("scheduler"),
+                "epochs_run": t.user_attrs.get(R.EPOCHS_RUN),
+                "reason": t.user_attrs.get(R.REASON),
+                "host": t.user_attrs.get(R.HOST),
+                "device": t.user_attrs.get(R.DEVICE),
             }
             for t in study.get_trials(deepcopy=False)
         ]
@@ -95,38 +96,31 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
 def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float = 0.0) -> StudyResult:
     """A StudyResult read back from storage (used by ``status``/``best`` and after a run)."""
     url = storage_url or default_storage_url()
-    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
-    trials = study.get_trials(deepcopy=False)
-    counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
-    names = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
-    for t in trials:
-        counts[names[t.state.name]] += 1
-    attrs = study.user_attrs
-    best_value = best_config = best_params = None
-    try:
-        bt = study.best_trial
-        best_value, best_params = bt.value, dict(bt.params)
-        best_config = bt.user_attrs.get("autoopt.config")
-    except ValueError:
-        pass
-    max_epochs = int(attrs.get("autoopt.max_epochs") or 0)
-    epochs_run = sum(int(t.user_attrs.get("autoopt.epochs_run") or 0) for t in trials)
-    finished = sum(1 for t in trials if t.state.is_finished())
+    summary = R.summarize(optuna.load_study(study_name=study_name, storage=open_storage(url)))
+    best = summary.best
     return StudyResult(
         study_name=study_name,
         storage_url=url,
-        counts=counts,
-        best_value=best_value,
-        best_config=best_config,
-        best_params=best_params,
-        mlflow_parent_run_id=attrs.get("autoopt.mlflow_parent_run_id"),
-        tracking_uri=attrs.get("autoopt.tracking_uri"),
-        metric=attrs.get("autoopt.metric", "value"),
-        direction=study.direction.name.lower(),
-        epochs_run=epochs_run,
-        epochs_budget=finished * max_epochs,
+        counts=summary.counts,
+        best_value=best.value if best else None,
+        best_config=best.user_attrs.get(R.CONFIG) if best else None,
+        best_params=dict(best.params) if best else None,
+        mlflow_parent_run_id=summary.attrs.get(R.MLFLOW_PARENT_RUN_ID),
+        tracking_uri=summary.attrs.get(R.TRACKING_URI),
+        metric=summary.attrs.get(R.METRIC, "value"),
+        direction=summary.direction,
+        epochs_run=summary.epochs_run,
+        epochs_budget=summary.epochs_budget,
         elapsed_s=elapsed_s,
     )
+
+
+def recommender_hooks() -> StudyHooks:
+    """Warm starts come from the recommender, and finished studies feed its meta-dataset."""
+    from autoopt.recommend import add_study_results, recommender
+    from autoopt.runner import StudyHooks
+
+    return StudyHooks(recommender.suggest_configs, recommender.top_optimizers, add_study_results)
 
 
 class StudyHandle:
@@ -136,7 +130,7 @@ class StudyHandle:
         self.spec = spec
         from autoopt.runner import StudyRunner
 
-        self._runner = StudyRunner(spec, on_progress=on_progress)
+        self._runner = StudyRunner(spec, on_progress=on_progress, hooks=recommender_hooks())
         self._result: StudyResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"autoopt-{spec.name}", daemon=True)
@@ -195,10 +189,7 @@ def _as_spec(spec: StudySpec | dict[str, Any] | None, overrides: dict[str, Any])
         return StudySpec(**overrides)
     if isinstance(spec, dict):
         return StudySpec.from_dict({**spec, **overrides})
-    if not overrides:
-        return spec
-    data = {**spec.model_dump(mode="python", exclude={"task"}), "task": spec.task, **overrides}
-    return StudySpec.from_dict(data)
+    return spec.replace(**overrides) if overrides else spec
 
 
 def submit(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyHandle:
@@ -211,6 +202,6 @@ def run(spec: StudySpec | dict[str, Any] | None = None, *, on_progress: Callable
     s = _as_spec(spec, overrides)
     from autoopt.runner import StudyRunner
 
-    runner = StudyRunner(s, on_progress=on_progress)
+    runner = StudyRunner(s, on_progress=on_progress, hooks=recommender_hooks())
     runner.run()
     return summarize(s.name, runner.storage_url, runner.progress.elapsed)

@@ -8,44 +8,14 @@ A task is the unit autoopt tunes an optimizer for. Reference tasks live in the t
 from __future__ import annotations
 
 import importlib
-import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-DOMAINS = ("cv", "nlp", "tabular", "recsys", "speech", "rl", "gan", "other")
-DIRECTIONS = ("maximize", "minimize")
-
-
-@dataclass(frozen=True)
-class TaskTraits:
-    """The facts about a workload that optimizer choice depends on (see GUIDANCE.md)."""
-
-    domain: str
-    batch_size: int
-    grad_sparsity: float
-    n_params: int
-    dataset_size: int
-    metric: str
-    direction: str
-    sparse_gradients: bool = False
-
-    def __post_init__(self) -> None:
-        if self.domain not in DOMAINS:
-            raise ValueError(f"domain {self.domain!r} is not one of {', '.join(DOMAINS)}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction {self.direction!r} is not one of {', '.join(DIRECTIONS)}")
-        if not 0.0 <= self.grad_sparsity <= 1.0:
-            raise ValueError(f"grad_sparsity must be in [0, 1], got {self.grad_sparsity}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from autoopt.core.traits import MEASURED, TaskTraits
 
 
 class Task(ABC):
@@ -177,7 +147,7 @@ class Task(ABC):
             "epochs": self.epochs,
             "size": self.size,
             "chance_level": self.chance_level,
-            **self.traits().to_dict(),
+            **self.traits().to_dict(MEASURED),
         }
 
 
@@ -267,17 +237,10 @@ def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
     return task
 
 
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 __all__ = [
-    "DOMAINS",
-    "DIRECTIONS",
     "FunctionTask",
     "REFERENCE_TASKS",
     "Task",
     "TaskNotFound",
-    "TaskTraits",
     "load_task",
 ]

@@ -32,23 +32,19 @@ import logging
 import math
 import os
 import re
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core import record as R
+from autoopt.core.record import EpochRecord, TrialOutcome
 
 _logger = logging.getLogger(__name__)
 
@@ -520,9 +516,6 @@ class TrialLogger:
         self.conn.call("end trial run", "set_terminated", self.run_id,
                        status=status or RUN_STATUS.get(outcome.status, "FAILED"), _force=True)
 
-    def stats(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "overhead_seconds": self.overhead_seconds, "requests": self.requests}
-
 
 # ----------------------------------------------------------------------------------------------
 # Driver side: experiment + parent run
@@ -660,9 +653,9 @@ class StudyTracker:
 
     # --- study-level results -------------------------------------------------------------------
     def _summary_entities(self, study: Any):
-        from autoopt.report import summarize
+        from autoopt.core.record import summarize
 
-        summary = summarize(study)
+        summary = summarize(study).as_dict()
         metrics = {k: summary[k] for k in (
             "n_trials", "n_complete", "n_pruned", "n_failed", "n_running", "epochs_run",
             "epochs_budget", "epochs_saved", "pruning_saved_fraction", "compute_seconds",
@@ -759,7 +752,7 @@ def _study_note(summary: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# `autoopt report` and `autoopt ui`
+# `autoopt report --log`
 # ----------------------------------------------------------------------------------------------
 def log_report(study: Any, report: str | Path | list[Path], tracking_uri: str | None = None) -> list[Path]:
     """Log a study report to the study's MLflow parent run; returns the report's paths.
@@ -776,8 +769,8 @@ def log_report(study: Any, report: str | Path | list[Path], tracking_uri: str | 
     else:
         paths = [Path(p) for p in report]
     attrs = study.user_attrs
-    run_id = attrs.get("autoopt.mlflow_parent_run_id")
-    uri = tracking_uri or attrs.get("autoopt.tracking_uri")
+    run_id = attrs.get(R.MLFLOW_PARENT_RUN_ID)
+    uri = tracking_uri or attrs.get(R.TRACKING_URI)
     if not run_id or not uri:
         _logger.warning("study %s has no MLflow parent run; the report is not logged", study.study_name)
         return paths
@@ -785,150 +778,6 @@ def log_report(study: Any, report: str | Path | list[Path], tracking_uri: str | 
     tracker._parent_run_id = run_id
     tracker.log_report(paths)
     return paths
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def ui_url(host: str = "127.0.0.1", port: int = 5000) -> str:
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-
-
-def start_ui(
-    tracking_uri: str,
-    host: str = "127.0.0.1",
-    port: int = 5000,
-    *,
-    workers: int = 1,
-    wait: bool = True,
-    timeout: float = 90.0,
-    log_path: str | Path | None = None,
-) -> subprocess.Popen:
-    """Run ``mlflow server`` (UI + REST API) on a local store; returns the process.
-
-    With ``wait`` it returns once ``/health`` answers, and raises RuntimeError (with the server's
-    output) if it exits or does not answer within ``timeout`` seconds. Stop it with
-    ``proc.terminate()``.
-    """
-    if is_remote(tracking_uri):
-        raise ValueError(
-            f"tracking_uri {tracking_uri!r} is already a tracking server: open it in a browser"
-        )
-    path = sqlite_path(tracking_uri)
-    if path is not None and not path.exists():
-        raise FileNotFoundError(f"no MLflow store at {path}; run a study first or pass another tracking_uri")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-           "--host", host, "--port", str(port), "--workers", str(workers)]
-    root = local_artifact_root(tracking_uri)
-    if root is not None:
-        cmd += ["--artifacts-destination", str(root)]
-    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
-    # Own session: the server forks uvicorn and a job runner; stop_ui ends the whole group.
-    # The GenAI job runner (a huey pool) is of no use for training runs: keep the UI light.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            start_new_session=True, env=env)
-    if out:
-        out.close()
-    if not wait:
-        return proc
-    url = ui_url(host, port) + "/health"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    stop_ui(proc)
-    raise RuntimeError(f"mlflow server did not answer on {url} within {timeout:.0f} s")
-
-
-def stop_ui(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Stop a server started by :func:`start_ui`, with the worker processes it forked."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
-    try:  # children that outlived the parent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def experiment_url(base_url: str, experiment_id: str) -> str:
-    """Link that opens an experiment on its training-runs table in the MLflow 3 UI."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
-
-
-# ----------------------------------------------------------------------------------------------
-# Measuring the logging overhead
-# ----------------------------------------------------------------------------------------------
-def measure_overhead(
-    tracking_uri: str,
-    n_trials: int = 5,
-    n_epochs: int = 20,
-    flush_every: int = 5,
-    experiment_name: str = "autoopt-overhead",
-) -> dict[str, float]:
-    """Seconds tracking costs per trial and per epoch against a real store (synthetic curves).
-
-    Runs ``n_trials`` trials of ``n_epochs`` epochs through StudyTracker/TrialLogger exactly as
-    the runner does (start, log_epoch each epoch, finish) without training, so the measured
-    time is all tracking. The parent run is left open-ended (finished without plots).
-    """
-    config = TrackingConfig(tracking_uri=tracking_uri, experiment_name=experiment_name,
-                            flush_every=flush_every, log_plots=False)
-    tracker = StudyTracker(config)
-    t0 = time.perf_counter()
-    tracker.start(f"overhead-{int(time.time())}", {"n_trials": n_trials}, "none", "none",
-                  {"metric": "val_accuracy"})
-    study_start = time.perf_counter() - t0
-    per_trial = []
-    for number in range(n_trials):
-        logger = tracker.trial_logger(number, {"optimizer": "adamw", "adamw.lr": 1e-3},
-                                      {"optimizer": "adamw", "optimizer_params": {"lr": 1e-3},
-                                       "scheduler": "cosine", "scheduler_params": {},
-                                       "warmup_fraction": 0.0, "grad_clip": None, "batch_size": 32})
-        start = time.perf_counter()
-        logger.start("localhost", "cpu")
-        history = []
-        for epoch in range(1, n_epochs + 1):
-            rec = EpochRecord(epoch, 1.0 / epoch, 1 - 1.0 / epoch, 1e-3, 0.01)
-            history.append(rec)
-            logger.log_epoch(rec)
-        logger.finish(TrialOutcome("complete", history[-1].val_metric, history, seconds=0.2))
-        per_trial.append(time.perf_counter() - start)
-    if tracker.parent_run_id:
-        tracker._conn.call("end parent run", "set_terminated", tracker.parent_run_id, status="FINISHED")
-    mean = sum(per_trial) / len(per_trial)
-    return {
-        "study_start_seconds": study_start,
-        "seconds_per_trial": mean,
-        "seconds_per_epoch": mean / n_epochs,
-        "max_seconds_per_trial": max(per_trial),
-        "n_trials": n_trials,
-        "n_epochs": n_epochs,
-    }
 
 
 __all__ = [
@@ -940,10 +789,5 @@ __all__ = [
     "default_tracking_uri",
     "flatten_config",
     "log_report",
-    "measure_overhead",
     "resolve_tracking_uri",
-    "start_ui",
-    "stop_ui",
-    "experiment_url",
-    "run_url",
 ]

@@ -9,7 +9,6 @@ workers and in users' notebooks.
 from __future__ import annotations
 
 import math
-import os
 import random
 import socket
 import time
@@ -18,8 +17,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from autoopt.catalog import get_optimizer, optimizer_state_bytes, set_optimizer_mode
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core.catalog import get_optimizer
+from autoopt.optimizers import build_optimizer, optimizer_state_bytes, set_optimizer_mode
+from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.schedulers import build_schedule
 from autoopt.space import TrialConfig
 from autoopt.task import Task
@@ -91,7 +91,7 @@ def train(
         seed_everything(seed)
         sparse = "sparse_gradients" in spec.requires
         model = task.build_model(sparse_gradients=sparse).to(dev)
-        optimizer = spec.build(model, dict(config.optimizer_params))
+        optimizer = build_optimizer(spec, model, dict(config.optimizer_params))
         train_loader, val_loader = task.loaders(config.batch_size)
         steps_per_epoch = max(len(train_loader), 1)
         schedule = build_schedule(
@@ -188,9 +188,3 @@ def train(
     except (RuntimeError, ValueError) as exc:
         return outcome("failed", f"error during training: {type(exc).__name__}: {exc}", stopped=len(history) + 1)
     return outcome("complete")
-
-
-def worker_threads(cpus: float) -> int:
-    """Torch intra-op threads for a trial given its CPU share (at least one)."""
-    n = max(1, int(cpus))
-    return min(n, os.cpu_count() or 1)

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from autoopt.core import record as R
 from bench.common import Context, fmt, plt, ratio, table, write_json
 from bench.systems import LABELS, SystemRun, build_sampler, build_space, run_autoopt, run_optuna, run_tune
 
@@ -241,7 +242,7 @@ def contention(ctx: Context, workers: int, per_worker: int) -> dict[str, Any]:
         r = run_autoopt(TRIVIAL, {}, SPACE, seed=0, n_trials=n, workers=workers, cpus_per_trial=0.5,
                         storage=url_a, tracking_uri=None, system="autoopt_notrack")
         st = Counter(e.state for e in r.events)
-        reasons = Counter(str(t.user_attrs.get("autoopt.reason"))[:60] for t in optuna.load_study(
+        reasons = Counter(str(t.user_attrs.get(R.REASON))[:60] for t in optuna.load_study(
             study_name=r.extra["study"], storage=open_storage(url_a)).get_trials(deepcopy=False)
             if t.state == TrialState.FAIL)
         mine = {"trials_asked": n, "complete": st.get("complete", 0), "pruned": st.get("pruned", 0),

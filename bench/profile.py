@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import autoopt
     from autoopt import runner as R
+    from autoopt.core import record
     from autoopt import tracking as T
 
     phases: dict[str, float] = {}
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     study = res.study
-    trial_s = sum(t.user_attrs.get("autoopt.seconds") or 0 for t in study.trials)
+    trial_s = sum(t.user_attrs.get(record.SECONDS) or 0 for t in study.trials)
     phases["training (sum of trial seconds / workers)"] = trial_s / args.workers
     print(f"{args.trials} trials of {args.sleep:g} s, {args.workers} workers: wall {wall:.1f} s")
     print("| phase | seconds | share of wall |\n|---|---|---|")

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoopt.core import record as R
+
 SYSTEMS = ("autoopt", "autoopt_ws", "tune", "optuna", "random")
 LABELS = {
     "autoopt": "autoopt (TPE + Hyperband)",
@@ -143,9 +145,9 @@ def _events_from_study(study, t0: float, direction: str) -> list[TrialEvent]:
         inter = [v for v in t.intermediate_values.values() if v is not None and math.isfinite(v)]
         if value is None and inter:
             value = max(inter) if direction == "maximize" else min(inter)
-        epochs = int(t.user_attrs.get("autoopt.epochs_run", t.user_attrs.get("bench.epochs", len(inter))) or 0)
+        epochs = int(t.user_attrs.get(R.EPOCHS_RUN, t.user_attrs.get("bench.epochs", len(inter))) or 0)
         out.append(TrialEvent(t.number, _ts(t.datetime_complete) - t0, value, state, epochs,
-                              t.user_attrs.get("autoopt.seconds", t.user_attrs.get("bench.seconds"))))
+                              t.user_attrs.get(R.SECONDS, t.user_attrs.get("bench.seconds"))))
     return out
 
 
@@ -180,8 +182,8 @@ def run_autoopt(task: str, task_options: dict[str, Any], space: dict[str, Any], 
         "study": name,
         "best_value": result.best_value,
         "first_trial_start_s": min(starts) if starts else None,
-        "devices": sorted({str(t.user_attrs.get("autoopt.device")) for t in trials}),
-        "warm_started": sum(1 for t in trials if t.user_attrs.get("autoopt.warm_start")),
+        "devices": sorted({str(t.user_attrs.get(R.DEVICE)) for t in trials}),
+        "warm_started": sum(1 for t in trials if t.user_attrs.get(R.WARM_START)),
     }
     if tracking_uri:  # what MLflow logging cost inside the workers (TrialLogger's own timer)
         from mlflow import MlflowClient

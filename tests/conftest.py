@@ -17,6 +17,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(TESTS))
+sys.path.insert(1, str(TESTS.parent))  # bench/ (tests of the benchmark helpers) with a bare `pytest` too
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # finished studies feed the recommender's meta-dataset: keep the tests' studies out of the user's
 os.environ["AUTOOPT_RECOMMEND_DIR"] = tempfile.mkdtemp(prefix="autoopt-recommend-")

@@ -9,12 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from autoopt.catalog import (
-    CATALOG,
-    HyperParam,
+from autoopt.core.catalog import CATALOG, HyperParam, catalog_table, get_optimizer
+from autoopt.optimizers import (
     SparseDenseAdam,
-    catalog_table,
-    get_optimizer,
+    build_optimizer,
     hidden_matrix_params,
     optimizer_state_bytes,
     set_optimizer_mode,
@@ -108,7 +106,7 @@ def test_entry_builds_and_trains_at_defaults(name):
     spec = CATALOG[name]
     model, x, y = model_and_batch(name)
     before_params = [p.detach().clone() for p in model.parameters()]
-    optimizer = spec.build(model, {})
+    optimizer = build_optimizer(spec, model, {})
     assert isinstance(optimizer, torch.optim.Optimizer)
     loss_before, loss_after = train(spec, model, x, y, optimizer, steps=25)
     changed = [not torch.equal(a, b) for a, b in zip(before_params, model.parameters())]
@@ -135,7 +133,7 @@ def test_entry_builds_and_steps_at_range_corners(name, which):
     """Whatever the search samples inside the ranges must construct and step."""
     spec = CATALOG[name]
     model, x, y = model_and_batch(name)
-    optimizer = spec.build(model, _corner(spec, which))
+    optimizer = build_optimizer(spec, model, _corner(spec, which))
     train(spec, model, x, y, optimizer, steps=2)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -168,7 +166,7 @@ def test_hyperparam_rejects_bad_definitions():
 
 def test_hyperparameter_values_reach_the_optimizer():
     model = mlp()
-    opt = get_optimizer("adamw").build(model, {"lr": 0.0123, "beta1": 0.8, "beta2": 0.95, "eps": 1e-7, "weight_decay": 0.05})
+    opt = build_optimizer("adamw", model, {"lr": 0.0123, "beta1": 0.8, "beta2": 0.95, "eps": 1e-7, "weight_decay": 0.05})
     assert isinstance(opt, torch.optim.AdamW)
     for group in opt.param_groups:
         assert group["lr"] == 0.0123 and group["betas"] == (0.8, 0.95) and group["eps"] == 1e-7
@@ -177,17 +175,17 @@ def test_hyperparameter_values_reach_the_optimizer():
     # Biases and LayerNorm parameters are excluded from weight decay.
     assert decay[id(model[0].bias)] == 0.0 and decay[id(model[1].weight)] == 0.0 and decay[id(model[1].bias)] == 0.0
 
-    sgd = get_optimizer("nesterov").build(mlp(), {"lr": 0.2, "momentum": 0.8})
+    sgd = build_optimizer("nesterov", mlp(), {"lr": 0.2, "momentum": 0.8})
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.8
-    assert get_optimizer("sgd").build(mlp(), {"lr": 0.2}).param_groups[0]["momentum"] == 0.0
-    rms = get_optimizer("rmsprop").build(mlp(), {"centered": True, "momentum": 0.9})
+    assert build_optimizer("sgd", mlp(), {"lr": 0.2}).param_groups[0]["momentum"] == 0.0
+    rms = build_optimizer("rmsprop", mlp(), {"centered": True, "momentum": 0.9})
     assert rms.param_groups[0]["centered"] and rms.param_groups[0]["momentum"] == 0.9
 
-    la = get_optimizer("lookahead").build(mlp(), {"base": "momentum", "lr": 0.05, "momentum": 0.8, "k": 7, "alpha": 0.6})
+    la = build_optimizer("lookahead", mlp(), {"base": "momentum", "lr": 0.05, "momentum": 0.8, "k": 7, "alpha": 0.6})
     assert isinstance(la.optimizer, torch.optim.SGD) and la.optimizer.param_groups[0]["momentum"] == 0.8
     assert (la.k, la.alpha) == (7, 0.6) and la.param_groups[0]["lr"] == 0.05
 
-    muon = get_optimizer("muon").build(mlp(), {"lr": 0.03, "adamw_lr": 1e-3})
+    muon = build_optimizer("muon", mlp(), {"lr": 0.03, "adamw_lr": 1e-3})
     by_kind = {g["use_muon"]: g["lr"] for g in muon.param_groups}
     assert by_kind == {True: 0.03, False: 1e-3}
 
@@ -204,11 +202,11 @@ def test_unknown_names_raise_value_errors_listing_allowed():
     message = str(info.value)
     assert "adamz" in message and "adamw" in message and "sgd" in message and "muon" in message
     with pytest.raises(ValueError, match=r"momentum.*allowed: lr, beta1"):
-        get_optimizer("adam").build(mlp(), {"momentum": 0.9})
+        build_optimizer("adam", mlp(), {"momentum": 0.9})
     with pytest.raises(ValueError, match=r"base='lbfgs' is not one of"):
-        get_optimizer("lookahead").build(mlp(), {"base": "lbfgs"})
+        build_optimizer("lookahead", mlp(), {"base": "lbfgs"})
     with pytest.raises(ValueError, match="k must be an integer"):
-        get_optimizer("ranger").build(mlp(), {"k": 2.5})
+        build_optimizer("ranger", mlp(), {"k": 2.5})
 
 
 def test_applicability():
@@ -238,9 +236,9 @@ def test_applicability():
 
 def test_builders_refuse_models_they_cannot_train():
     with pytest.raises(ValueError, match="sparse=True"):
-        get_optimizer("sparse_adam").build(mlp())
+        build_optimizer("sparse_adam", mlp())
     with pytest.raises(ValueError, match="hidden 2-D"):
-        get_optimizer("muon").build(nn.Linear(4, 2))
+        build_optimizer("muon", nn.Linear(4, 2))
 
 
 def test_hidden_matrix_params_skip_head_embeddings_and_vectors():
@@ -252,7 +250,7 @@ def test_hidden_matrix_params_skip_head_embeddings_and_vectors():
 
 def test_sparse_adam_uses_sparse_adam_for_sparse_grads_and_adamw_for_the_rest():
     model, x, y = model_and_batch("sparse_adam")
-    opt = get_optimizer("sparse_adam").build(model, {"weight_decay": 0.01})
+    opt = build_optimizer("sparse_adam", model, {"weight_decay": 0.01})
     assert isinstance(opt, SparseDenseAdam)
     assert isinstance(opt.sparse, torch.optim.SparseAdam) and isinstance(opt.dense, torch.optim.AdamW)
     assert [p for g in opt.sparse.param_groups for p in g["params"]] == [model.emb.weight]
@@ -266,7 +264,7 @@ def test_sparse_adam_uses_sparse_adam_for_sparse_grads_and_adamw_for_the_rest():
 
     # state_dict round trip continues identically.
     clone = copy.deepcopy(model)
-    opt2 = get_optimizer("sparse_adam").build(clone, {"weight_decay": 0.01})
+    opt2 = build_optimizer("sparse_adam", clone, {"weight_decay": 0.01})
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     for o, m in ((opt, model), (opt2, clone)):
         o.zero_grad()
@@ -282,7 +280,7 @@ def _param_bytes(model: nn.Module) -> int:
 def _one_step(name: str, params: dict | None = None, width: int = 64):
     spec = get_optimizer(name)
     model, x, y = model_and_batch(name, width=width)
-    opt = spec.build(model, params or {})
+    opt = build_optimizer(spec, model, params or {})
     train(spec, model, x, y, opt, steps=1)
     return model, opt
 
@@ -312,7 +310,7 @@ def test_schedule_free_needs_train_eval_mode_and_set_optimizer_mode_switches_wei
     spec = get_optimizer("schedulefree_adamw")
     assert spec.needs_train_eval_mode and spec.allowed_schedulers == frozenset({"constant"})
     model, x, y = model_and_batch("schedulefree_adamw")
-    opt = spec.build(model)
+    opt = build_optimizer(spec, model)
     train(spec, model, x, y, opt, steps=5)  # ends in eval mode
     eval_weights = [p.detach().clone() for p in model.parameters()]
     set_optimizer_mode(opt, True)
@@ -320,7 +318,7 @@ def test_schedule_free_needs_train_eval_mode_and_set_optimizer_mode_switches_wei
     set_optimizer_mode(opt, False)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(eval_weights, model.parameters()))
     # A no-op for optimizers without train/eval.
-    adam = get_optimizer("adam").build(model)
+    adam = build_optimizer("adam", model)
     set_optimizer_mode(adam, True)
     set_optimizer_mode(adam, False)
 

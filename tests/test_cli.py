@@ -6,9 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from autoopt.core import record as R
 
 SPEC = """
 name: clidemo
@@ -36,6 +37,7 @@ def spec_file(workdir):
     return p
 
 
+@pytest.mark.slow
 def test_run_json_then_status_best_list_resume(workdir, spec_file):
     r = autoopt("run", str(spec_file), "--json", "--workers", "2", cwd=workdir)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -95,6 +97,7 @@ def test_catalog_and_tasks_listings(workdir):
     assert r.returncode == 0 and "adamw" in r.stdout
 
 
+@pytest.mark.slow
 def test_killed_driver_is_resumed(workdir):
     """SIGKILL the driver mid-study; `autoopt resume` fails its abandoned trials with a reason,
     re-runs them, and the study ends with its full budget (raised to 6 by `resume --trials`), no duplicate."""
@@ -131,9 +134,9 @@ def test_killed_driver_is_resumed(workdir):
     assert r.returncode == 0, r.stderr[-3000:]
     trials = optuna.load_study(study_name="slow", storage=url).trials
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
-    abandoned = [t for t in trials if (t.user_attrs.get("autoopt.reason") or "").startswith("abandoned")]
-    assert abandoned and all(t.state.name == "FAIL" and t.user_attrs["autoopt.retried"] for t in abandoned)
-    counted = [t for t in trials if not t.user_attrs.get("autoopt.retried")]
+    abandoned = [t for t in trials if (t.user_attrs.get(R.REASON) or "").startswith("abandoned")]
+    assert abandoned and all(t.state.name == "FAIL" and t.user_attrs[R.RETRIED] for t in abandoned)
+    counted = [t for t in trials if not t.user_attrs.get(R.RETRIED)]
     assert len(counted) == 6 and all(t.state.name == "COMPLETE" for t in counted)
     assert json.loads(r.stdout.strip().splitlines()[-1])["counts"]["complete"] == 6
     assert len({t.number for t in trials}) == len(trials)
@@ -146,10 +149,10 @@ def test_reading_a_study_back_needs_no_heavy_imports(workdir):
 
     url = f"sqlite:///{workdir / 'autoopt-studies.db'}"
     study = optuna.create_study(study_name="readback", storage=url, direction="maximize")
-    study.set_user_attr("autoopt.metric", "val_accuracy")
+    study.set_user_attr(R.METRIC, "val_accuracy")
     trial = study.ask()
     trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-    trial.set_user_attr("autoopt.config", {"optimizer": "adam"})
+    trial.set_user_attr(R.CONFIG, {"optimizer": "adam"})
     study.tell(trial, 0.9)
     probe = (
         "import sys, json; from typer.testing import CliRunner; from autoopt.cli import app; "

@@ -1,6 +1,6 @@
 """The cluster path, tested without Docker: the docker-compose topology as real processes.
 
-One module-scoped :class:`autoopt.cluster.LocalCluster` on 127.0.0.1: two fresh databases on the
+One module-scoped :class:`local_cluster.LocalCluster` on 127.0.0.1: two fresh databases on the
 machine's PostgreSQL (Optuna storage, MLflow backend store), an ``mlflow server`` process on
 PostgreSQL serving artifacts, a Ray head (token authentication on, no CPUs: it only hosts the
 study coordinators and the Ray client server) and a separate Ray worker node (``ray start``).
@@ -31,7 +31,8 @@ import yaml
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from autoopt.cluster import ClusterError, LocalCluster, PrivatePostgres, create_database
+from autoopt.core import record as R
+from local_cluster import LocalCluster, PrivatePostgres, create_database
 from autoopt.storage import open_storage
 
 from conftest import PG_ADMIN
@@ -53,10 +54,10 @@ HEAD_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms":
 def _check_prereqs() -> None:
     import sqlalchemy as sa
 
-    from autoopt.storage import _sqlalchemy_url
+    from autoopt.storage import sqlalchemy_url
 
     try:
-        engine = sa.create_engine(_sqlalchemy_url(PG_ADMIN), connect_args={"connect_timeout": 5})
+        engine = sa.create_engine(sqlalchemy_url(PG_ADMIN), connect_args={"connect_timeout": 5})
         with engine.connect():
             pass
         engine.dispose()
@@ -225,7 +226,7 @@ def test_trials_ran_on_the_worker_node(cluster, two_clients):
     for name in ("cli-study", "api-study"):
         ts = trials(cluster.optuna_url, name)
         assert len(ts) >= 2
-        nodes = {t.user_attrs.get("autoopt.node_id") for t in ts}
+        nodes = {t.user_attrs.get(R.NODE_ID) for t in ts}
         assert nodes <= worker_ids, f"{name}: trials ran on {nodes}, worker nodes are {worker_ids}"
         assert cluster.head.node_id not in nodes
 
@@ -256,7 +257,7 @@ def test_runs_are_on_the_tracking_server(cluster, two_clients):
         assert len(parent) == 1 and parent[0].info.status == "FINISHED"
         assert len(children) == len(trials(cluster.optuna_url, name))
         assert all(r.info.status == "FINISHED" for r in children)
-        by_id = {t.user_attrs["autoopt.mlflow_run_id"]: t for t in trials(cluster.optuna_url, name)}
+        by_id = {t.user_attrs[R.MLFLOW_RUN_ID]: t for t in trials(cluster.optuna_url, name)}
         assert set(by_id) == {r.info.run_id for r in children}
         for r in children:
             history = client.get_metric_history(r.info.run_id, "val_mse")
@@ -270,10 +271,10 @@ def test_concurrent_studies_do_not_interfere(cluster, two_clients):
     assert [t.number for t in a] == list(range(len(a))) and [t.number for t in b] == list(range(len(b)))
     assert all(t.state == TrialState.COMPLETE for t in a + b)
     assert {t.params["optimizer"] for t in a} == {"adamw"} and {t.params["optimizer"] for t in b} == {"radam"}
-    assert len({t.user_attrs["autoopt.session"] for t in a}) == 1
-    assert {t.user_attrs["autoopt.session"] for t in a}.isdisjoint({t.user_attrs["autoopt.session"] for t in b})
+    assert len({t.user_attrs[R.SESSION] for t in a}) == 1
+    assert {t.user_attrs[R.SESSION] for t in a}.isdisjoint({t.user_attrs[R.SESSION] for t in b})
     study_b = optuna.load_study(study_name="api-study", storage=open_storage(cluster.optuna_url))
-    assert study_b.user_attrs["autoopt.spec"]["space"]["optimizers"] == ["radam"]
+    assert study_b.user_attrs[R.SPEC]["space"]["optimizers"] == ["radam"]
     # the two studies overlapped in time (else this proves nothing about concurrency)
     span = lambda ts: (min(t.datetime_start for t in ts), max(t.datetime_complete for t in ts))  # noqa: E731
     (a0, a1), (b0, b1) = span(a), span(b)
@@ -294,8 +295,8 @@ def http(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 def test_uis_answer_as_in_compose(cluster, two_clients):
     """The three UIs of the README: MLflow, Ray dashboard (token auth on), optuna-dashboard on the
     same PostgreSQL storage, started with the URL form docker-compose.yml gives it."""
-    from autoopt.cluster import free_port, port_open
-    from autoopt.storage import _sqlalchemy_url
+    from local_cluster import free_port, port_open
+    from autoopt.storage import sqlalchemy_url
 
     status, body = http(cluster.mlflow.url + "/")
     assert status == 200 and b"<html" in body.lower()
@@ -308,7 +309,7 @@ def test_uis_answer_as_in_compose(cluster, two_clients):
     assert status == 200 and json.loads(body)["result"] is True
 
     port = free_port()
-    url = _sqlalchemy_url(cluster.optuna_url)
+    url = sqlalchemy_url(cluster.optuna_url)
     assert url.startswith("postgresql+psycopg://")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), url,
                              "--host", "127.0.0.1", "--port", str(port)],
@@ -328,15 +329,15 @@ def test_uis_answer_as_in_compose(cluster, two_clients):
 def test_a_reused_pid_is_not_taken_for_a_dead_service(tmp_path):
     """Ray starts processes by the thousand and pid_max may be 32768: once a service's processes
     are gone its pid can name a stranger, which stop()/kill() must then leave alone."""
-    from autoopt.cluster import Service, _session_pids
+    from local_cluster import Service, session_pids
 
     svc = Service("sleeper", tmp_path / "sleeper.log")
     svc.spawn(["sleep", "60"])
     try:
         assert svc.pids() == [svc.proc.pid]
-        assert _session_pids(svc.proc.pid, svc.start_ticks) == [svc.proc.pid]
+        assert session_pids(svc.proc.pid, svc.start_ticks) == [svc.proc.pid]
         # the same pid with another start time is another process (a new session leader): not ours
-        assert _session_pids(svc.proc.pid, svc.start_ticks + 1) == []
+        assert session_pids(svc.proc.pid, svc.start_ticks + 1) == []
     finally:
         svc.proc.kill()
         svc.proc.wait()
@@ -404,17 +405,17 @@ def test_worker_node_killed_mid_study(cluster, live_worker, tmp_path):
     final = trials(url, "kill-study")
     for number, value in done_before.items():  # nothing already finished is lost
         assert final[number].state == TrialState.COMPLETE and final[number].value == value
-    story = [(t.number, t.state.name, t.user_attrs.get("autoopt.reason"), t.user_attrs.get("autoopt.retry_of"))
+    story = [(t.number, t.state.name, t.user_attrs.get(R.REASON), t.user_attrs.get(R.RETRY_OF))
              for t in final]
     assert {t.number for t in final if t.state == TrialState.FAIL} == running, story
     for t in failed:
-        assert t.user_attrs["autoopt.reason"].startswith("worker lost"), story
-        assert t.user_attrs["autoopt.retried"] is True, story
-    retries = [t for t in final if "autoopt.retry_of" in t.user_attrs]
-    assert sorted(t.user_attrs["autoopt.retry_of"] for t in retries) == sorted(running), story
+        assert t.user_attrs[R.REASON].startswith("worker lost"), story
+        assert t.user_attrs[R.RETRIED] is True, story
+    retries = [t for t in final if R.RETRY_OF in t.user_attrs]
+    assert sorted(t.user_attrs[R.RETRY_OF] for t in retries) == sorted(running), story
     assert all(t.state == TrialState.COMPLETE for t in retries), story
-    assert {t.user_attrs["autoopt.node_id"] for t in retries} == {new.node_id}
-    counted = [t for t in final if not t.user_attrs.get("autoopt.retried")]
+    assert {t.user_attrs[R.NODE_ID] for t in retries} == {new.node_id}
+    counted = [t for t in final if not t.user_attrs.get(R.RETRIED)]
     assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
     assert result["counts"]["complete"] == 6
 
@@ -457,9 +458,9 @@ def test_postgres_restart_mid_study(cluster, live_worker, private_pg, tmp_path):
     final = trials(url, "pg-study")
     for number, value in done_before.items():
         assert final[number].state == TrialState.COMPLETE and final[number].value == value
-    counted = [t for t in final if not t.user_attrs.get("autoopt.retried")]
+    counted = [t for t in final if not t.user_attrs.get(R.RETRIED)]
     assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted), [
-        (t.number, t.state, t.user_attrs.get("autoopt.reason")) for t in final]
+        (t.number, t.state, t.user_attrs.get(R.REASON)) for t in final]
     assert result["counts"]["complete"] == 6
     assert "was unreachable during the study" in err  # the outage really hit the study; the user is told
 
@@ -499,9 +500,9 @@ def test_postgres_down_too_long_fails_clearly_then_resumes(cluster, live_worker,
     for number, value in done_before.items():
         assert final[number].state == TrialState.COMPLETE and final[number].value == value
     for number in orphans:
-        assert final[number].state == TrialState.FAIL and final[number].user_attrs["autoopt.retried"] is True
-        assert final[number].user_attrs["autoopt.reason"].startswith("abandoned")
-    counted = [t for t in final if not t.user_attrs.get("autoopt.retried")]
+        assert final[number].state == TrialState.FAIL and final[number].user_attrs[R.RETRIED] is True
+        assert final[number].user_attrs[R.REASON].startswith("abandoned")
+    counted = [t for t in final if not t.user_attrs.get(R.RETRIED)]
     assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
     assert result["counts"]["complete"] == 4
 
@@ -511,7 +512,7 @@ def test_mlflow_server_down_mid_study(cluster, live_worker, tmp_path):
     once the server is back (same port), later trials and the study's results are logged."""
     from mlflow import MlflowClient
 
-    from autoopt.cluster import start_mlflow_server
+    from local_cluster import start_mlflow_server
 
     url = cluster.optuna_url
     gate = Gate(tmp_path / "gate")
@@ -545,6 +546,6 @@ def test_mlflow_server_down_mid_study(cluster, live_worker, tmp_path):
     after = [t for t in final if t.datetime_start.timestamp() > up_at + 2]  # started once the server was back
     assert after, "no trial started after the server came back"
     for t in after:
-        run = children[t.user_attrs["autoopt.mlflow_run_id"]]
+        run = children[t.user_attrs[R.MLFLOW_RUN_ID]]
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val_mse")) == 3

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from autoopt.cluster import CLIENT_ENV, MLFLOW_ALLOWED_HOSTS
+from local_cluster import CLIENT_ENV, MLFLOW_ALLOWED_HOSTS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

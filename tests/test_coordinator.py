@@ -19,24 +19,28 @@ from typing import Iterator
 
 import optuna
 import psycopg
-import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from autoopt.coordinator import StudyCoordinator
-from autoopt.spec import SpaceSpec
-from autoopt.task import TaskTraits
+from autoopt.core import record as R
+from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec
+from autoopt.core.traits import TaskTraits
 
 TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
 OUTCOME = {"status": "complete", "value": 0.75, "history": [{"epoch": 0, "value": 0.75}], "node_id": "n1"}
 
 
 def coordinator(url: str, retries: int = 1) -> StudyCoordinator:
-    return StudyCoordinator(storage_url=url, study_name=f"s-{uuid.uuid4().hex[:6]}", direction="maximize",
-                            space=SpaceSpec(optimizers=["adamw"]).model_dump(mode="json"), traits=TRAITS.to_dict(),
-                            max_epochs=3, n_trials=None, retries=retries, storage_retry_s=30)
+    return StudyCoordinator(
+        f"s-{uuid.uuid4().hex[:6]}",
+        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw"]), n_trials=None),
+        ExecutionSpec(retries=retries, storage_retry_s=30),
+        PlacesSpec(storage=url),
+        TaskFacts("maximize", TRAITS, max_epochs=3),
+    )
 
 
 @contextmanager
@@ -75,7 +79,7 @@ def test_tell_retried_after_its_commit_keeps_the_outcome(pg_url):
     assert c.storage_outages == 1  # the call really failed once and was retried
     trial = c.study.get_trials(deepcopy=False)[item["number"]]
     assert trial.state == TrialState.COMPLETE and trial.value == 0.75
-    assert trial.user_attrs["autoopt.node_id"] == "n1" and trial.user_attrs["autoopt.epochs_run"] == 1
+    assert trial.user_attrs[R.NODE_ID] == "n1" and trial.user_attrs[R.EPOCHS_RUN] == 1
 
 
 def test_fail_retried_after_its_commit_enqueues_one_rerun(pg_url):
@@ -86,8 +90,8 @@ def test_fail_retried_after_its_commit_enqueues_one_rerun(pg_url):
     assert c.storage_outages == 1
     trials = c.study.get_trials(deepcopy=False)
     assert trials[item["number"]].state == TrialState.FAIL
-    assert trials[item["number"]].user_attrs["autoopt.reason"] == "worker lost: NodeDiedError"
-    reruns = [t for t in trials if t.user_attrs.get("autoopt.retry_of") == item["number"]]
+    assert trials[item["number"]].user_attrs[R.REASON] == "worker lost: NodeDiedError"
+    reruns = [t for t in trials if t.user_attrs.get(R.RETRY_OF) == item["number"]]
     assert len(reruns) == 1 and reruns[0].state == TrialState.WAITING
     assert reruns[0].system_attrs["fixed_params"] == trials[item["number"]].params
     # the re-run is what ask hands out next, and failing it again still respects `retries`
@@ -113,7 +117,7 @@ def test_ask_retried_after_the_trial_was_created_leaves_no_orphan(pg_url):
     assert c.storage_outages == 1
     trials = c.study.get_trials(deepcopy=False)
     assert [t.number for t in trials] == [item["number"]] and trials[0].state == TrialState.RUNNING
-    assert trials[0].params == item["params"] and trials[0].user_attrs["autoopt.session"] == c.session
+    assert trials[0].params == item["params"] and trials[0].user_attrs[R.SESSION] == c.session
     c.tell(item["number"], OUTCOME)
     assert c.summary()["counts"] == {"complete": 1, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
 
@@ -131,4 +135,4 @@ def test_a_trial_created_by_another_driver_is_not_reaped_before_it_has_a_session
     c.heartbeat()  # this driver is alive (the other's silence is not an outage both went through)
     assert c.reap_stale() == [other.number]  # gone quiet for longer than stale_after_s: abandoned
     frozen = c.study.get_trials(deepcopy=False)[other.number]
-    assert frozen.state == TrialState.FAIL and frozen.user_attrs["autoopt.reason"].startswith("abandoned")
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs[R.REASON].startswith("abandoned")

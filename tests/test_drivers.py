@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from autoopt import coordinator as coordinator_mod
-from autoopt.coordinator import StudyCoordinator
-from autoopt.spec import SpaceSpec
-from autoopt.task import TaskTraits
+from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.core.traits import TaskTraits
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec
+from autoopt.storage import open_storage
 
 TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
 OUTCOME = {"status": "complete", "value": 0.75,
@@ -28,11 +28,16 @@ OUTCOME = {"status": "complete", "value": 0.75,
                        {"epoch": 2, "train_loss": 0.9, "val_metric": 0.75, "lr": 0.1, "seconds": 0.1}]}
 
 
-def make(url: str, name: str, n_trials: int | None = None, stale_after_s: float = 2.0) -> StudyCoordinator:
-    return StudyCoordinator(storage_url=url, study_name=name, direction="maximize",
-                            space=SpaceSpec(optimizers=["adamw", "sgd"]).model_dump(mode="json"),
-                            traits=TRAITS.to_dict(), max_epochs=3, n_trials=n_trials, storage_retry_s=30,
-                            stale_after_s=stale_after_s, session=uuid.uuid4().hex[:12])
+def make(url: str, name: str, n_trials: int | None = None, stale_after_s: float = 2.0,
+         heartbeat_s: float = 5.0) -> StudyCoordinator:
+    return StudyCoordinator(
+        name,
+        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw", "sgd"]), n_trials=n_trials),
+        ExecutionSpec(storage_retry_s=30, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s),
+        PlacesSpec(storage=url),
+        TaskFacts("maximize", TRAITS, max_epochs=3),
+        session=uuid.uuid4().hex[:12],
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -77,7 +82,7 @@ def test_two_driver_processes_never_overshoot_the_budget(url):
         d.join(timeout=30)
     assert sum(taken) == 2 * 3, taken
     for name in names:
-        trials = optuna.load_study(study_name=name, storage=coordinator_mod.open_storage(url)).trials
+        trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, name
 
 
@@ -116,10 +121,9 @@ def test_an_outage_both_drivers_went_through_reaps_nobody(url):
     assert a.summary()["counts"]["complete"] == 1
 
 
-def test_a_reporting_worker_keeps_a_stalled_driver_alive(url, monkeypatch):
-    monkeypatch.setattr(coordinator_mod, "HEARTBEAT_S", 0.5)
+def test_a_reporting_worker_keeps_a_stalled_driver_alive(url):
     name = f"busy-{uuid.uuid4().hex[:6]}"
-    a, b = make(url, name), make(url, name)
+    a, b = make(url, name, heartbeat_s=0.5), make(url, name, heartbeat_s=0.5)
     item = a.ask()
     for epoch in range(1, 7):  # a's driver loop is stalled (no heartbeats), its worker reports
         time.sleep(0.5)

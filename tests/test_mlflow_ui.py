@@ -21,18 +21,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoopt.records import EpochRecord, TrialOutcome
-from autoopt.tracking import (
-    StudyTracker,
-    TrackingConfig,
-    default_tracking_uri,
-    experiment_url,
-    free_port,
-    run_url,
-    start_ui,
-    stop_ui,
-    ui_url,
-)
+from autoopt.core import record as R
+from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
+from autoopt.ui import experiment_url, run_url, start_ui, stop_ui, ui_url
+from local_cluster import free_port
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 STUDY = "ui-study"
@@ -76,7 +69,7 @@ def _tracked_store(tmp_path: Path) -> tuple[str, StudyTracker, dict[str, str]]:
     traits = {"domain": "cv", "metric": "val_accuracy", "direction": "maximize"}
     tracker.start(STUDY, {"n_trials": 3, "task": "cv"}, "TPESampler", "HyperbandPruner", traits)
     study = optuna.create_study(study_name=STUDY, direction="maximize")
-    study.set_user_attr("autoopt.metric", "val_accuracy")
+    study.set_user_attr(R.METRIC, "val_accuracy")
     run_ids = {}
     for number, (status, stop, reason) in enumerate(OUTCOMES):
         config = {"optimizer": "adamw", "optimizer_params": {"lr": 10 ** -(number + 2)}, "scheduler": "cosine",
@@ -94,14 +87,15 @@ def _tracked_store(tmp_path: Path) -> tuple[str, StudyTracker, dict[str, str]]:
             params={"optimizer": "adamw", "adamw.lr": config["optimizer_params"]["lr"]},
             distributions={"optimizer": CategoricalDistribution(["adamw"]),
                            "adamw.lr": FloatDistribution(1e-6, 1.0, log=True)},
-            user_attrs={"autoopt.config": config, "autoopt.history": [h.to_dict() for h in history],
-                        "autoopt.status": status, "autoopt.reason": reason, "autoopt.epochs_run": len(history),
-                        "autoopt.max_epochs": 3, "autoopt.stopped_at_epoch": stop},
+            user_attrs={R.CONFIG: config, R.HISTORY: [h.to_dict() for h in history],
+                        R.STATUS: status, R.REASON: reason, R.EPOCHS_RUN: len(history),
+                        R.MAX_EPOCHS: 3, R.STOPPED_AT_EPOCH: stop},
         ))
     tracker.finish(study)
     return uri, tracker, run_ids
 
 
+@pytest.mark.browser
 @pytest.mark.slow
 def test_mlflow_ui_shows_study_and_nested_trials(tmp_path):
     chromium = _chromium()

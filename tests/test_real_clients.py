@@ -4,7 +4,6 @@ server (started as a real process on the storage URL, queried over HTTP)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,11 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 
 import autoopt
 from autoopt.spec import StudySpec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from local_cluster import free_port
 
 
 def get_json(url: str, deadline_s: float = 60.0, server: subprocess.Popen | None = None):
@@ -37,6 +32,7 @@ def get_json(url: str, deadline_s: float = 60.0, server: subprocess.Popen | None
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_shows_params_curves_and_pruned_states(ray_local, workdir):
     spec = StudySpec(name="dash", task="cv", task_options={"size": 0.25, "epochs": 6}, n_trials=10, workers=2,
                      tracking=False, pruner="hyperband",

@@ -14,7 +14,8 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoopt.report import PLOT_NAMES, best_config_python, summarize, write_report
+from autoopt.core import record as R
+from autoopt.report import PLOT_NAMES, best_config_python, write_report
 
 MAX_EPOCHS = 6
 DISTRIBUTIONS = {
@@ -62,18 +63,18 @@ def _add_trial(study: optuna.Study, rng: random.Random, status: str, stop: int |
     if status == "failed":
         history[-1]["train_loss"] = float("nan")
     attrs = {
-        "autoopt.config": _config(params),
-        "autoopt.history": history,
-        "autoopt.status": status,
-        "autoopt.reason": {"complete": None, "pruned": "median pruner at epoch %s" % stop,
+        R.CONFIG: _config(params),
+        R.HISTORY: history,
+        R.STATUS: status,
+        R.REASON: {"complete": None, "pruned": "median pruner at epoch %s" % stop,
                            "failed": "loss is nan"}[status],
-        "autoopt.epochs_run": epochs,
-        "autoopt.max_epochs": MAX_EPOCHS,
-        "autoopt.stopped_at_epoch": None if status == "complete" else stop,
-        "autoopt.device": "cpu",
-        "autoopt.host": "test-host",
-        "autoopt.optimizer_state_bytes": 1024,
-        "autoopt.seconds": 0.1 * epochs,
+        R.EPOCHS_RUN: epochs,
+        R.MAX_EPOCHS: MAX_EPOCHS,
+        R.STOPPED_AT_EPOCH: None if status == "complete" else stop,
+        R.DEVICE: "cpu",
+        R.HOST: "test-host",
+        R.OPTIMIZER_STATE_BYTES: 1024,
+        R.SECONDS: 0.1 * epochs,
     }
     state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}[status]
     study.add_trial(create_trial(
@@ -89,8 +90,8 @@ def _add_trial(study: optuna.Study, rng: random.Random, status: str, stop: int |
 def _study(tmp_path: Path, statuses: list[tuple[str, int | None]], name: str = "report-study") -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
                                 direction="maximize")
-    study.set_user_attr("autoopt.metric", "val_accuracy")
-    study.set_user_attr("autoopt.traits", {"domain": "cv", "metric": "val_accuracy", "direction": "maximize"})
+    study.set_user_attr(R.METRIC, "val_accuracy")
+    study.set_user_attr(R.TRAITS, {"domain": "cv", "metric": "val_accuracy", "direction": "maximize"})
     rng = random.Random(7)
     for status, stop in statuses:
         _add_trial(study, rng, status, stop)
@@ -101,6 +102,9 @@ MIXED = [("complete", None)] * 6 + [("pruned", 2), ("pruned", 3), ("failed", 1)]
 
 
 def _assert_plots(paths: list[Path]) -> None:
+    """All five plots drawn: files present and valid, and none of them a "Plot failed" placeholder."""
+    summary = json.loads(next(p for p in paths if p.name == "summary.json").read_text())
+    assert summary["plot_errors"] == {}, summary["plot_errors"]
     names = {p.name for p in paths}
     for stem in PLOT_NAMES:
         assert f"{stem}.html" in names and f"{stem}.png" in names, stem
@@ -130,7 +134,7 @@ def test_report_of_mixed_study(tmp_path):
     assert summary["best_trial"] == study.best_trial.number
 
     best = json.loads((tmp_path / "report" / "best_config.json").read_text())
-    assert best["config"] == study.best_trial.user_attrs["autoopt.config"]
+    assert best["config"] == study.best_trial.user_attrs[R.CONFIG]
     namespace: dict = {}
     exec(compile((tmp_path / "report" / "best_config.py").read_text(), "best_config.py", "exec"), namespace)
     model = torch.nn.Linear(3, 2)
@@ -149,13 +153,29 @@ def test_matplotlib_png_fallback(tmp_path):
     _assert_plots(paths)
 
 
+def test_a_failing_plot_degrades_to_a_placeholder_and_is_reported(tmp_path, monkeypatch):
+    """Users still get the report when one plot breaks; summary.json says which and why."""
+    from autoopt import report
+
+    def broken(study):
+        raise RuntimeError("no importances for you")
+
+    monkeypatch.setitem(report._BUILDERS, "param_importances", broken)
+    study = _study(tmp_path, MIXED)
+    paths = write_report(study, tmp_path / "report", png="matplotlib")
+    assert {f"{stem}.{ext}" for stem in PLOT_NAMES for ext in ("html", "png")} <= {p.name for p in paths}
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["plot_errors"] == {"param_importances": "RuntimeError: no importances for you"}
+    assert "Plot failed: RuntimeError: no importances for you" in (tmp_path / "report" / "param_importances.html").read_text()
+
+
 @pytest.mark.parametrize("statuses", [[], [("pruned", 2), ("failed", 1), ("pruned", 4)]], ids=["empty", "no-complete"])
 def test_report_without_completed_trials(tmp_path, statuses):
     study = _study(tmp_path, statuses)
     paths = write_report(study, tmp_path / "report", png="matplotlib")
     _assert_plots(paths)
     assert not (tmp_path / "report" / "best_config.py").exists()
-    summary = summarize(study)
+    summary = R.summarize(study).as_dict()
     assert summary["best_value"] is None and summary["n_complete"] == 0
     assert summary["n_pruned"] == sum(s == "pruned" for s, _ in statuses)
 
@@ -184,7 +204,7 @@ def sampled_config(optimizer: str, scheduler: str) -> dict:
 
 @pytest.mark.parametrize("optimizer, scheduler", PAIRS, ids=[f"{o}-{s}" for o, s in PAIRS])
 def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
-    from autoopt.catalog import get_optimizer
+    from autoopt.optimizers import build_optimizer
     from autoopt.report import plain_torch_line
     from autoopt.schedulers import build_schedule
 
@@ -196,7 +216,7 @@ def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     ref_model = copy.deepcopy(model)  # the trial's run, side by side with the pasted snippet's
     optimizer_ = namespace["build_optimizer"](model)
-    reference = get_optimizer(optimizer).build(ref_model, config["optimizer_params"])
+    reference = build_optimizer(optimizer, ref_model, config["optimizer_params"])
     assert type(optimizer_) is type(reference)
     strip = lambda g: {k: v for k, v in g.items() if k != "params"}  # noqa: E731
     assert [strip(g) for g in optimizer_.param_groups] == [strip(g) for g in reference.param_groups]
@@ -227,7 +247,7 @@ def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
 
         built = eval(plain, {"torch": torch, "pytorch_optimizer": pytorch_optimizer, "model": model})
         # Against a fresh, unscheduled build: the schedule above has moved the reference's lr.
-        fresh = get_optimizer(optimizer).build(ref_model, config["optimizer_params"])
+        fresh = build_optimizer(optimizer, ref_model, config["optimizer_params"])
         assert type(built) is type(fresh)
         decayed = max(fresh.param_groups, key=lambda g: g.get("weight_decay", 0) or 0)
         for key, value in strip(built.param_groups[0]).items():

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from autoopt.catalog import get_optimizer
-from autoopt.schedulers import SCHEDULERS, WARMUP_START_FACTOR, build_schedule, get_scheduler, scheduler_table
+from autoopt.core.catalog import SCHEDULERS, get_scheduler, scheduler_table
+from autoopt.optimizers import build_optimizer
+from autoopt.schedulers import WARMUP_START_FACTOR, build_schedule
 
 PEAK = 0.1
 
@@ -177,21 +177,21 @@ def test_plateau_ignores_epochs_inside_the_warmup():
 
 def _sparse_setup():
     model = SparseModel()
-    return model, get_optimizer("sparse_adam").build(model, {"lr": 0.01, "weight_decay": 0.01}), (
+    return model, build_optimizer("sparse_adam", model, {"lr": 0.01, "weight_decay": 0.01}), (
         lambda g: torch.randint(0, 30, (8, 3), generator=g)
     )
 
 
 def _lookahead_setup():
     model = mlp()
-    return model, get_optimizer("lookahead").build(model, {"lr": 0.01, "base": "radam"}), (
+    return model, build_optimizer("lookahead", model, {"lr": 0.01, "base": "radam"}), (
         lambda g: torch.randn(8, 4, generator=g)
     )
 
 
 def _muon_setup():
     model = mlp()
-    return model, get_optimizer("muon").build(model, {"lr": 0.02, "adamw_lr": 1e-3}), (
+    return model, build_optimizer("muon", model, {"lr": 0.02, "adamw_lr": 1e-3}), (
         lambda g: torch.randn(8, 4, generator=g)
     )
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autoopt.catalog import CATALOG
-from autoopt.coordinator import StudyCoordinator
+from autoopt.core.catalog import CATALOG
+from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.sampling import ChoiceRestrictingSampler, make_sampler
 from autoopt.space import SearchSpace, TrialConfig
-from autoopt.spec import SpaceSpec, SpecError
-from autoopt.task import TaskTraits
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec, SpecError
+from autoopt.core.traits import TaskTraits
 
 DENSE = TaskTraits("cv", 32, 0.0, 1000, 1000, "val_accuracy", "maximize")
 SPARSE = TaskTraits("nlp", 32, 0.95, 1000, 1000, "val_accuracy", "maximize", sparse_gradients=True)
@@ -101,12 +101,15 @@ def test_resume_with_changed_optimizer_list(tmp_path):
 
 def test_coordinator_resume_with_changed_space(tmp_path):
     url = f"sqlite:///{tmp_path}/c.db"
-    common = dict(storage_url=url, study_name="c", direction="maximize", traits=DENSE.to_dict(), max_epochs=3, n_trials=None)
-    c1 = StudyCoordinator(space=SpaceSpec(optimizers=["sgd", "adam"]).model_dump(mode="json"), **common)
+    def coordinator(optimizers: list[str]) -> StudyCoordinator:
+        search = SearchSpec(task="cv", space=SpaceSpec(optimizers=optimizers), n_trials=None)
+        return StudyCoordinator("c", search, ExecutionSpec(), PlacesSpec(storage=url), TaskFacts("maximize", DENSE, 3))
+
+    c1 = coordinator(["sgd", "adam"])
     for _ in range(3):
         item = c1.ask()
         c1.tell(item["number"], {"status": "complete", "value": 0.5, "history": []})
-    c2 = StudyCoordinator(space=SpaceSpec(optimizers=["lion", "adam"]).model_dump(mode="json"), **common)
+    c2 = coordinator(["lion", "adam"])
     for _ in range(3):
         item = c2.ask()
         assert item["config"]["optimizer"] in {"lion", "adam"}

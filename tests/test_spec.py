@@ -15,7 +15,7 @@ def spec(**kw):
     "space, needle",
     [
         ({"optimizers": ["adamw", "adamz"]}, "unknown optimizer 'adamz'; allowed: sgd"),
-        ({"params": {"adamw": {"lr": {"low": 1e-2, "high": 1e-4}}}}, "low (0.01) must be <= high (0.0001)"),
+        ({"params": {"adamw": {"lr": {"low": 1e-2, "high": 1e-4}}}}, "low 0.01 is above high 0.0001"),
         ({"params": {"adamw": {"weight_decay": -0.1}}}, "params.adamw.weight_decay: -0.1 is out of range; weight_decay must be >= 0"),
         ({"params": {"adam": {"beta1": 1.0}}}, "beta1 must be in [0, 1)"),
         ({"params": {"adam": {"beta2": {"low": 0.9, "high": 1.2}}}}, "beta2 must be in [0, 1)"),

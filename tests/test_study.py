@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 import autoopt
+from autoopt.core import record as R
 from autoopt.spec import StudySpec
 from autoopt.storage import StorageError, open_storage, redact
 
@@ -31,15 +32,16 @@ def check_study(result, n):
     states = {t.state.name for t in trials}
     assert "COMPLETE" in states
     for t in trials:
-        assert t.user_attrs["autoopt.status"] in ("complete", "pruned", "failed")
-        assert t.user_attrs["autoopt.config"]["optimizer"] == t.params["optimizer"]
+        assert t.user_attrs[R.STATUS] in ("complete", "pruned", "failed")
+        assert t.user_attrs[R.CONFIG]["optimizer"] == t.params["optimizer"]
         if t.state.name == "PRUNED":
-            assert t.user_attrs["autoopt.epochs_run"] < 6
+            assert t.user_attrs[R.EPOCHS_RUN] < 6
             assert t.intermediate_values
     assert result.best_value is not None and result.best_config["optimizer"] in {"adamw", "momentum", "sgd", "lion"}
     return study
 
 
+@pytest.mark.slow
 def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
     result = autoopt.run(small_spec("sq", n_trials=14))
     study = check_study(result, 14)
@@ -57,24 +59,32 @@ def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
     del study
 
 
+@pytest.mark.slow
 def test_study_on_postgresql(ray_local, workdir, pg_url):
     result = autoopt.run(small_spec("pg", storage=pg_url, n_trials=10))
     check_study(result, 10)
     loaded = optuna.load_study(study_name="pg", storage=open_storage(pg_url))
     assert len(loaded.trials) == 10
-    assert loaded.user_attrs["autoopt.task"] == "cv"
+    assert loaded.user_attrs[R.TASK] == "cv"
 
 
 def test_submit_returns_a_handle(ray_local, workdir):
     handle = autoopt.submit(small_spec("handle", n_trials=6))
-    status = handle.status()
-    assert status["state"] in ("running", "done")
+    early = handle.status()  # Ray, the coordinator and MLflow take seconds to start: nothing ran yet
+    assert early["state"] == "running" and not handle.done()
+    assert set(early) == {"state", "counts", "running", "best_value", "elapsed_s"}
     result = handle.wait(timeout=240)
     assert handle.done() and sum(result.counts[k] for k in ("complete", "pruned", "failed")) == 6
+    final = handle.status()
+    assert final["state"] == "done" and final["running"] == 0
+    assert {k: final["counts"][k] for k in ("complete", "pruned", "failed")} == {
+        k: result.counts[k] for k in ("complete", "pruned", "failed")}
+    assert final["best_value"] == pytest.approx(result.best_value) and handle.best_value == final["best_value"]
     df = handle.trials_dataframe()
     assert len(df) == 6 and {"optimizer", "epochs_run", "state"} <= set(df.columns)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
     from helper_tasks import CrashOnceTask
 
@@ -87,9 +97,9 @@ def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
     trials = result.study.trials
     failed = [t for t in trials if t.state.name == "FAIL"]
     assert len(failed) == 1
-    assert failed[0].user_attrs["autoopt.reason"].startswith("worker lost")
-    assert failed[0].user_attrs["autoopt.retried"] is True
-    retry = [t for t in trials if t.user_attrs.get("autoopt.retry_of") == failed[0].number]
+    assert failed[0].user_attrs[R.REASON].startswith("worker lost")
+    assert failed[0].user_attrs[R.RETRIED] is True
+    retry = [t for t in trials if t.user_attrs.get(R.RETRY_OF) == failed[0].number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed[0].params
     assert result.counts["complete"] == 4
 
@@ -101,7 +111,7 @@ def test_diverging_trials_do_not_stop_the_study(ray_local, workdir):
                       task="tabular", task_options={"size": 0.25, "epochs": 3})
     result = autoopt.run(spec)
     assert result.counts["failed"] == 4
-    reasons = [t.user_attrs["autoopt.reason"] for t in result.study.trials]
+    reasons = [t.user_attrs[R.REASON] for t in result.study.trials]
     assert all(r.startswith("diverged") for r in reasons)
 
 
@@ -134,6 +144,7 @@ def test_one_storage_per_url_keeps_postgresql_connections_few(pg_url):
     admin.dispose()
 
 
+@pytest.mark.slow
 def test_eight_concurrent_workers_on_sqlite_lose_nothing(ray_local, workdir):
     """8 trials in flight at once (fractional CPUs), one SQLite file: every trial is recorded,
     none fails on a locked database, because only the coordinator writes to it."""
@@ -144,10 +155,10 @@ def test_eight_concurrent_workers_on_sqlite_lose_nothing(ray_local, workdir):
     trials = result.study.trials
     assert len(trials) == 24 and [t.number for t in trials] == list(range(24))
     assert all(t.state.is_finished() for t in trials)
-    reasons = [t.user_attrs.get("autoopt.reason") or "" for t in trials]
+    reasons = [t.user_attrs.get(R.REASON) or "" for t in trials]
     assert not [r for r in reasons if "locked" in r or "worker lost" in r]
-    assert all(len(t.user_attrs["autoopt.history"]) == t.user_attrs["autoopt.epochs_run"] for t in trials)
-    failed = [t.user_attrs["autoopt.reason"] for t in trials if t.state.name == "FAIL"]
+    assert all(len(t.user_attrs[R.HISTORY]) == t.user_attrs[R.EPOCHS_RUN] for t in trials)
+    failed = [t.user_attrs[R.REASON] for t in trials if t.state.name == "FAIL"]
     assert all(r.startswith("diverged") for r in failed), failed  # bad lrs, not infrastructure
     assert result.counts["complete"] + result.counts["pruned"] + len(failed) == 24
 
@@ -160,16 +171,39 @@ def test_remote_cluster_with_local_sqlite_is_a_clear_error(workdir):
         StudyRunner(small_spec("remote", ray_address="ray://10.0.0.1:10001"))
 
 
+def test_after_study_hook_errors_are_reported_not_swallowed(workdir):
+    """The runner does not import the recommender: what runs after a study is the caller's hook,
+    and when it fails the user is told (the study itself is stored either way)."""
+    from autoopt.runner import StudyHooks, StudyRunner
+
+    def read_only_meta_dataset(study):
+        raise PermissionError("meta_dataset.csv is read-only")
+
+    runner = StudyRunner(small_spec("hooked", n_trials=1), hooks=StudyHooks(after_study=read_only_meta_dataset))
+    optuna.create_study(study_name="hooked", storage=open_storage(runner.storage_url), direction="maximize")
+    with pytest.warns(UserWarning, match="after-study step failed for 'hooked': PermissionError: meta_dataset.csv is read-only"):
+        runner._finish()
+
+
+def test_warm_start_without_the_recommender_hooks_is_a_clear_error(workdir):
+    from autoopt.runner import StudyRunner
+    from autoopt.spec import SpecError
+
+    with pytest.raises(SpecError, match="warm_start needs the recommender"):
+        StudyRunner(small_spec("cold", warm_start={"enabled": True}))
+
+
+@pytest.mark.slow
 def test_warm_start_enqueues_recommendations_first(ray_local, workdir):
     spec = small_spec("warm", n_trials=5, warm_start={"enabled": True, "n_trials": 2},
                       space={"optimizers": ["adamw", "radam", "momentum", "nesterov", "lion"]})
     result = autoopt.run(spec)
     trials = result.study.trials
-    warm = [t for t in trials if t.user_attrs.get("autoopt.warm_start")]
+    warm = [t for t in trials if t.user_attrs.get(R.WARM_START)]
     assert len(warm) == 2 and [t.number for t in warm] == [0, 1]
     from autoopt.recommend import suggest_configs
 
-    expected = [c["optimizer"] for c in suggest_configs(result.study.user_attrs["autoopt.traits"], 8)]
+    expected = [c["optimizer"] for c in suggest_configs(result.study.user_attrs[R.TRAITS], 8)]
     assert [t.params["optimizer"] for t in warm] == [o for o in expected if o in spec.space.optimizers][:2]
     narrowed = autoopt.run(small_spec("narrow", n_trials=4, warm_start={"enabled": True, "n_trials": 0, "narrow_to": 2}))
     assert len({t.params["optimizer"] for t in narrowed.study.trials}) <= 2

@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 import autoopt
 from autoopt.spec import StudySpec
 from autoopt.sync import sync_study
-from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri, start_ui, stop_ui
+from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
+from autoopt.ui import start_ui, stop_ui
 
 
 def _free_port() -> int:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from autoopt.task import REFERENCE_TASKS, FunctionTask, Task, TaskNotFound, TaskTraits, load_task
+from autoopt.core.traits import TaskTraits
+from autoopt.task import REFERENCE_TASKS, FunctionTask, Task, TaskNotFound, load_task
 from autoopt.tasks.cv import DigitsCNN
 from autoopt.tasks.nlp import ZipfTextClassification
 from autoopt.tasks.recsys import ImplicitMF

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core import record as R
+from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.report import PLOT_NAMES
 from autoopt.tracking import (
     EXPERIMENT_KIND,
@@ -32,11 +32,11 @@ from autoopt.tracking import (
     TrialLogger,
     default_tracking_uri,
     log_report,
-    measure_overhead,
     resolve_tracking_uri,
-    start_ui,
-    stop_ui,
 )
+from autoopt.ui import start_ui, stop_ui
+from bench.tracking_cost import measure_overhead
+from local_cluster import free_port
 
 MAX_EPOCHS = 4
 TRAITS = {"domain": "tabular", "batch_size": 32, "grad_sparsity": 0.0, "n_params": 50,
@@ -77,11 +77,11 @@ def _objective(tracker: StudyTracker):
                   "scheduler_params": sched_params,
                   "warmup_fraction": trial.suggest_float("warmup_fraction", 0.0, 0.2),
                   "grad_clip": None, "batch_size": trial.suggest_categorical("batch_size", [32, 64])}
-        trial.set_user_attr("autoopt.config", config)
-        trial.set_user_attr("autoopt.max_epochs", MAX_EPOCHS)
+        trial.set_user_attr(R.CONFIG, config)
+        trial.set_user_attr(R.MAX_EPOCHS, MAX_EPOCHS)
         logger = tracker.trial_logger(trial.number, trial.params, config)
         run_id = logger.start(host="test-host", device="cpu")
-        trial.set_user_attr("autoopt.mlflow_run_id", run_id)
+        trial.set_user_attr(R.MLFLOW_RUN_ID, run_id)
 
         torch.manual_seed(trial.number)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
@@ -102,7 +102,7 @@ def _objective(tracker: StudyTracker):
                                "epochs_run": outcome.epochs_run, "stopped_at_epoch": stopped, "device": "cpu",
                                "host": "test-host", "optimizer_state_bytes": state_bytes,
                                "seconds": outcome.seconds}.items():
-                trial.set_user_attr(f"autoopt.{key}", value)
+                trial.set_user_attr(R.PREFIX + key, value)
             logger.finish(outcome)
             return outcome
 
@@ -149,7 +149,7 @@ def _run_study(tmp_path: Path, tracker: StudyTracker, name: str = "tiny") -> opt
                        "direction": "maximize", "mlflow_parent_run_id": parent,
                        "mlflow_experiment_id": tracker.experiment_id,
                        "tracking_uri": tracker.config.tracking_uri}.items():
-        study.set_user_attr(f"autoopt.{key}", value)
+        study.set_user_attr(R.PREFIX + key, value)
     for params in ENQUEUED:
         study.enqueue_trial(params)
     study.optimize(_objective(tracker), n_trials=len(ENQUEUED), catch=(FloatingPointError,))
@@ -168,7 +168,7 @@ def tracked(tmp_path_factory):
 
 def test_trial_states_are_the_intended_ones(tracked):
     study, *_ = tracked
-    assert [t.user_attrs["autoopt.status"] for t in study.trials] == ["complete", "complete", "pruned", "failed"]
+    assert [t.user_attrs[R.STATUS] for t in study.trials] == ["complete", "complete", "pruned", "failed"]
 
 
 def test_one_nested_child_run_per_trial(tracked):
@@ -184,7 +184,7 @@ def test_one_nested_child_run_per_trial(tracked):
     assert len(runs) == 1 + len(study.trials)
     by_number = {int(c.data.tags["autoopt.trial_number"]): c for c in children}
     for trial in study.trials:
-        assert by_number[trial.number].info.run_id == trial.user_attrs["autoopt.mlflow_run_id"]
+        assert by_number[trial.number].info.run_id == trial.user_attrs[R.MLFLOW_RUN_ID]
 
 
 def test_child_runs_hold_params_curves_and_state(tracked):
@@ -194,8 +194,8 @@ def test_child_runs_hold_params_curves_and_state(tracked):
     expected_status = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
     for run in children:
         trial = study.trials[int(run.data.tags["autoopt.trial_number"])]
-        config = trial.user_attrs["autoopt.config"]
-        status = trial.user_attrs["autoopt.status"]
+        config = trial.user_attrs[R.CONFIG]
+        status = trial.user_attrs[R.STATUS]
         params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
         # Sampled config, flattened.
         assert params["optimizer"] == trial.params["optimizer"] == config["optimizer"]
@@ -216,10 +216,10 @@ def test_child_runs_hold_params_curves_and_state(tracked):
         assert tags["autoopt.host"] == "test-host" and tags["autoopt.device"] == "cpu"
         assert tags["autoopt.state"] == status
         assert run.info.status == expected_status[status]
-        assert metrics["optimizer_state_bytes"] == trial.user_attrs["autoopt.optimizer_state_bytes"]
-        assert metrics["epochs_run"] == trial.user_attrs["autoopt.epochs_run"]
+        assert metrics["optimizer_state_bytes"] == trial.user_attrs[R.OPTIMIZER_STATE_BYTES]
+        assert metrics["epochs_run"] == trial.user_attrs[R.EPOCHS_RUN]
         # Per-epoch curves with steps, exactly as recorded.
-        history = trial.user_attrs["autoopt.history"]
+        history = trial.user_attrs[R.HISTORY]
         for key, field in (("val_accuracy", "val_metric"), ("train_loss", "train_loss"), ("lr", "lr"),
                            ("epoch_seconds", "seconds")):
             points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
@@ -229,8 +229,8 @@ def test_child_runs_hold_params_curves_and_state(tracked):
             assert metrics["best_val_accuracy"] == pytest.approx(trial.value)
             assert "autoopt.reason" not in tags
         else:
-            assert tags["autoopt.stopped_at_epoch"] == str(trial.user_attrs["autoopt.stopped_at_epoch"])
-            assert tags["autoopt.reason"] == trial.user_attrs["autoopt.reason"]
+            assert tags["autoopt.stopped_at_epoch"] == str(trial.user_attrs[R.STOPPED_AT_EPOCH])
+            assert tags["autoopt.reason"] == trial.user_attrs[R.REASON]
     pruned = next(r for r in children if r.data.tags["autoopt.state"] == "pruned")
     assert pruned.data.tags["autoopt.reason"] == "MedianPruner at epoch 2"
     failed = next(r for r in children if r.data.tags["autoopt.state"] == "failed")
@@ -247,11 +247,11 @@ def test_parent_run_holds_study_results(tracked):
     assert metrics["best_value"] == pytest.approx(study.best_value)
     assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
     assert metrics["best_trial"] == study.best_trial.number
-    best_config = study.best_trial.user_attrs["autoopt.config"]
+    best_config = study.best_trial.user_attrs[R.CONFIG]
     assert tags["autoopt.best.optimizer"] == best_config["optimizer"]
     assert float(tags["autoopt.best.optimizer.lr"]) == pytest.approx(best_config["optimizer_params"]["lr"])
     assert (metrics["n_complete"], metrics["n_pruned"], metrics["n_failed"]) == (2, 1, 1)
-    epochs_run = sum(t.user_attrs["autoopt.epochs_run"] for t in study.trials)
+    epochs_run = sum(t.user_attrs[R.EPOCHS_RUN] for t in study.trials)
     assert metrics["epochs_run"] == epochs_run == MAX_EPOCHS * 2 + 2  # the failed trial died in epoch 1
     assert metrics["epochs_budget"] == MAX_EPOCHS * len(ENQUEUED)
     assert metrics["pruning_saved_fraction"] == pytest.approx(1 - epochs_run / (MAX_EPOCHS * len(ENQUEUED)))
@@ -320,7 +320,7 @@ def test_report_regenerates_plots_into_the_parent_run(tmp_path):
     study = optuna.create_study(study_name="later", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
                                 direction="maximize")
     for key, value in {"metric": "val_accuracy", "mlflow_parent_run_id": parent, "tracking_uri": uri}.items():
-        study.set_user_attr(f"autoopt.{key}", value)
+        study.set_user_attr(R.PREFIX + key, value)
     dist = {"optimizer": optuna.distributions.CategoricalDistribution(["adamw", "sgd"]),
             "adamw.lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True),
             "sgd.lr": optuna.distributions.FloatDistribution(1e-5, 1, log=True)}
@@ -334,11 +334,11 @@ def test_report_regenerates_plots_into_the_parent_run(tmp_path):
             value=history[-1]["val_metric"] if status == "complete" else None,
             params={"optimizer": opt, f"{opt}.lr": lr}, distributions={k: dist[k] for k in ("optimizer", f"{opt}.lr")},
             intermediate_values={h["epoch"]: h["val_metric"] for h in history},
-            user_attrs={"autoopt.config": {"optimizer": opt, "optimizer_params": {"lr": lr}, "scheduler": "cosine",
+            user_attrs={R.CONFIG: {"optimizer": opt, "optimizer_params": {"lr": lr}, "scheduler": "cosine",
                                            "scheduler_params": {}, "warmup_fraction": 0.0, "grad_clip": None,
                                            "batch_size": 32},
-                        "autoopt.history": history, "autoopt.status": status, "autoopt.epochs_run": epochs,
-                        "autoopt.max_epochs": 3, "autoopt.stopped_at_epoch": None if status == "complete" else 1},
+                        R.HISTORY: history, R.STATUS: status, R.EPOCHS_RUN: epochs,
+                        R.MAX_EPOCHS: 3, R.STOPPED_AT_EPOCH: None if status == "complete" else 1},
         ))
     tracker.finish(study)
     client = MlflowClient(uri)
@@ -359,7 +359,7 @@ def test_report_regenerates_plots_into_the_parent_run(tmp_path):
 def test_resume_reopens_the_parent_run(tracked, tmp_path):
     study, tracker, client, _ = tracked
     again = StudyTracker(replace(tracker.config, log_plots=False))
-    run_id = again.start("tiny", study.user_attrs["autoopt.spec"], "RandomSampler", "MedianPruner", TRAITS,
+    run_id = again.start("tiny", study.user_attrs[R.SPEC], "RandomSampler", "MedianPruner", TRAITS,
                          resume_run_id=tracker.parent_run_id)
     assert run_id == tracker.parent_run_id and again.experiment_id == tracker.experiment_id
     assert client.get_run(run_id).info.status == "RUNNING"
@@ -370,7 +370,7 @@ def test_resume_reopens_the_parent_run(tracked, tmp_path):
 # A worker process: gets a pickled TrialLogger (as a Ray worker does) and logs one trial.
 _WORKER = """
 import pickle, socket, sys
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core.record import EpochRecord, TrialOutcome
 logger = pickle.loads(sys.stdin.buffer.read())
 logger.start(host=socket.gethostname(), device="cpu")
 history = []
@@ -410,14 +410,8 @@ def test_concurrent_worker_processes_write_to_the_local_store(tmp_path):
         assert sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy")) == list(range(1, 16))
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_warns_once_and_never_raises():
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     config = TrackingConfig(tracking_uri=uri, experiment_name="down")
     # As if the server went away after the study started: the worker gets a live-looking logger.
     logger = TrialLogger(config, experiment_id="1", parent_run_id="0" * 32, study_name="down",
@@ -458,10 +452,19 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
     assert TrackingConfig.resolve("s", experiment_name="project-x").experiment_name == "project-x"
 
 
-def test_measure_overhead_reports_small_cost(tmp_path):
-    result = measure_overhead(default_tracking_uri(tmp_path), n_trials=3, n_epochs=10)
-    assert 0 < result["seconds_per_trial"] < 5
+def test_tracking_cost_bench_logs_what_it_times(tmp_path):
+    """bench/tracking_cost.py times real logging (its numbers go to docs/benchmarks.md, not here):
+    each of its trials must be a finished child run with every epoch's metric in the store."""
+    uri = default_tracking_uri(tmp_path)
+    result = measure_overhead(uri, n_trials=3, n_epochs=10, experiment_name="cost")
     assert result["seconds_per_epoch"] == pytest.approx(result["seconds_per_trial"] / 10)
+    assert result["max_seconds_per_trial"] >= result["seconds_per_trial"] > 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cost").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == list(range(1, 11))
 
 
 @pytest.mark.slow
@@ -469,7 +472,7 @@ def test_worker_logs_to_a_tracking_server_and_survives_losing_it(tmp_path):
     """Remote mode: the trial logs over HTTP; when the server dies mid-trial training goes on."""
     store = default_tracking_uri(tmp_path)
     StudyTracker(TrackingConfig(tracking_uri=store, experiment_name="init")).start("init", {}, "tpe", "none", {})
-    port = _closed_port()
+    port = free_port()
     server = start_ui(store, port=port, log_path=tmp_path / "server.log")
     try:
         uri = f"http://127.0.0.1:{port}"

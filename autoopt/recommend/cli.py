@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from autoopt.recommend.features import DOMAINS, FLAGS, GOALS, TraitError, Traits, human_bytes, human_count, parse_count
+from autoopt.core.traits import DOMAINS, FLAGS, GOALS, TaskTraits, TraitError, human_bytes, human_count, parse_count
 
 # ============================================================================ recommend
 
@@ -79,7 +79,7 @@ def recommend_command(
         base = _measured_traits(from_task) if from_task else None
         if base is None and task is None:
             raise TraitError("domain", f"is required (or --from-task); one of {', '.join(DOMAINS)}")
-        traits = Traits.from_any(base, **overrides)
+        traits = TaskTraits.from_any(base, **overrides)
     except TraitError as exc:
         raise _bad(exc.field, str(exc).split(": ", 1)[-1]) from None
     if model is not None and not model.is_file():
@@ -91,11 +91,11 @@ def recommend_command(
         render(answer)
 
 
-def _measured_traits(ref: str) -> dict[str, Any]:
+def _measured_traits(ref: str) -> TaskTraits:
     from autoopt.task import TaskNotFound, load_task
 
     try:
-        return load_task(ref).traits().to_dict()
+        return load_task(ref).traits()
     except TaskNotFound as exc:
         raise typer.BadParameter(str(exc), param_hint="--from-task") from None
 
@@ -249,7 +249,7 @@ def meta_build(
 @meta_app.command("fit")
 def meta_fit(
     data: Optional[list[Path]] = typer.Option(None, "--data", help="meta-dataset CSV (repeatable; default shipped + user's)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="directory for model.npz/model.joblib/catalog.json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="directory for model.npz"),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the fitted model to MLflow"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
     experiment: str = typer.Option("autoopt-recommender", "--experiment"),

@@ -1,223 +1,19 @@
-"""What the recommender knows about a workload (its traits) and how traits become numbers.
+"""How a workload's traits become numbers: the learned model's input rows and trait-space distances.
 
 Kept free of torch and scikit-learn so ``autoopt recommend`` answers in well under 2 seconds:
-both the rule prior and the compiled learned model read traits through this module.
+both the rule prior and the compiled learned model read traits through this module. The traits
+themselves are :class:`autoopt.core.traits.TaskTraits`.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-#: Same values as :data:`autoopt.task.DOMAINS` (a test keeps them equal; importing task pulls torch).
-DOMAINS: tuple[str, ...] = ("cv", "nlp", "tabular", "recsys", "speech", "rl", "gan", "other")
-GOALS: tuple[str, ...] = ("fast", "generalization", "balanced")
-_GOAL_ALIASES = {
-    "fast": "fast",
-    "fast-convergence": "fast",
-    "fast_convergence": "fast",
-    "convergence": "fast",
-    "speed": "fast",
-    "generalization": "generalization",
-    "generalisation": "generalization",
-    "balanced": "balanced",
-    "balance": "balanced",
-}
-#: Situations a practitioner can report; rules in data/rules.yaml react to them.
-FLAGS: tuple[str, ...] = (
-    "noisy_gradients",
-    "diverges",
-    "exploding_gradients",
-    "adam_unstable",
-    "adam_not_converging",
-    "no_normalization",
-    "hard_to_tune",
-    "quick_experiment",
-)
-#: Gradient sparsity at or above this counts as "sparse" where a boolean is needed.
-SPARSE_THRESHOLD = 0.5
-
-
-class TraitError(ValueError):
-    """A trait value that cannot be used; the message names the field and what is allowed."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
-_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*$")
-_UNIT = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-
-
-def parse_count(text: str | int | float, field_name: str = "params") -> int:
-    """'25M' -> 25_000_000, '1.3B', '350k', '1e6', 1200 -> int. Raises TraitError otherwise."""
-    if isinstance(text, bool):
-        raise TraitError(field_name, f"{text!r} is not a count")
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = _COUNT.match(str(text))
-        if not m:
-            raise TraitError(field_name, f"{text!r} is not a count; use a number like 350k, 25M or 1.3B")
-        value = float(m.group(1)) * _UNIT[m.group(2).lower()]
-    if not math.isfinite(value) or value < 1:
-        raise TraitError(field_name, f"{text!r} must be a positive count")
-    return int(round(value))
-
-
-def human_count(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}"
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
-
-
-@dataclass(frozen=True)
-class Traits:
-    """A query to the recommender. Unknown numeric traits are None (rules on them do not fire)."""
-
-    domain: str
-    batch_size: int | None = None
-    grad_sparsity: float | None = None
-    sparse_gradients: bool = False
-    n_params: int | None = None
-    dataset_size: int | None = None
-    memory_limited: bool = False
-    goal: str | None = None
-    flags: frozenset[str] = field(default_factory=frozenset)
-
-    def __post_init__(self) -> None:
-        if self.domain not in DOMAINS:
-            raise TraitError("domain", f"{self.domain!r} is not one of {', '.join(DOMAINS)}")
-        if self.batch_size is not None:
-            if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
-                raise TraitError("batch_size", f"must be a positive integer, got {self.batch_size!r}")
-            object.__setattr__(self, "batch_size", int(self.batch_size))
-        if self.grad_sparsity is not None:
-            g = float(self.grad_sparsity)
-            if not 0.0 <= g <= 1.0:
-                raise TraitError("grad_sparsity", f"is the fraction of zero gradients, in [0, 1]; got {self.grad_sparsity!r}")
-            object.__setattr__(self, "grad_sparsity", g)
-        for name in ("n_params", "dataset_size"):
-            v = getattr(self, name)
-            if v is not None:
-                object.__setattr__(self, name, parse_count(v, name))
-        if self.goal is not None:
-            goal = _GOAL_ALIASES.get(str(self.goal).strip().lower())
-            if goal is None:
-                raise TraitError("goal", f"{self.goal!r} is not one of {', '.join(GOALS)}")
-            object.__setattr__(self, "goal", goal)
-        flags = frozenset(str(f).strip().lower().replace("-", "_") for f in (self.flags or ()))
-        bad = sorted(flags - set(FLAGS))
-        if bad:
-            raise TraitError("flags", f"{', '.join(map(repr, bad))} not known; allowed: {', '.join(FLAGS)}")
-        object.__setattr__(self, "flags", flags)
-        object.__setattr__(self, "sparse_gradients", bool(self.sparse_gradients))
-        object.__setattr__(self, "memory_limited", bool(self.memory_limited))
-
-    # --- derived -----------------------------------------------------------------------
-    @property
-    def full_batch(self) -> bool | None:
-        """Whether one batch holds the whole training set (None when either size is unknown)."""
-        if self.batch_size is None or self.dataset_size is None:
-            return None
-        return self.batch_size >= self.dataset_size
-
-    @property
-    def sparse(self) -> bool:
-        return self.sparse_gradients or (self.grad_sparsity or 0.0) >= SPARSE_THRESHOLD
-
-    def rule_view(self) -> dict[str, Any]:
-        """The values rule conditions may test (see data/rules.yaml)."""
-        return {
-            "domain": self.domain,
-            "batch_size": self.batch_size,
-            "grad_sparsity": self.grad_sparsity,
-            "sparse_gradients": self.sparse_gradients,
-            "n_params": self.n_params,
-            "dataset_size": self.dataset_size,
-            "memory_limited": self.memory_limited,
-            "goal": self.goal,
-            "flags": self.flags,
-            "full_batch": self.full_batch,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["flags"] = sorted(self.flags)
-        return d
-
-    def replace(self, **changes: Any) -> "Traits":
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(changes)
-        return Traits(**d)
-
-    # --- construction ------------------------------------------------------------------
-    @classmethod
-    def from_any(cls, obj: Any = None, **overrides: Any) -> "Traits":
-        """Traits from a Traits, an autoopt TaskTraits, a Task (measured), a dict, or keywords.
-
-        Keyword aliases: ``task`` for ``domain``, ``batch`` for ``batch_size``, ``sparsity`` for
-        ``grad_sparsity``, ``sparse`` for ``sparse_gradients``, ``params`` for ``n_params``.
-        """
-        base: dict[str, Any] = {}
-        if obj is None:
-            pass
-        elif isinstance(obj, Traits):
-            base = {f.name: getattr(obj, f.name) for f in fields(obj)}
-        elif isinstance(obj, Mapping):
-            base = dict(obj)
-        elif hasattr(obj, "traits") and callable(obj.traits):  # an autoopt Task: traits are measured
-            base = obj.traits().to_dict()
-        elif hasattr(obj, "to_dict") and hasattr(obj, "domain"):  # autoopt.task.TaskTraits
-            base = obj.to_dict()
-        else:
-            raise TraitError("traits", f"cannot read traits from {type(obj).__name__}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**_normalise_keys(base))
-
-
-_KEY_ALIASES = {
-    "task": "domain",
-    "batch": "batch_size",
-    "sparsity": "grad_sparsity",
-    "sparse": "sparse_gradients",
-    "params": "n_params",
-    "size": "dataset_size",
-}
-_IGNORED = {"metric", "direction", "name"}
-
-
-def _normalise_keys(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    known = {f.name for f in fields(Traits)}
-    for k, v in d.items():
-        key = _KEY_ALIASES.get(k, k)
-        if key in _IGNORED:
-            continue
-        if key not in known:
-            raise TraitError(k, f"unknown trait; known: {', '.join(sorted(known))}")
-        out[key] = v
-    if "domain" not in out:
-        raise TraitError("domain", f"is required; one of {', '.join(DOMAINS)}")
-    return out
-
+from autoopt.core.traits import DOMAINS, TaskTraits
 
 # ----------------------------------------------------------------------------- numeric encoding
 #: Numeric trait features, in order. log scales make "twice the batch" the same step everywhere.
@@ -227,9 +23,9 @@ NUMERIC_FEATURES: tuple[str, ...] = ("log2_batch", "grad_sparsity", "log10_param
 SCALE_FLOOR = np.array([1.0, 0.1, 0.5, 0.5, 0.5])
 
 
-def numeric_row(t: Mapping[str, Any] | Traits) -> np.ndarray:
+def numeric_row(t: Mapping[str, Any] | TaskTraits) -> np.ndarray:
     """The numeric features of one set of traits; NaN where a trait is unknown."""
-    get = (lambda k: getattr(t, k)) if isinstance(t, Traits) else (lambda k: t.get(k))
+    get = (lambda k: getattr(t, k)) if isinstance(t, TaskTraits) else (lambda k: t.get(k))
 
     def log(v: Any, base: float) -> float:
         try:
@@ -350,6 +146,12 @@ def trait_distances(
         + (domain_distance**2) * (np.asarray(rows_domain) != query_domain)
     )
     return np.sqrt(d2)
+
+
+def lr_batch_shift(exponent: Any, batch_log2: Any, reference_batch: float) -> Any:
+    """log10 of the factor a learning rate moves by from ``reference_batch`` to a batch of
+    ``2 ** batch_log2`` when ``lr ~ batch ** exponent`` (arrays broadcast)."""
+    return np.asarray(exponent, dtype=float) * (np.asarray(batch_log2, dtype=float) - math.log2(reference_batch)) * math.log10(2)
 
 
 def kernel_weights(distances: np.ndarray, bandwidth: float) -> np.ndarray:

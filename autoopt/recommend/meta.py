@@ -9,8 +9,8 @@ its best configuration. Rows come from
   configurations;
 * ``add_study_results``: any finished autoopt study (user_attrs contract in CONTEXT.md).
 
-``fit_model`` fits :class:`~autoopt.recommend.model.OptimizerScoreModel`, saves it (joblib for
-scikit-learn users, npz for the fast CLI) and logs it to MLflow; ``evaluate`` measures it
+``fit_model`` fits :class:`~autoopt.recommend.model.OptimizerScoreModel`, saves it (npz, read by the
+fast CLI) and logs it to MLflow (skops); ``evaluate`` measures it
 leave-one-task-out against "always AdamW at defaults" and "rules only".
 
 Regenerate the shipped files (autoopt/recommend/data/)::
@@ -34,21 +34,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from autoopt.recommend.recommender import (
-    CATALOG_FILE,
-    DATA_DIR,
-    MODEL_FILE,
-    CatalogView,
-    CompiledModel,
-    Recommender,
-    user_dir,
-    write_catalog_snapshot,
-)
-from autoopt.recommend.features import Traits
+from autoopt.core import record as R
+from autoopt.core.traits import TaskTraits
+from autoopt.recommend.recommender import DATA_DIR, MODEL_FILE, CatalogView, CompiledModel, Recommender, user_dir
 from autoopt.recommend.rules import RuleBook
 
 META_FILE = "meta_dataset.csv"
-JOBLIB_FILE = "model.joblib"
 #: Columns of the meta-dataset CSV, in order.
 META_COLUMNS: tuple[str, ...] = (
     "study",
@@ -77,7 +68,7 @@ _INT = {"batch_size", "n_params", "dataset_size", "n_trials", "n_failed"}
 _FLOAT = {"grad_sparsity", "best_value", "default_value", "normalized_score", "best_lr"}
 _JSON = {"best_config", "task_options"}
 #: Trial user attr marking an optimizer's catalog-default configuration in built studies.
-DEFAULT_ATTR = "autoopt.meta.default"
+DEFAULT_ATTR = R.META_DEFAULT
 #: Optimizers the build measures: every family the guidance discusses.
 BUILD_OPTIMIZERS: tuple[str, ...] = (
     "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam", "radam",
@@ -173,14 +164,14 @@ def study_rows(study: Any) -> list[dict[str, Any]]:
     from optuna.trial import TrialState
 
     attrs = study.user_attrs
-    traits = attrs.get("autoopt.traits")
+    traits = attrs.get(R.TRAITS)
     if not traits:
-        raise ValueError(f"study {study.study_name!r} has no 'autoopt.traits' user attr; is it an autoopt study?")
-    direction = attrs.get("autoopt.direction") or study.direction.name.lower()
+        raise ValueError(f"study {study.study_name!r} has no {R.TRAITS!r} user attr; is it an autoopt study?")
+    direction = attrs.get(R.DIRECTION) or study.direction.name.lower()
     sign = 1.0 if direction == "maximize" else -1.0
     per_opt: dict[str, dict[str, Any]] = {}
     for t in study.get_trials(deepcopy=False):
-        cfg = t.user_attrs.get("autoopt.config")
+        cfg = t.user_attrs.get(R.CONFIG)
         if not cfg or t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         value = None
@@ -217,15 +208,15 @@ def study_rows(study: Any) -> list[dict[str, Any]]:
         rows.append(
             {
                 "study": study.study_name,
-                "task": attrs.get("autoopt.task"),
-                "task_options": (attrs.get("autoopt.spec") or {}).get("task_options") or None,
+                "task": attrs.get(R.TASK),
+                "task_options": (attrs.get(R.SPEC) or {}).get("task_options") or None,
                 "domain": traits.get("domain"),
                 "batch_size": cfg.get("batch_size") or traits.get("batch_size"),
                 "grad_sparsity": traits.get("grad_sparsity"),
                 "n_params": traits.get("n_params"),
                 "dataset_size": traits.get("dataset_size"),
                 "sparse_gradients": bool(traits.get("sparse_gradients")),
-                "metric": attrs.get("autoopt.metric"),
+                "metric": attrs.get(R.METRIC),
                 "direction": direction,
                 "optimizer": opt,
                 "n_trials": e["n"],
@@ -335,7 +326,7 @@ def build(
         n_opt = len(space.optimizers)
         study = optuna.create_study(storage=storage, study_name=name, direction=task.direction, load_if_exists=True)
         if not study.trials:  # a fresh study: every optimizer's defaults first
-            from autoopt.catalog import CATALOG
+            from autoopt.core.catalog import CATALOG
 
             for opt in space.optimizers:
                 cfg = TrialConfig(opt, dict(CATALOG[opt].defaults()), scheduler="constant")
@@ -379,7 +370,7 @@ def fit_estimator(rows: Sequence[Mapping[str, Any]], rules: RuleBook | None = No
 
 def lr_batch_exponents(rules: RuleBook, catalog: CatalogView) -> dict[str, float]:
     """optimizer -> exponent of lr ~ batch ** e, from the rules that always hold (lr_rule)."""
-    advice = rules.advise(Traits(domain="other"), catalog.names)
+    advice = rules.advise(TaskTraits(domain="other"), catalog.names)
     return {name: a.lr_exponent[0] for name, a in advice.optimizers.items() if a.lr_exponent is not None}
 
 
@@ -398,19 +389,14 @@ def fit_model(
     experiment: str = "autoopt-recommender",
     **params: Any,
 ) -> dict[str, Any]:
-    """Fit on the meta-dataset(s), save model.joblib + model.npz + catalog.json, log to MLflow."""
-    import joblib
-
+    """Fit on the meta-dataset(s), save model.npz (what the recommender reads), log to MLflow."""
     paths = [Path(p) for p in (data or default_data_paths())]
     if not paths:
         raise FileNotFoundError("no meta-dataset: run `autoopt meta build` or pass --data")
     rows = read_meta(paths)
     out = Path(out_dir) if out_dir else user_dir()
     out.mkdir(parents=True, exist_ok=True)
-    write_catalog_snapshot(out / CATALOG_FILE)
-    catalog = CatalogView.from_json(out / CATALOG_FILE)
-    est = fit_estimator(rows, catalog=catalog, **params)
-    joblib.dump(est, out / JOBLIB_FILE, compress=3)
+    est = fit_estimator(rows, catalog=CatalogView.current(), **params)
     arrays = est.to_arrays()
     arrays["rows_json"] = np.array(json.dumps(_rows_for_model(rows), default=_jsonable))
     np.savez_compressed(out / MODEL_FILE, **arrays)
@@ -419,7 +405,7 @@ def fit_model(
         "scored_rows": est.n_rows_,
         "optimizers": est.encoding_.optimizers,
         "out_dir": str(out),
-        "files": [str(out / f) for f in (MODEL_FILE, JOBLIB_FILE, CATALOG_FILE)],
+        "files": [str(out / MODEL_FILE)],
         "params": {k: v for k, v in est.get_params().items() if k != "lr_batch_exponents"},
     }
     if log_mlflow:
@@ -535,7 +521,7 @@ def evaluate(
             best = sign * values[best_opt]
             worst = min(sign * v for v in [*values.values(), *defaults])
             span = best - worst or 1.0
-            traits = Traits(
+            traits = TaskTraits(
                 domain=r0["domain"],
                 batch_size=r0.get("batch_size"),
                 grad_sparsity=r0.get("grad_sparsity"),

@@ -20,15 +20,21 @@ from numbers import Integral, Real
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import ExtraTreesRegressor
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
+
+# scikit-learn checks an estimator's ``_parameter_constraints`` (the named error for a bad
+# n_estimators, bandwidth...) only through these two private helpers; there is no public API for
+# third-party estimators, so they are imported here and nowhere else.
+from sklearn.base import _fit_context  # noqa: E402
+from sklearn.utils._param_validation import Interval  # noqa: E402
 
 from autoopt.recommend.features import (
     NUMERIC_FEATURES,
     TraitEncoding,
     kernel_weights,
+    lr_batch_shift,
     numeric_row,
     trait_distances,
 )
@@ -158,9 +164,8 @@ class OptimizerScoreModel(RegressorMixin, BaseEstimator):
                 raise ValueError(f"lr has {len(lr_arr)} values for {len(rows)} rows")
             ok = np.isfinite(lr_arr) & (lr_arr > 0) & np.isfinite(numeric[:, 0])
             if ok.sum() >= 2:
-                target = np.log10(lr_arr[ok]) - self._exponents(np.array(optimizers)[ok]) * (
-                    numeric[ok, 0] - math.log2(REFERENCE_BATCH)
-                ) * math.log10(2)
+                target = np.log10(lr_arr[ok]) - lr_batch_shift(
+                    self._exponents(np.array(optimizers)[ok]), numeric[ok, 0], REFERENCE_BATCH)
                 self.lr_forest_ = self._forest().fit(design[ok], target)
 
         # evidence: the rows with a score, in standardised trait space
@@ -211,7 +216,7 @@ class OptimizerScoreModel(RegressorMixin, BaseEstimator):
             return nan, nan.copy(), nan.copy()
         per_tree = np.stack([t.predict(design.astype(np.float32)) for t in self.lr_forest_.estimators_])
         batch_log2 = self.encoding_.impute(numeric)[:, 0]
-        shift = self._exponents(np.array(optimizers)) * (batch_log2 - math.log2(REFERENCE_BATCH)) * math.log10(2)
+        shift = lr_batch_shift(self._exponents(np.array(optimizers)), batch_log2, REFERENCE_BATCH)
         q = np.percentile(per_tree, [50, 10, 90], axis=0) + shift
         return 10 ** q[0], 10 ** q[1], 10 ** q[2]
 

@@ -13,7 +13,7 @@ learned learning rate blended in log space with weight w, the schedule from rule
 blended with what won in the similar studies.
 
 This module imports neither torch nor scikit-learn: the shipped model is read from plain
-arrays (data/model.npz) and the optimizer catalog from its snapshot (data/catalog.json), so
+arrays (data/model.npz) and the optimizer catalog is torch-free data (autoopt.core.catalog), so
 ``autoopt recommend`` answers in well under 2 seconds.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,19 +29,13 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from autoopt.recommend.features import (
-    TraitEncoding,
-    Traits,
-    human_bytes,
-    kernel_weights,
-    numeric_row,
-    trait_distances,
-)
+from autoopt.core.catalog import CATALOG, SCHEDULERS
+from autoopt.core.traits import QUERY, TaskTraits, human_bytes
+from autoopt.recommend.features import TraitEncoding, kernel_weights, lr_batch_shift, numeric_row, trait_distances
 from autoopt.recommend.rules import CONFIG_KEYS, Advice, OptimizerAdvice, RuleBook, lr_from_rule
 
 DATA_DIR = Path(__file__).with_name("data")
 MODEL_FILE = "model.npz"
-CATALOG_FILE = "catalog.json"
 #: Standard deviation of the rule prior (it encodes advice, not measurements).
 PRIOR_STD = 0.2
 #: Meta-dataset rows of the query's domain within this many kernel bandwidths (kernel weight
@@ -65,46 +58,18 @@ def default_model_path() -> Path:
 
 # ============================================================================ catalog
 class CatalogView:
-    """What the recommender needs from autoopt.catalog / autoopt.schedulers, as plain dicts.
+    """The one catalog (:mod:`autoopt.core.catalog`) as the plain dicts the recommender's output is made of."""
 
-    The live catalog imports torch (slow); the CLI reads the JSON snapshot that ``autoopt meta
-    fit`` writes (a test keeps it equal to the live catalog). Python callers that already
-    imported the catalog get the live one.
-    """
+    origin = "autoopt.core.catalog"
 
-    def __init__(self, optimizers: Mapping[str, dict[str, Any]], schedulers: Mapping[str, dict[str, Any]], origin: str):
-        self.optimizers = dict(optimizers)
-        self.schedulers = dict(schedulers)
-        self.origin = origin
+    def __init__(self) -> None:
+        self.optimizers = {name: spec.to_dict() for name, spec in CATALOG.items()}
+        self.schedulers = {name: spec.to_dict() for name, spec in SCHEDULERS.items()}
 
     @classmethod
-    def live(cls) -> "CatalogView":
-        from autoopt.catalog import catalog_table
-        from autoopt.schedulers import scheduler_table
-
-        return cls(
-            {d["name"]: d for d in catalog_table()},
-            {d["name"]: d for d in scheduler_table()},
-            "autoopt.catalog",
-        )
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "CatalogView":
-        data = json.loads(Path(path).read_text())
-        return cls({d["name"]: d for d in data["optimizers"]}, {d["name"]: d for d in data["schedulers"]}, str(path))
-
-    @classmethod
+    @lru_cache(maxsize=1)
     def current(cls) -> "CatalogView":
-        """The live catalog if already imported, else the user's snapshot, else the shipped one."""
-        if "autoopt.catalog" in sys.modules:
-            return cls.live()
-        for snapshot in (user_dir() / CATALOG_FILE, DATA_DIR / CATALOG_FILE):
-            if snapshot.is_file():
-                return cls.from_json(snapshot)
-        return cls.live()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"optimizers": list(self.optimizers.values()), "schedulers": list(self.schedulers.values())}
+        return cls()
 
     @property
     def names(self) -> list[str]:
@@ -116,31 +81,9 @@ class CatalogView:
                 return hp
         return None
 
-    def applicable(self, name: str, traits: Traits) -> tuple[bool, str | None]:
-        """Mirror of OptimizerSpec.applicable for the traits the recommender knows."""
-        spec = self.optimizers[name]
-        requires = set(spec.get("requires") or ())
-        full_batch = bool(traits.full_batch)
-        if (not spec.get("mini_batch", True) or "full_batch" in requires) and not full_batch:
-            return False, spec.get("excluded_reason") or f"{spec['display']} is a full-batch method"
-        if "sparse_gradients" in requires and not traits.sparse_gradients:
-            return False, f"{spec['display']} needs sparse gradients (nn.Embedding(sparse=True))"
-        return True, None
-
-
-def write_catalog_snapshot(path: str | Path | None = None) -> Path:
-    """Write the live catalog + schedulers to JSON (part of ``autoopt meta fit``)."""
-    path = Path(path) if path else DATA_DIR / CATALOG_FILE
-    path.write_text(json.dumps(CatalogView.live().to_json(), indent=1, sort_keys=True, default=_json_default) + "\n")
-    return path
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)
+    def applicable(self, name: str, traits: TaskTraits) -> tuple[bool, str | None]:
+        """:meth:`OptimizerSpec.applicable` for what the query says (its model is assumed to have matrices)."""
+        return CATALOG[name].applicable(sparse_gradients=traits.sparse_gradients, full_batch=bool(traits.full_batch))
 
 
 # ============================================================================ compiled model
@@ -217,12 +160,12 @@ class CompiledModel:
             active = left[node] != -1
         return value[node]
 
-    def design(self, traits: Traits, optimizers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def design(self, traits: TaskTraits, optimizers: list[str]) -> tuple[np.ndarray, np.ndarray]:
         numeric = numeric_row(traits)
         rows = np.repeat(numeric[None, :], len(optimizers), axis=0)
         return self.encoding.design(rows, [traits.domain] * len(optimizers), optimizers), numeric
 
-    def evidence(self, traits: Traits, optimizer: str) -> tuple[float, np.ndarray, np.ndarray]:
+    def evidence(self, traits: TaskTraits, optimizer: str) -> tuple[float, np.ndarray, np.ndarray]:
         """(n_near, indices of this optimizer's training rows, their distances)."""
         idx = np.flatnonzero(self.train_optimizer == optimizer)
         if not len(idx):
@@ -233,7 +176,7 @@ class CompiledModel:
         )
         return float(kernel_weights(d, self.bandwidth).sum()), idx, d
 
-    def answer(self, traits: Traits, optimizers: list[str]) -> dict[str, ModelAnswer]:
+    def answer(self, traits: TaskTraits, optimizers: list[str]) -> dict[str, ModelAnswer]:
         known = [o for o in optimizers if o in set(self.optimizers)]
         out = {o: ModelAnswer(None, None, None, None, None, 0.0, 0.0) for o in optimizers}
         if not known:
@@ -244,9 +187,7 @@ class CompiledModel:
         lr = lo = hi = [None] * len(known)
         if self.has_lr:
             batch_log2 = self.encoding.impute(numeric[None, :])[0, 0]
-            shift = np.array([self.exponents.get(o, 0.5) for o in known]) * (
-                batch_log2 - math.log2(self.reference_batch)
-            ) * math.log10(2)
+            shift = lr_batch_shift([self.exponents.get(o, 0.5) for o in known], batch_log2, self.reference_batch)
             q = np.percentile(self._forest("lr_", X), [50, 10, 90], axis=0) + shift
             lr, lo, hi = (10 ** q[0]).tolist(), (10 ** q[1]).tolist(), (10 ** q[2]).tolist()
         for i, o in enumerate(known):
@@ -302,7 +243,7 @@ class Recommendation:
 class RecommendationSet:
     """The answer to one query: ranked recommendations plus notes and what was left out."""
 
-    traits: Traits
+    traits: TaskTraits
     recommendations: list[Recommendation]
     notes: list[dict[str, Any]]
     excluded: dict[str, str]
@@ -325,7 +266,7 @@ class RecommendationSet:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "traits": self.traits.to_dict(),
+            "traits": self.traits.to_dict(QUERY),
             "recommendations": [r.to_dict() for r in self.recommendations],
             "notes": self.notes,
             "excluded": self.excluded,
@@ -358,8 +299,8 @@ class Recommender:
 
     # --- scoring -----------------------------------------------------------------------
     def rank(self, traits: Any, top: int | None = 5, **overrides: Any) -> RecommendationSet:
-        """Ranked recommendations for ``traits`` (Traits, TaskTraits, Task, dict or keywords)."""
-        t = Traits.from_any(traits, **overrides) if not isinstance(traits, Traits) or overrides else traits
+        """Ranked recommendations for ``traits`` (TaskTraits, TaskTraits, Task, dict or keywords)."""
+        t = TaskTraits.from_any(traits, **overrides) if not isinstance(traits, TaskTraits) or overrides else traits
         advice = self.rules.advise(t, self.catalog.names)
         excluded: dict[str, str] = {}
         feasible: list[str] = []
@@ -394,7 +335,7 @@ class Recommender:
             fired_rules=[r.id for r in advice.fired],
         )
 
-    def _recommend_one(self, t: Traits, advice: Advice, a: OptimizerAdvice, m: ModelAnswer | None) -> Recommendation:
+    def _recommend_one(self, t: TaskTraits, advice: Advice, a: OptimizerAdvice, m: ModelAnswer | None) -> Recommendation:
         spec = self.catalog.optimizers[a.name]
         reasons = [
             {
@@ -467,7 +408,7 @@ class Recommender:
 
     # --- hyperparameters ---------------------------------------------------------------
     def _hyperparameters(
-        self, t: Traits, advice: Advice, a: OptimizerAdvice, m: ModelAnswer | None, w: float
+        self, t: TaskTraits, advice: Advice, a: OptimizerAdvice, m: ModelAnswer | None, w: float
     ) -> tuple[dict[str, Any], dict[str, str]]:
         name = a.name
         sources: dict[str, str] = {}
@@ -529,7 +470,7 @@ class Recommender:
                 out[f"{hp}_range"] = [_round(rng[0]), _round(rng[1])]
         return out, sources
 
-    def _scheduler(self, t: Traits, a: OptimizerAdvice, w: float) -> tuple[str, str]:
+    def _scheduler(self, t: TaskTraits, a: OptimizerAdvice, w: float) -> tuple[str, str]:
         allowed = self.catalog.optimizers[a.name].get("allowed_schedulers")
         names = [s for s in self.catalog.schedulers if allowed is None or s in allowed]
         votes = {s: max(a.scheduler_votes.get(s, 0.0), 0.0) for s in names}
@@ -544,7 +485,7 @@ class Recommender:
             return ("constant" if "constant" in names else names[0]), "default"
         return max(share, key=lambda s: (share[s], -names.index(s))), src
 
-    def _evidence_schedulers(self, t: Traits, name: str) -> dict[str, float]:
+    def _evidence_schedulers(self, t: TaskTraits, name: str) -> dict[str, float]:
         if self.model is None or not self.model.rows:
             return {}
         _, idx, d = self.model.evidence(t, name)
@@ -557,7 +498,7 @@ class Recommender:
         total = sum(votes.values())
         return {s: v / total for s, v in votes.items()} if total > 0 else {}
 
-    def _evidence(self, t: Traits, name: str, m: ModelAnswer | None) -> dict[str, Any]:
+    def _evidence(self, t: TaskTraits, name: str, m: ModelAnswer | None) -> dict[str, Any]:
         out: dict[str, Any] = {"n_near": round(m.n_near, 2) if m else 0.0, "similar_studies": 0}
         if self.model is None:
             return out
@@ -653,23 +594,23 @@ def reload() -> None:
 def recommend(traits: Any = None, top: int | None = 5, *, model_path: str | Path | None = None, **trait_kw: Any) -> RecommendationSet:
     """Ranked optimizers for a task.
 
-    ``traits``: a :class:`Traits`, an ``autoopt.task.TaskTraits``, a Task (its traits are
+    ``traits``: a :class:`~autoopt.core.traits.TaskTraits`, a Task (its traits are
     measured), a dict, or None with keywords (``domain``/``task``, ``batch_size``/``batch``,
     ``grad_sparsity``/``sparsity``, ``sparse_gradients``/``sparse``, ``n_params``/``params``,
     ``dataset_size``, ``memory_limited``, ``goal``, ``flags``).
     """
-    t = Traits.from_any(traits, **trait_kw)
+    t = TaskTraits.from_any(traits, **trait_kw)
     return Recommender.default(model_path).rank(t, top=top)
 
 
 def top_optimizers(traits: Any, k: int = 3) -> list[str]:
     """The k best-ranked catalog optimizers that can run on the task (to narrow a study)."""
-    return Recommender.default().top_optimizers(Traits.from_any(traits), k)
+    return Recommender.default().top_optimizers(TaskTraits.from_any(traits), k)
 
 
 def suggest_configs(traits: Any, k: int = 3) -> list[dict[str, Any]]:
     """TrialConfig dicts for the top-k optimizers at their suggested hyperparameters."""
-    return Recommender.default().suggest_configs(Traits.from_any(traits), k)
+    return Recommender.default().suggest_configs(TaskTraits.from_any(traits), k)
 
 
 def suggest_trials(traits: Any, k: int = 3, space: Any = None) -> list[dict[str, Any]]:
@@ -682,10 +623,10 @@ def suggest_trials(traits: Any, k: int = 3, space: Any = None) -> list[dict[str,
     from autoopt.space import SearchSpace  # imports the catalog (torch); only studies call this
     from autoopt.spec import SpaceSpec, SpecError
 
-    t = Traits.from_any(traits)
+    t = TaskTraits.from_any(traits)
     if space is None:
-        space = SearchSpace(SpaceSpec(), _task_traits(t))
-    rec = Recommender(model=Recommender.default().model, catalog=CatalogView.live())
+        space = SearchSpace(SpaceSpec(), t)
+    rec = Recommender(model=Recommender.default().model, catalog=CatalogView.current())
     out = []
     for r in rec.rank(t, top=None):
         if len(out) >= k:
@@ -695,21 +636,6 @@ def suggest_trials(traits: Any, k: int = 3, space: Any = None) -> list[dict[str,
         except SpecError:
             continue
     return out
-
-
-def _task_traits(t: Traits) -> Any:
-    from autoopt.task import TaskTraits
-
-    return TaskTraits(
-        domain=t.domain,
-        batch_size=t.batch_size or 32,
-        grad_sparsity=t.grad_sparsity or 0.0,
-        n_params=t.n_params or 0,
-        dataset_size=t.dataset_size or 0,
-        metric="val_metric",
-        direction="maximize",
-        sparse_gradients=t.sparse_gradients,
-    )
 
 
 __all__ = [
@@ -722,5 +648,4 @@ __all__ = [
     "suggest_configs",
     "suggest_trials",
     "top_optimizers",
-    "write_catalog_snapshot",
 ]

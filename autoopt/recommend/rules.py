@@ -16,12 +16,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from autoopt.recommend.features import DOMAINS, FLAGS, GOALS, Traits
+from autoopt.core.traits import DOMAINS, FLAGS, GOALS, TaskTraits
 
 DATA_DIR = Path(__file__).with_name("data")
 RULES_PATH = DATA_DIR / "rules.yaml"
 
-#: Traits a condition may test, with the kind of value they hold.
+#: TaskTraits a condition may test, with the kind of value they hold.
 CONDITION_TRAITS: dict[str, str] = {
     "domain": "choice",
     "batch_size": "number",
@@ -141,7 +141,7 @@ class OptimizerAdvice:
 class Advice:
     """The rule prior for one query."""
 
-    traits: Traits
+    traits: TaskTraits
     fired: list[Rule]
     optimizers: dict[str, OptimizerAdvice]
     notes: list[tuple[str, Rule]]
@@ -277,11 +277,11 @@ class RuleBook:
         return names
 
     # --- applying ----------------------------------------------------------------------
-    def fired(self, traits: Traits) -> list[Rule]:
+    def fired(self, traits: TaskTraits) -> list[Rule]:
         view = traits.rule_view()
         return [r for r in self.rules if r.holds(view)]
 
-    def advise(self, traits: Traits, catalog: Iterable[str]) -> Advice:
+    def advise(self, traits: TaskTraits, catalog: Iterable[str]) -> Advice:
         """Apply every fired rule to every catalog optimizer."""
         catalog = list(catalog)
         fired = self.fired(traits)

@@ -1,4 +1,8 @@
-"""The optimizers autoopt can choose from, with their hyperparameters and search ranges.
+"""The one catalog: the optimizers and LR schedules autoopt can choose from, their hyperparameters and search ranges.
+
+Plain data, importable without torch: the recommender reads it directly (``autoopt recommend``
+stays fast) and the trainer builds an entry with :func:`autoopt.optimizers.build_optimizer`, which
+reads its declarative :class:`Builder` (that module imports torch; this one never does).
 
 Every entry says where it comes from (``torch.optim`` or the ``pytorch-optimizer`` package),
 which guidance supports it (source documents ``000``..``004`` summarised in GUIDANCE.md, or
@@ -7,7 +11,7 @@ how much optimizer state it keeps per parameter, and how it applies weight decay
 
 Conventions the search space relies on:
 
-* Ranges are *search* ranges, not hard limits: :meth:`OptimizerSpec.build` accepts any value
+* Ranges are *search* ranges, not hard limits: :func:`~autoopt.optimizers.build_optimizer` accepts any value
   the optimizer's own constructor accepts (it only rejects unknown names and categorical
   values outside ``choices``).
 * ``log=True``: sample on a log scale.  ``one_minus_log=True``: sample ``1 - value`` on a log
@@ -29,12 +33,9 @@ Conventions the search space relies on:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import torch
-from torch import nn
 
 HyperParamKind = Literal["float", "int", "categorical"]
 WeightDecayMode = Literal["decoupled", "l2", "none"]
@@ -42,13 +43,32 @@ WeightDecayMode = Literal["decoupled", "l2", "none"]
 #: Requirement tags an optimizer may carry (see :meth:`OptimizerSpec.applicable`).
 REQUIREMENTS = frozenset({"sparse_gradients", "dense_gradients", "full_batch", "matrix_params"})
 
-#: Parameter-name / module-class-name substrings excluded from weight decay.
-NO_DECAY_PATTERNS: tuple[str, ...] = ("bias", "Norm")
-
 
 # --------------------------------------------------------------------------------------
 # Hyperparameters
 # --------------------------------------------------------------------------------------
+def range_problem(low: float | None, high: float | None, *, log: bool = False, one_minus_log: bool = False,
+                  integer: bool = False) -> str | None:
+    """Why ``[low, high]`` is not a usable search range (None when it is).
+
+    The one range check behind catalog hyperparameters, a spec's ``{low, high}`` and the search
+    space that merges the two.
+    """
+    if low is None or high is None:
+        return "low and high are required"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"low and high must be finite, got [{low}, {high}]"
+    if low > high:
+        return f"low {low} is above high {high}"
+    if integer and (int(low) != low or int(high) != high):
+        return f"an int range needs integer bounds, got [{low}, {high}]"
+    if log and low <= 0:
+        return f"a log-scale range needs low > 0, got {low}"
+    if one_minus_log and not (0 <= low and high < 1):
+        return f"a 1-x log-scale range needs values in [0, 1), got [{low}, {high}]"
+    return None
+
+
 @dataclass(frozen=True)
 class HyperParam:
     """One tunable optimizer (or scheduler) hyperparameter and its search range."""
@@ -85,18 +105,9 @@ class HyperParam:
         """Raise ValueError unless ``[low, high]`` is a usable range for this hyperparameter."""
         if self.kind == "categorical":
             raise ValueError(f"hyperparameter {self.name!r} is categorical; it has choices, not a range")
-        if low is None or high is None:
-            raise ValueError(f"hyperparameter {self.name!r}: low and high are required")
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"hyperparameter {self.name!r}: low and high must be finite, got [{low}, {high}]")
-        if low > high:
-            raise ValueError(f"hyperparameter {self.name!r}: low {low} is above high {high}")
-        if self.kind == "int" and (int(low) != low or int(high) != high):
-            raise ValueError(f"hyperparameter {self.name!r}: int range needs integer bounds, got [{low}, {high}]")
-        if self.log and low <= 0:
-            raise ValueError(f"hyperparameter {self.name!r}: a log-scale range needs low > 0, got {low}")
-        if self.one_minus_log and not (low < 1 and high < 1):
-            raise ValueError(f"hyperparameter {self.name!r}: a 1-x log-scale range needs values below 1, got [{low}, {high}]")
+        problem = range_problem(low, high, log=self.log, one_minus_log=self.one_minus_log, integer=self.kind == "int")
+        if problem:
+            raise ValueError(f"hyperparameter {self.name!r}: {problem}")
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` lies in the search range (or choices; 0 when ``allow_zero``)."""
@@ -193,66 +204,6 @@ def _wd(mode: WeightDecayMode, default: float = 0.0, low: float | None = None, h
 def _bool(name: str, default: bool, help: str) -> HyperParam:
     return HyperParam(name, "categorical", choices=(False, True), default=default, help=help)
 
-
-# --------------------------------------------------------------------------------------
-# Parameter grouping helpers
-# --------------------------------------------------------------------------------------
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    return params
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Param groups with weight decay, biases and normalisation layers in a group without it."""
-    if weight_decay > 0:
-        from pytorch_optimizer import get_optimizer_parameters
-
-        return get_optimizer_parameters(model, weight_decay, NO_DECAY_PATTERNS)
-    return [{"params": _trainable(model), "weight_decay": 0.0}]
-
-
-def sparse_embedding_params(model: nn.Module) -> list[nn.Parameter]:
-    """Weights of ``nn.Embedding`` / ``nn.EmbeddingBag`` modules built with ``sparse=True``."""
-    out: list[nn.Parameter] = []
-    seen: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse:
-            w = module.weight
-            if w.requires_grad and id(w) not in seen:
-                seen.add(id(w))
-                out.append(w)
-    return out
-
-
-_MATRIX_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def hidden_matrix_params(model: nn.Module) -> list[nn.Parameter]:
-    """Weights Muon should orthogonalise: >= 2-D weights of hidden Linear/Conv layers.
-
-    Excluded (they go to AdamW, as Muon's authors advise): the last Linear/Conv layer in
-    registration order (taken to be the output head), any layer whose name contains
-    ``head`` or ``classifier``, embeddings, biases and gains.
-    """
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _MATRIX_LAYERS)]
-    if not layers:
-        return []
-    head = layers[-1][0]
-    out: list[nn.Parameter] = []
-    seen: set[int] = set()
-    for name, module in layers:
-        lowered = name.lower()
-        if name == head or "head" in lowered or "classifier" in lowered:
-            continue
-        w = module.weight
-        if w.requires_grad and w.ndim >= 2 and id(w) not in seen:
-            seen.add(id(w))
-            out.append(w)
-    return out
-
-
 def resolve_hyperparams(owner: str, hyperparams: Sequence[HyperParam], params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Every value of ``owner``'s hyperparameters: ``params`` validated and typed, the rest at defaults.
 
@@ -274,74 +225,34 @@ def resolve_hyperparams(owner: str, hyperparams: Sequence[HyperParam], params: M
 
 
 # --------------------------------------------------------------------------------------
-# SparseAdam for embeddings + AdamW for the rest, as one optimizer
-# --------------------------------------------------------------------------------------
-class SparseDenseAdam(torch.optim.Optimizer):
-    """``torch.optim.SparseAdam`` for sparse-gradient embeddings, ``AdamW`` for every other parameter.
-
-    One real :class:`torch.optim.Optimizer`, so LR schedulers, ``zero_grad``, ``state_dict``
-    and step hooks work unchanged: its ``param_groups`` are the very dicts of the two inner
-    optimizers (sparse groups first) and all three share one ``state`` dict, so a scheduler
-    changing ``group["lr"]`` drives both.  Weight decay applies to the dense part only
-    (SparseAdam has none), biases and norms excluded.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ) -> None:
-        sparse = sparse_embedding_params(model)
-        if not sparse:
-            raise ValueError(
-                "sparse_adam needs a model with sparse-gradient embeddings "
-                "(nn.Embedding/nn.EmbeddingBag with sparse=True); build the task model with sparse_gradients=True"
-            )
-        sparse_ids = {id(p) for p in sparse}
-        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps)
-        self.dense: torch.optim.Optimizer | None = None
-        dense_groups = []
-        for group in parameter_groups(model, weight_decay):
-            params = [p for p in group["params"] if id(p) not in sparse_ids]
-            if params:
-                dense_groups.append({**group, "params": params})
-        if dense_groups:
-            self.dense = torch.optim.AdamW(dense_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self._n_sparse_groups = len(self.sparse.param_groups)
-        groups = list(self.sparse.param_groups) + (list(self.dense.param_groups) if self.dense else [])
-        super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps})
-        self._share_state()
-
-    def _share_state(self) -> None:
-        self.sparse.param_groups = self.param_groups[: self._n_sparse_groups]
-        self.sparse.state = self.state
-        if self.dense is not None:
-            self.dense.param_groups = self.param_groups[self._n_sparse_groups :]
-            self.dense.state = self.state
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.sparse.step()
-        if self.dense is not None:
-            self.dense.step()
-        return loss
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._share_state()
-
-
-# --------------------------------------------------------------------------------------
 # Optimizer specs
 # --------------------------------------------------------------------------------------
-Factory = Callable[[nn.Module, dict[str, Any]], torch.optim.Optimizer]
+@dataclass(frozen=True)
+class Builder:
+    """How the trainer constructs an optimizer, as data: the torch classes are looked up only then.
+
+    ``kind``: ``"torch"`` (a ``torch.optim`` class), ``"lib"`` (a pytorch-optimizer name for
+    ``pytorch_optimizer.load_optimizer``) or ``"custom"`` (a builder in :mod:`autoopt.optimizers`).
+    ``betas``: the ``betas`` tuple, hyperparameter names or constants (None: no ``betas`` argument).
+    ``fixed``: constructor arguments that are not searched.
+    """
+
+    kind: Literal["torch", "lib", "custom"]
+    target: str
+    betas: tuple[str | float, ...] | None = ("beta1", "beta2")
+    fixed: tuple[tuple[str, Any], ...] = ()
+
+
+def _torch(cls_name: str, **fixed: Any) -> Builder:
+    return Builder("torch", cls_name, fixed=tuple(fixed.items()))
+
+
+def _lib(lib_name: str, betas: tuple[str | float, ...] | None = ("beta1", "beta2"), **fixed: Any) -> Builder:
+    return Builder("lib", lib_name, betas=betas, fixed=tuple(fixed.items()))
+
+
+def _custom(name: str, **fixed: Any) -> Builder:
+    return Builder("custom", name, betas=None, fixed=tuple(fixed.items()))
 
 
 @dataclass(frozen=True)
@@ -367,7 +278,7 @@ class OptimizerSpec:
     needs_closure: bool = False
     #: Schedulers that make sense with it (``None``: any).  Schedule-free wants only warmup.
     allowed_schedulers: frozenset[str] | None = None
-    _factory: Factory | None = field(default=None, repr=False, compare=False)
+    builder: Builder | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.requires) - REQUIREMENTS
@@ -405,13 +316,7 @@ class OptimizerSpec:
         full = {**self.defaults(), **dict(values or {})}
         return tuple(hp for hp in self.hyperparams if not hp.active_if or full.get(hp.active_if[0]) in hp.active_if[1])
 
-    # -- building ----------------------------------------------------------------------
-    def build(self, model: nn.Module, params: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
-        """The optimizer for ``model`` with hyperparameters ``params`` (missing ones at defaults)."""
-        if self._factory is None:  # pragma: no cover - every catalog entry has one
-            raise NotImplementedError(f"optimizer {self.name!r} has no builder")
-        return self._factory(model, self.resolve(params))
-
+    # -- where it applies ---------------------------------------------------------------
     def applicable(
         self, *, sparse_gradients: bool, has_matrix_params: bool = True, full_batch: bool = False
     ) -> tuple[bool, str | None]:
@@ -454,134 +359,6 @@ class OptimizerSpec:
 
 
 # --------------------------------------------------------------------------------------
-# Factories
-# --------------------------------------------------------------------------------------
-def _betas(v: dict[str, Any]) -> tuple[float, float]:
-    return (v["beta1"], v["beta2"])
-
-
-def _groups(model: nn.Module, v: dict[str, Any]) -> list[dict[str, Any]]:
-    return parameter_groups(model, v.get("weight_decay", 0.0))
-
-
-def _torch(cls_name: str, **fixed: Any) -> Factory:
-    """Factory for a torch.optim class taking ``(groups, lr=..., <hp>=...)``."""
-
-    def build(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-        cls = getattr(torch.optim, cls_name)
-        kwargs = {k: val for k, val in v.items() if k not in ("beta1", "beta2", "weight_decay")}
-        if "beta1" in v:
-            kwargs["betas"] = _betas(v)
-        return cls(_groups(model, v), **kwargs, **fixed)
-
-    return build
-
-
-def _lib(lib_name: str, betas: Callable[[dict[str, Any]], tuple] | None = _betas, **fixed: Any) -> Factory:
-    """Factory for a pytorch-optimizer class found with ``pytorch_optimizer.load_optimizer``."""
-
-    def build(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-        from pytorch_optimizer import load_optimizer
-
-        cls = load_optimizer(lib_name)
-        kwargs = {k: val for k, val in v.items() if k not in ("beta1", "beta2", "weight_decay")}
-        if betas is not None and "beta1" in v:
-            kwargs["betas"] = betas(v)
-        if "weight_decay" in v:
-            kwargs["weight_decay"] = v["weight_decay"]
-            groups: Any = _groups(model, v)
-        else:
-            groups = _trainable(model)
-        return cls(groups, **kwargs, **fixed)
-
-    return build
-
-
-def _build_sgd(momentum: bool, nesterov: bool) -> Factory:
-    def build(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            _groups(model, v), lr=v["lr"], momentum=v.get("momentum", 0.0) if momentum else 0.0, nesterov=nesterov
-        )
-
-    return build
-
-
-def _build_lbfgs(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.LBFGS(
-        _trainable(model),  # L-BFGS supports a single parameter group only
-        lr=v["lr"],
-        max_iter=v["max_iter"],
-        history_size=v["history_size"],
-        line_search_fn=None if v["line_search_fn"] == "none" else v["line_search_fn"],
-    )
-
-
-def _build_rprop(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.Rprop(_trainable(model), lr=v["lr"])
-
-
-def _build_sparse_adam(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-    return SparseDenseAdam(model, lr=v["lr"], betas=_betas(v), eps=v["eps"], weight_decay=v["weight_decay"])
-
-
-def _build_adafactor(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-    from pytorch_optimizer import load_optimizer
-
-    beta1 = v["beta1"] if v["beta1"] > 0 else None  # beta1 = 0: no first moment (original Adafactor)
-    return load_optimizer("adafactor")(
-        _groups(model, v), lr=v["lr"], betas=(beta1, 0.999), relative_step=v["relative_step"],
-        weight_decay=v["weight_decay"],
-    )
-
-
-def _build_lookahead(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-    from pytorch_optimizer import Lookahead
-
-    base_params: dict[str, Any] = {"lr": v["lr"], "weight_decay": v["weight_decay"]}
-    if v["base"] == "momentum":
-        base_params["momentum"] = v["momentum"]
-    base = CATALOG[v["base"]].build(model, base_params)
-    return Lookahead(base, k=v["k"], alpha=v["alpha"])
-
-
-def _build_muon(model: nn.Module, v: dict[str, Any]) -> torch.optim.Optimizer:
-    from pytorch_optimizer import load_optimizer
-
-    hidden = hidden_matrix_params(model)
-    if not hidden:
-        raise ValueError("muon needs hidden 2-D weight matrices (Linear/Conv layers besides the output head)")
-    hidden_ids = {id(p) for p in hidden}
-    rest = [p for p in _trainable(model) if id(p) not in hidden_ids]
-    wd = v["weight_decay"]
-    groups: list[dict[str, Any]] = [
-        {"params": hidden, "use_muon": True, "lr": v["lr"], "weight_decay": wd},
-    ]
-    matrices = [p for p in rest if p.ndim >= 2]
-    gains = [p for p in rest if p.ndim < 2]
-    for params, decay in ((matrices, wd), (gains, 0.0)):
-        if params:
-            groups.append({"params": params, "use_muon": False, "lr": v["adamw_lr"], "weight_decay": decay})
-    return load_optimizer("muon")(groups, lr=v["lr"], momentum=v["momentum"], nesterov=v["nesterov"], adamw_lr=v["adamw_lr"])
-
-
-def set_optimizer_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
-    """``optimizer.train()`` / ``optimizer.eval()`` for schedule-free optimizers; no-op for others.
-
-    Call with ``training=True`` before each training epoch and ``False`` before evaluation
-    (and before saving weights): schedule-free methods evaluate at averaged weights.
-    """
-    seen: set[int] = set()
-    opt: Any = optimizer
-    while opt is not None and id(opt) not in seen:
-        seen.add(id(opt))
-        method = getattr(opt, "train" if training else "eval", None)
-        if callable(method):
-            method()
-            return
-        opt = getattr(opt, "optimizer", None)
-
-
-# --------------------------------------------------------------------------------------
 # The catalog
 # --------------------------------------------------------------------------------------
 _SGD_LR = (1e-3, 1.0)
@@ -600,25 +377,25 @@ def _specs() -> list[OptimizerSpec]:
             "sgd", "SGD", "sgd", T, "001, 003, 004",
             (_lr(*_SGD_LR, 0.1), _wd("l2")), 0.0, "l2",
             description="Plain mini-batch SGD: simple, low-dimensional problems; generalizes well with small batches.",
-            _factory=_build_sgd(momentum=False, nesterov=False),
+            builder=_custom("sgd", momentum=False, nesterov=False),
         ),
         OptimizerSpec(
             "momentum", "SGD + momentum", "sgd", T, "000, 001, 003, AlgoPerf",
             (_lr(*_SGD_LR, 0.01), _momentum(0.9), _wd("l2")), 1.0, "l2",
             description="Heavy-ball momentum: the CNN default (0.9); AlgoPerf ImageNet ResNet-50 winner with linear decay.",
-            _factory=_build_sgd(momentum=True, nesterov=False),
+            builder=_custom("sgd", momentum=True, nesterov=False),
         ),
         OptimizerSpec(
             "nesterov", "SGD + Nesterov", "sgd", T, "000, 001, 003, AlgoPerf",
             (_lr(*_SGD_LR, 0.01), _momentum(0.9), _wd("l2")), 1.0, "l2",
             description="Nesterov accelerated gradient: CNNs, noisy gradients; AlgoPerf fastMRI / OGBG winner.",
-            _factory=_build_sgd(momentum=True, nesterov=True),
+            builder=_custom("sgd", momentum=True, nesterov=True),
         ),
         OptimizerSpec(
             "adagrad", "Adagrad", "adagrad", T, "000, 001, 004",
             (_lr(1e-4, 1.0, 1e-2), _eps(1e-10), _wd("l2")), 1.0, "l2",
             description="Per-coordinate accumulated squared gradients: sparse features, rare words.",
-            _factory=_torch("Adagrad"),
+            builder=_torch("Adagrad"),
         ),
         OptimizerSpec(
             "rmsprop", "RMSprop", "rmsprop", T, "000, 001, 004",
@@ -634,7 +411,7 @@ def _specs() -> list[OptimizerSpec]:
             1.0, "l2",
             description="Leaky squared-gradient average; plain, centered and momentum variants. "
             "State 1x, +1 centered, +1 with momentum.",
-            _factory=_torch("RMSprop"),
+            builder=_torch("RMSprop"),
         ),
         OptimizerSpec(
             "adadelta", "Adadelta", "adagrad", T, "004",
@@ -647,25 +424,25 @@ def _specs() -> list[OptimizerSpec]:
             ),
             2.0, "l2",
             description="Adagrad variant with a window of squared gradients and updates; little lr tuning.",
-            _factory=_torch("Adadelta"),
+            builder=_torch("Adadelta"),
         ),
         OptimizerSpec(
             "adam", "Adam", "adam", T, "000, 001, 003, 004",
             adam_core(), 2.0, "l2",
             description="Adaptive moments: RL, GANs, speech; fast convergence on large data; weight decay as coupled L2.",
-            _factory=_torch("Adam"),
+            builder=_torch("Adam"),
         ),
         OptimizerSpec(
             "amsgrad", "AMSGrad", "adam", T, "001, 004",
             adam_core(), 3.0, "l2",
             description="Adam with the running max of the second moment (convergence fix).",
-            _factory=_torch("Adam", amsgrad=True),
+            builder=_torch("Adam", amsgrad=True),
         ),
         OptimizerSpec(
             "adamw", "AdamW", "adam", T, "000, 002, 003, 004, AlgoPerf",
             adam_core(wd="decoupled", wd_default=1e-2), 2.0, "decoupled",
             description="Adam with decoupled weight decay: the transformer / NLP default.",
-            _factory=_torch("AdamW"),
+            builder=_torch("AdamW"),
         ),
         OptimizerSpec(
             "nadam", "NAdam(W)", "adam", T, "001, 004, AlgoPerf",
@@ -678,19 +455,19 @@ def _specs() -> list[OptimizerSpec]:
             2.0, "decoupled",
             description="Adam with Nesterov momentum and decoupled decay (NAdamW): AlgoPerf baseline and "
             "target-setting winner on Criteo, ViT, Conformer, DeepSpeech, WMT.",
-            _factory=_torch("NAdam", decoupled_weight_decay=True),
+            builder=_torch("NAdam", decoupled_weight_decay=True),
         ),
         OptimizerSpec(
             "radam", "RAdam", "adam", T, "003, 004",
             adam_core(wd="decoupled"), 2.0, "decoupled",
             description="Rectified Adam: built-in warmup, robust to lr; small batches and quick experiments.",
-            _factory=_torch("RAdam", decoupled_weight_decay=True),
+            builder=_torch("RAdam", decoupled_weight_decay=True),
         ),
         OptimizerSpec(
             "adamax", "Adamax", "adam", T, "004",
             adam_core(lr=2e-3), 2.0, "l2",
             description="Adam with the infinity norm for the second moment.",
-            _factory=_torch("Adamax"),
+            builder=_torch("Adamax"),
         ),
         OptimizerSpec(
             "asgd", "ASGD", "sgd", T, "004",
@@ -704,15 +481,15 @@ def _specs() -> list[OptimizerSpec]:
             ),
             1.0, "l2",
             description="Averaged SGD (Polyak averaging after t0 steps).",
-            _factory=_torch("ASGD"),
+            builder=_torch("ASGD"),
         ),
         OptimizerSpec(
             "sparse_adam", "SparseAdam (+AdamW)", "adam", T, "000, 001, 004",
             adam_core(wd="decoupled"), 2.0, "decoupled",
             requires=frozenset({"sparse_gradients"}),
             description="SparseAdam for sparse-gradient embeddings, AdamW for the dense rest "
-            "(autoopt.catalog.SparseDenseAdam); weight decay on the dense part only.",
-            _factory=_build_sparse_adam,
+            "(autoopt.optimizers.SparseDenseAdam); weight decay on the dense part only.",
+            builder=_custom("sparse_adam"),
         ),
         OptimizerSpec(
             "lbfgs", "L-BFGS", "full_batch", T, "004",
@@ -728,7 +505,7 @@ def _specs() -> list[OptimizerSpec]:
             excluded_reason=_FULL_BATCH.format("curvature pairs and line search"),
             description="Quasi-Newton with line search; needs a closure and a single param group. "
             "State ~2 x history_size vectors.",
-            _factory=_build_lbfgs,
+            builder=_custom("lbfgs"),
         ),
         OptimizerSpec(
             "rprop", "Rprop", "full_batch", T, "004",
@@ -737,7 +514,7 @@ def _specs() -> list[OptimizerSpec]:
             requires=frozenset({"full_batch"}), mini_batch=False,
             excluded_reason=_FULL_BATCH.format("gradient-sign comparisons between steps"),
             description="Resilient backprop: per-weight step sizes from gradient signs (full batch only).",
-            _factory=_build_rprop,
+            builder=_custom("rprop"),
         ),
         # ---------------------------------------------------------- pytorch-optimizer
         OptimizerSpec(
@@ -750,7 +527,7 @@ def _specs() -> list[OptimizerSpec]:
             ),
             3.0, "decoupled",
             description="RAdam + Lookahead + gradient centralization: balance of speed and generalization (CV and NLP).",
-            _factory=_lib("ranger"),
+            builder=_lib("ranger"),
         ),
         OptimizerSpec(
             "lookahead", "Lookahead", "lookahead", P, "003, 000, 002",
@@ -766,7 +543,7 @@ def _specs() -> list[OptimizerSpec]:
             3.0, "decoupled",
             description="Lookahead(k, alpha) around AdamW, RAdam or SGD+momentum; +1x state for slow weights. "
             "Weight decay is decoupled for adamw/radam, coupled L2 for momentum.",
-            _factory=_build_lookahead,
+            builder=_custom("lookahead"),
         ),
         OptimizerSpec(
             "lion", "Lion", "sign", P, "authors' README (GUIDANCE: newer optimizers)",
@@ -777,7 +554,7 @@ def _specs() -> list[OptimizerSpec]:
             ),
             1.0, "decoupled",
             description="Sign of interpolated momentum; 1x state; lr 3-10x smaller, weight decay 3-10x larger than AdamW.",
-            _factory=_lib("lion"),
+            builder=_lib("lion"),
         ),
         OptimizerSpec(
             "adafactor", "Adafactor", "factored", P, "002, 004, AlgoPerf",
@@ -790,42 +567,42 @@ def _specs() -> list[OptimizerSpec]:
             0.55, "decoupled",
             description="Factored second moment (row + column): memory-limited large models. State ~0.05x "
             "without momentum (beta1=0), +0.5x for the bfloat16 momentum buffer.",
-            _factory=_build_adafactor,
+            builder=_custom("adafactor"),
         ),
         OptimizerSpec(
             "yogi", "Yogi", "adam", P, "001",
             (_lr(*_ADAM_LR, 1e-2), _beta1(), _beta2(), _eps(1e-3, 1e-6, 1e-2), _wd("decoupled")),
             2.0, "decoupled",
             description="Additive second-moment update: for when Adam fails to converge (exploding second moment).",
-            _factory=_lib("yogi"),
+            builder=_lib("yogi"),
         ),
         OptimizerSpec(
             "adabelief", "AdaBelief", "adam", P, "pytorch-optimizer",
             (_lr(*_ADAM_LR, 1e-3), _beta1(), _beta2(), _eps(1e-16, 1e-18, 1e-8), _wd("decoupled")),
             2.0, "decoupled",
             description="Adam scaled by the belief (variance of the gradient around its EMA).",
-            _factory=_lib("adabelief"),
+            builder=_lib("adabelief"),
         ),
         OptimizerSpec(
             "adan", "Adan", "adam", P, "pytorch-optimizer",
             (_lr(*_ADAM_LR, 1e-3), _beta1(0.98), _eps(), _wd("decoupled")),
             4.0, "decoupled",
             description="Adaptive Nesterov momentum (betas 0.98/0.92/0.99; beta1 tuned); 4x state.",
-            _factory=_lib("adan", betas=lambda v: (v["beta1"], 0.92, 0.99)),
+            builder=_lib("adan", betas=("beta1", 0.92, 0.99)),
         ),
         OptimizerSpec(
             "lamb", "LAMB", "layerwise", P, "002, AlgoPerf",
             (_lr(*_ADAM_LR, 1e-3), _beta1(), _beta2(), _eps(1e-6), _wd("decoupled")),
             2.0, "decoupled",
             description="Adam with layer-wise trust ratio: very large batches.",
-            _factory=_lib("lamb"),
+            builder=_lib("lamb"),
         ),
         OptimizerSpec(
             "adamp", "AdamP", "adam", P, "004",
             (_lr(*_ADAM_LR, 1e-3), _beta1(), _beta2(), _eps(), _wd("decoupled")),
             2.0, "decoupled",
             description="Adam projecting out the radial update of scale-invariant weights (delta 0.1, wd_ratio 0.1).",
-            _factory=_lib("adamp", delta=0.1, wd_ratio=0.1),
+            builder=_lib("adamp", delta=0.1, wd_ratio=0.1),
         ),
         OptimizerSpec(
             "sgdp", "SGDP", "sgd", P, "004",
@@ -837,7 +614,7 @@ def _specs() -> list[OptimizerSpec]:
             1.0, "decoupled",
             description="SGD with momentum projecting out radial updates (delta 0.1, wd_ratio 0.1). "
             "Defaults lr 0.01 / momentum 0.9 (library: 1e-3 / 0) to match the momentum entry.",
-            _factory=_lib("sgdp", betas=None, delta=0.1, wd_ratio=0.1),
+            builder=_lib("sgdp", betas=None, delta=0.1, wd_ratio=0.1),
         ),
         OptimizerSpec(
             "prodigy", "Prodigy", "parameter_free", P, "authors' README (GUIDANCE: newer optimizers)",
@@ -850,7 +627,7 @@ def _specs() -> list[OptimizerSpec]:
             ),
             4.0, "decoupled",
             description="Learning-rate-free Adam (estimates the step size); lr ~1.0; 4x state.",
-            _factory=_lib("prodigy"),
+            builder=_lib("prodigy"),
         ),
         OptimizerSpec(
             "schedulefree_adamw", "Schedule-Free AdamW", "schedule_free", P, "AlgoPerf",
@@ -860,7 +637,7 @@ def _specs() -> list[OptimizerSpec]:
             needs_train_eval_mode=True, allowed_schedulers=frozenset({"constant"}),
             description="AlgoPerf v0.5 winner (self-tuning and external tuning): no LR schedule, only warmup; "
             "call optimizer.train()/eval() around training/evaluation (set_optimizer_mode).",
-            _factory=_lib("schedulefreeadamw"),
+            builder=_lib("schedulefreeadamw"),
         ),
         OptimizerSpec(
             "muon", "Muon", "orthogonal", P, "002, authors' README",
@@ -875,22 +652,22 @@ def _specs() -> list[OptimizerSpec]:
             1.0, "decoupled",
             requires=frozenset({"matrix_params"}),
             description="Newton-Schulz orthogonalised momentum for hidden 2-D weights only "
-            "(autoopt.catalog.hidden_matrix_params); AdamW (2x state) for everything else.",
-            _factory=_build_muon,
+            "(autoopt.optimizers.hidden_matrix_params); AdamW (2x state) for everything else.",
+            builder=_custom("muon"),
         ),
         OptimizerSpec(
             "novograd", "NovoGrad", "adam", P, "002, 004",
             (_lr(*_ADAM_LR, 1e-3), _beta1(0.95), _beta2(0.98), _eps(), _wd("l2")),
             1.0, "l2",
             description="Layer-wise second moment (one scalar per layer): ~1x state.",
-            _factory=_lib("novograd"),
+            builder=_lib("novograd"),
         ),
         OptimizerSpec(
             "diffgrad", "diffGrad", "adam", P, "002",
             (_lr(*_ADAM_LR, 1e-3), _beta1(), _beta2(), _eps(), _wd("decoupled")),
             3.0, "decoupled",
             description="Adam with a friction term from the change of the gradient; 3x state.",
-            _factory=_lib("diffgrad"),
+            builder=_lib("diffgrad"),
         ),
         OptimizerSpec(
             "lars", "LARS", "layerwise", P, "002",
@@ -903,7 +680,7 @@ def _specs() -> list[OptimizerSpec]:
             ),
             1.0, "l2",
             description="SGD with layer-wise trust ratio: very large batches.",
-            _factory=_lib("lars", betas=None),
+            builder=_lib("lars", betas=None),
         ),
         OptimizerSpec(
             "sm3", "SM3", "factored", P, "002",
@@ -911,7 +688,7 @@ def _specs() -> list[OptimizerSpec]:
             1.05, "none",
             description="Memory-efficient adaptive method (cover-set accumulators, sublinear); the library "
             "always allocates a 1x momentum buffer.",
-            _factory=_lib("sm3", betas=None),
+            builder=_lib("sm3", betas=None),
         ),
         OptimizerSpec(
             "adanorm", "AdaNorm", "adam", P, "002",
@@ -922,14 +699,14 @@ def _specs() -> list[OptimizerSpec]:
             ),
             2.0, "decoupled",
             description="Adam with gradient-norm correction from the history of norms.",
-            _factory=_lib("adanorm"),
+            builder=_lib("adanorm"),
         ),
         OptimizerSpec(
             "pnm", "PNM", "sgd", P, "002",
             (_lr(*_ADAM_LR, 1e-3), _beta1(), _wd("decoupled")),
             2.0, "decoupled",
             description="Positive-negative momentum (two momentum buffers) for better generalization.",
-            _factory=_lib("pnm", betas=lambda v: (v["beta1"], 1.0)),
+            builder=_lib("pnm", betas=("beta1", 1.0)),
         ),
     ]
 
@@ -944,64 +721,159 @@ def get_optimizer(name: str) -> OptimizerSpec:
     except (KeyError, TypeError):
         raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(sorted(CATALOG))}") from None
 
-
-def _tensor_bytes(t: torch.Tensor) -> int:
-    if t.is_sparse:
-        return _tensor_bytes(t._values()) + _tensor_bytes(t._indices())
-    return t.numel() * t.element_size()
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in optimizer state tensors, walking nested state and wrapped optimizers.
-
-    Counts ``optimizer.state`` of the optimizer and of every optimizer it holds as an attribute
-    (Lookahead's base, SparseDenseAdam's parts); each tensor once.
-    """
-    seen_tensors: set[int] = set()
-    seen_optimizers: set[int] = set()
-
-    def walk(value: Any) -> int:
-        if isinstance(value, torch.Tensor):
-            if id(value) in seen_tensors:
-                return 0
-            seen_tensors.add(id(value))
-            return _tensor_bytes(value)
-        if isinstance(value, Mapping):
-            return sum(walk(v) for v in value.values())
-        if isinstance(value, (list, tuple)):
-            return sum(walk(v) for v in value)
-        return 0
-
-    def visit(opt: Any) -> int:
-        if id(opt) in seen_optimizers:
-            return 0
-        seen_optimizers.add(id(opt))
-        total = walk(dict(getattr(opt, "state", {})))
-        for attr in vars(opt).values():
-            if isinstance(attr, torch.optim.Optimizer):
-                total += visit(attr)
-        return total
-
-    return visit(optimizer)
-
-
 def catalog_table() -> list[dict[str, Any]]:
     """Every entry as a JSON-serialisable dict (``autoopt optimizers --json``)."""
     return [spec.to_dict() for spec in CATALOG.values()]
 
 
-__all__ = [
-    "CATALOG",
-    "HyperParam",
-    "NO_DECAY_PATTERNS",
-    "OptimizerSpec",
-    "REQUIREMENTS",
-    "SparseDenseAdam",
-    "catalog_table",
-    "get_optimizer",
-    "hidden_matrix_params",
-    "optimizer_state_bytes",
-    "parameter_groups",
-    "set_optimizer_mode",
-    "sparse_embedding_params",
-]
+# --------------------------------------------------------------------------------------
+# LR schedules (built by autoopt.schedulers)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """One LR schedule: its hyperparameters and when it steps (every batch or every epoch)."""
+
+    name: str
+    display: str
+    hyperparams: tuple[HyperParam, ...]
+    per: Literal["step", "epoch_metric"]
+    guidance: str
+    description: str
+
+    @property
+    def hp_names(self) -> tuple[str, ...]:
+        return tuple(hp.name for hp in self.hyperparams)
+
+    def defaults(self) -> dict[str, Any]:
+        return {hp.name: hp.default for hp in self.hyperparams}
+
+    def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """All hyperparameter values: ``params`` validated and typed, missing ones at defaults."""
+        return resolve_hyperparams(f"scheduler {self.name!r}", self.hyperparams, params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "display": self.display,
+            "hyperparams": [hp.to_dict() for hp in self.hyperparams],
+            "per": self.per,
+            "guidance": self.guidance,
+            "description": self.description,
+        }
+
+
+def _fraction(name: str, low: float, high: float, default: float, help: str, log: bool = False) -> HyperParam:
+    return HyperParam(name, "float", low, high, log=log, default=default, help=help)
+
+
+_GAMMA_STEP = HyperParam("gamma", "float", 0.05, 0.5, log=True, default=0.1, help="lr multiplier at each drop")
+_ETA_MIN = HyperParam(
+    "eta_min_ratio", "float", 1e-4, 0.1, log=True, default=0.0, allow_zero=True,
+    help="final lr as a fraction of the peak (0: anneal to zero)",
+)
+
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    spec.name: spec
+    for spec in (
+        SchedulerSpec(
+            "constant", "Constant", (), "step", "001",
+            "Peak lr throughout (after warmup). Baseline; the schedule for schedule-free optimizers.",
+        ),
+        SchedulerSpec(
+            "cosine", "Cosine annealing", (_ETA_MIN,), "step", "001, 003, AlgoPerf",
+            "CosineAnnealingLR from the peak to eta_min over the run: for SGD/momentum (003); "
+            "cosine + warmup was best in the LeNet/Fashion-MNIST example (001); NAdamW + warmup + cosine in AlgoPerf.",
+        ),
+        SchedulerSpec(
+            "cosine_restarts", "Cosine with warm restarts",
+            (
+                HyperParam("n_cycles", "int", 2, 5, default=3,
+                           help="cycles in the run; the first lasts run / (1 + t_mult + ... + t_mult^(n-1))"),
+                HyperParam("t_mult", "categorical", choices=(1, 2), default=2, help="cycle length multiplier"),
+                _ETA_MIN,
+            ),
+            "step", "003",
+            "CosineAnnealingWarmRestarts (SGDR), a cyclic schedule for SGD (003); the first cycle is sized so "
+            "the last cycle ends with the run (annealed, not just restarted).",
+        ),
+        SchedulerSpec(
+            "linear", "Linear decay",
+            (HyperParam("end_factor", "float", 1e-3, 0.1, log=True, default=0.01,
+                        help="final lr as a fraction of the peak (AlgoPerf: 1e-3..1e-2)"),),
+            "step", "003, AlgoPerf",
+            "LinearLR from the peak to end_factor x peak: for Adam/RAdam (003); momentum + linear decay "
+            "won AlgoPerf ImageNet ResNet-50, Nesterov + linear decay fastMRI and OGBG.",
+        ),
+        SchedulerSpec(
+            "step", "Step decay",
+            (_fraction("step_fraction", 0.1, 0.5, 0.3, "interval between drops as a fraction of the run"), _GAMMA_STEP),
+            "step", "003",
+            "StepLR: multiply by gamma every step_fraction of the run: for Adam/RAdam (003).",
+        ),
+        SchedulerSpec(
+            "multistep", "Multi-step decay",
+            (
+                HyperParam("milestones", "categorical", choices=("0.5,0.75", "0.3,0.6,0.9", "0.33,0.67"),
+                           default="0.5,0.75", help="drop points as fractions of the run"),
+                _GAMMA_STEP,
+            ),
+            "step", "001",
+            "MultiStepLR at fixed fractions of the run (multistep: 0.884 vs constant 0.882 in 001's example).",
+        ),
+        SchedulerSpec(
+            "exponential", "Exponential decay",
+            (HyperParam("gamma", "float", 0.5, 0.99, default=0.9, one_minus_log=True,
+                        help="lr multiplier per epoch (applied smoothly per step)"),),
+            "step", "001",
+            "ExponentialLR with gamma per epoch, spread over the epoch's steps (001: beaten by polynomial for SGD).",
+        ),
+        SchedulerSpec(
+            "inverse_sqrt", "Inverse square root",
+            (_fraction("timescale_fraction", 0.005, 0.2, 0.05,
+                       "decay timescale as a fraction of the run: lr = peak / sqrt(1 + t / timescale)", log=True),),
+            "step", "001",
+            "LambdaLR with peak / sqrt(1 + t / timescale): the transformer decay; beats exponential for SGD (001).",
+        ),
+        SchedulerSpec(
+            "polynomial", "Polynomial decay",
+            (HyperParam("power", "float", 0.5, 3.0, log=True, default=1.0, help="decay exponent (1: linear to 0)"),),
+            "step", "001",
+            "PolynomialLR from the peak to 0 over the run (001: polynomial beats exponential for SGD).",
+        ),
+        SchedulerSpec(
+            "one_cycle", "One-cycle",
+            (
+                _fraction("pct_start", 0.1, 0.5, 0.3, "fraction of the (post-warmup) run spent ramping up"),
+                HyperParam("div_factor", "float", 5.0, 100.0, log=True, default=25.0,
+                           help="the ramp starts at peak / div_factor"),
+                HyperParam("anneal_strategy", "categorical", choices=("cos", "linear"), default="cos",
+                           help="shape of both phases"),
+            ),
+            "step", "003",
+            "OneCycleLR (cyclic LR, 003) with momentum cycling off (the tuned momentum stays); "
+            "ends at peak / (div_factor * 1e4). Its ramp absorbs the warmup.",
+        ),
+        SchedulerSpec(
+            "plateau", "Reduce on plateau",
+            (
+                HyperParam("factor", "float", 0.1, 0.7, default=0.5, help="lr multiplier when the metric stalls (003: 0.5)"),
+                HyperParam("patience", "int", 0, 10, default=2, help="epochs without improvement before a drop"),
+            ),
+            "epoch_metric", "003",
+            "ReduceLROnPlateau on the validation metric (respecting the study direction), for any optimizer (003).",
+        ),
+    )
+}
+
+
+def get_scheduler(name: str) -> SchedulerSpec:
+    """The scheduler spec ``name``; ValueError naming it and listing the allowed names otherwise."""
+    try:
+        return SCHEDULERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}") from None
+
+
+def scheduler_table() -> list[dict[str, Any]]:
+    """Every scheduler as a JSON-serialisable dict."""
+    return [spec.to_dict() for spec in SCHEDULERS.values()]

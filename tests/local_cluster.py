@@ -1,11 +1,11 @@
-"""The docker-compose topology as plain processes on one machine.
+"""Test harness: the docker-compose topology as plain processes on one machine (and a free local port).
 
 ``docker-compose.yml`` runs PostgreSQL, an MLflow tracking server on it, a Ray head (no CPUs:
 it only hosts the study coordinators and the Ray client server) and Ray worker nodes that run
 the trials. The classes here start the same parts as processes, with the same settings (Ray
 token authentication on, artifacts served by the MLflow server). The integration tests
 (``tests/test_cluster.py``) run on them because CI machines have no Docker engine; they are also
-a way to try the cluster path without Docker::
+a way to try the cluster path without Docker (from the repository root, ``PYTHONPATH=tests``)::
 
     cluster = LocalCluster(workdir, postgres_admin_url="postgresql://postgres@127.0.0.1/postgres")
     cluster.start()
@@ -94,7 +94,7 @@ def _proc_table() -> dict[int, tuple[int, int, int]]:
     return table
 
 
-def _session_pids(sid: int, start_ticks: int | None = None) -> list[int]:
+def session_pids(sid: int, start_ticks: int | None = None) -> list[int]:
     """Processes of the service started as ``sid``: those in its session, and every descendant of
     it (Ray's raylet starts its worker processes in sessions of their own).
 
@@ -149,7 +149,7 @@ class Service:
     def pids(self) -> list[int]:
         if self.proc is None:
             return []
-        return _session_pids(self.proc.pid, self.start_ticks)
+        return session_pids(self.proc.pid, self.start_ticks)
 
     def _signal_all(self, sig: int) -> None:
         for pid in self.pids():
@@ -359,11 +359,11 @@ def create_database(admin_url: str, name: str) -> str:
     """CREATE DATABASE ``name`` on the server of ``admin_url``; returns the new database's URL."""
     import sqlalchemy as sa
 
-    from autoopt.storage import _sqlalchemy_url
+    from autoopt.storage import sqlalchemy_url
 
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
         raise ValueError(f"database name {name!r}: use lowercase letters, digits and '_'")
-    engine = sa.create_engine(_sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as c:
             c.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -375,9 +375,9 @@ def create_database(admin_url: str, name: str) -> str:
 def drop_database(admin_url: str, name: str) -> None:
     import sqlalchemy as sa
 
-    from autoopt.storage import _sqlalchemy_url
+    from autoopt.storage import sqlalchemy_url
 
-    engine = sa.create_engine(_sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as c:
             c.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
@@ -496,9 +496,9 @@ class LocalCluster:
             self._databases.append(f"autoopt_optuna_{tag}")
             mlflow_url = create_database(self.postgres_admin_url, f"autoopt_mlflow_{tag}")
             self._databases.append(f"autoopt_mlflow_{tag}")
-            from autoopt.storage import _sqlalchemy_url
+            from autoopt.storage import sqlalchemy_url
 
-            self.mlflow_backend_uri = _sqlalchemy_url(mlflow_url)
+            self.mlflow_backend_uri = sqlalchemy_url(mlflow_url)
             # MLflow's migrations (~25 s) overlap with Ray's start-up.
             self.mlflow = start_mlflow_server(self.mlflow_backend_uri, self.workdir / "mlartifacts",
                                               self.workdir / "mlflow.log", wait=False)
