@@ -393,21 +393,24 @@ def ui(
     from autoopt import tracking
     from autoopt.ui import start_ui, stop_ui
 
+    import signal
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # the server runs in its own process group: a SIGTERM/SIGHUP to this command stops it too,
+    # from the moment it is started (start_ui stops it when interrupted while waiting for it)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     try:
         proc = start_ui(uri, host=host, port=port)
     except ValueError as exc:  # an http(s) tracking server already is the UI
         out.print(str(exc))
         raise typer.Exit(0)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
     out.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
-    import signal
-
-    def _stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # the server runs in its own process group: a SIGTERM/SIGHUP to this command stops it too
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGHUP, _stop)
     try:
         code = proc.wait()
     except KeyboardInterrupt:

@@ -110,8 +110,10 @@ def test_sigterm_to_ui_stops_its_mlflow_server(workdir):
     store = default_tracking_uri(workdir)
     StudyTracker(TrackingConfig(tracking_uri=store, experiment_name="ui")).start("ui", {}, "tpe", "none", {})
     port = _free_port()
+    log = open(workdir / "ui.log", "wb")  # noqa: SIM115 - the command's (and its server's) output
     ui = subprocess.Popen(_cli("ui", "--port", str(port), "--tracking-uri", store), cwd=workdir,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     try:
         def healthy() -> bool:
             try:
