@@ -53,3 +53,34 @@ def test_readme_python_example_runs_on_a_cpu_only_machine(ray_local, workdir):
     assert sum(result.counts[k] for k in ("complete", "pruned", "failed")) == 2
     assert {t.user_attrs["autoopt.device"] for t in result.study.trials} == {"cpu"}
     assert result.study.user_attrs["autoopt.spec"]["gpus_per_trial"] == "auto"  # re-resolved on resume
+
+
+def test_an_autoscaling_cluster_waits_and_warns_every_interval(workdir):
+    """With AUTOOPT_AUTOSCALING=1 a GPU request on a CPU-only Ray is waited for (a node may be
+    added), and the user hears about it every AUTOOPT_RESOURCE_WARN_S seconds; Ctrl-C ends it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (workdir / "gpu.yaml").write_text(
+        "name: gpu\ntask: tabular\ntask_options: {size: 0.25, epochs: 2}\nn_trials: 2\nworkers: 1\n"
+        "gpus_per_trial: 1\ntracking: false\nspace: {optimizers: [adam], schedulers: [constant]}\n")
+    log = workdir / "stderr.log"
+    with open(log, "wb") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", "gpu.yaml"], cwd=workdir,
+                                  stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                  env={**os.environ, "AUTOOPT_AUTOSCALING": "1", "AUTOOPT_RESOURCE_WARN_S": "2"})
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and log.read_text().count("waiting for the autoscaler") < 3:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        warnings = [line for line in log.read_text().splitlines() if "waiting for the autoscaler" in line]
+        assert len(warnings) >= 3, log.read_text()[-3000:]
+        assert "{CPU: 1, GPU: 1}" in warnings[-1] and "CPU: 2" in warnings[-1]
+        os.killpg(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
