@@ -16,9 +16,10 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoopt.records import EpochRecord, TrialOutcome
+from autoopt.core import record as R
+from autoopt.core.record import EpochRecord, TrialOutcome
 
-A = "autoopt."
+A = R.PREFIX  # MLflow tag prefix (autoopt.study, autoopt.role, autoopt.trial_number, ...)
 _EPOCH_FIELDS = {f.name for f in dataclasses.fields(EpochRecord)}
 
 
@@ -28,20 +29,20 @@ def run_status(trial: FrozenTrial) -> str:
         return "FINISHED"
     if trial.state == TrialState.PRUNED:
         return "KILLED"
-    return "KILLED" if str(trial.user_attrs.get(A + "reason") or "").startswith("interrupted") else "FAILED"
+    return "KILLED" if str(trial.user_attrs.get(R.REASON) or "").startswith("interrupted") else "FAILED"
 
 
 def outcome_of(trial: FrozenTrial, direction: str) -> TrialOutcome:
     """A finished trial as the worker reported it, read back from the storage."""
     attrs = trial.user_attrs
-    history = [EpochRecord(**{k: v for k, v in h.items() if k in _EPOCH_FIELDS}) for h in attrs.get(A + "history") or []]
-    status = attrs.get(A + "status") or {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
+    history = [EpochRecord(**{k: v for k, v in h.items() if k in _EPOCH_FIELDS}) for h in attrs.get(R.HISTORY) or []]
+    status = attrs.get(R.STATUS) or {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
     value = trial.value if trial.state == TrialState.COMPLETE else None
     if value is None and history:
         value = (max if direction == "maximize" else min)(h.val_metric for h in history)
-    return TrialOutcome(status, value, history, attrs.get(A + "reason"), attrs.get(A + "stopped_at_epoch"),
-                        int(attrs.get(A + "optimizer_state_bytes") or 0), attrs.get(A + "device") or "cpu",
-                        attrs.get(A + "host") or "", float(attrs.get(A + "seconds") or 0.0))
+    return TrialOutcome(status, value, history, attrs.get(R.REASON), attrs.get(R.STOPPED_AT_EPOCH),
+                        int(attrs.get(R.OPTIMIZER_STATE_BYTES) or 0), attrs.get(R.DEVICE) or "cpu",
+                        attrs.get(R.HOST) or "", float(attrs.get(R.SECONDS) or 0.0))
 
 
 def _search(conn: Any, experiment_id: str, filter_string: str) -> list | None:
@@ -73,9 +74,9 @@ def sync_study(
     from autoopt import tracking
 
     attrs = study.user_attrs
-    spec = attrs.get(A + "spec") or {}
+    spec = attrs.get(R.SPEC) or {}
     if tracker is None:
-        uri = tracking.resolve_tracking_uri(tracking_uri or attrs.get(A + "tracking_uri") or spec.get("tracking_uri"))
+        uri = tracking.resolve_tracking_uri(tracking_uri or attrs.get(R.TRACKING_URI) or spec.get("tracking_uri"))
         tracker = tracking.StudyTracker(tracking.TrackingConfig(
             tracking_uri=uri, experiment_name=spec.get("experiment") or study.study_name))
     uri = tracker.config.tracking_uri
@@ -90,14 +91,14 @@ def sync_study(
             return report
         tracker._experiment_id = experiment_id
     tracker.study_name = name
-    tracker.traits = dict(attrs.get(A + "traits") or {})
-    tracker.metric_name = str(attrs.get(A + "metric") or tracker.traits.get("metric") or tracker.metric_name)
+    tracker.traits = dict(attrs.get(R.TRAITS) or {})
+    tracker.metric_name = str(attrs.get(R.METRIC) or tracker.traits.get("metric") or tracker.metric_name)
     parent_created = False
     if tracker.parent_run_id is None:
         parents = _search(conn, tracker.experiment_id, f"tags.`autoopt.study` = '{name}' and tags.`autoopt.role` = 'study'")
         if parents is None:
             return report
-        known = attrs.get(A + "mlflow_parent_run_id")
+        known = attrs.get(R.MLFLOW_PARENT_RUN_ID)
         parents.sort(key=lambda r: (r.info.run_id != known, r.info.start_time or 0))
         if parents:
             tracker._parent_run_id = parents[0].info.run_id
@@ -106,9 +107,9 @@ def sync_study(
         else:
             parent_created = True
     report["parent_run_id"] = tracker.parent_run_id
-    if attrs.get(A + "mlflow_parent_run_id") != tracker.parent_run_id or attrs.get(A + "tracking_uri") != uri:
-        new = {A + "mlflow_parent_run_id": tracker.parent_run_id, A + "mlflow_experiment_id": tracker.experiment_id,
-               A + "tracking_uri": uri}
+    if attrs.get(R.MLFLOW_PARENT_RUN_ID) != tracker.parent_run_id or attrs.get(R.TRACKING_URI) != uri:
+        new = {R.MLFLOW_PARENT_RUN_ID: tracker.parent_run_id, R.MLFLOW_EXPERIMENT_ID: tracker.experiment_id,
+               R.TRACKING_URI: uri}
         if set_attrs is not None:
             set_attrs(new)
         else:
@@ -132,7 +133,7 @@ def sync_study(
                 and run.data.tags.get(A + "epochs_logged") == str(len(outcome.history))):
             report["unchanged"] += 1
             continue
-        logger = tracker.trial_logger(trial.number, dict(trial.params), dict(trial.user_attrs.get(A + "config") or {}))
+        logger = tracker.trial_logger(trial.number, dict(trial.params), R.trial_config(trial))
         if run is None:
             if logger.start(outcome.host, outcome.device) is None:
                 return report

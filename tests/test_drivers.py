@@ -158,3 +158,28 @@ def test_a_stalled_driver_takes_its_reaped_trial_back(url):
     assert reclaimed[0].params == original.params
     assert reclaimed[0].user_attrs["autoopt.history"] == OUTCOME["history"]
     assert a.summary()["counted"] == 2
+
+
+@pytest.mark.slow
+def test_two_autoopt_run_processes_share_one_budget(url, tmp_path):
+    """Two real `autoopt run` drivers (each with its own Ray) on one study: exactly n_trials
+    trials, all complete, none re-run, and neither driver reaps the other's live trials."""
+    import os
+    import subprocess
+    import sys
+
+    name = f"shared-{uuid.uuid4().hex[:6]}"
+    spec = tmp_path / "shared.yaml"
+    spec.write_text(f"name: {name}\ntask: tabular\ntask_options: {{size: 0.25, epochs: 2}}\nn_trials: 6\n"
+                    "workers: 1\npruner: none\ntracking: false\nspace: {optimizers: [adam], schedulers: [constant]}\n")
+    env = {**os.environ, "AUTOOPT_STORAGE": url, "AUTOOPT_HEARTBEAT_S": "1", "AUTOOPT_STALE_AFTER_S": "10"}
+    drivers = [subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", str(spec), "--json"], cwd=tmp_path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for d in drivers:
+        _, err = d.communicate(timeout=400)
+        assert d.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert not [t for t in trials if t.user_attrs.get("autoopt.retried") or t.user_attrs.get("autoopt.retry_of")]
+    assert len({t.user_attrs["autoopt.session"] for t in trials}) == 2  # both drivers ran trials
