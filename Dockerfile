@@ -28,8 +28,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY autoopt ./autoopt
 COPY tasks ./tasks
-RUN pip install "ray[default,client]==${RAY_VERSION}" "optuna-dashboard>=0.16" . \
-    && python -c "import autoopt, ray, mlflow, optuna_dashboard, psycopg; print('autoopt image ok, ray', ray.__version__)"
+# mlflow[auth]: the basic-auth app the compose file's MLflow server runs
+RUN pip install "ray[default,client]==${RAY_VERSION}" "optuna-dashboard>=0.16" "mlflow[auth]" . \
+    && python -c "import autoopt, ray, mlflow, mlflow.server.auth, flask_wtf, optuna_dashboard, psycopg; print('autoopt image ok, ray', ray.__version__)"
 COPY studies ./studies
 
 # Non-root; Ray, MLflow and autoopt write under $HOME and /tmp only.

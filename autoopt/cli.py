@@ -4,6 +4,7 @@ print one line and exit 2; a study's failing trials never make the command fail.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def _guard(fn):  # noqa: ANN001 - small decorator turning known errors into exit
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from autoopt.spec import SpecError
         from autoopt.storage import StorageError
+        from autoopt.trust import UntrustedImport
 
         try:
             return fn(*args, **kwargs)
@@ -56,7 +58,7 @@ def _guard(fn):  # noqa: ANN001 - small decorator turning known errors into exit
             # TaskNotFound comes from autoopt.task, which imports torch: only a command that
             # loaded it can raise it, and `status`/`list` stay quick
             task = sys.modules.get("autoopt.task")
-            known = (SpecError, StorageError, UsageError, *((task.TaskNotFound,) if task else ()))
+            known = (SpecError, StorageError, UsageError, UntrustedImport, *((task.TaskNotFound,) if task else ()))
             if not isinstance(exc, known):
                 raise
             _fail(str(exc).splitlines()[0] if isinstance(exc, StorageError) else str(exc))
@@ -93,10 +95,27 @@ def _progress_table(name: str, p: Any) -> Table:
     return t
 
 
+def _claim_stdout() -> Any:
+    """For ``--json``: the real stdout, kept for the JSON alone. From here on file descriptor 1
+    is stderr, so whatever else the process prints (Ray's "(raylet) A worker died ..." lines,
+    MLflow's messages, native logs), now or from a background thread at exit, goes to stderr
+    and ``autoopt run --json | jq`` always reads one JSON document."""
+    try:
+        if sys.stdout.fileno() != 1:
+            return sys.stdout
+    except (AttributeError, OSError, ValueError):  # an in-memory stdout (tests' CliRunner)
+        return sys.stdout
+    sys.stdout.flush()
+    json_fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(json_fd, "w", encoding="utf-8")
+
+
 def _run_spec(spec: Any, as_json: bool) -> None:
     from autoopt.runner import StudyRunner
     from autoopt.study import recommender_hooks, summarize
 
+    json_out = _claim_stdout() if as_json else None
     console = err if as_json else out
     runner = StudyRunner(spec, hooks=recommender_hooks())
     live = Live(_progress_table(spec.name, runner.progress), console=console, refresh_per_second=4, transient=False)
@@ -115,8 +134,9 @@ def _run_spec(spec: Any, as_json: bool) -> None:
         _say_interrupted(spec.name, runner.interrupt)
         raise typer.Exit(130) from None
     result = summarize(spec.name, runner.storage_url, runner.progress.elapsed)
-    if as_json:
-        print(json.dumps(result.to_dict(), default=str))
+    if json_out is not None:
+        json_out.write(json.dumps(result.to_dict(), default=str) + "\n")
+        json_out.flush()
     else:
         _print_best(result)
 
@@ -138,9 +158,11 @@ def _say_interrupted(name: str, what: dict[str, Any] | None) -> None:
 
 
 def _print_best(result: Any) -> None:
+    from autoopt.redaction import redact
+
     out.print(f"storage: {result.to_dict()['storage_url']}")
     if result.mlflow_parent_run_id:
-        out.print(f"MLflow: {result.tracking_uri}  parent run {result.mlflow_parent_run_id}  (autoopt ui)")
+        out.print(f"MLflow: {redact(result.tracking_uri)}  parent run {result.mlflow_parent_run_id}  (autoopt ui)")
     c = result.counts
     out.print(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
               f"epochs trained {result.epochs_run} of {result.epochs_budget} without pruning")
@@ -186,22 +208,38 @@ def run(
     _run_spec(StudySpec.from_dict(data, source=str(spec_file)), as_json)
 
 
-def _load_spec_of(name: str, storage: str | None) -> Any:
+def _load_spec_of(name: str, storage: str | None, trusted: list[str] | None = None) -> Any:
+    """The spec stored with a study, made runnable here: its task path must be trusted (importing
+    it runs code someone with write access to the storage chose), and its URLs, stored without
+    their passwords, are completed from this user's own settings."""
     import optuna
 
+    from autoopt.redaction import is_redacted, restore
     from autoopt.spec import StudySpec
     from autoopt.storage import default_storage_url, open_storage
+    from autoopt.trust import check_trusted
 
     url = storage or default_storage_url()
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=open_storage(url, create=False))
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
     data = study.user_attrs.get(R.SPEC)
-    if not data:
+    if not isinstance(data, dict) or not data:
         raise UsageError(f"study {name!r} was not created by autoopt (no spec stored)")
+    check_trusted(data.get("task"), f"the spec stored with study {name!r}", trusted or ())
     data = {**data, "storage": url}
+    for key, envs in (("tracking_uri", ("AUTOOPT_TRACKING_URI", "MLFLOW_TRACKING_URI")),
+                      ("ray_address", ("AUTOOPT_RAY_ADDRESS", "RAY_ADDRESS"))):
+        value = restore(data.get(key), [os.environ.get(e) for e in envs])
+        if is_redacted(value):
+            raise UsageError(f"the stored {key} of study {name!r} is {value} (its password is never stored): "
+                             f"set {envs[0]} to the full URL")
+        data[key] = value
     return StudySpec.from_dict(data, source=f"stored spec of {name}")
+
+
+_TRUST_HELP = "trust a task import path read back from storage (pkg.module:Name, pkg.module or pkg.*; repeatable)"
 
 
 @app.command()
@@ -210,22 +248,26 @@ def resume(
     name: str,
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="new total trial budget"),
     storage: Optional[str] = STORAGE_OPTION,
+    trust_task: Optional[list[str]] = typer.Option(None, "--trust-task", help=_TRUST_HELP),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Continue a study from its stored spec (after a stop, a crash or to add trials)."""
-    spec = _load_spec_of(name, storage)
+    spec = _load_spec_of(name, storage, trust_task)
     if trials:
         spec = spec.replace(n_trials=trials)
     _run_spec(spec, as_json)
 
 
 def _summary(name: str, storage: str | None) -> Any:
+    from autoopt.storage import StorageMissing
     from autoopt.study import summarize
 
     try:
         return summarize(name, storage)
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
+    except StorageMissing as exc:
+        raise UsageError(f"no study named {name!r}: {exc}") from None
 
 
 @app.command()
@@ -270,9 +312,13 @@ def list_studies(
     """Studies in the storage."""
     import optuna
 
-    from autoopt.storage import default_storage_url, open_storage
+    from autoopt.storage import StorageMissing, default_storage_url, open_storage
 
-    summaries = optuna.get_all_study_summaries(open_storage(storage or default_storage_url()), include_best_trial=True)
+    try:  # no storage file yet: no studies (and none is created by looking)
+        summaries = optuna.get_all_study_summaries(open_storage(storage or default_storage_url(), create=False),
+                                                   include_best_trial=True)
+    except StorageMissing:
+        summaries = []
     rows = [
         {"name": s.study_name, "trials": s.n_trials, "best_value": s.best_trial.value if s.best_trial else None,
          "task": s.user_attrs.get(R.TASK), "metric": s.user_attrs.get(R.METRIC)}
@@ -342,10 +388,14 @@ def report(
     from autoopt.storage import default_storage_url, open_storage
 
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url()))
+        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url(), create=False))
     except KeyError:
         raise UsageError(f"no study named {name!r} in this storage") from None
-    paths = report_mod.write_report(study, out_dir / name)
+    try:
+        folder = report_mod.report_folder(out_dir, study.study_name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    paths = report_mod.write_report(study, folder)
     if log:
         from autoopt import tracking
 
@@ -391,7 +441,8 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the study store (Ctrl-C to stop)."""
     from autoopt import tracking
-    from autoopt.ui import start_ui, stop_ui
+    from autoopt.redaction import redact, redact_text
+    from autoopt.ui import start_ui, stop_ui, store_uri_problem
 
     import signal
 
@@ -403,14 +454,19 @@ def ui(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGHUP, _stop)
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    problem = store_uri_problem(uri)
+    if problem:
+        _fail(problem)
     try:
         proc = start_ui(uri, host=host, port=port)
     except ValueError as exc:  # an http(s) tracking server already is the UI
         out.print(str(exc))
         raise typer.Exit(0)
+    except (FileNotFoundError, RuntimeError) as exc:  # no store there yet; the server did not start
+        _fail(redact_text(str(exc).strip()))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
-    out.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
+    out.print(f"MLflow UI on http://{host}:{port} (store {redact(uri)}); Ctrl-C to stop")
     try:
         code = proc.wait()
     except KeyboardInterrupt:

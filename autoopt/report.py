@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import pprint
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -365,6 +366,8 @@ def best_config_python(
     if trial_number is not None:
         header += f" (trial {trial_number}"
         header += f", {metric}={value:.6g})" if R.finite(value) else ")"
+    # the study and metric names come from the storage: keep them inside the docstring
+    header = header.replace("\\", "\\\\").replace('"', '\\"')
     plain = plain_torch_line(config)
     lines = [
         f'"""{header}.',
@@ -410,6 +413,23 @@ def best_config_python(
     return "\n".join(lines)
 
 
+def report_folder(reports: Path | str, study_name: str) -> Path:
+    """The folder for a study's report inside ``reports``. The name comes from the storage, where
+    anyone who can write may have put ``../x`` or ``/abs``: a name that is not one plain path
+    component becomes a slug plus a hash of it, and the result is checked to stay inside."""
+    import hashlib
+
+    root = Path(reports).resolve()
+    safe = re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}", study_name) and study_name not in (".", "..")
+    folder = study_name if safe else (
+        f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', study_name).strip('.-')[:60] or 'study'}-"
+        f"{hashlib.sha256(study_name.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}")
+    path = (root / folder).resolve()
+    if path.parent != root:
+        raise ValueError(f"study name {study_name!r} does not give a folder inside {root}")
+    return path
+
+
 def write_best_config(study: optuna.Study, out_dir: Path | str) -> list[Path]:
     """``best_config.json`` and ``best_config.py`` for the best completed trial (none if no trial completed)."""
     best = R.best_trial(study)
@@ -441,6 +461,7 @@ def write_best_config(study: optuna.Study, out_dir: Path | str) -> list[Path]:
 __all__ = [
     "PLOT_NAMES",
     "best_config_python",
+    "report_folder",
     "build_figures",
     "plot_errors",
     "export_png",

@@ -26,8 +26,9 @@ from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.space import TrialConfig
+from autoopt.redaction import redact, redact_text
 from autoopt.spec import SpecError, StudySpec, task_label
-from autoopt.storage import StorageError, default_storage_url, open_storage, redact
+from autoopt.storage import StorageError, default_storage_url, open_storage
 from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
@@ -158,6 +159,25 @@ def _coordinator_placement() -> Any:
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
+def _init_loopback_only(kwargs: dict[str, Any]) -> None:
+    """Start the embedded Ray with every server (GCS, raylet, object manager, workers, agents)
+    bound to 127.0.0.1: it has no authentication, so nothing off this machine may reach it.
+
+    Ray binds to all interfaces of its node IP unless it runs in its local-only mode, the one it
+    uses on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import);
+    that mode is switched on for this start only, so a later connection to a cluster in the
+    same process advertises the real node IP again.
+    """
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` ($AUTOOPT_RAY_ADDRESS / $RAY_ADDRESS) or start a local Ray."""
     if ray.is_initialized():
@@ -168,6 +188,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["address"] = address
     else:  # embedded: a private local instance, quiet unless something goes wrong
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, logging_level=logging.ERROR)
+        _init_loopback_only(kwargs)
+        return
     attempts = 5
     for attempt in range(attempts):
         try:
@@ -238,7 +260,7 @@ class StudyRunner:
         if address.startswith("ray://") and self.storage_url.startswith(("sqlite", "journal")):
             raise SpecError(
                 f"storage {redact(self.storage_url)} is a file on this machine, but the study runs on the Ray "
-                f"cluster at {address}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
+                f"cluster at {redact(address)}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
             )
         open_storage(self.storage_url)  # fail fast (clear, redacted message) before starting Ray
         self.task = load_task(spec.task, **spec.task_options)
@@ -322,7 +344,7 @@ class StudyRunner:
             self._set_study_attrs({
                 R.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
                 R.MLFLOW_EXPERIMENT_ID: self.tracker.experiment_id,
-                R.TRACKING_URI: self.tracker.config.tracking_uri,
+                R.TRACKING_URI: redact(self.tracker.config.tracking_uri),
             })
 
     def _set_study_attrs(self, attrs: dict[str, Any]) -> None:
@@ -353,8 +375,8 @@ class StudyRunner:
         self.parent_run_id = self.tracker.parent_run_id
         if not report["reachable"]:
             warnings.warn(TrackingUnavailableWarning(
-                f"MLflow at {self.tracker.config.tracking_uri} could not be brought up to date "
-                f"({report.get('error') or 'unreachable'}); every result is in the Optuna storage: "
+                f"MLflow at {redact(self.tracker.config.tracking_uri)} could not be brought up to date "
+                f"({redact_text(report.get('error') or 'unreachable')}); every result is in the Optuna storage: "
                 f"`autoopt sync {self.spec.name}` logs what is missing once the server answers"), stacklevel=2)
         return report
 
@@ -593,7 +615,7 @@ class StudyRunner:
 
                 self._tracking_warned = True
                 warnings.warn(TrackingUnavailableWarning(
-                    f"MLflow tracking at {self.tracker.config.tracking_uri} failed during trial {number} on host "
+                    f"MLflow tracking at {redact(self.tracker.config.tracking_uri)} failed during trial {number} on host "
                     f"{outcome.get('host') or '?'}: the trial ran and is in the Optuna storage, its MLflow run may be "
                     "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
         self.progress.finished_this_run += 1

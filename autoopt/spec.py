@@ -33,6 +33,10 @@ _HP_BOUNDS: dict[str, tuple[float, float, bool]] = {
 }
 
 
+#: Spec fields that are URLs and may carry credentials.
+URL_FIELDS = ("storage", "tracking_uri", "ray_address")
+
+
 class SpecError(ValueError):
     """A spec that cannot run; the message names the field and what is allowed."""
 
@@ -250,7 +254,17 @@ class SearchSpec(BaseModel):
         return v
 
 
-class ExecutionSpec(BaseModel):
+class _RedactedRepr(BaseModel):
+    """A model whose repr (in logs, tracebacks, a user's print) shows its URLs without credentials."""
+
+    def __repr_args__(self):  # noqa: ANN204 - pydantic's own signature
+        from autoopt.redaction import redact
+
+        for key, value in super().__repr_args__():
+            yield key, redact(value) if key in URL_FIELDS and isinstance(value, str) else value
+
+
+class ExecutionSpec(_RedactedRepr):
     """How trials run: Ray workers, resources per trial, retries, and the driver's liveness timings."""
 
     model_config = ConfigDict(extra="forbid")
@@ -287,7 +301,7 @@ class ExecutionSpec(BaseModel):
 RUN_SETTINGS = ("heartbeat_s", "stale_after_s", "storage_retry_s")
 
 
-class PlacesSpec(BaseModel):
+class PlacesSpec(_RedactedRepr):
     """Where results go: the Optuna storage and the MLflow tracking store."""
 
     model_config = ConfigDict(extra="forbid")
@@ -389,13 +403,19 @@ class StudySpec(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         """The stored study spec: JSON-safe flat keys (a Task object by its class path), without
-        this run's liveness timings."""
+        this run's liveness timings, and its URLs without their credentials (the full ones stay
+        in this process only)."""
+        from autoopt.redaction import redact
+
         d: dict[str, Any] = {"name": self.name}
         for group in GROUPS:
             d.update(getattr(self, group).model_dump(mode="json", exclude={"task", *RUN_SETTINGS}))
         d["description"] = self.description
         d["task"] = task_label(self.task)
+        for key in URL_FIELDS:
+            d[key] = redact(d.get(key))
         return d
+
 
 def task_label(task: Any) -> str:
     if isinstance(task, str):

@@ -20,12 +20,18 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from autoopt.redaction import redact, redact_text
+
 ENV_STORAGE = "AUTOOPT_STORAGE"
 DEFAULT_DB = "autoopt-studies.db"
 
 
 class StorageError(RuntimeError):
     """The storage URL is malformed or unreachable. The message never contains a password."""
+
+
+class StorageMissing(StorageError):
+    """A read-only command found no storage file: no study was ever run with this URL."""
 
 
 def default_storage_url(workdir: str | Path | None = None) -> str:
@@ -35,19 +41,6 @@ def default_storage_url(workdir: str | Path | None = None) -> str:
         return env
     path = Path(workdir or os.getcwd()).resolve() / DEFAULT_DB
     return f"sqlite:///{path}"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}"
-        return url
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -72,8 +65,11 @@ _OPEN: dict[str, optuna.storages.BaseStorage] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(url: str | None = None, *, create: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url`` (default: :func:`default_storage_url`); fails fast if unreachable.
+
+    ``create=False`` is for commands that only read (status, best, list, report, resume): a
+    SQLite or journal file that does not exist is an error then, not a new empty file left behind.
 
     One storage per URL and process: each RDBStorage holds a connection pool (and checks the
     schema when made), so a driver that reopened it for every read would hold idle PostgreSQL
@@ -85,26 +81,47 @@ def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
     with _OPEN_LOCK:
         storage = _OPEN.get(url)
         if storage is None:
-            storage = _OPEN[url] = _open(url)
+            storage = _OPEN[url] = _open(url, create)
     return storage
 
 
-def _open(url: str) -> optuna.storages.BaseStorage:
+def _file_of(url: str, path: str | None, create: bool) -> None:
+    """A storage file's folder made (create) or the file required (read-only); StorageError if not."""
+    if not path or path == ":memory:":
+        return
+    file = Path(path)
+    if not create:
+        if not file.is_file():
+            raise StorageMissing(f"no storage at {file}: no study was run with {redact(url)} (check --storage / "
+                               f"{ENV_STORAGE})")
+        return
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if file.exists() and not file.is_file():
+            raise StorageError(f"cannot open storage {redact(url)}: {file} is not a file")
+        with open(file, "ab"):
+            pass
+    except OSError as exc:
+        raise StorageError(f"cannot create storage {redact(url)}: {exc.strerror or exc}: {exc.filename or file}") from None
+
+
+def _open(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     if url.startswith("journal://"):
         path = url[len("journal://"):]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(path)
+        _file_of(url, path, create)
+        try:
+            backend = optuna.storages.journal.JournalFileBackend(path)
+        except OSError as exc:
+            raise StorageError(f"cannot open storage {redact(url)}: {exc.strerror or exc}") from None
         return optuna.storages.JournalStorage(backend)
     try:
         sa_url = sqlalchemy_url(url)
         dialect = make_url(sa_url).get_backend_name()
     except Exception as exc:
-        raise StorageError(f"malformed storage URL {redact(url)}: {exc}") from None
+        raise StorageError(f"malformed storage URL {redact(url)}: {redact_text(str(exc).replace(url, redact(url)))}") from None
     engine_kwargs: dict = {"pool_pre_ping": True}
     if dialect == "sqlite":
-        db = make_url(sa_url).database
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        _file_of(url, make_url(sa_url).database, create)
         # a second study's coordinator may write to the same file: wait for the lock, don't fail
         engine_kwargs = {"connect_args": {"timeout": 60}}
     elif dialect == "postgresql":
@@ -119,6 +136,6 @@ def _open(url: str) -> optuna.storages.BaseStorage:
                 if attempt == 2:
                     raise
                 time.sleep(0.5 * (attempt + 1))
-    except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError, ValueError) as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+        raise StorageError(f"cannot open storage {redact(url)}: {redact_text(reason.replace(url, redact(url)))}") from None

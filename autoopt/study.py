@@ -17,7 +17,8 @@ import optuna
 
 from autoopt.core import record as R
 from autoopt.spec import StudySpec
-from autoopt.storage import default_storage_url, open_storage, redact
+from autoopt.redaction import redact
+from autoopt.storage import default_storage_url, open_storage
 
 if TYPE_CHECKING:  # reading a study back (status, best) needs neither Ray nor torch nor pandas
     import pandas as pd
@@ -62,7 +63,7 @@ class StudyResult:
             "metric": self.metric,
             "direction": self.direction,
             "mlflow_parent_run_id": self.mlflow_parent_run_id,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": redact(self.tracking_uri),
             "epochs_run": self.epochs_run,
             "epochs_budget": self.epochs_budget,
             "elapsed_s": round(self.elapsed_s, 2),
@@ -96,7 +97,7 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
 def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float = 0.0) -> StudyResult:
     """A StudyResult read back from storage (used by ``status``/``best`` and after a run)."""
     url = storage_url or default_storage_url()
-    summary = R.summarize(optuna.load_study(study_name=study_name, storage=open_storage(url)))
+    summary = R.summarize(optuna.load_study(study_name=study_name, storage=open_storage(url, create=False)))
     best = summary.best
     return StudyResult(
         study_name=study_name,

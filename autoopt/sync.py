@@ -11,6 +11,7 @@ on ``autoopt resume``, on Ctrl-C and by ``autoopt sync NAME``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import optuna
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.core import record as R
 from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.redaction import redact, restore
 
 A = R.PREFIX  # MLflow tag prefix (autoopt.study, autoopt.role, autoopt.trial_number, ...)
 _EPOCH_FIELDS = {f.name for f in dataclasses.fields(EpochRecord)}
@@ -76,12 +78,14 @@ def sync_study(
     attrs = study.user_attrs
     spec = attrs.get(R.SPEC) or {}
     if tracker is None:
-        uri = tracking.resolve_tracking_uri(tracking_uri or attrs.get(R.TRACKING_URI) or spec.get("tracking_uri"))
+        # the stored URI has its password hidden: the user's environment holds the full one
+        stored = restore(attrs.get(R.TRACKING_URI), [os.environ.get(e) for e in tracking.TRACKING_URI_ENV])
+        uri = tracking.resolve_tracking_uri(tracking_uri or stored or spec.get("tracking_uri"))
         tracker = tracking.StudyTracker(tracking.TrackingConfig(
             tracking_uri=uri, experiment_name=spec.get("experiment") or study.study_name))
     uri = tracker.config.tracking_uri
     tracking.retry_now(uri)
-    report: dict[str, Any] = {"study_name": study.study_name, "tracking_uri": uri, "reachable": False,
+    report: dict[str, Any] = {"study_name": study.study_name, "tracking_uri": redact(uri), "reachable": False,
                               "parent_run_id": None, "created": 0, "completed": 0, "unchanged": 0}
     conn = tracker._conn
     name = study.study_name
@@ -107,9 +111,9 @@ def sync_study(
         else:
             parent_created = True
     report["parent_run_id"] = tracker.parent_run_id
-    if attrs.get(R.MLFLOW_PARENT_RUN_ID) != tracker.parent_run_id or attrs.get(R.TRACKING_URI) != uri:
+    if attrs.get(R.MLFLOW_PARENT_RUN_ID) != tracker.parent_run_id or attrs.get(R.TRACKING_URI) != redact(uri):
         new = {R.MLFLOW_PARENT_RUN_ID: tracker.parent_run_id, R.MLFLOW_EXPERIMENT_ID: tracker.experiment_id,
-               R.TRACKING_URI: uri}
+               R.TRACKING_URI: redact(uri)}
         if set_attrs is not None:
             set_attrs(new)
         else:

@@ -8,6 +8,8 @@ A task is the unit autoopt tunes an optimizer for. Reference tasks live in the t
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -216,9 +218,16 @@ def _import_path(path: str) -> Any:
 
 
 def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
-    """A Task from a reference name ('cv'), an import path ('pkg.mod:Cls'), a class/factory or an instance."""
+    """A Task from a reference name ('cv'), an import path ('pkg.mod:Cls'), a class/factory or an instance.
+
+    An import path must name a Task subclass, a Task instance or a function annotated to return a
+    Task: it is checked before anything is called, so a path like ``os:system`` is refused instead
+    of being run with ``task_options`` as arguments. A path read back from a storage or a data file
+    must pass :func:`autoopt.trust.check_trusted` before it gets here.
+    """
     if isinstance(ref, Task):
         return ref
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if isinstance(ref, str):
         if ref in REFERENCE_TASKS:
             target = _import_path(REFERENCE_TASKS[ref])
@@ -228,13 +237,34 @@ def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
             raise TaskNotFound(
                 f"unknown task {ref!r}: use one of {', '.join(REFERENCE_TASKS)} or an import path 'pkg.module:Name'"
             )
+        if isinstance(target, Task):
+            return target
+        _check_importable_task(ref, target)
     else:
         target = ref
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     task = target(**kwargs) if callable(target) else target
     if not isinstance(task, Task):
         raise TaskNotFound(f"{ref!r} did not produce an autoopt.task.Task (got {type(task).__name__})")
     return task
+
+
+def _check_importable_task(ref: str, target: Any) -> None:
+    """An imported object may be called only if it is a Task subclass or a Task factory."""
+    if isinstance(target, type):
+        if issubclass(target, Task):
+            return
+        raise TaskNotFound(f"task {ref!r} is the class {target.__qualname__}, which is not a subclass of autoopt.Task")
+    if inspect.isfunction(target):
+        try:
+            returns = typing.get_type_hints(target).get("return")
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve says nothing
+            returns = None
+        if isinstance(returns, type) and issubclass(returns, Task):
+            return
+    raise TaskNotFound(
+        f"task {ref!r} is a {type(target).__name__}, not an autoopt.Task subclass or a function annotated "
+        "'-> Task'; autoopt calls only those with task_options"
+    )
 
 
 __all__ = [

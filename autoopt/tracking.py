@@ -45,6 +45,7 @@ from typing import Any, Iterator
 
 from autoopt.core import record as R
 from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.redaction import is_redacted, redact, redact_text, restore
 
 _logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class _Connection:
                 except Exception as exc:  # noqa: BLE001 - tracking must never break training
                     if _error_code(exc) in _REJECTIONS:
                         _warn_once(f"{self.uri}|rejected|{what}",
-                                   f"MLflow at {self.uri} rejected {what}: {exc}")
+                                   f"MLflow at {redact(self.uri)} rejected {what}: {redact_text(str(exc))}")
                         return False, None
                     last = exc
                     if attempt + 1 < self.config.retries:
@@ -301,8 +302,8 @@ class _Connection:
             self.failed = True
             _warn_once(
                 self.uri,
-                f"MLflow tracking at {self.uri} is unreachable ({what} failed "
-                f"{self.config.retries} times: {type(last).__name__}: {str(last)[:300]}). "
+                f"MLflow tracking at {redact(self.uri)} is unreachable ({what} failed "
+                f"{self.config.retries} times: {type(last).__name__}: {redact_text(str(last))[:300]}). "
                 "The study continues; this process skips tracking for "
                 f"{self.config.offline_cooldown_seconds:.0f} s at a time. Results stay in the Optuna "
                 "storage (`autoopt report` rebuilds the plots).",
@@ -590,7 +591,7 @@ class StudyTracker:
             try:
                 _prepare_local_store(self.config.tracking_uri)
             except Exception as exc:  # noqa: BLE001
-                _warn_once(self.config.tracking_uri, f"cannot create MLflow store {self.config.tracking_uri}: {exc}")
+                _warn_once(self.config.tracking_uri, f"cannot create MLflow store {redact(self.config.tracking_uri)}: {exc}")
                 return None
         self._experiment_id = self._ensure_experiment()
         if self._experiment_id is None:
@@ -770,9 +771,14 @@ def log_report(study: Any, report: str | Path | list[Path], tracking_uri: str | 
         paths = [Path(p) for p in report]
     attrs = study.user_attrs
     run_id = attrs.get(R.MLFLOW_PARENT_RUN_ID)
-    uri = tracking_uri or attrs.get(R.TRACKING_URI)
+    # stored without its password: the full URI comes from this user's settings
+    uri = tracking_uri or restore(attrs.get(R.TRACKING_URI), [os.environ.get(e) for e in TRACKING_URI_ENV])
     if not run_id or not uri:
         _logger.warning("study %s has no MLflow parent run; the report is not logged", study.study_name)
+        return paths
+    if is_redacted(uri):
+        _logger.warning("the study's tracking URI %s is stored without its password; set %s to the full URI "
+                        "to log the report", uri, TRACKING_URI_ENV[0])
         return paths
     tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name=study.study_name))
     tracker._parent_run_id = run_id

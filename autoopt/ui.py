@@ -14,7 +14,21 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from autoopt.redaction import redact
 from autoopt.tracking import is_remote, local_artifact_root, sqlite_path
+
+
+def store_uri_problem(uri: str) -> str | None:
+    """Why ``mlflow server`` could not serve ``uri`` as its store; None if it can."""
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    if is_remote(uri) or "://" not in uri:
+        return None
+    scheme = uri.split("://", 1)[0].split("+", 1)[0]
+    if scheme == "file" or scheme in DATABASE_ENGINES:
+        return None
+    return (f"tracking URI {redact(uri)!r} has the unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, "
+            f"{', '.join(e + '://...' for e in DATABASE_ENGINES if e != 'sqlite')}, file:///path or http(s)://server")
 
 
 def ui_url(host: str = "127.0.0.1", port: int = 5000) -> str:
@@ -39,20 +53,20 @@ def start_ui(
     """
     if is_remote(tracking_uri):
         raise ValueError(
-            f"tracking_uri {tracking_uri!r} is already a tracking server: open it in a browser"
+            f"tracking_uri {redact(tracking_uri)!r} is already a tracking server: open it in a browser"
         )
     path = sqlite_path(tracking_uri)
     if path is not None and not path.exists():
         raise FileNotFoundError(f"no MLflow store at {path}; run a study first or pass another tracking_uri")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-           "--host", host, "--port", str(port), "--workers", str(workers)]
+    # the store URI (it may carry a password) goes through the environment, not the command line
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers)]
     root = local_artifact_root(tracking_uri)
     if root is not None:
         cmd += ["--artifacts-destination", str(root)]
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
     # Own session: the server forks uvicorn and a job runner; stop_ui ends the whole group.
     # The GenAI job runner (a huey pool) is of no use for training runs: keep the UI light.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
                             start_new_session=True, env=env)
     if out:

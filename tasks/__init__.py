@@ -9,6 +9,9 @@ nlp       nlp.ZipfTextClassification      val_accuracy   generated Zipf corpus, 
 recsys    recsys.ImplicitMF               val_auc        generated implicit feedback, 1,000 users
 ========  ==============================  =============  =========================================
 
+``zoo/`` (``autoopt.tasks.zoo``) holds 14 generated task families (86 instances) that the
+recommender's dense lr sweep runs on; ``autoopt.tasks.zoo.instances()`` lists them.
+
 A default trial (Adam, default epochs and batch size, size=1) takes about 0.1 to 1.5 s on one
 CPU thread. ``size`` scales data (and vocabulary, users, model width) for GPU benchmarks; data is
 generated deterministically from (seed, size). Submodules are imported on demand by

@@ -28,11 +28,13 @@ PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:54
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole session (2 CPUs, as on CI)."""
+    """One local Ray for the whole session (2 CPUs, as on CI), started as a study starts it
+    (bound to 127.0.0.1 only)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from autoopt.runner import ensure_ray
+
+    ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

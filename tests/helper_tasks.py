@@ -76,3 +76,13 @@ class GatedTask(DiabetesMLP):
                 except FileNotFoundError:
                     continue
             time.sleep(0.1)
+
+
+def make_slow_task(sleep_s: float = 0.0, **kw) -> SlowTask:
+    """A task factory (a function annotated to return a Task), as a spec may name one."""
+    return SlowTask(sleep_s=sleep_s, **kw)
+
+
+def not_a_factory(**kw):
+    """A plain function: a spec naming it must be refused before it is called."""
+    Path(kw["marker"]).write_text("called")

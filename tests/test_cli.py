@@ -129,8 +129,9 @@ def test_killed_driver_is_resumed(workdir):
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     # resume with a larger budget: the abandoned trials re-run and one more trial is added
+    # the stored spec names a task by import path: resuming imports it only if the user trusts it
     r = autoopt("resume", "slow", "--trials", "6", "--json", cwd=workdir,
-                env={"AUTOOPT_HEARTBEAT_S": "1", "AUTOOPT_STALE_AFTER_S": "4"})
+                env={"AUTOOPT_HEARTBEAT_S": "1", "AUTOOPT_STALE_AFTER_S": "4", "AUTOOPT_TRUSTED_TASKS": "helper_tasks"})
     assert r.returncode == 0, r.stderr[-3000:]
     trials = optuna.load_study(study_name="slow", storage=url).trials
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]

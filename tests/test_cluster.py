@@ -108,6 +108,7 @@ def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOOPT_", "RAY_", "MLFLOW_"))}
     env.update(cluster.client_env())  # ray://: the host of a compose stack, outside the cluster
     env["AUTOOPT_RECOMMEND_DIR"] = os.environ["AUTOOPT_RECOMMEND_DIR"]
+    env["AUTOOPT_TRUSTED_TASKS"] = "helper_tasks"  # `resume` imports the stored task path only if trusted
     env.update(extra)
     return env
 
@@ -326,6 +327,37 @@ def test_uis_answer_as_in_compose(cluster, two_clients):
 # ------------------------------------------------------------------------------------------------
 # Faults
 # ------------------------------------------------------------------------------------------------
+def test_ray_refuses_a_client_without_the_token(cluster):
+    """The Ray client port (what ``ray://`` connects to) and the GCS of the compose topology answer
+    a gRPC call without the token, or with a wrong one, with UNAUTHENTICATED; with the cluster's
+    token the same call is answered. (A ``ray.init`` without the token only reports a connection
+    timeout after 30 s: the gRPC status says why.)"""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, ray_client_pb2, ray_client_pb2_grpc
+
+    def call(service: str, address: str, token: str | None) -> grpc.StatusCode:
+        metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            try:
+                if service == "client":
+                    ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
+                        ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING),
+                        timeout=30, metadata=metadata)
+                else:
+                    gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetAllNodeInfo(
+                        gcs_service_pb2.GetAllNodeInfoRequest(), timeout=30, metadata=metadata)
+            except grpc.RpcError as exc:
+                return exc.code()
+        return grpc.StatusCode.OK
+
+    head = cluster.head
+    for service, address in (("client", head.client_address.removeprefix("ray://")), ("gcs", head.gcs_address)):
+        assert call(service, address, None) == grpc.StatusCode.UNAUTHENTICATED, service
+        assert call(service, address, "not-" + cluster.token) == grpc.StatusCode.UNAUTHENTICATED, service
+        assert call(service, address, cluster.token) == grpc.StatusCode.OK, service
+
+
 def test_a_reused_pid_is_not_taken_for_a_dead_service(tmp_path):
     """Ray starts processes by the thousand and pid_max may be 32768: once a service's processes
     are gone its pid can name a stranger, which stop()/kill() must then leave alone."""

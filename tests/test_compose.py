@@ -9,6 +9,7 @@ volumes are checked against each other and against the variables autoopt reads.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SERVICES = {"postgres", "mlflow", "ray-head", "ray-worker", "optuna-dashboard", "autoopt"}
+#: A .env with only the required secrets, each a distinct value a test can look for.
+SECRETS = {"POSTGRES_PASSWORD": "pg-s3cret", "RAY_AUTH_TOKEN": "ray-t0ken", "MLFLOW_ADMIN_PASSWORD": "mlflow-s3cret",
+           "MLFLOW_SECRET_KEY": "csrf-k3y"}
+#: MLflow's own client variables (the basic-auth login), set next to autoopt's.
+MLFLOW_CLIENT_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+REQUIRE_SECRETS = ROOT / "docker" / "require-secrets.sh"
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -137,7 +144,7 @@ def test_published_ports_are_bound_to_localhost_by_default(raw, compose):
     assert published["ray-worker"] == [] and "container_name" not in compose["services"]["ray-worker"], \
         "ray-worker must be scalable with --scale: no host ports, no container_name"
     assert published["autoopt"] == []
-    defaults = resolve(raw, {"POSTGRES_PASSWORD": "x", "RAY_AUTH_TOKEN": "y"})  # a .env with only the secrets
+    defaults = resolve(raw, SECRETS)  # a .env with only the secrets
     for cfg in (compose, defaults):
         for name, svc in cfg["services"].items():
             for port in svc.get("ports", []):
@@ -145,7 +152,7 @@ def test_published_ports_are_bound_to_localhost_by_default(raw, compose):
     host_ports = {n: {int(p.split(":")[2]): int(p.split(":")[1]) for p in ps} for n, ps in published.items()}
     assert host_ports["mlflow"] == {5000: 5000}
     assert host_ports["ray-head"] == {8265: 8265, 10001: 10001}
-    assert host_ports["optuna-dashboard"] == {8080: 8080}
+    assert host_ports["optuna-dashboard"] == {}, "optuna-dashboard has no login: it must stay internal"
     assert host_ports["postgres"] == {5432: 5432}
 
 
@@ -156,10 +163,9 @@ def test_env_example_defines_every_variable_and_holds_no_secret(raw, env):
     for key, value in env.items():
         if re.search(r"PASSWORD|TOKEN|SECRET", key):
             assert value == "change-me", f"{key} in .env.example must be a placeholder"
-    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):  # compose refuses to start without them
-        resolve(raw, {"RAY_AUTH_TOKEN": "y"})
-    with pytest.raises(KeyError, match="RAY_AUTH_TOKEN"):
-        resolve(raw, {"POSTGRES_PASSWORD": "x"})
+    for key in SECRETS:  # compose refuses to start without each of them
+        with pytest.raises(KeyError, match=key):
+            resolve(raw, {k: v for k, v in SECRETS.items() if k != key})
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert ".env" in ignored, ".env (real passwords) must be git-ignored"
 
@@ -169,7 +175,7 @@ def test_client_environment_matches_autoopt_configuration(compose, env):
     client = environment(services["autoopt"])
     known = autoopt_config_vars()
     for key in client:
-        assert key in known or key.startswith("RAY_"), f"autoopt does not read {key}"
+        assert key in known or key.startswith("RAY_") or key in MLFLOW_CLIENT_ENV, f"autoopt does not read {key}"
     assert set(CLIENT_ENV) <= set(client)
     pg = environment(services["postgres"])
 
@@ -177,6 +183,14 @@ def test_client_environment_matches_autoopt_configuration(compose, env):
     assert storage.get_backend_name() == "postgresql" and storage.host == "postgres"
     assert storage.port == 5432 and storage.database == pg["POSTGRES_DB"]
     assert (storage.username, storage.password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+
+    mlflow_env = environment(services["mlflow"])
+    for name in ("autoopt", "ray-worker"):  # trials log to MLflow from the workers: they log in too
+        e = environment(services[name])
+        assert (e["MLFLOW_TRACKING_USERNAME"], e["MLFLOW_TRACKING_PASSWORD"]) == (
+            mlflow_env["MLFLOW_AUTH_ADMIN_USERNAME"], mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"]), name
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (
+        mlflow_env["MLFLOW_AUTH_ADMIN_USERNAME"], mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"])
 
     tracking = client["AUTOOPT_TRACKING_URI"]
     assert tracking == f"http://mlflow:{flag(services['mlflow']['command'], '--port')}"
@@ -207,7 +221,7 @@ def test_ray_token_authentication_is_on(compose, env):
 def test_mlflow_and_dashboard_use_the_postgres_databases(compose):
     services = compose["services"]
     pg = environment(services["postgres"])
-    backend = make_url(flag(services["mlflow"]["command"], "--backend-store-uri"))
+    backend = make_url(environment(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"])
     assert backend.get_backend_name() == "postgresql" and backend.host == "postgres"
     assert backend.database == pg["MLFLOW_DB"] != pg["POSTGRES_DB"]
     init = next(v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v)
@@ -216,7 +230,8 @@ def test_mlflow_and_dashboard_use_the_postgres_databases(compose):
     assert "--serve-artifacts" in services["mlflow"]["command"]
     # the value tests/test_cluster.py runs its mlflow server with
     assert flag(services["mlflow"]["command"], "--allowed-hosts") == MLFLOW_ALLOWED_HOSTS
-    dash = make_url(services["optuna-dashboard"]["command"][1])
+    dash = make_url(environment(services["optuna-dashboard"])["OPTUNA_STORAGE"])
+    assert "OPTUNA_STORAGE" in services["optuna-dashboard"]["command"][-1]
     storage = make_url(environment(services["autoopt"])["AUTOOPT_STORAGE"])
     assert (dash.host, dash.port, dash.database, dash.username) == (
         storage.host, storage.port, storage.database, storage.username)
@@ -260,8 +275,10 @@ def test_dockerfile_matches_this_environment():
     # every command the compose services run from this image is installed by it
     commands = {svc["command"][0] for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items()
                 if name != "postgres"}
-    assert commands == {"ray", "mlflow", "optuna-dashboard", "autoopt"}
+    assert commands == {"ray", "mlflow", "python", "autoopt"}
+    assert "optuna_dashboard" in yaml.safe_load(COMPOSE.read_text())["services"]["optuna-dashboard"]["command"][-1]
     assert "optuna-dashboard" in text and "ray[default,client]" in text and re.search(r"pip install .* \.", text)
+    assert '"mlflow[auth]"' in text, "the image must carry MLflow's basic-auth app (Flask-WTF)"
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path):
@@ -274,3 +291,137 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     done = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--env-file", str(env_file), "config", "-q"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def command_lines(service: dict[str, Any]) -> list[str]:
+    """Everything of a service that ends up on a process's command line."""
+    parts: list[Any] = [service.get("entrypoint") or [], service.get("command") or [],
+                        (service.get("healthcheck") or {}).get("test") or []]
+    return [str(x) for part in parts for x in (part if isinstance(part, list) else [part])]
+
+
+def test_no_secret_is_on_a_command_line(raw):
+    compose = resolve(raw, SECRETS)
+    for name, svc in compose["services"].items():
+        argv = " ".join(command_lines(svc))
+        for key, secret in SECRETS.items():
+            assert secret not in argv, f"{name}: {key} on its command line ({argv[:200]})"
+    # ... but in the environment of the services that need them
+    env = lambda n: environment(compose["services"][n])  # noqa: E731
+    assert "pg-s3cret" in env("mlflow")["MLFLOW_BACKEND_STORE_URI"]
+    assert "pg-s3cret" in env("optuna-dashboard")["OPTUNA_STORAGE"]
+
+
+def test_mlflow_server_requires_a_login(compose):
+    import configparser
+
+    mlflow = compose["services"]["mlflow"]
+    assert flag(mlflow["command"], "--app-name") == "basic-auth"
+    e = environment(mlflow)
+    assert e["MLFLOW_AUTH_ADMIN_PASSWORD"] and e["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    config_path = e["MLFLOW_AUTH_CONFIG_PATH"]
+    mount = next(v for v in mlflow["volumes"] if v.split(":")[1] == config_path)
+    config = configparser.ConfigParser()
+    assert config.read(ROOT / mount.split(":")[0]), f"{mount}: no auth config"
+    db = make_url(config["mlflow"]["database_uri"]).database
+    volume = next(v for v in mlflow["volumes"] if not v.startswith(".") and db.startswith(v.split(":")[1] + "/"))
+    assert volume.split(":")[0] == "mlflow-auth", "the users' database must persist on a volume"
+    assert config["mlflow"]["default_permission"] in ("READ", "NO_PERMISSIONS")
+    # the health check needs no login (MLflow leaves /health open); everything else does
+    assert "/health" in " ".join(mlflow["healthcheck"]["test"])
+
+
+def test_every_service_refuses_placeholder_secrets(raw, compose, env):
+    """Each service runs docker/require-secrets.sh first; run the script, as its entrypoint would,
+    with the service's environment from .env.example (placeholders) and from a real .env."""
+    real = resolve(raw, {**env, **SECRETS, "MLFLOW_TRACKING_PASSWORD": SECRETS["MLFLOW_ADMIN_PASSWORD"]})
+    for name, svc in compose["services"].items():
+        entrypoint = svc.get("entrypoint") or []
+        assert entrypoint[:2] == ["sh", "/usr/local/bin/require-secrets"], name
+        assert any(v.startswith("./docker/require-secrets.sh:/usr/local/bin/require-secrets") for v in svc["volumes"]), name
+        base = {"PATH": os.environ["PATH"]}
+        placeholder = subprocess.run(["sh", str(REQUIRE_SECRETS), "true"], env={**base, **environment(svc)},
+                                     capture_output=True, text=True)
+        secrets_here = [k for k, v in environment(svc).items() if "change-me" in v]
+        if secrets_here:  # every service but the Ray head holds a password or the Ray token
+            assert placeholder.returncode == 1, name
+            assert "refusing to start" in placeholder.stderr and secrets_here[0] in placeholder.stderr, name
+        ok = subprocess.run(["sh", str(REQUIRE_SECRETS), "sh", "-c", "echo started"],
+                            env={**base, **environment(real["services"][name])}, capture_output=True, text=True)
+        assert ok.returncode == 0 and ok.stdout.strip() == "started", (name, ok.stderr)
+    refused = subprocess.run(["sh", str(REQUIRE_SECRETS), "true"], env={"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": ""},
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "RAY_AUTH_TOKEN" in refused.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_basic_auth_refuses_anonymous_clients(raw, tmp_path, monkeypatch):
+    """Run `mlflow server` as the compose service does (its command, its auth config, its environment;
+    a SQLite store and local folders in place of PostgreSQL and the volumes): anonymous and
+    wrong-password requests get 401, the compose clients' login gets in, /health stays open."""
+    import base64
+    import configparser
+    import time
+    import urllib.error
+    import urllib.request
+
+    from local_cluster import free_port
+
+    from autoopt.ui import stop_ui
+
+    svc = resolve(raw, SECRETS)["services"]["mlflow"]
+    env = environment(svc)
+    config = configparser.ConfigParser()
+    config.read(ROOT / next(v for v in svc["volumes"] if v.endswith(env["MLFLOW_AUTH_CONFIG_PATH"] + ":ro")).split(":")[0])
+    config["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'basic_auth.db'}"
+    with open(tmp_path / "auth.ini", "w") as f:
+        config.write(f)
+    port = free_port()
+    command = list(svc["command"][2:])  # after `mlflow server`
+    for name, value in (("--artifacts-destination", str(tmp_path / "artifacts")), ("--host", "127.0.0.1"),
+                        ("--port", str(port))):
+        command[command.index(name) + 1] = value
+    command += ["--workers", "1"]  # one web worker is enough for a probe (the default starts several)
+    server_env = {**os.environ, **env, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+                  "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    log = open(tmp_path / "mlflow.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *command], env=server_env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, login: tuple[str, str] | None = None) -> int:
+        request = urllib.request.Request(base + path)
+        if login:
+            request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+            try:
+                if get("/health") == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        client = environment(resolve(raw, SECRETS)["services"]["autoopt"])
+        login = (client["MLFLOW_TRACKING_USERNAME"], client["MLFLOW_TRACKING_PASSWORD"])
+        assert get(search) == 401
+        assert get(search, (login[0], "wrong")) == 401
+        assert get(search, login) == 200
+        # what autoopt's tracking does with the clients' environment: MLflow's client logs in
+        from mlflow import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
+        assert MlflowClient(tracking_uri=base).create_experiment("basic-auth-probe")
+    finally:
+        stop_ui(proc)
+        log.close()

@@ -84,7 +84,13 @@ def recommend_command(
         raise _bad(exc.field, str(exc).split(": ", 1)[-1]) from None
     if model is not None and not model.is_file():
         raise typer.BadParameter(f"{model} not found", param_hint="--model")
-    answer = Recommender.default(model).rank(traits, top=top)
+    from autoopt.recommend.recommender import ModelFileError
+
+    try:
+        recommender = Recommender.default(model)
+    except ModelFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from None
+    answer = recommender.rank(traits, top=top)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2, default=str))
     else:
@@ -215,8 +221,16 @@ def meta_build(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the build's Optuna storage lives"),
     track: bool = typer.Option(False, "--track/--no-track", help="log the build's trials to MLflow"),
     seed: int = typer.Option(0, "--seed"),
+    zoo: bool = typer.Option(False, "--zoo", help="run the task zoo's dense lr sweep instead (--out is then a folder)"),
+    families: Optional[list[str]] = typer.Option(None, "--families", help="zoo families (repeatable or comma-separated; default all)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="zoo: at most N instances per family"),
+    optimizers: Optional[str] = typer.Option(None, "--optimizers", help="zoo: comma-separated subset of the sweep's optimizers"),
+    run_seeds: Optional[str] = typer.Option(None, "--run-seeds", help="zoo: comma-separated training seeds (default 0,1)"),
 ) -> None:
-    """Run the reference tasks' studies over a grid of traits and add their rows."""
+    """Run the reference tasks' studies over a grid of traits and add their rows (or, with --zoo, the zoo sweep)."""
+    if zoo:
+        _zoo_build(out, families, limit, optimizers, run_seeds, workers)
+        return
     from autoopt.recommend import meta
 
     try:
@@ -244,6 +258,27 @@ def meta_build(
         log=typer.echo,
     )
     typer.echo(f"{summary['rows']} rows from {len(summary['studies'])} studies -> {out} ({summary['seconds']}s)")
+
+
+def _zoo_build(out: Optional[Path], families: Optional[list[str]], limit: Optional[int], optimizers: Optional[str],
+               run_seeds: Optional[str], workers: int) -> None:
+    """``meta build --zoo``: parse the options, then :func:`autoopt.recommend.sweep.build`."""
+    from autoopt.recommend import sweep
+
+    fams = [f.strip() for item in families or [] for f in item.split(",") if f.strip()]
+    opts = [o.strip() for o in optimizers.split(",") if o.strip()] if optimizers else None
+    try:
+        seeds = [int(x) for x in run_seeds.split(",") if x.strip()] if run_seeds else None
+        plan_check = sweep.SweepPlan.make(fams or None, limit, opts, seeds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--families/--optimizers/--run-seeds") from None
+    if not plan_check.instances:
+        raise typer.BadParameter("no zoo instance selected", param_hint="--families/--limit")
+    sweep.exit_cleanly_on_sigterm()
+    summary = sweep.build(out, families=fams or None, limit=limit, optimizers=opts, seeds=seeds, workers=workers,
+                          log=typer.echo)
+    typer.echo(f"{summary['runs_done']}/{summary['runs_total']} runs in {summary['out']} "
+               f"({summary['ran']} run now, {summary['seconds']}s)")
 
 
 @meta_app.command("fit")
@@ -276,6 +311,9 @@ def meta_evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the results as JSON here"),
     holdout: str = typer.Option("task", "--holdout", help="task: leave one task out; study: leave one study out"),
     measure: bool = typer.Option(False, "--measure", help="also train each strategy's top-1 configuration once"),
+    trust_task: Optional[list[str]] = typer.Option(
+        None, "--trust-task", help="with --measure: trust a task import path of the data (pkg.module:Name, pkg.module or pkg.*)"
+    ),
 ) -> None:
     """Leave-one-task-out regret and top-3 hit rate vs AdamW-at-defaults and rules-only."""
     if holdout not in ("task", "study"):
@@ -285,8 +323,13 @@ def meta_evaluate(
     for p in data or []:
         if not p.is_file():
             raise typer.BadParameter(f"{p} not found", param_hint="--data")
+    from autoopt.trust import UntrustedImport
+
     try:
-        result = meta.evaluate(data or None, holdout=holdout, measure=measure)
+        result = meta.evaluate(data or None, holdout=holdout, measure=measure, trusted_tasks=trust_task or ())
+    except UntrustedImport as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

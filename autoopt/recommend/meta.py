@@ -452,7 +452,9 @@ def _log_to_mlflow(est: Any, rows: Sequence[Mapping[str, Any]], info: Mapping[st
             pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}"],
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
         )
-    return {"tracking_uri": uri, "run_id": run.info.run_id, "model_uri": model_info.model_uri}
+    from autoopt.redaction import redact
+
+    return {"tracking_uri": redact(uri), "run_id": run.info.run_id, "model_uri": model_info.model_uri}
 
 
 # ============================================================================ evaluate
@@ -465,6 +467,7 @@ def evaluate(
     holdout: str = "task",
     measure: bool = False,
     seed: int = 0,
+    trusted_tasks: Sequence[str] = (),
     **params: Any,
 ) -> dict[str, Any]:
     """Leave-one-task-out (``holdout="task"``): fit on the other tasks, rank for each held-out
@@ -482,8 +485,16 @@ def evaluate(
     hyperparameters; AdamW at catalog defaults for the baseline) once on the held-out study's
     task and reports ``measured_regret`` against the study's best (any feasible optimizer may be
     picked). Needs the ``task_options`` column and a loadable task; costs one run per strategy.
+    A task import path in the data is imported only if trusted (``trusted_tasks``, see
+    :mod:`autoopt.trust`): whoever wrote the file chose it.
     """
     rows = list(rows) if rows is not None else read_meta([Path(p) for p in (data or default_data_paths())])
+    if measure:
+        from autoopt.trust import check_trusted
+
+        paths = {r.get("task") for r in rows if r.get("task_options") is not None and ":" in str(r.get("task") or "")}
+        for path in sorted(paths):
+            check_trusted(path, "the task column of the meta-dataset", trusted_tasks)
     rules = rules or RuleBook.load()
     catalog = catalog or CatalogView.current()
     if holdout not in ("task", "study"):

@@ -100,6 +100,10 @@ class ModelAnswer:
     weight: float
 
 
+class ModelFileError(ValueError):
+    """A file given as a recommender model is not one."""
+
+
 class CompiledModel:
     """A fitted :class:`~autoopt.recommend.model.OptimizerScoreModel` evaluated with numpy only.
 
@@ -123,8 +127,20 @@ class CompiledModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "CompiledModel":
-        with np.load(path, allow_pickle=False) as z:
-            return cls({k: z[k] for k in z.files}, origin=str(path))
+        """The model saved in ``path``; :class:`ModelFileError` if that is not one (never unpickles)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls({k: z[k] for k in z.files}, origin=str(path))
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, say what it is not
+            if "pickle" in str(exc):
+                reason = "it holds pickled objects, which autoopt never loads"
+            elif isinstance(exc, KeyError):
+                reason = f"it has no {exc} array"
+            else:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(
+                f"{path} is not a recommender model saved by `autoopt meta fit` (model.npz): {reason}"
+            ) from None
 
     @classmethod
     def from_estimator(cls, estimator: Any, rows: list[dict[str, Any]] | None = None) -> "CompiledModel":
