@@ -466,8 +466,8 @@ def ui(
         _fail(redact_text(str(exc).strip()))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
-    out.print(f"MLflow UI on http://{host}:{port} (store {redact(uri)}); Ctrl-C to stop")
     try:
+        out.print(f"MLflow UI on http://{host}:{port} (store {redact(uri)}); Ctrl-C to stop")
         code = proc.wait()
     except KeyboardInterrupt:
         code = 0
