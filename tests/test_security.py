@@ -48,6 +48,18 @@ def test_an_imported_task_must_be_a_task_class_or_factory(tmp_path):
     assert load_task("helper_tasks:make_slow_task", size=0.25).name == "slow"
 
 
+def test_trust_patterns(monkeypatch):
+    from autoopt.trust import UntrustedImport, check_trusted, is_trusted
+
+    monkeypatch.setenv("AUTOOPT_TRUSTED_TASKS", "mypkg.tasks:Net, other.*")
+    assert is_trusted("cv") and is_trusted("autoopt.tasks.cv:DigitsCNN") and is_trusted("autoopt.tasks.zoo.vision:X")
+    assert is_trusted("mypkg.tasks:Net") and not is_trusted("mypkg.tasks:Other") and not is_trusted("mypkg.tasksx:Net")
+    assert is_trusted("other:X") and is_trusted("other.sub:X") and not is_trusted("otherwise:X")
+    assert is_trusted("evil:x", extra=["evil"]) and not is_trusted("evil:x") and not is_trusted("autoopt_tasks_evil:x")
+    with pytest.raises(UntrustedImport, match="--trust-task evil:x"):
+        check_trusted("evil:x", "the spec stored with study 's'")
+
+
 def _stored_study(url: str, name: str, task: str, task_options: dict | None = None) -> None:
     """A study as someone with write access to a shared storage could leave it."""
     study = optuna.create_study(study_name=name, storage=url, direction="maximize")
