@@ -118,19 +118,6 @@ def _claim_stdout() -> Any:
     return os.fdopen(json_fd, "w", encoding="utf-8")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (``autoopt stop`` of a submitted study: Ray stops a job's driver with it) ends the
-    study as Ctrl-C does: trials in flight are recorded as interrupted, not left RUNNING."""
-    import signal
-    import threading
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("stopped (SIGTERM)")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-
-
 def _run_spec(spec: Any, as_json: bool) -> None:
     from autoopt.runner import StudyRunner
     from autoopt.study import recommender_hooks, summarize
@@ -138,7 +125,6 @@ def _run_spec(spec: Any, as_json: bool) -> None:
     json_out = _claim_stdout() if as_json else None
     console = err if as_json else out
     runner = StudyRunner(spec, hooks=recommender_hooks())
-    _stop_on_sigterm()
     live = Live(_progress_table(spec.name, runner.progress), console=console, refresh_per_second=4, transient=False)
     last = [0.0]
 
@@ -148,14 +134,34 @@ def _run_spec(spec: Any, as_json: bool) -> None:
             last[0] = time.time()
 
     runner.on_progress = on_progress
-    with live:
-        runner.run()
+    try:
+        with live:
+            runner.run()
+    except KeyboardInterrupt:
+        _say_interrupted(spec.name, runner.interrupt)
+        raise typer.Exit(130) from None
     result = summarize(spec.name, runner.storage_url, runner.progress.elapsed)
     if json_out is not None:
         json_out.write(json.dumps(result.to_dict(), default=str) + "\n")
         json_out.flush()
     else:
         _print_best(result)
+
+
+def _say_interrupted(name: str, what: dict[str, Any] | None) -> None:
+    """Ctrl-C: what was stopped, what is kept, and how to go on (on stderr, so ``--json`` stays clean)."""
+    if what is None:
+        err.print(f"interrupted: study {name} stopped before any trial ran. Continue with: autoopt resume {name}",
+                  highlight=False, soft_wrap=True)
+        return
+    c = what["counts"]
+    stopped = what["interrupted_trials"]
+    mlflow = " Its MLflow runs are ended as KILLED." if what.get("mlflow_parent_run_id") else ""
+    err.print(
+        f"interrupted: study {name} stopped by the user. {len(stopped)} running trial(s) "
+        f"{stopped if stopped else ''} recorded as failed (interrupted) and queued to run again; "
+        f"{c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned trial(s) kept.{mlflow}\n"
+        f"Continue with: autoopt resume {name}", highlight=False, soft_wrap=True)
 
 
 def _print_best(result: Any) -> None:
@@ -187,7 +193,7 @@ def run(
     spec_file: Path = typer.Argument(..., help="study spec (YAML), e.g. studies/quickstart.yaml"),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="trial budget (total for the study)"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials in parallel"),
-    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", min=0.0, help="GPUs per trial (fractions pack trials)"),
+    gpus_per_trial: Optional[str] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial (fractions pack trials) or auto: a GPU share where the cluster has GPUs, else CPU"),
     cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", min=0.01),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=1.0, help="wall-time budget in seconds"),
     storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE", help="Optuna storage URL"),
@@ -489,6 +495,35 @@ def report(
 
 
 @app.command()
+@_guard
+def sync(
+    name: str,
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default: the study's)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Log to MLflow what an outage kept out of it (runs, curves, states, best config), from the storage."""
+    import optuna
+
+    from autoopt.storage import default_storage_url, open_storage
+    from autoopt.sync import sync_study
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url()))
+    except KeyError:
+        raise UsageError(f"no study named {name!r} in this storage") from None
+    report = sync_study(study, tracking_uri)
+    if as_json:
+        print(json.dumps(report, default=str))
+    elif report["reachable"]:
+        out.print(f"{name}: {report['created']} trial run(s) created, {report['completed']} completed, "
+                  f"{report['unchanged']} already complete; parent run {report['parent_run_id']} ({report['tracking_uri']})")
+    if not report["reachable"]:
+        _fail(f"MLflow at {report['tracking_uri']} did not answer; nothing is lost (the study is in the storage): "
+              "run `autoopt sync` again once it is up")
+
+
+@app.command()
 def ui(
     port: int = typer.Option(5000, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
@@ -499,6 +534,15 @@ def ui(
     from autoopt.redaction import redact, redact_text
     from autoopt.ui import start_ui, stop_ui, store_uri_problem
 
+    import signal
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # the server runs in its own process group: a SIGTERM/SIGHUP to this command stops it too,
+    # from the moment it is started (start_ui stops it when interrupted while waiting for it)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     problem = store_uri_problem(uri)
     if problem:
@@ -510,12 +554,15 @@ def ui(
         raise typer.Exit(0)
     except (FileNotFoundError, RuntimeError) as exc:  # no store there yet; the server did not start
         _fail(redact_text(str(exc).strip()))
-    out.print(f"MLflow UI on http://{host}:{port} (store {redact(uri)}); Ctrl-C to stop")
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
     try:
+        out.print(f"MLflow UI on http://{host}:{port} (store {redact(uri)}); Ctrl-C to stop")
         code = proc.wait()
     except KeyboardInterrupt:
-        stop_ui(proc)
         code = 0
+    finally:
+        stop_ui(proc)
     raise typer.Exit(code)
 
 

@@ -12,13 +12,18 @@ session has gone quiet are failed with a reason and, if configured, re-enqueued.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import logging
+import os
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -31,6 +36,8 @@ from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpecError
 from autoopt.storage import StorageError, open_storage, redact
 
 _log = logging.getLogger(__name__)
+#: On a re-run that a stalled driver took back (_reclaim): the number of the trial it ran first.
+RECLAIMED_FROM = R.PREFIX + "reclaimed_from"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -60,6 +67,33 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def disk_full_cause(exc: BaseException) -> str | None:
+    """The real error, if ``exc`` (or what caused it) says the storage's disk is full. Optuna
+    reports it as "... e.g. exceeding max length", which sends users looking in the wrong place."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for candidate in (e, getattr(e, "orig", None)):
+            if isinstance(candidate, OSError) and candidate.errno in (errno.ENOSPC, errno.EDQUOT):
+                return f"{candidate.strerror or 'no space left on device'}"
+            if isinstance(candidate, sqlite3.Error) and "disk is full" in str(candidate):
+                return str(candidate)
+            if getattr(candidate, "sqlstate", None) == "53100":  # PostgreSQL disk_full
+                return (str(candidate).strip().splitlines() or ["disk full"])[0]
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+    return None
+
+
+#: Calls that still write once the storage was found full: recording how trials ended.
+_RECORDING = ("tell", "fail", "fail_running")
+#: Calls the driver does not wait for: skipped once the storage is full.
+_BACKGROUND = ("heartbeat", "reap_stale")
+#: Space set aside next to a SQLite/journal file, given back when its disk is full so that the
+#: trials in flight can still be recorded as failed with the real reason.
+RESERVE_BYTES = 1 << 20
+
+
 def _survives_storage_outage(method: _F) -> _F:
     """Retry a coordinator call while the storage is unreachable, for up to ``storage_retry_s``.
 
@@ -70,14 +104,26 @@ def _survives_storage_outage(method: _F) -> _F:
 
     @functools.wraps(method)
     def wrapper(self: "StudyCoordinator", *args: Any, **kwargs: Any) -> Any:
+        if self.full is not None and method.__name__ not in _RECORDING and not getattr(method, "_reads", False):
+            if method.__name__ in _BACKGROUND:
+                return None  # the driver stops on the next call it waits for; no noise from these
+            raise StorageFullError(self.full)  # no new work once the disk is full
         deadline = time.monotonic() + self.storage_retry_s
         delay = 0.5
         while True:
             try:
                 return method(self, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - only connection errors are retried
+                cause = disk_full_cause(exc)
+                if cause is not None:
+                    if self.full is None:
+                        self.full = (f"storage {redact(self.storage_url)} is full ({cause}); the study stopped and "
+                                     f"what is stored is intact. Free space, then run `autoopt resume {self.study_name}`.")
+                        _release_reserve(self.storage_url)
+                    raise StorageFullError(self.full) from None
                 if not is_connection_error(exc):
                     raise
+
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 if time.monotonic() + delay > deadline:
                     raise StorageError(
@@ -92,6 +138,85 @@ def _survives_storage_outage(method: _F) -> _F:
                 delay = min(delay * 2, 5.0)
 
     return wrapper  # type: ignore[return-value]
+
+
+class StorageFullError(StorageError):
+    """The storage's disk is full: the study stops (trials in flight are recorded as failed)."""
+
+
+def _reads(method: _F) -> _F:
+    """Mark a call that only reads: it still answers once the storage is full."""
+    method._reads = True  # type: ignore[attr-defined]
+    return method
+
+
+def _reserve_path(storage_url: str) -> str | None:
+    path = _storage_file(storage_url)
+    return f"{path}.autoopt-reserve" if path else None
+
+
+def _keep_reserve(storage_url: str) -> None:
+    path = _reserve_path(storage_url)
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)  # real blocks, not a sparse file
+        finally:
+            os.close(fd)
+    except OSError:  # no room for it (or no fallocate): the trials in flight may stay RUNNING until resume
+        pass
+
+
+def _release_reserve(storage_url: str) -> None:
+    path = _reserve_path(storage_url)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+#: First key of the PostgreSQL advisory lock that guards a study's trial budget (the second is the study id).
+_PG_LOCK_CLASS = 0x6175746F  # "auto"
+
+
+@contextlib.contextmanager
+def budget_lock(storage: Any, storage_url: str, study_id: int) -> Iterator[None]:
+    """Held while a driver counts the budget and creates its next trial, across processes and
+    machines: a PostgreSQL advisory lock (a transaction-scoped one, released on commit or when a
+    connection dies; it does not block Optuna's own row locks), and for a SQLite or journal file
+    an ``flock`` on a file next to it (the kernel releases it when the holder dies)."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        import sqlalchemy
+
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"), {"c": _PG_LOCK_CLASS, "s": study_id})
+            yield
+        return
+    path = _storage_file(storage_url)
+    if path is None:  # in-memory: one process
+        with _LOCAL_BUDGET_LOCK:
+            yield
+        return
+    with open(f"{path}.autoopt-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_LOCAL_BUDGET_LOCK = threading.Lock()
+
+
+def _storage_file(url: str) -> str | None:
+    if url.startswith("journal://"):
+        return url[len("journal://"):]
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        return path if path and path != ":memory:" else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -129,12 +254,15 @@ class StudyCoordinator:
         self.storage_retry_s = execution.storage_retry_s
         self.stale_after_s = execution.stale_after_s
         self.storage_outages = 0
+        self.full: str | None = None  # set once the storage's disk was found full
+        self.heartbeat_s = execution.heartbeat_s
         self.max_epochs = task.max_epochs
         self.n_trials = search.n_trials
         self.retries = execution.retries
         self.traits = task.traits
         self.space = SearchSpace(search.space, self.traits, has_matrix_params=task.has_matrix_params)
         self.storage = open_storage(self.storage_url)
+        _keep_reserve(self.storage_url)
         base = make_sampler(search.sampler, seed=search.seed, **search.sampler_options)
         self.study = optuna.create_study(
             storage=self.storage,
@@ -161,11 +289,15 @@ class StudyCoordinator:
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
         self._asking: optuna.Trial | None = None
+        self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
+        self._last_beat = 0.0
+        self._quiet_until = 0.0  # after a stall of its own, this driver reaps nobody until then
         self.heartbeat()
         self.reap_stale()
 
     # --- trials --------------------------------------------------------------------------
     @_survives_storage_outage
+    @_reads
     def counted(self) -> int:
         """Trials that use up the budget: all but waiting ones and failures that were retried."""
         return sum(
@@ -177,14 +309,18 @@ class StudyCoordinator:
     @_survives_storage_outage
     def ask(self) -> dict[str, Any] | None:
         """The next trial to run, or None when the trial budget is used up."""
-        if self.n_trials is not None and self.counted() >= self.n_trials:
-            return None
         # a call retried after an outage goes on with the trial it had already created: sampling
         # it again returns the stored params, so no orphan RUNNING trial is left behind
         trial = self._asking
         if trial is not None and self.storage.get_trial(self._trial_id(trial.number)).state.is_finished():
             trial = None  # another driver declared it abandoned meanwhile (a long outage): start afresh
-        trial = trial if trial is not None else self.study.ask()
+        if trial is None:
+            # counting and taking a slot is one step for all drivers of the study: two drivers
+            # that both see one slot left would otherwise both take it
+            with budget_lock(self.storage, self.storage_url, self.study_id):
+                if self.n_trials is not None and self.counted() >= self.n_trials:
+                    return None
+                trial = self.study.ask()
         self._asking = trial
         try:
             config = self.space.sample(trial)
@@ -204,18 +340,68 @@ class StudyCoordinator:
     @_survives_storage_outage
     def report(self, number: int, epoch: int, value: float) -> bool:
         """Record an intermediate value; True means the pruner wants the trial stopped."""
-        trial = self._live.get(number)
+        trial = self._live.get(self._claimed.get(number, number))
         if trial is None:
             return True  # the trial was failed meanwhile (e.g. declared stale): stop it
-        trial.report(value, step=epoch)
+        try:
+            trial.report(value, step=epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another driver took this one for dead (it was stalled) and queued a re-run
+            trial = self._reclaim(number)
+            if trial is None:
+                return True  # the re-run already started elsewhere: that copy goes on, this one stops
+            trial.report(value, step=epoch)
+        if time.time() - self._last_beat >= self.heartbeat_s:
+            self.heartbeat()  # a reporting worker keeps its driver's session alive, stalled loop or not
         return trial.should_prune()
+
+    def _reclaim(self, number: int, history: list[dict[str, Any]] | None = None) -> optuna.Trial | None:
+        """Trial ``number`` runs here, but another driver failed it as abandoned (this driver was
+        stalled longer than ``stale_after_s``) and queued its re-run. Take that re-run over while it
+        is still WAITING (an atomic claim, as Optuna's own ask does), with the values reported so
+        far, and go on under its number; None if another driver got it first."""
+        storage = self.storage
+        frozen = storage.get_trial(self._trial_id(number))
+        if not str(frozen.user_attrs.get(R.REASON) or "").startswith("abandoned"):
+            return None
+        rerun = next((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                      if t.user_attrs.get(R.RETRY_OF) == number), None)
+        if rerun is None or not storage.set_trial_state_values(rerun._trial_id, TrialState.RUNNING):
+            self._live.pop(number, None)
+            return None
+        trial = optuna.Trial(self.study, rerun._trial_id)
+        config = self.space.sample(trial)  # its fixed params: the same configuration
+        trial.set_user_attr(R.CONFIG, config.to_dict())
+        trial.set_user_attr(R.SESSION, self.session)
+        trial.set_user_attr(R.MAX_EPOCHS, self.max_epochs)
+        trial.set_user_attr(RECLAIMED_FROM, number)
+        values = dict(frozen.intermediate_values)
+        values.update({i + 1: h["val_metric"] for i, h in enumerate(history or [])})  # the pruner's steps
+        for step, value in sorted(values.items()):
+            trial.report(value, step=step)
+        self._live.pop(number, None)
+        self._live[trial.number] = trial
+        self._claimed[number] = trial.number
+        _log.warning("autoopt: trial %d was taken for abandoned while it ran here; it goes on as trial %d",
+                     number, trial.number)
+        return trial
 
     @_survives_storage_outage
     def tell(self, number: int, outcome: dict[str, Any]) -> str:
         """Store a worker's outcome (status, value, curve, reason) and close the trial."""
         state, value, attrs = R.outcome_attrs(outcome)
-        self._finish(number, TrialState[state], value, attrs)
+        if self.full is not None and "StorageFullError" in str(outcome.get("reason")):
+            # it failed only because its reports could not be stored: recorded as stopped, to run again
+            self.fail(number, f"stopped: {self.full.split(';')[0]}", True)
+            return TrialState.FAIL.name
+        if number in self._live and number not in self._claimed and self._finished_elsewhere(number):
+            # failed as abandoned while it ran here: record the outcome on its re-run if still free
+            self._reclaim(number, outcome.get("history"))
+        self._finish(self._claimed.get(number, number), TrialState[state], value, attrs)
         return state
+
+    def _finished_elsewhere(self, number: int) -> bool:
+        return self.storage.get_trial(self._trial_id(number)).state.is_finished()
 
     @_survives_storage_outage
     def fail(self, number: int, reason: str, retry: bool) -> bool:
@@ -235,6 +421,15 @@ class StudyCoordinator:
             attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
             self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
         return retried
+
+    @_survives_storage_outage
+    def fail_running(self, reason: str) -> list[int]:
+        """Fail (and queue to re-run) every trial of this driver still RUNNING: the study stopped."""
+        mine = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.user_attrs.get(R.SESSION) == self.session]
+        for number in mine:
+            self.fail(number, reason, True)
+        return mine
 
     def _trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -270,7 +465,9 @@ class StudyCoordinator:
     # --- liveness -------------------------------------------------------------------------
     @_survives_storage_outage
     def heartbeat(self) -> None:
-        self.storage.set_study_system_attr(self.study_id, R.HEARTBEAT_PREFIX + self.session, time.time())
+        now = time.time()
+        self.storage.set_study_system_attr(self.study_id, R.HEARTBEAT_PREFIX + self.session, now)
+        self._last_beat = now
 
     @_survives_storage_outage
     def reap_stale(self) -> list[int]:
@@ -281,6 +478,15 @@ class StudyCoordinator:
             if k.startswith(R.HEARTBEAT_PREFIX)
         }
         now = time.time()
+        own = beats.get(self.session)
+        if own is None or now - float(own) > self.stale_after_s / 2:
+            # this driver was stalled itself (its own heartbeat is old: a storage outage, a paused
+            # process): the others' silence may be the same outage, so they get a full
+            # stale_after_s from now to be heard again before their trials count as abandoned
+            self.heartbeat()
+            self._quiet_until = now + self.stale_after_s
+        if now <= self._quiet_until:
+            return []
         reaped = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             session = t.user_attrs.get(R.SESSION)
@@ -298,6 +504,7 @@ class StudyCoordinator:
         return reaped
 
     @_survives_storage_outage
+    @_reads
     def foreign_running(self) -> int:
         """RUNNING trials that belong to other drivers (alive, or not yet known to be dead)."""
         return sum(
@@ -308,6 +515,7 @@ class StudyCoordinator:
 
     # --- reading ----------------------------------------------------------------------------
     @_survives_storage_outage
+    @_reads
     def summary(self) -> dict[str, Any]:
         """Counts by state, the best trial, and this driver's bookkeeping (budget used, outages)."""
         summary = R.summarize(self.study)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -32,6 +33,9 @@ from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
 REAP_EVERY_S = 15.0
+#: The reason recorded for trials a stop (Ctrl-C, SIGTERM, an error) cut short; they are re-run.
+INTERRUPTED = "interrupted: the study was stopped"
+_log = logging.getLogger(__name__)
 
 _TASKS: dict[Any, Task] = {}
 
@@ -148,6 +152,26 @@ _WORKER_LOST = (
     ray.exceptions.ObjectLostError,
     ray.exceptions.TaskUnschedulableError,
 )
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:300]}"
+
+
+def _stop_reason(exc: BaseException) -> str:
+    """What the trials in flight are failed with when the loop ends on ``exc``: the real reason
+    when the storage's disk is full, else that the study was stopped."""
+    from autoopt.coordinator import StorageFullError
+
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    if isinstance(cause, StorageFullError):
+        return f"stopped: {str(cause).split(';')[0]}"
+    return INTERRUPTED
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _coordinator_placement() -> Any:
@@ -296,6 +320,15 @@ class StudyRunner:
         self.coordinator = None
         self.objective_facts: ObjectiveFacts | None = None
         self._tracking_warned = False
+        self._resume_run_id: str | None = None
+        self._coordinator_args: tuple[tuple, dict[str, Any]] | None = None
+        self._in_flight: list[int] = []
+        self._unrecorded: list[int] = []
+        self._sigterm_before: Any = None
+        self.interrupt: dict[str, Any] | None = None
+        self.gpus_per_trial = 0.0 if spec.gpus_per_trial == "auto" else float(spec.gpus_per_trial)
+        self.resource_request: dict[str, float] = {}
+        self._fits_now = True
 
     # --- set-up ------------------------------------------------------------------------
     def _objective_traits(self) -> TaskTraits:
@@ -356,14 +389,61 @@ class StudyRunner:
             )
         except Exception:
             existing = None
+        self._resume_run_id = existing
+        self._open_parent_run()
+        if self.parent_run_id is not None and existing is not None:
+            self._sync(finish_parent=False)  # resumed: first log what an earlier outage kept out of MLflow
+
+    def _open_parent_run(self) -> None:
+        """Create (or re-open) the study's MLflow run; while MLflow is down the study runs untracked
+        and the loop tries again, so trials started after the server is back are tracked live."""
         self.parent_run_id = self.tracker.start(
             self.spec.name,
             self.spec.to_dict(),
             self.spec.sampler,
             self.spec.pruner,
             self.traits.to_dict(MEASURED),
-            resume_run_id=existing,
+            resume_run_id=self._resume_run_id,
         )
+        if self.parent_run_id is not None:
+            self._set_study_attrs({
+                R.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                R.MLFLOW_EXPERIMENT_ID: self.tracker.experiment_id,
+                R.TRACKING_URI: redact(self.tracker.config.tracking_uri),
+            })
+
+    def _set_study_attrs(self, attrs: dict[str, Any]) -> None:
+        """Through the coordinator (the storage's one owner); directly once it is gone (Ctrl-C)."""
+        try:
+            ray.get(self.coordinator.set_study_attrs.remote(attrs))
+        except Exception:  # noqa: BLE001
+            import optuna
+
+            study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+
+    def _sync(self, finish_parent: bool | None) -> dict[str, Any] | None:
+        """Back-fill MLflow from the storage (autoopt.sync); warn when MLflow is still away."""
+        import warnings
+
+        import optuna
+
+        from autoopt.sync import sync_study
+        from autoopt.tracking import TrackingUnavailableWarning
+
+        study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+        try:
+            report = sync_study(study, tracker=self.tracker, finish_parent=finish_parent, set_attrs=self._set_study_attrs)
+        except Exception as exc:  # noqa: BLE001 - tracking never loses a study
+            report = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"}
+        self.parent_run_id = self.tracker.parent_run_id
+        if not report["reachable"]:
+            warnings.warn(TrackingUnavailableWarning(
+                f"MLflow at {redact(self.tracker.config.tracking_uri)} could not be brought up to date "
+                f"({redact_text(report.get('error') or 'unreachable')}); every result is in the Optuna storage: "
+                f"`autoopt sync {self.spec.name}` logs what is missing once the server answers"), stacklevel=2)
+        return report
 
     def _warm_start(self) -> int:
         ws = self.spec.warm_start
@@ -382,15 +462,13 @@ class StudyRunner:
                 space = space.model_copy(update={"optimizers": allowed})
         search = self.spec.search.model_copy(update={"space": space, "task": task_label(self.spec.search.task),
                                                      "objective": objective_label(self.spec.search.objective)})
-        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(
-            self.spec.name,
-            search,
-            self.spec.execution,
-            self.spec.places.model_copy(update={"storage": self.storage_url}),
-            TaskFacts(self.direction, self.traits, self._max_reports(), self._has_matrix_params()),
-            study_attrs=self._study_attrs(),
-            session=self.session,
+        self._coordinator_args = (
+            (self.spec.name, search, self.spec.execution, self.spec.places.model_copy(update={"storage": self.storage_url}),
+             TaskFacts(self.direction, self.traits, self._max_reports(), self._has_matrix_params())),
+            dict(study_attrs=self._study_attrs(), session=self.session),
         )
+        args, kwargs = self._coordinator_args
+        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(*args, **kwargs)
 
     # --- the loop ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -400,14 +478,50 @@ class StudyRunner:
     def run(self) -> dict[str, Any]:
         try:
             return self._run()
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM): record it everywhere, then let it propagate
+            self._record_interrupt()
+            raise
         except ray.exceptions.RayTaskError as exc:
             # the coordinator gave up on an unreachable storage: say so in one line, not a Ray traceback
             if isinstance(getattr(exc, "cause", None), StorageError):
                 raise StorageError(str(exc.cause)) from None
             raise
+        finally:
+            if self._sigterm_before is not None:
+                signal.signal(signal.SIGTERM, self._sigterm_before)
+                self._sigterm_before = None
+
+    def _fit_resources(self) -> None:
+        """Resolve ``gpus_per_trial: auto`` on this cluster; refuse a request no node can ever run."""
+        from autoopt import resources
+
+        nodes = resources.alive_nodes()
+        self.gpus_per_trial = resources.resolve_gpus(self.spec.gpus_per_trial, self.spec.workers, nodes)
+        self.resource_request = {"CPU": self.spec.cpus_per_trial, "GPU": self.gpus_per_trial}
+        asked = {"cpus_per_trial": self.spec.cpus_per_trial, "gpus_per_trial": self.spec.gpus_per_trial}
+        self._fits_now = resources.check_fits(self.resource_request, nodes, asked)
+        if not self._fits_now:
+            self._warn_waiting(0.0)
+
+    def _warn_waiting(self, waited_s: float, pending: int | None = None) -> None:
+        """On an autoscaling cluster: say so while no node has what a trial asks for."""
+        import warnings
+
+        from autoopt import resources
+
+        message = resources.waiting_message(self.resource_request, resources.alive_nodes(),
+                                            self.spec.workers if pending is None else pending, waited_s)
+        if message is None:
+            self._fits_now = True
+        else:
+            warnings.warn(resources.ResourcesUnavailableWarning(message), stacklevel=2)
 
     def _run(self) -> dict[str, Any]:
         ensure_ray(self.spec.ray_address)
+        if threading.current_thread() is threading.main_thread():
+            # Ray's driver handler exits at once on SIGTERM; stop like Ctrl-C instead, recording it
+            self._sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
+        self._fit_resources()
         task_ref: Any = None
         if self.objective is not None:
             ref = self.spec.objective if isinstance(self.spec.objective, str) else ray.put(self.objective)
@@ -419,7 +533,7 @@ class StudyRunner:
         # waits for these: a failure shows up in the trials themselves
         for _ in range(self.spec.workers):
             _prepare_worker_remote.options(
-                num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
+                num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
             ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
         self.coordinator = self._make_coordinator()
         try:
@@ -429,17 +543,16 @@ class StudyRunner:
             raise SpecError(str(getattr(cause, "args", [cause])[0] if getattr(cause, "args", None) else cause)) from None
         if self.spec.tracking:
             self._start_tracking()
-            ray.get(self.coordinator.set_study_attrs.remote({
-                R.MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                R.MLFLOW_EXPERIMENT_ID: self.tracker.experiment_id,
-                R.TRACKING_URI: redact(self.tracker.config.tracking_uri),
-            }))
         self._warm_start()
         threads = max(1, int(self.spec.cpus_per_trial))
         running: dict[Any, int] = {}
         deadline = time.time() + self.spec.timeout_s if self.spec.timeout_s else None
-        last_beat = last_reap = time.time()
+        last_beat = last_reap = last_resource_warning = started = time.time()
         exhausted = False
+        stop_reason = INTERRUPTED
+        from autoopt.resources import warn_interval_s
+
+        resource_warn_s = warn_interval_s()
         try:
             while True:
                 out_of_time = deadline is not None and time.time() >= deadline
@@ -456,24 +569,27 @@ class StudyRunner:
                     continue
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in done:
-                    number = running.pop(ref)
-                    self._collect(ref, number)
+                    self._collect(ref, running[ref])
+                    del running[ref]  # recorded (if recording failed, the stop below records it)
                 now = time.time()
                 if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
+                    if self.tracker is not None and self.parent_run_id is None:
+                        self._open_parent_run()  # MLflow was down at the start: is it back?
                     last_beat = now
+                if not self._fits_now and now - last_resource_warning >= resource_warn_s:
+                    self._warn_waiting(now - started, len(running))
+                    last_resource_warning = now
                 if now - last_reap >= REAP_EVERY_S:
                     self.coordinator.reap_stale.remote()
                     self._log_progress()
                     last_reap = now
                 self._update_progress(len(running))
+        except BaseException as exc:
+            stop_reason = _stop_reason(exc)
+            raise
         finally:
-            for ref, number in running.items():  # interrupted: record what was in flight
-                ray.cancel(ref, force=True)
-                try:
-                    ray.get(self.coordinator.fail.remote(number, "interrupted: the study was stopped", True))
-                except Exception:
-                    pass
+            self._fail_in_flight(running, stop_reason)
         self._update_progress(0)
         summary = ray.get(self.coordinator.summary.remote())
         if summary.get("storage_outages"):
@@ -486,6 +602,48 @@ class StudyRunner:
         if self.on_progress:
             self.on_progress(self.progress)
         return summary
+
+    def _fail_in_flight(self, running: dict[Any, int], reason: str) -> None:
+        """The loop ended early: stop the trials in flight and record them as failed (re-run on resume)."""
+        self._in_flight = sorted(running.values())
+        for ref in running:
+            ray.cancel(ref, force=True)
+        self._unrecorded = []
+        for number in self._in_flight:
+            try:
+                ray.get(self.coordinator.fail.remote(number, reason, True), timeout=60)
+            except Exception as exc:  # noqa: BLE001 - the coordinator went down with Ray: see _record_interrupt
+                self._unrecorded.append(number)
+                _log.warning("autoopt: trial %d could not be recorded as stopped (%s); `autoopt resume %s` "
+                             "will", number, _first_line(exc), self.spec.name)
+        if self.coordinator is not None:
+            try:  # and any trial of this session the loop lost track of (a collect cut short)
+                ray.get(self.coordinator.fail_running.remote(reason), timeout=60)
+            except Exception as exc:  # noqa: BLE001
+                _log.warning("autoopt: running trials could not be recorded as stopped (%s)", _first_line(exc))
+
+    def _record_interrupt(self) -> None:
+        """After Ctrl-C: trials in flight are FAILED (interrupted) and queued to re-run, the MLflow
+        trial and study runs end as KILLED; ``self.interrupt`` says what happened, for the message."""
+        import optuna
+
+        from autoopt.coordinator import StudyCoordinator
+
+        if self._unrecorded and self._coordinator_args:
+            # Ray died with the interrupt (a terminal's Ctrl-C reaches its processes too): record directly
+            args, kwargs = self._coordinator_args
+            local = StudyCoordinator(*args, **kwargs)
+            for number in self._unrecorded:
+                local.fail(number, INTERRUPTED, True)
+        study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+        if self.tracker is not None:
+            self._sync(finish_parent=False)
+            self.tracker.end(study, "KILLED", "interrupted")
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        self.interrupt = {"study": self.spec.name, "interrupted_trials": self._in_flight, "counts": counts,
+                          "mlflow_parent_run_id": self.parent_run_id}
 
     def _wait_for_foreign(self) -> bool:
         """Budget used up here; if other drivers' trials are still RUNNING, wait for them to finish
@@ -505,7 +663,7 @@ class StudyRunner:
             logger = self.tracker.trial_logger(item["number"], TrialConfig.from_dict(item["config"]).flat_params(), item["config"])
         seed = (self.spec.seed or 0) + item["number"]
         return _run_trial_remote.options(
-            num_cpus=self.spec.cpus_per_trial, num_gpus=self.spec.gpus_per_trial or None
+            num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,
                   threads, self.spec.eval_every_steps, self.objective_facts)
 
@@ -562,12 +720,7 @@ class StudyRunner:
 
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
         if self.tracker is not None:
-            try:
-                self.tracker.finish(study)
-            except Exception as exc:  # tracking never loses a finished study
-                import warnings
-
-                warnings.warn(f"autoopt: could not finish MLflow logging: {redact_text(str(exc))}", stacklevel=2)
+            self._sync(finish_parent=True)  # trials an outage kept out of MLflow, then the study's results
         if self.hooks.after_study is not None:
             try:
                 self.hooks.after_study(study)

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -302,7 +302,8 @@ class ExecutionSpec(_RedactedRepr):
     model_config = ConfigDict(extra="forbid")
     workers: int = Field(default=2, ge=1)
     cpus_per_trial: float = Field(default=1.0, gt=0)
-    gpus_per_trial: float = Field(default=0.0, ge=0)
+    gpus_per_trial: float | Literal["auto"] = Field(
+        default=0.0, description="GPUs per trial (fractions pack trials); auto: a GPU share where the cluster has GPUs, else 0")
     retries: int = Field(default=1, ge=0, description="re-runs of a trial whose worker died")
     ray_address: str | None = None
     #: A driver writes a heartbeat this often; its RUNNING trials count as abandoned once it has
@@ -312,6 +313,20 @@ class ExecutionSpec(_RedactedRepr):
     heartbeat_s: float = Field(default_factory=lambda: _env_seconds("AUTOOPT_HEARTBEAT_S", 5.0), gt=0)
     stale_after_s: float = Field(default_factory=lambda: _env_seconds("AUTOOPT_STALE_AFTER_S", 30.0), gt=0)
     storage_retry_s: float = Field(default_factory=lambda: _env_seconds("AUTOOPT_STORAGE_RETRY_S", 120.0), ge=0)
+
+
+    @field_validator("gpus_per_trial", mode="before")
+    @classmethod
+    def _gpus(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            gpus = float(v)
+        except (TypeError, ValueError):
+            gpus = math.nan
+        if isinstance(v, bool) or not (math.isfinite(gpus) and gpus >= 0):
+            raise ValueError(f"must be a number >= 0 or 'auto', got {v!r}")
+        return gpus
 
 
 #: ExecutionSpec fields that are this run's settings, not part of the stored study spec.

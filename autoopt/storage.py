@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -126,7 +127,15 @@ def _open(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     elif dialect == "postgresql":
         engine_kwargs.update(pool_recycle=300, connect_args={"connect_timeout": 10})
     try:
-        return optuna.storages.RDBStorage(sa_url, engine_kwargs=engine_kwargs)
+        for attempt in range(3):
+            try:
+                return optuna.storages.RDBStorage(sa_url, engine_kwargs=engine_kwargs)
+            except sqlalchemy.exc.IntegrityError:
+                # two drivers creating a new database at once: the other one wrote the schema
+                # (alembic_version) first; opening it again finds it there
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {redact(url)}: {redact_text(reason.replace(url, redact(url)))}") from None

@@ -205,6 +205,12 @@ _REJECTIONS = {
 }
 
 
+def retry_now(uri: str) -> None:
+    """Forget that ``uri`` was unreachable: the next call tries it at once (an explicit sync)."""
+    with _state_lock:
+        _down_until.pop(uri, None)
+
+
 def _warn_once(key: str, message: str) -> None:
     with _state_lock:
         if key in _warned:
@@ -481,8 +487,9 @@ class TrialLogger:
             self._buffer_times.clear()
         return ok
 
-    def finish(self, outcome: TrialOutcome) -> None:
-        """Flush, record final state / reason / memory / cost, and end the run with its status."""
+    def finish(self, outcome: TrialOutcome, status: str | None = None) -> None:
+        """Flush, record final state / reason / memory / cost, and end the run with its status
+        (default: from the outcome; ``autoopt.sync`` ends an interrupted trial's run as KILLED)."""
         if not self.enabled or self.run_id is None:
             return
         # Epochs the runner did not pass through log_epoch still belong on the curve.
@@ -509,6 +516,8 @@ class TrialLogger:
             "autoopt.host": outcome.host or None,
             "autoopt.device": outcome.device or None,
             "autoopt.optimizer_state_bytes": outcome.optimizer_state_bytes,
+            # what `autoopt sync` checks: every epoch of the curve reached the store
+            "autoopt.epochs_logged": len(self._logged_epochs),
         }
         if outcome.status != "complete":
             note = f"Trial {self.trial_number} {outcome.status}"
@@ -518,7 +527,7 @@ class TrialLogger:
         m, _, t = _entities(metrics=final_metrics, tags=tags, step=outcome.epochs_run)
         self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=m, tags=t)
         self.conn.call("end trial run", "set_terminated", self.run_id,
-                       status=RUN_STATUS.get(outcome.status, "FAILED"), _force=True)
+                       status=status or RUN_STATUS.get(outcome.status, "FAILED"), _force=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -682,6 +691,16 @@ class StudyTracker:
         step = summary["n_trials"] - summary["n_running"]
         m, _, t = _entities(metrics=metrics, tags=tags, step=step)
         self._conn.call("log study progress", "log_batch", self._parent_run_id, metrics=m, tags=t)
+
+    def end(self, study: Any, status: str, state: str) -> None:
+        """End the parent run early (``KILLED`` when the study was interrupted), with its counts."""
+        if self._parent_run_id is None:
+            return
+        summary, metrics, tags = self._summary_entities(study)
+        tags["autoopt.state"] = state
+        m, _, t = _entities(metrics=metrics, tags=tags, step=summary["n_trials"] - summary["n_running"])
+        self._conn.call("log study results", "log_batch", self._parent_run_id, metrics=m, tags=t, _force=True)
+        self._conn.call("end parent run", "set_terminated", self._parent_run_id, status=status, _force=True)
 
     def log_report(self, paths: list[Path], artifact_path: str = "plots") -> None:
         """Log report files: plots under ``plots/``, best_config.* and summary.json at the root."""

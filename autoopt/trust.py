@@ -2,7 +2,7 @@
 
 A spec is code: its ``task: pkg.module:Name`` is imported and called. That is the user's choice
 when they typed it (a spec file, ``--task``, the Python API). A path read back from a study
-storage (``autoopt resume``) or from a data file (``meta evaluate --measure``) was written by
+storage (``autoopt resume``) was written by
 whoever can write there: importing it would let any writer to a shared database run code on the
 machine of the next person who resumes the study. Such a path is imported only if it is a
 reference task or matches the user's allow-list (``$AUTOOPT_TRUSTED_TASKS`` or ``--trust-task``).

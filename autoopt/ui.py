@@ -75,17 +75,21 @@ def start_ui(
         return proc
     url = ui_url(host, port) + "/health"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
+                raise RuntimeError(f"mlflow server exited with code {proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return proc
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+    except BaseException:  # stopped (Ctrl-C, SIGTERM) while waiting: the server goes too
+        stop_ui(proc)
+        raise
     stop_ui(proc)
     raise RuntimeError(f"mlflow server did not answer on {url} within {timeout:.0f} s")
 

@@ -1,43 +1,33 @@
-"""Comparison 5: the recommender. Offline: regret of its top-1 optimizer and top-3 hit rate from
-``autoopt meta evaluate`` (leave one task out and leave one study out) against rules only and AdamW
-at its defaults. Online: trials and seconds to the time-to-target target with warm start on
+"""Comparison 5: the recommender. Offline: ``autoopt meta evaluate --zoo`` (leave one zoo task
+family out; the recommender against fixed configurations, hindsight baselines and rules only, on
+the zoo's dense grids). Online: trials and seconds to the time-to-target target with warm start on
 (the recommender's top configurations enqueued first) and off, same seeds (time-to-target's
 studies, reused).
-
-Quick mode evaluates without ``--measure`` (training each strategy's top-1 configuration adds
-about a minute per holdout on 2 cores); the full mode measures.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.common import REPO, Context, censored_median, fmt, plt, ratio, table, write_json
+from bench.common import Context, censored_median, fmt, plt, ratio, table, write_json
 from bench.reference import TOLERANCES, run_studies, runs_of, setup, target, tasks
 from bench.systems import LABELS
 
-DATA = REPO / "autoopt" / "recommend" / "data" / "meta_dataset.csv"
-STRATEGIES = ("recommender", "rules_only", "model_only", "adamw_default")
-
-
-def command(holdout: str, measure: bool) -> str:
-    return (f"autoopt meta evaluate --data {DATA.relative_to(REPO)} --holdout {holdout}"
-            + (" --measure" if measure else ""))
+COMMAND = "autoopt meta evaluate --zoo"
+STRATEGIES = ("recommender", "rules_only", "model_only", "adamw_1e-3", "hindsight_single")
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from autoopt.recommend import meta
+    from autoopt.recommend import evaluate, meta
 
-    measure = not ctx.quick
-    offline = {}
-    for holdout in ("task", "study"):
-        ev = meta.evaluate([DATA], holdout=holdout, measure=measure)
-        offline[holdout] = {"command": command(holdout, measure), "overall": ev["overall"], "tasks": ev["tasks"],
-                            "rows": ev["rows"], "method": ev["method"]}
-        o = ev["overall"]
-        ctx.note(f"  meta evaluate --holdout {holdout}: recommender regret {fmt(o['recommender']['regret'])}, "
-                 f"top3 {fmt(o['recommender']['top3'])}; rules only {fmt(o['rules_only']['regret'])}; "
-                 f"AdamW defaults {fmt(o['adamw_default']['regret'])}")
+    grids, summary = meta.grids_from(studies=[])
+    ev = evaluate.evaluate(grids)
+    ev["data"].update(runs=summary["runs"])
+    offline = {"zoo": {"command": COMMAND, "result": ev, "markdown": evaluate.markdown(ev)}}
+    o = ev["overall"]
+    ctx.note(f"  {COMMAND}: recommender top-1 {fmt(o['recommender']['top1'])}, best of 3 {fmt(o['recommender']['top3'])}; "
+             f"rules only {fmt(o['rules_only']['top1'])}; AdamW 1e-3 {fmt(o['adamw_1e-3']['top1'])}; "
+             f"best fixed (hindsight) {fmt(o['hindsight_single']['top1'])}")
     errors = run_studies(ctx, ["autoopt", "autoopt_ws"])
     online: dict[str, Any] = {}
     for task, tol in [(t, tol) for t in tasks(ctx) for tol in TOLERANCES]:
@@ -65,15 +55,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def markdown(res: dict[str, Any]) -> str:
     parts = []
-    for holdout, ev in res["offline"].items():
-        rows = []
-        for s in STRATEGIES:
-            o = ev["overall"][s]
-            rows.append([s, o.get("n"), o.get("regret"), o.get("regret_at_defaults"), o.get("top3"), o.get("top1"),
-                         o.get("measured_regret")])
-        parts += [f"`{ev['command']}` ({ev['rows']} rows, {ev['overall']['studies']} studies)\n",
-                  table(["strategy", "studies", "top-1 regret", "regret at defaults", "top-3 hit rate", "top-1 hit rate",
-                         "measured regret (trained top-1)"], rows), ""]
+    for ev in res["offline"].values():
+        parts += [f"`{ev['command']}`\n", ev["markdown"], ""]
     rows = []
     for task, t in res["online"].items():
         for s, p in t["systems"].items():
@@ -98,18 +81,13 @@ def markdown(res: dict[str, Any]) -> str:
 def _plot(ctx: Context, res: dict[str, Any]) -> None:
     pyplot = plt()
     fig, (ax, ax2) = pyplot.subplots(1, 2, figsize=(9, 3.2))
-    width = 0.2
+    overall = res["offline"]["zoo"]["result"]["overall"]
     for i, s in enumerate(STRATEGIES):
-        for j, holdout in enumerate(res["offline"]):
-            o = res["offline"][holdout]["overall"][s]
-            ax.bar(j + i * width, o.get("regret") or 0, width, color=f"C{i}", label=s if j == 0 else None)
-            if o.get("top3") is not None:
-                ax.scatter(j + i * width, o["top3"], marker="^", color="k", zorder=3)
-    ax.set_xticks([j + 1.5 * width for j in range(len(res["offline"]))],
-                  [f"leave one {h} out" for h in res["offline"]])
-    ax.set_ylabel("top-1 regret (bars), top-3 hit rate (triangles)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+        ax.bar(i, overall[s].get("top1") or 0, color=f"C{i}")
+        if overall[s].get("top3") is not None:
+            ax.scatter(i, overall[s]["top3"], marker="^", color="k", zorder=3)
+    ax.set_xticks(range(len(STRATEGIES)), STRATEGIES, rotation=30, fontsize=7)
+    ax.set_ylabel("top-1 regret as suggested (bars), best of 3 (triangles)")
     names = list(res["online"])
     for k, s in enumerate(("autoopt", "autoopt_ws")):
         ys = [res["online"][t]["systems"][s]["trials_median"] for t in names]

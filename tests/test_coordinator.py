@@ -132,6 +132,7 @@ def test_a_trial_created_by_another_driver_is_not_reaped_before_it_has_a_session
     assert c.reap_stale() == []
     assert c.foreign_running() == 1
     time.sleep(1.2)
+    c.heartbeat()  # this driver is alive (the other's silence is not an outage both went through)
     assert c.reap_stale() == [other.number]  # gone quiet for longer than stale_after_s: abandoned
     frozen = c.study.get_trials(deepcopy=False)[other.number]
     assert frozen.state == TrialState.FAIL and frozen.user_attrs[R.REASON].startswith("abandoned")

@@ -95,18 +95,25 @@ def test_resume_does_not_import_a_task_path_read_from_storage(tmp_path):
 
 @pytest.mark.slow
 def test_meta_evaluate_does_not_import_a_task_path_read_from_data(tmp_path):
-    from autoopt.recommend import meta
+    """The evaluation looks configurations up on the zoo's dense grids: it trains nothing, so a
+    task path planted in the data is never imported (here as the instances' family)."""
+    import gzip
 
-    rows = meta.read_meta(meta.shipped_meta_path())
-    imported, called = tmp_path / "imported", tmp_path / "called"
-    for row in rows[:5]:
-        row.update(task="helper_untrusted:payload", task_options={"marker": str(called)})
-    data = meta.write_meta(tmp_path / "planted.csv", rows)
-    r = autoopt("meta", "evaluate", "--data", str(data), "--measure", cwd=tmp_path,
+    import helper_zoo
+
+    zoo = helper_zoo.write_zoo(tmp_path / "zoo", families=2)
+    imported = tmp_path / "imported"
+    for name in ("instances.csv",):
+        text = (zoo / name).read_text().replace("tab_a", "helper_untrusted:payload")
+        (zoo / name).write_text(text)
+    with gzip.open(zoo / "runs-01.csv.gz", "rt") as f:
+        runs = f.read().replace("tab_a", "helper_untrusted:payload")
+    with gzip.open(zoo / "runs-01.csv.gz", "wt") as f:
+        f.write(runs)
+    r = autoopt("meta", "evaluate", "--zoo", "--data", str(zoo), cwd=tmp_path,
                 env={"AUTOOPT_TEST_IMPORT_MARKER": str(imported), "AUTOOPT_TRUSTED_TASKS": ""}, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert "helper_untrusted:payload" in r.stderr and "--trust-task" in r.stderr
-    assert not imported.exists() and not called.exists()
+    assert r.returncode == 0 and "helper_untrusted:payload" in r.stdout, r.stderr[-2000:]
+    assert not imported.exists()
 
 
 # --- 2. credentials never leak ----------------------------------------------------------------

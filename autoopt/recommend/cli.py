@@ -131,14 +131,19 @@ def render(answer: Any, console: Any = None) -> None:
     if t.flags:
         desc.append("flags " + ",".join(sorted(t.flags)))
     m = answer.model
-    evidence = f"learned model on {m['meta_rows']} study rows" if m["fitted"] else "no learned model (rules only)"
+    evidence = (f"learned model on {m['tasks']} zoo tasks of {m['families']} families" if m["fitted"]
+                else "no learned model (rules only)")
     table = Table(
-        title=f"Optimizers for {', '.join(desc)}", caption=f"rule prior + {evidence}", box=box.SIMPLE_HEAD, pad_edge=False
+        title=f"Optimizers for {', '.join(desc)}",
+        caption=f"rule prior + {evidence}; portfolio order (each pick most lowers the expected best-of); "
+        "regret 0 = a task's best configuration, 1 = its grid's median",
+        box=box.SIMPLE_HEAD, pad_edge=False,
     )
     for col, kw in (
         ("#", {"justify": "right"}),
         ("optimizer", {"style": "bold", "no_wrap": True}),
         ("score", {"justify": "right", "no_wrap": True}),
+        ("regret", {"justify": "right", "no_wrap": True}),
         ("lr [range]", {}),
         ("betas / mom.", {}),
         ("wd", {"justify": "right"}),
@@ -165,6 +170,7 @@ def render(answer: Any, console: Any = None) -> None:
             str(r.rank),
             r.optimizer,
             f"{r.score:.2f}±{r.score_std:.2f}",
+            f"{r.predicted_regret:.2f}" if r.predicted_regret is not None else "-",
             f"{h['lr']:.2g} [{h['lr_range'][0]:.1g}, {h['lr_range'][1]:.1g}]",
             mom,
             f"{h['weight_decay']:.2g}" if isinstance(h.get("weight_decay"), (int, float)) else "-",
@@ -185,13 +191,13 @@ def render(answer: Any, console: Any = None) -> None:
         if ev.get("similar_studies"):
             ex = ev.get("example") or {}
             console.print(
-                f"   evidence: {ev['similar_studies']} similar studies (n_near {ev['n_near']}), best in {ev.get('best_in', 0)}, "
-                f"median normalised score {ev.get('median_normalized_score')}; e.g. {ex.get('study')}: "
-                f"{ex.get('metric')} {_fmt(ex.get('best_value'))} at lr {_fmt(ex.get('best_lr'))}",
+                f"   evidence: {ev['similar_studies']} similar zoo tasks (n_near {ev['n_near']}), best in {ev.get('best_in', 0)}, "
+                f"median tuned regret {ev.get('median_tuned_regret')}; e.g. {ex.get('study')}: "
+                f"best lr {_fmt(ex.get('best_lr'))}, regret {_fmt(ex.get('tuned_regret'))}",
                 highlight=False,
             )
         else:
-            console.print("   evidence: no similar studies yet; the rules decide", style="dim")
+            console.print("   evidence: no similar zoo tasks; the rules decide", style="dim")
     if answer.notes:
         console.print("[bold]Notes[/bold]")
         for n in answer.notes:
@@ -211,53 +217,16 @@ meta_app = typer.Typer(help="Build, fit and evaluate the recommender's meta-data
 
 @meta_app.command("build")
 def meta_build(
-    out: Optional[Path] = typer.Option(None, "--out", help="meta-dataset CSV to add rows to (default: the user's)"),
-    tasks: Optional[list[str]] = typer.Option(None, "--task", help="reference task (repeatable; default all)"),
-    batch_sizes: str = typer.Option("16,64,256", "--batch-sizes", help="comma-separated"),
-    sizes: str = typer.Option("0.5", "--sizes", help="task data sizes, comma-separated"),
-    trials_per_optimizer: int = typer.Option(2, "--trials-per-optimizer", min=1),
-    epochs: int = typer.Option(4, "--epochs", min=1),
-    workers: int = typer.Option(2, "--workers", min=1),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the build's Optuna storage lives"),
-    track: bool = typer.Option(False, "--track/--no-track", help="log the build's trials to MLflow"),
-    seed: int = typer.Option(0, "--seed"),
-    zoo: bool = typer.Option(False, "--zoo", help="run the task zoo's dense lr sweep instead (--out is then a folder)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="zoo meta-dataset folder (default: the shipped one)"),
+    zoo: bool = typer.Option(True, "--zoo", help="the task zoo's dense lr sweep (the meta-dataset's only source)"),
     families: Optional[list[str]] = typer.Option(None, "--families", help="zoo families (repeatable or comma-separated; default all)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="zoo: at most N instances per family"),
     optimizers: Optional[str] = typer.Option(None, "--optimizers", help="zoo: comma-separated subset of the sweep's optimizers"),
     run_seeds: Optional[str] = typer.Option(None, "--run-seeds", help="zoo: comma-separated training seeds (default 0,1)"),
+    workers: int = typer.Option(2, "--workers", min=1),
 ) -> None:
-    """Run the reference tasks' studies over a grid of traits and add their rows (or, with --zoo, the zoo sweep)."""
-    if zoo:
-        _zoo_build(out, families, limit, optimizers, run_seeds, workers)
-        return
-    from autoopt.recommend import meta
-
-    try:
-        bs = [int(x) for x in batch_sizes.split(",") if x.strip()]
-        sz = [float(x) for x in sizes.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter("comma-separated numbers, e.g. 16,64,256", param_hint="--batch-sizes/--sizes") from None
-    if not bs or min(bs) < 1 or not sz or min(sz) <= 0:
-        raise typer.BadParameter("batch sizes >= 1 and sizes > 0", param_hint="--batch-sizes/--sizes")
-    from autoopt.task import REFERENCE_TASKS
-
-    bad = [t for t in tasks or [] if t not in REFERENCE_TASKS]
-    if bad:
-        raise typer.BadParameter(f"{bad} not reference tasks ({', '.join(REFERENCE_TASKS)})", param_hint="--task")
-    out = out or meta.default_meta_path()
-    summary = meta.build(
-        out,
-        meta.default_grid(tasks or None, bs, sz),
-        trials_per_optimizer=trials_per_optimizer,
-        epochs=epochs,
-        workers=workers,
-        workdir=workdir,
-        tracking=track,
-        seed=seed,
-        log=typer.echo,
-    )
-    typer.echo(f"{summary['rows']} rows from {len(summary['studies'])} studies -> {out} ({summary['seconds']}s)")
+    """Run the task zoo's dense lr sweep (resumable, in chunks) into the meta-dataset folder."""
+    _zoo_build(out, families, limit, optimizers, run_seeds, workers)
 
 
 def _zoo_build(out: Optional[Path], families: Optional[list[str]], limit: Optional[int], optimizers: Optional[str],
@@ -281,86 +250,73 @@ def _zoo_build(out: Optional[Path], families: Optional[list[str]], limit: Option
                f"({summary['ran']} run now, {summary['seconds']}s)")
 
 
+def _data_options(data: Optional[Path], studies: Optional[list[Path]]) -> tuple[Optional[Path], Optional[list[Path]]]:
+    if data is not None and not (data / "MANIFEST.json").is_file():
+        raise typer.BadParameter(f"{data} is not a zoo meta-dataset folder (no MANIFEST.json)", param_hint="--data")
+    for p in studies or []:
+        if not p.is_file():
+            raise typer.BadParameter(f"{p} not found", param_hint="--studies")
+    return data, studies
+
+
 @meta_app.command("fit")
 def meta_fit(
-    data: Optional[list[Path]] = typer.Option(None, "--data", help="meta-dataset CSV (repeatable; default shipped + user's)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="directory for model.npz"),
+    zoo: bool = typer.Option(True, "--zoo", help="fit on the zoo meta-dataset (+ the user's studies)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="zoo meta-dataset folder (default: the shipped one)"),
+    journals: bool = typer.Option(False, "--journals", help="also use the zoo's chunks still in progress"),
+    studies: Optional[list[Path]] = typer.Option(None, "--studies", help="users' study runs CSV (repeatable; default the user's)"),
+    user_studies: bool = typer.Option(True, "--user-studies/--no-user-studies", help="learn from the user's finished studies too"),
+    out: Optional[Path] = typer.Option(None, "--out", help="directory for model.npz (default: the user's)"),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the fitted model to MLflow"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
     experiment: str = typer.Option("autoopt-recommender", "--experiment"),
     n_estimators: int = typer.Option(60, "--n-estimators", min=1),
-    evidence_k: float = typer.Option(2.0, "--evidence-k", min=0.01, help="evidence at which model and rules weigh the same"),
+    evidence_k: float = typer.Option(2.0, "--evidence-k", min=0.01, help="evidence (tasks) at which model and rules weigh the same"),
 ) -> None:
-    """Fit the learned model on the meta-dataset and save (and log) it."""
+    """Fit the regret model (estimator chosen by leave-family-out CV) and save (and log) it."""
     from autoopt.recommend import meta
 
-    for p in data or []:
-        if not p.is_file():
-            raise typer.BadParameter(f"{p} not found", param_hint="--data")
-    info = meta.fit_model(
-        data or None, out, log_mlflow=mlflow, tracking_uri=tracking_uri, experiment=experiment,
-        n_estimators=n_estimators, evidence_k=evidence_k,
-    )
-    typer.echo(json.dumps(info, indent=2, default=str))
+    data, studies = _data_options(data, studies)
+    if not user_studies and not studies:
+        studies = []
+    try:
+        info = meta.fit_model(
+            data, out, journals=journals, studies=studies, log_mlflow=mlflow, tracking_uri=tracking_uri,
+            experiment=experiment, n_estimators=n_estimators, evidence_k=evidence_k,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(meta.dumps(info))
 
 
 @meta_app.command("evaluate")
 def meta_evaluate(
-    data: Optional[list[Path]] = typer.Option(None, "--data", help="meta-dataset CSV (repeatable)"),
+    zoo: bool = typer.Option(True, "--zoo", help="leave one zoo task family out (the only evaluation)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="zoo meta-dataset folder (default: the shipped one)"),
+    journals: bool = typer.Option(False, "--journals", help="also use the zoo's chunks still in progress"),
+    families: Optional[list[str]] = typer.Option(None, "--family", help="hold out only this family (repeatable)"),
     as_json: bool = typer.Option(False, "--json"),
-    out: Optional[Path] = typer.Option(None, "--out", help="also write the results as JSON here"),
-    holdout: str = typer.Option("task", "--holdout", help="task: leave one task out; study: leave one study out"),
-    measure: bool = typer.Option(False, "--measure", help="also train each strategy's top-1 configuration once"),
-    trust_task: Optional[list[str]] = typer.Option(
-        None, "--trust-task", help="with --measure: trust a task import path of the data (pkg.module:Name, pkg.module or pkg.*)"
-    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the results (JSON + a markdown table) to this folder"),
 ) -> None:
-    """Leave-one-task-out regret and top-3 hit rate vs AdamW-at-defaults and rules-only."""
-    if holdout not in ("task", "study"):
-        raise typer.BadParameter(f"{holdout!r} is not one of task, study", param_hint="--holdout")
+    """Leave one task family out: the recommender vs fixed configurations, hindsight baselines and rules only."""
+    from autoopt.recommend import evaluate as ev
     from autoopt.recommend import meta
 
-    for p in data or []:
-        if not p.is_file():
-            raise typer.BadParameter(f"{p} not found", param_hint="--data")
-    from autoopt.trust import UntrustedImport
-
+    data, _ = _data_options(data, None)
     try:
-        result = meta.evaluate(data or None, holdout=holdout, measure=measure, trusted_tasks=trust_task or ())
-    except UntrustedImport as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        grids, summary = meta.grids_from(data, journals=journals, studies=[])
+        result = ev.evaluate(grids, families=families or None, log=lambda m: typer.echo(m, err=True))
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    result["data"].update(runs=summary["runs"], zoo_updated=summary["zoo_updated"])
+    table = ev.markdown(result)
     if out:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"Leave-one-{holdout}-out: top-1 regret (0 = best optimizer; at defaults) / best-in-top-3 rate"
-        + (" | regret of the trained top-1 configuration" if measure else "")
-    )
-    table.add_column("held-out task")
-    table.add_column("studies", justify="right")
-    for s in ("recommender", "rules_only", "model_only", "adamw_default"):
-        table.add_column(f"{s} regret (at defaults) / top3", justify="right")
-    for name, res in [*result["tasks"].items(), ("overall", result["overall"])]:
-        cells = []
-        for s in ("recommender", "rules_only", "model_only", "adamw_default"):
-            r = res[s]
-            top3 = "-" if r["top3"] is None else f"{r['top3']:.2f}"
-            at_def = "-" if r["regret_at_defaults"] is None else f"{r['regret_at_defaults']:.3f}"
-            cell = "-" if r["regret"] is None else f"{r['regret']:.3f} ({at_def}) / {top3}"
-            if r.get("measured_regret") is not None:
-                cell += f" | {r['measured_regret']:.3f}"
-            cells.append(cell)
-        table.add_row(name, str(res["studies"]), *cells)
-    Console(width=None if sys.stdout.isatty() else 130).print(table)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(meta.dumps(result) + "\n")
+        (out / "summary.md").write_text(table + "\n")
+    typer.echo(meta.dumps(result) if as_json else table)
 
 
 # ============================================================================ standalone

@@ -1,4 +1,4 @@
-"""How a workload's traits become numbers: the learned model's input rows and trait-space distances.
+"""How a workload's traits, an optimizer and an lr become numbers: model input rows and trait-space distances.
 
 Kept free of torch and scikit-learn so ``autoopt recommend`` answers in well under 2 seconds:
 both the rule prior and the compiled learned model read traits through this module. The traits
@@ -21,6 +21,8 @@ NUMERIC_FEATURES: tuple[str, ...] = ("log2_batch", "grad_sparsity", "log10_param
 #: Lower bound of each feature's scale in trait-space distances (so a constant column in the
 #: meta-dataset does not make any change of it look infinitely far).
 SCALE_FLOOR = np.array([1.0, 0.1, 0.5, 0.5, 0.5])
+#: Learning-rate features of a model input row: log10 lr, and log10(lr / the catalog default lr).
+LR_FEATURES: tuple[str, ...] = ("log10_lr", "log10_lr_over_default")
 
 
 def numeric_row(t: Mapping[str, Any] | TaskTraits) -> np.ndarray:
@@ -56,30 +58,45 @@ def _truthy(v: Any) -> bool:
 
 @dataclass
 class TraitEncoding:
-    """How traits and an optimizer name become one model input row. Learned by :meth:`fit`.
+    """How (traits, optimizer, lr) become one model input row. Learned by :meth:`fit`.
 
-    Columns: the numeric features (unknowns imputed by the training medians), a one-hot of the
-    domain, and a one-hot of the optimizer. ``scale`` standardises numeric features for
-    trait-space distances (evidence counting).
+    Columns: the numeric trait features (unknowns imputed by the training medians), a one-hot
+    of the domain, a one-hot of the optimizer and of its catalog family (so optimizers of one
+    family share evidence), log10 lr and log10(lr / the optimizer's catalog default lr).
+    ``scale`` standardises numeric features for trait-space distances (evidence counting).
     """
 
     optimizers: list[str] = field(default_factory=list)
+    families: list[str] = field(default_factory=list)
+    optimizer_family: list[str] = field(default_factory=list)
+    default_lr: np.ndarray = field(default_factory=lambda: np.zeros(0))
     median: np.ndarray = field(default_factory=lambda: np.zeros(len(NUMERIC_FEATURES)))
     scale: np.ndarray = field(default_factory=lambda: SCALE_FLOOR.copy())
 
     @classmethod
-    def fit(cls, numeric: np.ndarray, optimizers: Iterable[str]) -> "TraitEncoding":
+    def fit(cls, numeric: np.ndarray, optimizers: Iterable[str], catalog: Mapping[str, Mapping[str, Any]]) -> "TraitEncoding":
+        """``catalog``: optimizer name -> its catalog entry (``family`` and the ``lr`` default)."""
         numeric = np.asarray(numeric, dtype=float)
         with np.errstate(all="ignore"):
             median = np.nanmedian(numeric, axis=0) if len(numeric) else np.zeros(numeric.shape[1])
             std = np.nanstd(numeric, axis=0) if len(numeric) else np.zeros(numeric.shape[1])
         median = np.where(np.isfinite(median), median, 0.0)
         std = np.where(np.isfinite(std), std, 0.0)
-        return cls(optimizers=sorted(set(optimizers)), median=median, scale=np.maximum(std, SCALE_FLOOR))
+        names = sorted(set(optimizers))
+        fams = [str(catalog[o].get("family") or o) for o in names]
+        return cls(
+            optimizers=names,
+            families=sorted(set(fams)),
+            optimizer_family=fams,
+            default_lr=np.array([_default_lr(catalog[o]) for o in names], dtype=float),
+            median=median,
+            scale=np.maximum(std, SCALE_FLOOR),
+        )
 
     @property
     def feature_names(self) -> list[str]:
-        return [*NUMERIC_FEATURES, *(f"domain={d}" for d in DOMAINS), *(f"optimizer={o}" for o in self.optimizers)]
+        return [*NUMERIC_FEATURES, *(f"domain={d}" for d in DOMAINS), *(f"optimizer={o}" for o in self.optimizers),
+                *(f"family={f}" for f in self.families), *LR_FEATURES]
 
     def impute(self, numeric: np.ndarray) -> np.ndarray:
         numeric = np.array(numeric, dtype=float, copy=True)
@@ -88,21 +105,29 @@ class TraitEncoding:
             numeric[mask] = np.broadcast_to(self.median, numeric.shape)[mask]
         return numeric
 
-    def design(self, numeric: np.ndarray, domains: Iterable[str], optimizers: Iterable[str]) -> np.ndarray:
-        """Model input matrix; an optimizer outside the vocabulary gets an all-zero one-hot."""
+    def design(self, numeric: np.ndarray, domains: Iterable[str], optimizers: Iterable[str], lrs: Iterable[float]) -> np.ndarray:
+        """Model input matrix; an optimizer outside the vocabulary gets all-zero one-hots."""
         numeric = self.impute(np.atleast_2d(numeric))
         domains, optimizers = list(domains), list(optimizers)
+        log_lr = np.log10(np.asarray(list(lrs), dtype=float))
         n = numeric.shape[0]
         dom = np.zeros((n, len(DOMAINS)))
         opt = np.zeros((n, len(self.optimizers)))
+        fam = np.zeros((n, len(self.families)))
         d_index = {d: i for i, d in enumerate(DOMAINS)}
         o_index = {o: i for i, o in enumerate(self.optimizers)}
+        f_index = {f: i for i, f in enumerate(self.families)}
+        default = np.full(n, np.nan)
         for i, (d, o) in enumerate(zip(domains, optimizers)):
             if d in d_index:
                 dom[i, d_index[d]] = 1.0
             if o in o_index:
-                opt[i, o_index[o]] = 1.0
-        return np.hstack([numeric, dom, opt])
+                j = o_index[o]
+                opt[i, j] = 1.0
+                fam[i, f_index[self.optimizer_family[j]]] = 1.0
+                default[i] = self.default_lr[j]
+        rel = log_lr - np.log10(np.where(np.isfinite(default), default, 1e-3))
+        return np.hstack([numeric, dom, opt, fam, log_lr[:, None], rel[:, None]])
 
     def standardise(self, numeric: np.ndarray) -> np.ndarray:
         return (np.atleast_2d(np.asarray(numeric, dtype=float)) - self.median) / self.scale
@@ -110,6 +135,9 @@ class TraitEncoding:
     def to_arrays(self, prefix: str = "enc_") -> dict[str, np.ndarray]:
         return {
             prefix + "optimizers": np.array(self.optimizers, dtype=str),
+            prefix + "families": np.array(self.families, dtype=str),
+            prefix + "optimizer_family": np.array(self.optimizer_family, dtype=str),
+            prefix + "default_lr": self.default_lr,
             prefix + "median": self.median,
             prefix + "scale": self.scale,
         }
@@ -118,9 +146,19 @@ class TraitEncoding:
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "enc_") -> "TraitEncoding":
         return cls(
             optimizers=[str(o) for o in arrays[prefix + "optimizers"]],
+            families=[str(o) for o in arrays[prefix + "families"]],
+            optimizer_family=[str(o) for o in arrays[prefix + "optimizer_family"]],
+            default_lr=np.asarray(arrays[prefix + "default_lr"], dtype=float),
             median=np.asarray(arrays[prefix + "median"], dtype=float),
             scale=np.asarray(arrays[prefix + "scale"], dtype=float),
         )
+
+
+def _default_lr(entry: Mapping[str, Any]) -> float:
+    for hp in entry.get("hyperparams") or ():
+        if hp.get("name") == "lr" and isinstance(hp.get("default"), (int, float)) and hp["default"] > 0:
+            return float(hp["default"])
+    return 1e-3
 
 
 def trait_distances(
@@ -146,12 +184,6 @@ def trait_distances(
         + (domain_distance**2) * (np.asarray(rows_domain) != query_domain)
     )
     return np.sqrt(d2)
-
-
-def lr_batch_shift(exponent: Any, batch_log2: Any, reference_batch: float) -> Any:
-    """log10 of the factor a learning rate moves by from ``reference_batch`` to a batch of
-    ``2 ** batch_log2`` when ``lr ~ batch ** exponent`` (arrays broadcast)."""
-    return np.asarray(exponent, dtype=float) * (np.asarray(batch_log2, dtype=float) - math.log2(reference_batch)) * math.log10(2)
 
 
 def kernel_weights(distances: np.ndarray, bandwidth: float) -> np.ndarray:

@@ -1,55 +1,55 @@
-"""The learned part of the recommender: a scikit-learn estimator fitted on the meta-dataset.
+"""The learned part of the recommender: normalised regret as a function of (task traits, optimizer, log lr).
 
-:class:`OptimizerScoreModel` maps (task traits, optimizer) to the optimizer's normalised best
-score in a study (1 = the best optimizer of that study, 0 = the worst) and to its best
-learning rate. Two bootstrapped extra-trees ensembles give the predictions and, from the
-spread of their trees, the uncertainty. The model also counts its *evidence* for a query:
-kernel-weighted meta-dataset rows of the same optimizer near the query in standardised
-trait space; the recommender trusts the model by ``n_near / (n_near + evidence_k)``.
+:class:`RegretModel` is a scikit-learn tree ensemble (extra trees or a random forest, chosen
+by :func:`select_estimator` with leave-family-out cross-validation) fitted on every
+(task, optimizer, grid lr) of the meta-dataset (:func:`autoopt.recommend.regret.training_rows`).
+Because lr is an input, the best lr of each optimizer is found *jointly* with the optimizer by
+searching a fine lr grid (:class:`autoopt.recommend.recommender.CompiledModel`), and how the
+best lr moves with batch size, model size or data size is learned from the zoo, not hand-coded.
+The trees' spread is the uncertainty, and the trees are the scenarios the top-k portfolio is
+chosen over.
 
-It follows scikit-learn conventions (constructor stores params, ``fit`` validates them and
-sets trailing-underscore attributes, ``get_params``/``clone`` work) so it can be logged with
-``mlflow.sklearn.log_model``. :meth:`to_arrays` exports the fitted model as plain arrays that
-:class:`autoopt.recommend.recommender.CompiledModel` evaluates without importing scikit-learn.
+It follows scikit-learn conventions (constructor stores params, ``fit`` validates them and sets
+trailing-underscore attributes, ``get_params``/``clone`` work) so it can be logged with
+``mlflow.sklearn.log_model``. :meth:`RegretModel.to_arrays` exports it as plain arrays that the
+recommender evaluates with numpy only (no scikit-learn at query time).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from numbers import Integral, Real
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.ensemble import ExtraTreesRegressor
+from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 from sklearn.utils.validation import check_is_fitted
 
 # scikit-learn checks an estimator's ``_parameter_constraints`` (the named error for a bad
-# n_estimators, bandwidth...) only through these two private helpers; there is no public API for
+# n_estimators, estimator...) only through these private helpers; there is no public API for
 # third-party estimators, so they are imported here and nowhere else.
 from sklearn.base import _fit_context  # noqa: E402
-from sklearn.utils._param_validation import Interval  # noqa: E402
+from sklearn.utils._param_validation import Interval, StrOptions  # noqa: E402
 
-from autoopt.recommend.features import (
-    NUMERIC_FEATURES,
-    TraitEncoding,
-    kernel_weights,
-    lr_batch_shift,
-    numeric_row,
-    trait_distances,
-)
+from autoopt.recommend.features import NUMERIC_FEATURES, TraitEncoding, numeric_row
 
-#: Learning rates are compared at this batch size (see ``lr_batch_exponents``).
-REFERENCE_BATCH = 256
 #: Types inside a fitted model, for loading its skops serialisation (how MLflow stores it);
 #: only files this package wrote should be loaded with them.
 SKOPS_TRUSTED_TYPES = (
-    "autoopt.recommend.model.OptimizerScoreModel",
+    "autoopt.recommend.model.RegretModel",
     "autoopt.recommend.features.TraitEncoding",
     "sklearn.tree._tree.Tree",
 )
-#: Columns a model input row needs (besides "optimizer").
-TRAIT_COLUMNS = ("domain", "batch_size", "grad_sparsity", "n_params", "dataset_size", "sparse_gradients")
+ESTIMATORS = {"extra_trees": ExtraTreesRegressor, "random_forest": RandomForestRegressor}
+#: What leave-family-out cross-validation chooses among (the shipped model and every
+#: evaluation fold run the same selection on their own training families).
+CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"estimator": "extra_trees", "min_samples_leaf": 3, "max_features": 1.0},
+    {"estimator": "extra_trees", "min_samples_leaf": 8, "max_features": 0.6},
+    {"estimator": "random_forest", "min_samples_leaf": 5, "max_features": 0.6},
+)
 
 
 def _records(X: Any) -> list[Mapping[str, Any]]:
@@ -62,44 +62,48 @@ def _records(X: Any) -> list[Mapping[str, Any]]:
         return [{k: X[k][i] for k in keys} for i in range(n)]
     rows = list(X)
     if rows and not isinstance(rows[0], Mapping):
-        raise TypeError("X must be a DataFrame or rows of {trait: value, 'optimizer': name}")
+        raise TypeError("X must be a DataFrame or rows of {trait: value, 'optimizer': name, 'lr': value}")
     return rows
 
 
-def _columns(rows: list[Mapping[str, Any]]) -> tuple[np.ndarray, list[str], list[str]]:
-    missing = {c for c in ("domain", "optimizer") for r in rows if r.get(c) in (None, "")}
+def _columns(rows: list[Mapping[str, Any]]) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
+    missing = sorted({c for c in ("domain", "optimizer", "lr") for r in rows if r.get(c) in (None, "")})
     if missing:
-        raise ValueError(f"X rows need {', '.join(sorted(missing))} (columns: {', '.join(TRAIT_COLUMNS)}, optimizer)")
+        raise ValueError(f"X rows need {', '.join(missing)} (trait columns, optimizer, lr)")
     numeric = np.array([numeric_row(r) for r in rows], dtype=float).reshape(len(rows), len(NUMERIC_FEATURES))
-    return numeric, [str(r["domain"]) for r in rows], [str(r["optimizer"]) for r in rows]
+    lrs = np.array([float(r["lr"]) for r in rows], dtype=float)
+    if np.any(~(lrs > 0)):
+        raise ValueError("lr must be positive")
+    return numeric, [str(r["domain"]) for r in rows], [str(r["optimizer"]) for r in rows], lrs
 
 
-class OptimizerScoreModel(RegressorMixin, BaseEstimator):
-    """Predict how well an optimizer does on a task from the task's traits.
+class RegretModel(RegressorMixin, BaseEstimator):
+    """Predict an optimizer's normalised regret at a learning rate on a task with given traits.
 
     Parameters
     ----------
+    estimator : {"extra_trees", "random_forest"}
     n_estimators : int
-        Trees per ensemble (score and learning rate).
+        Trees (also the scenarios of the top-k portfolio).
     min_samples_leaf : int
-        Minimum meta-dataset rows per leaf.
     max_features : float
         Fraction of features tried per split.
     bandwidth : float
         Kernel width, in standardised trait units, of the evidence count.
     domain_distance : float
-        Distance added between rows of different domains (standardised units).
+        Distance added between tasks of different domains (standardised units).
     unknown_distance : float
-        Distance added per trait unknown in the query or the row (standardised units).
+        Distance added per trait unknown in the query (standardised units): a query that does
+        not say its size is not assumed to be as small as the zoo's tasks.
     evidence_k : float
-        Evidence at which the learned model and the rule prior weigh the same.
-    lr_batch_exponents : dict or None
-        optimizer -> exponent ``e`` of ``lr ~ batch ** e`` (1 for SGD, 0.5 for Adam; from the
-        rules). Learning rates are learned at ``REFERENCE_BATCH`` and rescaled to the query's.
+        Evidence (kernel-weighted tasks) at which the learned model and the rule prior weigh the same.
+    catalog : dict or None
+        optimizer -> catalog entry (family, hyperparams with the lr default); default: autoopt's.
     random_state : int, RandomState or None
     """
 
     _parameter_constraints: dict = {
+        "estimator": [StrOptions(set(ESTIMATORS))],
         "n_estimators": [Interval(Integral, 1, None, closed="left")],
         "min_samples_leaf": [Interval(Integral, 1, None, closed="left")],
         "max_features": [Interval(Real, 0, 1, closed="right")],
@@ -107,22 +111,24 @@ class OptimizerScoreModel(RegressorMixin, BaseEstimator):
         "domain_distance": [Interval(Real, 0, None, closed="left")],
         "unknown_distance": [Interval(Real, 0, None, closed="left")],
         "evidence_k": [Interval(Real, 0, None, closed="neither")],
-        "lr_batch_exponents": [dict, None],
+        "catalog": [dict, None],
         "random_state": ["random_state"],
     }
 
     def __init__(
         self,
+        estimator: str = "extra_trees",
         n_estimators: int = 60,
-        min_samples_leaf: int = 2,
+        min_samples_leaf: int = 3,
         max_features: float = 1.0,
         bandwidth: float = 2.0,
         domain_distance: float = 2.5,
-        unknown_distance: float = 1.0,
+        unknown_distance: float = 2.0,
         evidence_k: float = 2.0,
-        lr_batch_exponents: dict | None = None,
+        catalog: dict | None = None,
         random_state: Any = 0,
     ):
+        self.estimator = estimator
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
         self.max_features = max_features
@@ -130,138 +136,109 @@ class OptimizerScoreModel(RegressorMixin, BaseEstimator):
         self.domain_distance = domain_distance
         self.unknown_distance = unknown_distance
         self.evidence_k = evidence_k
-        self.lr_batch_exponents = lr_batch_exponents
+        self.catalog = catalog
         self.random_state = random_state
 
     # --- fitting -----------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Iterable[float], lr: Iterable[float] | None = None) -> "OptimizerScoreModel":
-        """Fit on meta-dataset rows.
-
-        X : rows with the trait columns (``TRAIT_COLUMNS``) and ``optimizer``.
-        y : normalised best score per row (NaN rows are skipped for the score model).
-        lr : best learning rate per row (optional; NaN/None where unknown).
-        """
+    def fit(self, X: Any, y: Iterable[float]) -> "RegretModel":
+        """X: rows with the trait columns, ``optimizer``, ``lr`` and ``instance`` (the task they
+        come from: evidence is counted in tasks); y: normalised regret per row."""
         rows = _records(X)
         y = np.asarray(list(y), dtype=float)
         if len(rows) != len(y):
             raise ValueError(f"X has {len(rows)} rows but y has {len(y)}")
-        numeric, domains, optimizers = _columns(rows)
-        has_score = np.isfinite(y)
-        if has_score.sum() < 2:
-            raise ValueError("need at least 2 meta-dataset rows with a normalised score to fit")
-        if np.any((y[has_score] < -1e-9) | (y[has_score] > 1 + 1e-9)):
-            raise ValueError("y is a normalised score in [0, 1]")
-        self.encoding_ = TraitEncoding.fit(numeric, optimizers)
-        design = self.encoding_.design(numeric, domains, optimizers)
+        if len(rows) < 2 or not np.all(np.isfinite(y)):
+            raise ValueError("need at least 2 rows, each with a finite normalised regret")
+        if np.any(y < -1e-9):
+            raise ValueError("y is a normalised regret (>= 0)")
+        numeric, domains, optimizers, lrs = _columns(rows)
+        catalog = self.catalog if self.catalog is not None else _catalog()
+        unknown = sorted(set(optimizers) - set(catalog))
+        if unknown:
+            raise ValueError(f"optimizer(s) {unknown} are not in the catalog")
+        self.encoding_ = TraitEncoding.fit(numeric, optimizers, catalog)
+        design = self.encoding_.design(numeric, domains, optimizers, lrs)
         self.feature_names_ = self.encoding_.feature_names
-        self.score_forest_ = self._forest().fit(design[has_score], y[has_score])
-
-        self.lr_forest_ = None
-        if lr is not None:
-            lr_arr = np.array([math.nan if v is None else float(v) for v in lr], dtype=float)
-            if len(lr_arr) != len(rows):
-                raise ValueError(f"lr has {len(lr_arr)} values for {len(rows)} rows")
-            ok = np.isfinite(lr_arr) & (lr_arr > 0) & np.isfinite(numeric[:, 0])
-            if ok.sum() >= 2:
-                target = np.log10(lr_arr[ok]) - lr_batch_shift(
-                    self._exponents(np.array(optimizers)[ok]), numeric[ok, 0], REFERENCE_BATCH)
-                self.lr_forest_ = self._forest().fit(design[ok], target)
-
-        # evidence: the rows with a score, in standardised trait space
-        self.train_z_ = self.encoding_.standardise(numeric[has_score])
-        self.train_domain_ = np.array(domains, dtype=str)[has_score]
-        self.train_optimizer_ = np.array(optimizers, dtype=str)[has_score]
-        self.n_rows_ = int(has_score.sum())
+        est = ESTIMATORS[self.estimator](
+            n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf, max_features=self.max_features,
+            bootstrap=True, random_state=self.random_state, n_jobs=1,
+        )
+        self.forest_ = est.fit(design, y)
+        # per-optimizer lr range seen in fitting: the best-lr search stays inside it (trees do not extrapolate)
+        opt = np.array(optimizers)
+        self.lr_range_ = {o: (float(np.log10(lrs[opt == o]).min()), float(np.log10(lrs[opt == o]).max()))
+                          for o in self.encoding_.optimizers}
+        # the tasks (evidence): traits, domain, which optimizers each ran, tuned lr/regret per optimizer
+        instances = [str(r.get("instance") or f"row{i}") for i, r in enumerate(rows)]
+        order = list(dict.fromkeys(instances))
+        first = {inst: i for i, inst in reversed(list(enumerate(instances)))}
+        idx = np.array([first[i] for i in order])
+        self.instances_ = order
+        self.instance_z_ = self.encoding_.standardise(numeric[idx])
+        self.instance_numeric_ = numeric[idx]
+        self.instance_domain_ = np.array([domains[i] for i in idx], dtype=str)
+        self.instance_family_ = np.array([str(rows[i].get("family") or instances[i]) for i in idx], dtype=str)
+        n_opt = len(self.encoding_.optimizers)
+        o_index = {o: j for j, o in enumerate(self.encoding_.optimizers)}
+        i_index = {inst: k for k, inst in enumerate(order)}
+        best_regret = np.full((len(order), n_opt), np.nan)
+        best_lr = np.full((len(order), n_opt), np.nan)
+        for inst, o, lr, r in zip(instances, optimizers, lrs, y):
+            k, j = i_index[inst], o_index[o]
+            if not (best_regret[k, j] <= r):
+                best_regret[k, j], best_lr[k, j] = r, lr
+        self.instance_best_regret_ = best_regret
+        self.instance_best_lr_ = best_lr
+        self.n_rows_ = len(rows)
         return self
 
-    def _forest(self) -> ExtraTreesRegressor:
-        return ExtraTreesRegressor(
-            n_estimators=self.n_estimators,
-            min_samples_leaf=self.min_samples_leaf,
-            max_features=self.max_features,
-            bootstrap=True,
-            random_state=self.random_state,
-            n_jobs=1,
-        )
-
-    def _exponents(self, optimizers: np.ndarray) -> np.ndarray:
-        table = self.lr_batch_exponents or {}
-        return np.array([float(table.get(str(o), 0.5)) for o in optimizers], dtype=float)
-
     # --- prediction --------------------------------------------------------------------
-    def _design(self, X: Any) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-        check_is_fitted(self, "score_forest_")
-        rows = _records(X)
-        numeric, domains, optimizers = _columns(rows)
-        return self.encoding_.design(numeric, domains, optimizers), numeric, domains, optimizers
+    def _design(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "forest_")
+        numeric, domains, optimizers, lrs = _columns(_records(X))
+        return self.encoding_.design(numeric, domains, optimizers, lrs)
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predicted normalised score per row."""
-        design, *_ = self._design(X)
-        return self.score_forest_.predict(design)
+        """Predicted normalised regret per row."""
+        design = self._design(X)
+        return self.forest_.predict(design)
 
-    def predict_distribution(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, standard deviation) of the per-tree score predictions."""
-        design, *_ = self._design(X)
-        per_tree = np.stack([t.predict(design.astype(np.float32)) for t in self.score_forest_.estimators_])
-        return per_tree.mean(axis=0), per_tree.std(axis=0)
-
-    def predict_lr(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lr, low, high) at each row's batch size: tree median and 10th/90th percentiles."""
-        design, numeric, _, optimizers = self._design(X)
-        n = len(design)
-        if self.lr_forest_ is None:
-            nan = np.full(n, math.nan)
-            return nan, nan.copy(), nan.copy()
-        per_tree = np.stack([t.predict(design.astype(np.float32)) for t in self.lr_forest_.estimators_])
-        batch_log2 = self.encoding_.impute(numeric)[:, 0]
-        shift = lr_batch_shift(self._exponents(np.array(optimizers)), batch_log2, REFERENCE_BATCH)
-        q = np.percentile(per_tree, [50, 10, 90], axis=0) + shift
-        return 10 ** q[0], 10 ** q[1], 10 ** q[2]
-
-    def evidence(self, X: Any) -> np.ndarray:
-        """Kernel-weighted count of scored meta-dataset rows of the same optimizer near each row."""
-        _, numeric, domains, optimizers = self._design(X)
-        z = self.encoding_.standardise(numeric)
-        out = np.zeros(len(z))
-        for i in range(len(z)):
-            same = self.train_optimizer_ == optimizers[i]
-            if not same.any():
-                continue
-            d = trait_distances(
-                z[i], domains[i], self.train_z_[same], self.train_domain_[same], self.domain_distance, self.unknown_distance
-            )
-            out[i] = kernel_weights(d, self.bandwidth).sum()
-        return out
-
-    def learned_weight(self, X: Any) -> np.ndarray:
-        """How much the recommender trusts this model per row: n_near / (n_near + evidence_k)."""
-        n = self.evidence(X)
-        return n / (n + self.evidence_k)
+    def predict_per_tree(self, X: Any) -> np.ndarray:
+        """Per-tree predictions, shape (n_trees, n_rows)."""
+        design = self._design(X).astype(np.float32)
+        return np.stack([t.predict(design) for t in self.forest_.estimators_])
 
     # --- export ------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fitted model as plain numpy arrays (for ``np.savez``; no pickle needed to load)."""
-        check_is_fitted(self, "score_forest_")
+        check_is_fitted(self, "forest_")
         arrays: dict[str, np.ndarray] = {}
         arrays.update(self.encoding_.to_arrays())
-        arrays.update(_flatten_forest(self.score_forest_, "score_"))
-        if self.lr_forest_ is not None:
-            arrays.update(_flatten_forest(self.lr_forest_, "lr_"))
-        exps = self.lr_batch_exponents or {}
-        arrays["exp_names"] = np.array(sorted(exps), dtype=str)
-        arrays["exp_values"] = np.array([float(exps[k]) for k in sorted(exps)], dtype=float)
-        arrays["train_z"] = self.train_z_
-        arrays["train_domain"] = self.train_domain_
-        arrays["train_optimizer"] = self.train_optimizer_
+        arrays.update(_flatten_forest(self.forest_, "regret_"))
+        opts = self.encoding_.optimizers
+        arrays["lr_range"] = np.array([self.lr_range_[o] for o in opts], dtype=float).reshape(len(opts), 2)
+        arrays["instances"] = np.array(self.instances_, dtype=str)
+        arrays["instance_z"] = self.instance_z_
+        arrays["instance_numeric"] = self.instance_numeric_
+        arrays["instance_domain"] = self.instance_domain_
+        arrays["instance_family"] = self.instance_family_
+        arrays["instance_best_regret"] = self.instance_best_regret_
+        arrays["instance_best_lr"] = self.instance_best_lr_
         arrays["params"] = np.array(
-            [self.bandwidth, self.domain_distance, self.evidence_k, REFERENCE_BATCH, self.unknown_distance], dtype=float
+            [self.bandwidth, self.domain_distance, self.evidence_k, self.unknown_distance, self.n_rows_], dtype=float
         )
+        arrays["estimator_json"] = np.array(json.dumps({k: v for k, v in self.get_params().items() if k != "catalog"}))
         return arrays
 
 
-def _flatten_forest(forest: ExtraTreesRegressor, prefix: str) -> dict[str, np.ndarray]:
+def _catalog() -> dict[str, dict[str, Any]]:
+    from autoopt.core.catalog import CATALOG
+
+    return {name: spec.to_dict() for name, spec in CATALOG.items()}
+
+
+def _flatten_forest(forest: Any, prefix: str) -> dict[str, np.ndarray]:
     """Concatenate the trees' node arrays; child indices become global, leaves stay -1."""
     lefts, rights, feats, thrs, vals, roots = [], [], [], [], [], []
     offset = 0
@@ -276,10 +253,50 @@ def _flatten_forest(forest: ExtraTreesRegressor, prefix: str) -> dict[str, np.nd
         roots.append(offset)
         offset += t.node_count
     return {
-        prefix + "left": np.concatenate(lefts),
-        prefix + "right": np.concatenate(rights),
-        prefix + "feature": np.concatenate(feats),
+        prefix + "left": np.concatenate(lefts).astype(np.int32),
+        prefix + "right": np.concatenate(rights).astype(np.int32),
+        prefix + "feature": np.concatenate(feats).astype(np.int16),
         prefix + "threshold": np.concatenate(thrs),
-        prefix + "value": np.concatenate(vals),
+        prefix + "value": np.concatenate(vals).astype(np.float32),
         prefix + "roots": np.array(roots, dtype=np.int64),
     }
+
+
+# ============================================================================ selection
+def select_estimator(
+    grids: Mapping[str, Any],
+    candidates: Sequence[Mapping[str, Any]] = CANDIDATES,
+    *,
+    n_folds: int = 5,
+    n_estimators: int = 40,
+    catalog: dict | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the best candidate's params, the CV table) by leave-family-out cross-validation.
+
+    Families are split into at most ``n_folds`` groups; each candidate is fitted on the other
+    groups and judged on what it is for: the true regret, on the held-out tasks' grids, of each
+    optimizer at the lr the model picks for it (:meth:`CompiledModel.best_lrs`).
+    """
+    from autoopt.recommend.recommender import CompiledModel
+    from autoopt.recommend.regret import training_rows
+
+    families = sorted({g.family for g in grids.values()})
+    if len(families) < 2:
+        return dict(candidates[0]), []
+    groups = [families[i::min(n_folds, len(families))] for i in range(min(n_folds, len(families)))]
+    table = []
+    for cand in candidates:
+        losses = []
+        for held in groups:
+            train = [g for g in grids.values() if g.family not in held]
+            test = [g for g in grids.values() if g.family in held]
+            rows = training_rows(train)
+            model = RegretModel(n_estimators=n_estimators, catalog=catalog, **cand).fit(rows, [r["regret"] for r in rows])
+            compiled = CompiledModel(model.to_arrays())
+            for g in test:
+                opts = [o for o in g.curves if o in compiled.optimizers]
+                picks = compiled.best_lrs(g.traits, opts)
+                losses.extend(g.lookup(o, picks[o].lr)[0] for o in opts)
+        table.append({**cand, "cv_regret_at_picked_lr": round(float(np.mean(losses)), 4) if losses else math.nan})
+    best = min(range(len(table)), key=lambda i: (table[i]["cv_regret_at_picked_lr"], i))
+    return dict(candidates[best]), table

@@ -1,25 +1,28 @@
 """Rank optimizers for a task: the rule prior, blended with the learned model as evidence grows.
 
-For each catalog optimizer that can run on the task:
+For each catalog optimizer that can run on the task, in regret units (0 = a task's best
+configuration, 1 = the median of its lr x optimizer grid):
 
-* prior  p = logistic(sum of fired rule weights - memory penalty)        (rules.py)
-* model  m ± s from the fitted ensemble, with n_near = kernel-weighted meta-dataset rows of
-  that optimizer near the query in standardised trait space                (model.py)
-* score  = w m + (1 - w) p with w = n_near / (n_near + k): the documents decide where there is
-  no evidence, the studies decide where there is a lot.
+* prior    p = logistic(sum of fired rule weights - memory penalty), as regret (1 - p) / p  (rules.py)
+* model    its best lr (argmin over a fine lr grid), the predicted regret there ± the trees'
+           spread, and n_near = kernel-weighted meta-dataset tasks near the query     (model.py)
+* blend    w r_model + (1 - w) r_prior with w = n_near / (n_near + k): the documents decide where
+           there is no evidence (and when the query is outside the zoo's traits), the data where
+           there is a lot; ``score`` = 1 / (1 + blended regret).
 
-Hyperparameters come the same way: the rules' values (each with the rule behind it), the
-learned learning rate blended in log space with weight w, the schedule from rule votes
-blended with what won in the similar studies.
+The answer is a portfolio (portfolio.py): the first pick has the lowest expected regret, each next
+pick most lowers the expected best-of. Where the data moves a rule's favourite out of first place
+or out of the top 3, the answer says which rule and on what evidence (``overrides``).
+Hyperparameters: the rules' values (each with the rule behind it); the learned lr blended in log
+space with weight w; the schedule from rule votes blended with the policy the zoo measured.
 
 This module imports neither torch nor scikit-learn: the shipped model is read from plain
 arrays (data/model.npz) and the optimizer catalog is torch-free data (autoopt.core.catalog), so
-``autoopt recommend`` answers in well under 2 seconds.
+``autoopt recommend`` answers in well under a second.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,18 +34,34 @@ import numpy as np
 
 from autoopt.core.catalog import CATALOG, SCHEDULERS
 from autoopt.core.traits import QUERY, TaskTraits, human_bytes
-from autoopt.recommend.features import TraitEncoding, kernel_weights, lr_batch_shift, numeric_row, trait_distances
+from autoopt.recommend.features import NUMERIC_FEATURES, TraitEncoding, kernel_weights, numeric_row, trait_distances
+from autoopt.recommend.portfolio import DEFAULT_SCENARIOS, greedy, prior_scenarios
 from autoopt.recommend.rules import CONFIG_KEYS, Advice, OptimizerAdvice, RuleBook, lr_from_rule
+from autoopt.recommend.sweep import SWEEP_PARAMS
 
 DATA_DIR = Path(__file__).with_name("data")
 MODEL_FILE = "model.npz"
 #: Standard deviation of the rule prior (it encodes advice, not measurements).
 PRIOR_STD = 0.2
-#: Meta-dataset rows of the query's domain within this many kernel bandwidths (kernel weight
+#: Meta-dataset tasks of the query's domain within this many kernel bandwidths (kernel weight
 #: >= 0.2) count as "similar studies" in the explanation.
 SIMILAR_BANDWIDTHS = 1.8
 #: Bytes per stored value of optimizer state (fp32).
 STATE_BYTES = 4
+#: A rule whose favourite loses its place in the top 3 is reported as overridden when it gives
+#: that favourite at least this weight (the documents' main recommendations; weaker rules only
+#: when their favourite loses first place).
+STRONG_RULE_WEIGHT = 1.0
+#: The data may take first place from the rules' favourite only with at least this learned
+#: weight (n_near / (n_near + k)): strong evidence near the queried traits.
+STRONG_EVIDENCE_WEIGHT = 0.5
+#: Evidence (tasks) a library-default lr counts for when blended with the learned lr; an lr
+#: from advice (a scaling rule, DCGAN, Lion's README) counts for the model's ``evidence_k``.
+DEFAULT_LR_K = 0.25
+#: How reasons that come from the data cite it.
+ZOO_SOURCE = "zoo meta-dataset (autoopt/recommend/data/zoo)"
+#: Portfolio positions chosen greedily when every optimizer is asked for (the rest by expected regret).
+PORTFOLIO_DEPTH = 5
 
 
 def user_dir() -> Path:
@@ -87,9 +106,23 @@ class CatalogView:
 
 
 # ============================================================================ compiled model
+#: The best-lr search: step (decades) of the fine lr grid, and the half-width (decades) of the
+#: window each tree's curve is averaged over before the argmin, so the pick sits inside a good
+#: plateau rather than at the edge of a cliff (just below divergence).
+LR_STEP = 0.05
+LR_SMOOTH = 0.25
+#: The suggested lr range: where the smoothed predicted regret is within this of the best.
+LR_RANGE_MARGIN = 0.15
+#: How far outside the meta-dataset's trait range a query may be before the answer says it is
+#: extrapolating: log2 batch size, log10 parameters, log10 examples.
+EXTRAPOLATION_MARGIN = {0: 1.0, 2: 0.5, 3: 0.5}
+#: The learned model's weight is multiplied by this when extrapolating: the rules decide.
+EXTRAPOLATION_WEIGHT = 0.15
+
+
 @dataclass
 class ModelAnswer:
-    """The learned model's view of one optimizer for one query."""
+    """The learned model's view of one optimizer for one query (regret: 0 = best, 1 = a grid's median)."""
 
     score: float | None
     score_std: float | None
@@ -98,6 +131,10 @@ class ModelAnswer:
     lr_high: float | None
     n_near: float
     weight: float
+    regret: float | None = None
+    regret_std: float | None = None
+    per_tree: np.ndarray | None = None
+    lr_weight: float = 0.0
 
 
 class ModelFileError(ValueError):
@@ -105,25 +142,29 @@ class ModelFileError(ValueError):
 
 
 class CompiledModel:
-    """A fitted :class:`~autoopt.recommend.model.OptimizerScoreModel` evaluated with numpy only.
+    """A fitted :class:`~autoopt.recommend.model.RegretModel` evaluated with numpy only.
 
-    Loaded from ``np.load`` (no pickle); predictions equal the estimator's (tested).
+    Loaded from ``np.load`` (no pickle); its per-tree predictions equal the estimator's (tested).
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], origin: str = "memory"):
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
         self.origin = origin
         self.encoding = TraitEncoding.from_arrays(self.arrays)
-        self.bandwidth, self.domain_distance, self.evidence_k, self.reference_batch, self.unknown_distance = (
+        self.bandwidth, self.domain_distance, self.evidence_k, self.unknown_distance, n_rows = (
             float(x) for x in self.arrays["params"]
         )
-        self.exponents = dict(zip((str(n) for n in self.arrays["exp_names"]), (float(v) for v in self.arrays["exp_values"])))
-        self.train_z = np.atleast_2d(self.arrays["train_z"]).astype(float)
-        self.train_domain = self.arrays["train_domain"].astype(str)
-        self.train_optimizer = self.arrays["train_optimizer"].astype(str)
-        self.has_lr = "lr_roots" in self.arrays
-        # optional per-row details for showing evidence (written by meta.fit_model)
-        self.rows: list[dict[str, Any]] = json.loads(str(self.arrays["rows_json"])) if "rows_json" in self.arrays else []
+        self.n_rows = int(n_rows)
+        self.lr_range = {o: tuple(r) for o, r in zip(self.encoding.optimizers, self.arrays["lr_range"].astype(float))}
+        self.instances = [str(i) for i in self.arrays["instances"]]
+        self.instance_z = np.atleast_2d(self.arrays["instance_z"]).astype(float)
+        self.instance_numeric = np.atleast_2d(self.arrays["instance_numeric"]).astype(float)
+        self.instance_domain = self.arrays["instance_domain"].astype(str)
+        self.instance_family = self.arrays["instance_family"].astype(str)
+        self.best_regret = np.atleast_2d(self.arrays["instance_best_regret"]).astype(float)
+        self.best_lr = np.atleast_2d(self.arrays["instance_best_lr"]).astype(float)
+        self.o_index = {o: j for j, o in enumerate(self.encoding.optimizers)}
+        self.n_trees = len(self.arrays["regret_roots"])
 
     @classmethod
     def load(cls, path: str | Path) -> "CompiledModel":
@@ -143,75 +184,133 @@ class CompiledModel:
             ) from None
 
     @classmethod
-    def from_estimator(cls, estimator: Any, rows: list[dict[str, Any]] | None = None) -> "CompiledModel":
-        arrays = estimator.to_arrays()
-        if rows is not None:
-            arrays["rows_json"] = np.array(json.dumps(rows))
-        return cls(arrays)
+    def from_estimator(cls, estimator: Any) -> "CompiledModel":
+        return cls(estimator.to_arrays())
 
     @property
     def optimizers(self) -> list[str]:
         return self.encoding.optimizers
 
     @property
-    def n_rows(self) -> int:
-        return len(self.train_optimizer)
+    def families(self) -> list[str]:
+        return sorted(set(self.instance_family))
 
-    def _forest(self, prefix: str, X: np.ndarray) -> np.ndarray:
+    def per_tree(self, X: np.ndarray) -> np.ndarray:
         """Per-tree predictions, shape (n_trees, n_rows); same float32 comparisons as sklearn."""
         a = self.arrays
-        left, right = a[prefix + "left"], a[prefix + "right"]
-        feature, threshold, value = a[prefix + "feature"], a[prefix + "threshold"], a[prefix + "value"]
-        roots = a[prefix + "roots"]
+        left, right = a["regret_left"], a["regret_right"]
+        feature, threshold, value = a["regret_feature"], a["regret_threshold"], a["regret_value"]
         X32 = np.asarray(X, dtype=np.float32).astype(np.float64)
         n = X32.shape[0]
-        node = np.repeat(roots[:, None], n, axis=1)
+        node = np.repeat(a["regret_roots"][:, None], n, axis=1)
         cols = np.broadcast_to(np.arange(n)[None, :], node.shape)
         active = left[node] != -1
         while active.any():
             f = np.where(active, feature[node], 0)
             go_left = X32[cols, f] <= threshold[node]
-            nxt = np.where(go_left, left[node], right[node])
-            node = np.where(active, nxt, node)
+            node = np.where(active, np.where(go_left, left[node], right[node]), node)
             active = left[node] != -1
-        return value[node]
+        return value[node].astype(np.float64)
 
-    def design(self, traits: TaskTraits, optimizers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def design(self, traits: Any, optimizers: list[str], lrs: Iterable[float]) -> np.ndarray:
         numeric = numeric_row(traits)
-        rows = np.repeat(numeric[None, :], len(optimizers), axis=0)
-        return self.encoding.design(rows, [traits.domain] * len(optimizers), optimizers), numeric
+        lrs = list(lrs)
+        rows = np.repeat(numeric[None, :], len(lrs), axis=0)
+        return self.encoding.design(rows, [_domain(traits)] * len(lrs), optimizers, lrs)
 
-    def evidence(self, traits: TaskTraits, optimizer: str) -> tuple[float, np.ndarray, np.ndarray]:
-        """(n_near, indices of this optimizer's training rows, their distances)."""
-        idx = np.flatnonzero(self.train_optimizer == optimizer)
+    def evidence(self, traits: Any, optimizer: str, *, any_domain: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+        """(n_near, indices of the tasks that ran this optimizer, their trait distances).
+
+        ``any_domain``: count tasks of every domain alike (the evidence for placing the lr,
+        which follows batch, model and data size more than the domain's name).
+        """
+        j = self.o_index.get(optimizer)
+        if j is None:
+            return 0.0, np.zeros(0, dtype=int), np.zeros(0)
+        idx = np.flatnonzero(np.isfinite(self.best_regret[:, j]))
         if not len(idx):
             return 0.0, idx, np.zeros(0)
         z = self.encoding.standardise(numeric_row(traits))[0]
         d = trait_distances(
-            z, traits.domain, self.train_z[idx], self.train_domain[idx], self.domain_distance, self.unknown_distance
+            z, _domain(traits), self.instance_z[idx], self.instance_domain[idx],
+            0.0 if any_domain else self.domain_distance, self.unknown_distance,
         )
         return float(kernel_weights(d, self.bandwidth).sum()), idx, d
 
-    def answer(self, traits: TaskTraits, optimizers: list[str]) -> dict[str, ModelAnswer]:
-        known = [o for o in optimizers if o in set(self.optimizers)]
-        out = {o: ModelAnswer(None, None, None, None, None, 0.0, 0.0) for o in optimizers}
+    def extrapolating(self, traits: Any) -> list[dict[str, Any]]:
+        """The query's traits that lie outside the meta-dataset's range (by more than a margin)."""
+        q = numeric_row(traits)
+        out = []
+        for col, margin in EXTRAPOLATION_MARGIN.items():
+            if not np.isfinite(q[col]):
+                continue
+            lo, hi = np.nanmin(self.instance_numeric[:, col]), np.nanmax(self.instance_numeric[:, col])
+            if q[col] < lo - margin or q[col] > hi + margin:
+                base = 2.0 if col == 0 else 10.0
+                out.append({"trait": NUMERIC_FEATURES[col].split("_", 1)[1], "value": _sig(base ** q[col]),
+                            "range": [_sig(base ** lo), _sig(base ** hi)]})
+        return out
+
+    def lr_curves(self, traits: Any, optimizers: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """optimizer -> (log10 lr grid, per-tree smoothed predicted regret (n_trees, n_lr))."""
+        known = [o for o in optimizers if o in self.o_index]
+        grids = {o: np.arange(self.lr_range[o][0], self.lr_range[o][1] + LR_STEP / 2, LR_STEP) for o in known}
         if not known:
-            return out
-        X, numeric = self.design(traits, known)
-        per_tree = self._forest("score_", X)
-        mean, std = per_tree.mean(axis=0), per_tree.std(axis=0)
-        lr = lo = hi = [None] * len(known)
-        if self.has_lr:
-            batch_log2 = self.encoding.impute(numeric[None, :])[0, 0]
-            shift = lr_batch_shift([self.exponents.get(o, 0.5) for o in known], batch_log2, self.reference_batch)
-            q = np.percentile(self._forest("lr_", X), [50, 10, 90], axis=0) + shift
-            lr, lo, hi = (10 ** q[0]).tolist(), (10 ** q[1]).tolist(), (10 ** q[2]).tolist()
-        for i, o in enumerate(known):
-            n_near = self.evidence(traits, o)[0]
+            return {}
+        opts = [o for o in known for _ in grids[o]]
+        lrs = np.concatenate([10 ** grids[o] for o in known])
+        per_tree = self.per_tree(self.design(traits, opts, lrs))
+        out, start = {}, 0
+        half = int(round(LR_SMOOTH / LR_STEP))
+        kernel = np.ones(2 * half + 1)
+        for o in known:
+            n = len(grids[o])
+            raw = per_tree[:, start:start + n]
+            start += n
+            padded = np.pad(raw, ((0, 0), (half, half)), mode="edge")
+            smooth = np.stack([np.convolve(row, kernel, mode="valid") / kernel.sum() for row in padded])
+            out[o] = (grids[o], smooth)
+        return out
+
+    def best_lrs(self, traits: Any, optimizers: list[str]) -> dict[str, ModelAnswer]:
+        """Each optimizer's predicted best lr, its range, regret and uncertainty (no evidence weighting)."""
+        out = {}
+        for o, (grid, curves) in self.lr_curves(traits, optimizers).items():
+            mean = curves.mean(axis=0)
+            i = int(np.argmin(mean))
+            ok = mean <= mean[i] + LR_RANGE_MARGIN
+            lo = i
+            while lo > 0 and ok[lo - 1]:
+                lo -= 1
+            hi = i
+            while hi < len(ok) - 1 and ok[hi + 1]:
+                hi += 1
+            regret = float(mean[i])
             out[o] = ModelAnswer(
-                float(mean[i]), float(std[i]), lr[i], lo[i], hi[i], n_near, n_near / (n_near + self.evidence_k)
+                score=1.0 / (1.0 + regret), score_std=float(curves[:, i].std()) / (1.0 + regret) ** 2,
+                lr=float(10 ** grid[i]), lr_low=float(10 ** grid[lo]), lr_high=float(10 ** grid[hi]),
+                n_near=0.0, weight=0.0, regret=regret, regret_std=float(curves[:, i].std()), per_tree=curves[:, i],
             )
         return out
+
+    def answer(self, traits: Any, optimizers: list[str]) -> dict[str, ModelAnswer]:
+        out = {o: ModelAnswer(None, None, None, None, None, 0.0, 0.0) for o in optimizers}
+        for o, m in self.best_lrs(traits, optimizers).items():
+            m.n_near = self.evidence(traits, o)[0]
+            m.weight = m.n_near / (m.n_near + self.evidence_k)
+            n_lr = self.evidence(traits, o, any_domain=True)[0]
+            m.lr_weight = n_lr / (n_lr + self.evidence_k)
+            out[o] = m
+        return out
+
+
+def _sig(v: float) -> float:
+    """A trait value for display: whole counts as integers, small values to 3 significant digits."""
+    return float(round(v)) if v >= 100 else float(f"{v:.3g}")
+
+
+def _domain(traits: Any) -> str:
+    return traits.domain if isinstance(traits, TaskTraits) else str(traits["domain"])
 
 
 # ============================================================================ answers
@@ -234,6 +333,10 @@ class Recommendation:
     hparam_sources: dict[str, str]
     evidence: dict[str, Any]
     trial_config: dict[str, Any]
+    predicted_regret: float | None = None
+    predicted_regret_std: float | None = None
+    portfolio_best_of: float | None = None
+    scenarios: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +355,9 @@ class Recommendation:
             "hparam_sources": self.hparam_sources,
             "evidence": self.evidence,
             "trial_config": self.trial_config,
+            "predicted_regret": None if self.predicted_regret is None else round(self.predicted_regret, 4),
+            "predicted_regret_std": None if self.predicted_regret_std is None else round(self.predicted_regret_std, 4),
+            "portfolio_best_of": None if self.portfolio_best_of is None else round(self.portfolio_best_of, 4),
         }
 
 
@@ -266,6 +372,8 @@ class RecommendationSet:
     unmapped: list[dict[str, Any]]
     model: dict[str, Any]
     fired_rules: list[str] = field(default_factory=list)
+    overrides: list[dict[str, Any]] = field(default_factory=list)
+    extrapolating: list[dict[str, Any]] = field(default_factory=list)
 
     def __iter__(self):
         return iter(self.recommendations)
@@ -289,6 +397,8 @@ class RecommendationSet:
             "unmapped": self.unmapped,
             "fired_rules": self.fired_rules,
             "model": self.model,
+            "overrides": self.overrides,
+            "extrapolating": self.extrapolating,
         }
 
 
@@ -301,11 +411,10 @@ class Recommender:
         rules: RuleBook | None = None,
         model: CompiledModel | Any | None = None,
         catalog: CatalogView | None = None,
-        rows: list[dict[str, Any]] | None = None,
     ):
         self.rules = rules or RuleBook.load()
         if model is not None and not isinstance(model, CompiledModel):
-            model = CompiledModel.from_estimator(model, rows)  # a fitted OptimizerScoreModel
+            model = CompiledModel.from_estimator(model)  # a fitted RegretModel
         self.model: CompiledModel | None = model
         self.catalog = catalog or CatalogView.current()
 
@@ -314,28 +423,75 @@ class Recommender:
         return _default_recommender(str(model_path) if model_path else str(default_model_path()))
 
     # --- scoring -----------------------------------------------------------------------
-    def rank(self, traits: Any, top: int | None = 5, **overrides: Any) -> RecommendationSet:
-        """Ranked recommendations for ``traits`` (TaskTraits, TaskTraits, Task, dict or keywords)."""
+    def rank(self, traits: Any, top: int | None = 5, *, candidates: Iterable[str] | None = None,
+             **overrides: Any) -> RecommendationSet:
+        """Recommendations for ``traits`` (TaskTraits, Task, dict or keywords), in portfolio order.
+
+        The first is the configuration with the lowest expected regret; each next one is the one
+        that most lowers the expected regret of the best of those before it (:mod:`portfolio`).
+        ``candidates``: only these optimizers (e.g. the ones an evaluation can look up).
+        """
         t = TaskTraits.from_any(traits, **overrides) if not isinstance(traits, TaskTraits) or overrides else traits
         advice = self.rules.advise(t, self.catalog.names)
         excluded: dict[str, str] = {}
         feasible: list[str] = []
+        allowed = set(candidates) if candidates is not None else None
         for name in self.catalog.names:
+            if allowed is not None and name not in allowed:
+                continue
             ok, why = self.catalog.applicable(name, t)
             (feasible.append(name) if ok else excluded.__setitem__(name, why or "not applicable"))
         answers = self.model.answer(t, feasible) if self.model is not None else {}
+        extrapolating = self.model.extrapolating(t) if self.model is not None else []
+        if extrapolating:
+            for m in answers.values():
+                m.weight *= EXTRAPOLATION_WEIGHT
+                m.lr_weight *= EXTRAPOLATION_WEIGHT
         recs = [self._recommend_one(t, advice, advice.optimizers[name], answers.get(name)) for name in feasible]
-        recs.sort(key=lambda r: (-r.score, -r.prior_score, r.optimizer))
+        k = PORTFOLIO_DEPTH if top is None else top
+        order, best_of = self._portfolio(recs, k)
+        ruled, _ = self._portfolio(recs, k, prior_only=True)
+        if order and order[0] != ruled[0] and recs[order[0]].learned_weight < STRONG_EVIDENCE_WEIGHT:
+            # the guidance keeps first place unless the data near these traits is strong
+            order, best_of = self._portfolio(recs, k, first=ruled[0])
+        recs = [recs[i] for i in order]
         for i, r in enumerate(recs, 1):
             r.rank = i
+            r.portfolio_best_of = best_of[i - 1] if i <= len(best_of) else None
+            if r.learned_weight > 0:
+                r.reasons.append({
+                    "rule": "zoo-evidence", "weight": 0.0, "sources": [ZOO_SOURCE], "source_ids": [],
+                    "text": f"The zoo's tasks near these traits (evidence {r.evidence.get('n_near', 0.0):.1f} tasks, "
+                            f"weight {r.learned_weight:.2f}) predict regret {r.predicted_regret:.2f} at lr "
+                            f"{r.hyperparameters['lr']:.3g} (0 = a task's best configuration, 1 = its grid's median).",
+                })
+            if 1 < i <= len(best_of):
+                r.reasons.append({
+                    "rule": "portfolio", "weight": 0.0, "sources": [ZOO_SOURCE if self.model else "rule prior"],
+                    "source_ids": [],
+                    "text": f"Portfolio pick: with it the expected regret of the best of the first {i} falls from "
+                            f"{best_of[i - 2]:.3f} to {best_of[i - 1]:.3f} (it does well where the ones before it may not).",
+                })
+        overrides_found = self._overrides(advice, recs, [r.optimizer for r in recs], self._names(ruled, feasible))
+        if overrides_found and recs:
+            recs[0].reasons.insert(0, {
+                "rule": "data-override", "text": " ".join(o["text"] for o in overrides_found),
+                "sources": [ZOO_SOURCE], "source_ids": [], "weight": 0.0,
+                "overrides": [o["rule"] for o in overrides_found],
+            })
+        notes = [{"text": note, "rule": rule.id, "sources": self.rules.source_files(rule)} for note, rule in advice.notes]
+        if extrapolating:
+            what = "; ".join(f"{e['trait']} {e['value']:.4g} (meta-dataset {e['range'][0]:.3g}-{e['range'][1]:.3g})"
+                             for e in extrapolating)
+            notes.insert(0, {"text": f"Extrapolating: {what} lies outside the tasks the model learned from, "
+                                     "so the rules decide (the learned model's weight is cut to "
+                                     f"{EXTRAPOLATION_WEIGHT:.0%}).", "rule": "extrapolation", "sources": []})
         if top is not None:
             recs = recs[:top]
         return RecommendationSet(
             traits=t,
             recommendations=recs,
-            notes=[
-                {"text": note, "rule": rule.id, "sources": self.rules.source_files(rule)} for note, rule in advice.notes
-            ],
+            notes=notes,
             excluded=excluded,
             unmapped=[
                 {"name": name, "rule": rule.id, "why": why} for name, rule, why in _dedupe_unmapped(advice.unmapped)
@@ -344,12 +500,77 @@ class Recommender:
                 "fitted": self.model is not None,
                 "origin": self.model.origin if self.model else None,
                 "meta_rows": self.model.n_rows if self.model else 0,
+                "tasks": len(self.model.instances) if self.model else 0,
+                "families": len(self.model.families) if self.model else 0,
                 "evidence_k": self.model.evidence_k if self.model else None,
                 "catalog": self.catalog.origin,
                 "rules": self.rules.origin,
             },
             fired_rules=[r.id for r in advice.fired],
+            overrides=overrides_found,
+            extrapolating=extrapolating,
         )
+
+    @staticmethod
+    def _names(order: list[int], feasible: list[str]) -> list[str]:
+        return [feasible[i] for i in order]
+
+    def _portfolio(self, recs: list[Recommendation], k: int, prior_only: bool = False,
+                   first: int | None = None) -> tuple[list[int], list[float]]:
+        """Indices of ``recs`` in portfolio order (the first ``k`` greedy, the rest by expected regret)."""
+        if not recs:
+            return [], []
+        prior = np.array([_prior_regret(r.prior_score) for r in recs])
+        n = self.model.n_trees if self.model is not None else DEFAULT_SCENARIOS
+        scenarios = prior_scenarios(prior, [r.family or r.optimizer for r in recs], n)
+        point = prior
+        if not prior_only:
+            w = np.array([r.learned_weight for r in recs])
+            trees = np.stack([r.scenarios if r.scenarios is not None else np.full(n, prior[i]) for i, r in enumerate(recs)], axis=1)
+            scenarios = w[None, :] * trees + (1 - w[None, :]) * scenarios
+            point = np.array([r.predicted_regret for r in recs])
+        picks, best_of = greedy(point, scenarios, k, first=first)
+        rest = sorted((i for i in range(len(recs)) if i not in picks), key=lambda i: (point[i], recs[i].optimizer))
+        return picks + rest, best_of
+
+    def _overrides(self, advice: Advice, recs: list[Recommendation], final: list[str], ruled: list[str]) -> list[dict[str, Any]]:
+        """Rules whose favourite the rules alone would put first (or in the top 3) and the data moved out."""
+        if self.model is None or not final:
+            return []
+        by_name = {r.optimizer: r for r in recs}
+        weights: dict[str, dict[str, float]] = {}
+        for name, a in advice.optimizers.items():
+            for c in a.contributions:
+                weights.setdefault(c.rule.id, {})[name] = c.weight
+        out = []
+        k = min(3, len(final))
+        for rule in advice.fired:
+            w = {o: v for o, v in weights.get(rule.id, {}).items() if v > 0 and o in by_name}
+            if not w:
+                continue
+            favoured = {o for o, v in w.items() if v == max(w.values())}
+            first_lost = ruled[0] in favoured and final[0] not in favoured
+            strong = max(w.values()) >= STRONG_RULE_WEIGHT
+            top_lost = strong and favoured & set(ruled[:k]) and not favoured & set(final[:k])
+            if not (first_lost or top_lost):
+                continue
+            fav = ruled[0] if first_lost else sorted(favoured & set(ruled[:k]))[0]
+            mine, theirs = by_name[final[0]], by_name[fav]
+            out.append({
+                "rule": rule.id,
+                "favours": fav,
+                "instead": final[0],
+                "position": "first" if first_lost else f"top {k}",
+                "evidence": {"n_near": round(mine.evidence.get("n_near", 0.0), 2),
+                             "similar_tasks": mine.evidence.get("similar_studies", 0),
+                             "predicted_regret": {final[0]: _r(mine.predicted_regret), fav: _r(theirs.predicted_regret)}},
+                "text": f"Overrides {rule.id} ({fav}): on the zoo's tasks near these traits (evidence "
+                        f"{mine.evidence.get('n_near', 0.0):.1f} tasks) {final[0]} at lr {mine.hyperparameters['lr']:.3g} "
+                        f"is predicted at regret {mine.predicted_regret:.2f}±{mine.predicted_regret_std or 0:.2f} vs "
+                        f"{fav} at {theirs.predicted_regret:.2f}±{theirs.predicted_regret_std or 0:.2f} "
+                        "(0 = a task's best configuration, 1 = its grid's median).",
+            })
+        return out
 
     def _recommend_one(self, t: TaskTraits, advice: Advice, a: OptimizerAdvice, m: ModelAnswer | None) -> Recommendation:
         spec = self.catalog.optimizers[a.name]
@@ -382,10 +603,18 @@ class Recommender:
         prior = 1.0 / (1.0 + math.exp(-logit))
         n_support = len(a.supporting)
         prior_std = PRIOR_STD / math.sqrt(1.0 + n_support)
-        w = m.weight if m and m.score is not None else 0.0
+        # blend in regret units (0 = a task's best configuration, 1 = its grid's median): the
+        # prior p becomes the regret whose score 1 / (1 + regret) is p
+        prior_regret, prior_regret_std = _prior_regret(prior), prior_std / prior**2
         learned = m.score if m and m.score is not None else None
-        score = w * learned + (1 - w) * prior if learned is not None else prior
-        std = math.sqrt((w * (m.score_std or 0.0)) ** 2 + ((1 - w) * prior_std) ** 2) if learned is not None else prior_std
+        w = m.weight if learned is not None else 0.0
+        if learned is not None:
+            regret = w * m.regret + (1 - w) * prior_regret
+            regret_std = math.sqrt((w * (m.regret_std or 0.0)) ** 2 + ((1 - w) * prior_regret_std) ** 2)
+        else:
+            regret, regret_std = prior_regret, prior_regret_std
+        score = 1.0 / (1.0 + regret)
+        std = regret_std * score**2
         hparams, sources = self._hyperparameters(t, advice, a, m, w)
         evidence = self._evidence(t, a.name, m)
         n_params = t.n_params
@@ -414,6 +643,9 @@ class Recommender:
             hparam_sources=sources,
             evidence=evidence,
             trial_config=_trial_config(a.name, hparams, self.catalog),
+            predicted_regret=float(regret),
+            predicted_regret_std=float(regret_std),
+            scenarios=m.per_tree if learned is not None else None,
         )
 
     def _state_per_param(self, name: str) -> float | None:
@@ -450,17 +682,25 @@ class Recommender:
         lo, hi = a.ranges.get("lr", (lr / 10, lr * 10))
         if not lo <= lr <= hi:
             lo, hi = min(lo, lr / 3), max(hi, lr * 3)
-        if m is not None and m.lr is not None and w > 0:
-            lr = _geo_blend(m.lr, lr, w)
-            lo, hi = _geo_blend(m.lr_low, lo, w), _geo_blend(m.lr_high, hi, w)
-            sources["lr"] = f"learned model (weight {w:.2f}) + {sources.get('lr', 'catalog default')}"
+        w_lr = m.lr_weight if m is not None else 0.0
+        if w_lr > 0 and _is_default(sources.get("lr")):
+            # a library default says nothing about this task: weigh it as DEFAULT_LR_K tasks of evidence
+            n = w_lr * self.model.evidence_k / (1 - w_lr) if w_lr < 1 else math.inf
+            w_lr = n / (n + DEFAULT_LR_K) if math.isfinite(n) else 1.0
+        if m is not None and m.lr is not None and w_lr > 0:
+            lr = _geo_blend(m.lr, lr, w_lr)
+            lo, hi = _geo_blend(m.lr_low, lo, w_lr), _geo_blend(m.lr_high, hi, w_lr)
+            sources["lr"] = f"learned model (weight {w_lr:.2f}) + {sources.get('lr', 'catalog default')}"
+            for hp, v in SWEEP_PARAMS.get(name, {}).items():  # what the zoo measured the lr with
+                if hp in values:
+                    values[hp], sources[hp] = v, "the zoo sweep's setting (the learned lr was measured with it)"
         if lr_hp:
             lr = _clip_hp(lr_hp, lr)
             lo, hi = max(lo, lr_hp["low"]), min(hi, lr_hp["high"])
             lo, hi = min(lo, lr), max(hi, lr)
         values["lr"] = lr
         # schedule: rule votes, blended with what won in similar studies
-        sched, sched_src = self._scheduler(t, a, w)
+        sched, sched_src = self._scheduler(t, a, w_lr)
         sources["scheduler"] = sched_src
         sched_params = {
             k: v
@@ -502,38 +742,40 @@ class Recommender:
         return max(share, key=lambda s: (share[s], -names.index(s))), src
 
     def _evidence_schedulers(self, t: TaskTraits, name: str) -> dict[str, float]:
-        if self.model is None or not self.model.rows:
+        """The schedule the meta-dataset's lrs were measured with (the zoo's one policy)."""
+        if self.model is None or name not in self.model.o_index:
             return {}
-        _, idx, d = self.model.evidence(t, name)
-        wts = kernel_weights(d, self.model.bandwidth)
-        votes: dict[str, float] = {}
-        for i, wt in zip(idx, wts):
-            sched = (self.model.rows[i].get("best_config") or {}).get("scheduler")
-            if sched in self.catalog.schedulers:
-                votes[sched] = votes.get(sched, 0.0) + float(wt)
-        total = sum(votes.values())
-        return {s: v / total for s, v in votes.items()} if total > 0 else {}
+        return {"constant": 1.0} if name == "schedulefree_adamw" else {"cosine": 1.0}
 
     def _evidence(self, t: TaskTraits, name: str, m: ModelAnswer | None) -> dict[str, Any]:
         out: dict[str, Any] = {"n_near": round(m.n_near, 2) if m else 0.0, "similar_studies": 0}
-        if self.model is None:
+        if self.model is None or name not in self.model.o_index:
             return out
         _, idx, d = self.model.evidence(t, name)
         near = [
             int(i)
             for i, dist in zip(idx, d)
-            if dist <= SIMILAR_BANDWIDTHS * self.model.bandwidth and self.model.train_domain[i] == t.domain
+            if dist <= SIMILAR_BANDWIDTHS * self.model.bandwidth and self.model.instance_domain[i] == t.domain
         ]
         out["similar_studies"] = len(near)
-        if not near or not self.model.rows:
+        if not near:
             return out
-        rows = [self.model.rows[i] for i in near]
-        scores = [r["normalized_score"] for r in rows if r.get("normalized_score") is not None]
-        out["best_in"] = sum(1 for s in scores if s >= 0.999)
-        out["median_normalized_score"] = round(float(np.median(scores)), 3) if scores else None
-        best = max(rows, key=lambda r: r.get("normalized_score") or 0.0)
+        j = self.model.o_index[name]
+        regrets = self.model.best_regret[near]
+        tuned = regrets[:, j]
+        out["best_in"] = int(sum(1 for row in regrets if np.nanargmin(row) == j))
+        out["median_tuned_regret"] = round(float(np.median(tuned)), 3)
+        out["median_normalized_score"] = round(float(np.median(1.0 / (1.0 + tuned))), 3)
+        nearest = near[int(np.argmin([d[list(idx).index(i)] for i in near]))]
         out["example"] = {
-            k: best.get(k) for k in ("study", "task", "batch_size", "metric", "best_value", "normalized_score", "best_lr")
+            "study": self.model.instances[nearest],
+            "task": self.model.instance_family[nearest],
+            "batch_size": int(round(2 ** self.model.instance_numeric[nearest, 0])),
+            "best_lr": float(f"{self.model.best_lr[nearest, j]:.3g}"),
+            "tuned_regret": round(float(self.model.best_regret[nearest, j]), 3),
+            "metric": None,  # kept for the --json shape: zoo evidence is in regret units, not a metric's
+            "best_value": None,
+            "normalized_score": round(float(1.0 / (1.0 + self.model.best_regret[nearest, j])), 3),
         }
         return out
 
@@ -571,6 +813,20 @@ def _clip_hp(hp: Mapping[str, Any] | None, value: Any) -> Any:
         return 0.0 if hp["kind"] == "float" else 0
     v = min(max(float(value), hp["low"]), hp["high"])
     return int(round(v)) if hp["kind"] == "int" else v
+
+
+def _is_default(source: str | None) -> bool:
+    """Whether an lr comes from a library default (the catalog's, or 004's PyTorch defaults) rather than advice."""
+    return source in (None, "", "catalog default") or str(source).startswith("defaults-")
+
+
+def _prior_regret(prior: float) -> float:
+    """The regret whose score 1 / (1 + regret) is the prior ``prior``."""
+    return (1.0 - prior) / max(prior, 1e-6)
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 3)
 
 
 def _geo_blend(a: float | None, b: float, w: float) -> float:

@@ -1,0 +1,185 @@
+"""Two drivers on one study, on a real SQLite file and a real PostgreSQL: the trial budget is
+taken atomically (two processes racing for the last slots never overshoot ``n_trials``), and a
+driver that was only stalled keeps its trials: a stall both drivers went through (the storage
+locked for longer than ``stale_after_s``) reaps nobody, a worker that reports keeps its driver's
+session alive, and a stalled driver whose trial was reaped takes its queued re-run over."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+import uuid
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.core.traits import TaskTraits
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec
+from autoopt.storage import open_storage
+
+TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
+OUTCOME = {"status": "complete", "value": 0.75,
+           "history": [{"epoch": 1, "train_loss": 1.0, "val_metric": 0.7, "lr": 0.1, "seconds": 0.1},
+                       {"epoch": 2, "train_loss": 0.9, "val_metric": 0.75, "lr": 0.1, "seconds": 0.1}]}
+
+
+def make(url: str, name: str, n_trials: int | None = None, stale_after_s: float = 2.0,
+         heartbeat_s: float = 5.0) -> StudyCoordinator:
+    return StudyCoordinator(
+        name,
+        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw", "sgd"]), n_trials=n_trials),
+        ExecutionSpec(storage_retry_s=30, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s),
+        PlacesSpec(storage=url),
+        TaskFacts("maximize", TRAITS, max_epochs=3),
+        session=uuid.uuid4().hex[:12],
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def _drive(url: str, names: list[str], n_trials: int, start, out) -> None:
+    """One driver: take trials until the budget says no, finishing each at once. Its storage is
+    slow to create a trial (0.3 s before the INSERT, as on a loaded database server), so the two
+    drivers overlap between counting the budget and creating their trial."""
+    coordinators = [make(url, name, n_trials) for name in names]
+
+    def slow_insert(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith("INSERT INTO TRIALS "):
+            time.sleep(0.3)
+
+    sa.event.listen(coordinators[0].storage.engine, "before_cursor_execute", slow_insert)
+    start.wait(timeout=120)  # both have imported and connected: race from here
+    taken = 0
+    for c in coordinators:
+        while (item := c.ask()) is not None:
+            c.tell(item["number"], OUTCOME)
+            taken += 1
+    out.put(taken)
+
+
+def test_two_driver_processes_never_overshoot_the_budget(url):
+    names = [f"race-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    for name in names:  # created up front, so both drivers race for trials only
+        make(url, name, 3)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start = ctx.Barrier(2)
+    drivers = [ctx.Process(target=_drive, args=(url, names, 3, start, out)) for _ in range(2)]
+    for d in drivers:
+        d.start()
+    taken = [out.get(timeout=180) for _ in drivers]
+    for d in drivers:
+        d.join(timeout=30)
+    assert sum(taken) == 2 * 3, taken
+    for name in names:
+        trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, name
+
+
+def _hold_storage(url: str, seconds: float, locked: threading.Event) -> None:
+    """An outage both drivers go through: the storage answers nobody for ``seconds``."""
+    if url.startswith("sqlite"):
+        con = sqlite3.connect(url[len("sqlite:///"):], timeout=30)
+        con.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(seconds)
+        con.rollback()
+        con.close()
+        return
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("LOCK TABLE study_system_attributes, trials IN ACCESS EXCLUSIVE MODE"))
+        locked.set()
+        time.sleep(seconds)
+    engine.dispose()
+
+
+def test_an_outage_both_drivers_went_through_reaps_nobody(url):
+    name = f"stall-{uuid.uuid4().hex[:6]}"
+    a, b = make(url, name), make(url, name)
+    item = a.ask()
+    locked = threading.Event()
+    holder = threading.Thread(target=_hold_storage, args=(url, 3.0, locked))
+    holder.start()
+    locked.wait(10)
+    assert b.reap_stale() == []  # blocked by the outage, then finds its own heartbeat as old as a's
+    holder.join()
+    a.heartbeat()  # a is back within stale_after_s of the outage's end
+    assert b.reap_stale() == []
+    assert a.study.trials[item["number"]].state == TrialState.RUNNING
+    a.tell(item["number"], OUTCOME)
+    assert a.summary()["counts"]["complete"] == 1
+
+
+def test_a_reporting_worker_keeps_a_stalled_driver_alive(url):
+    name = f"busy-{uuid.uuid4().hex[:6]}"
+    a, b = make(url, name, heartbeat_s=0.5), make(url, name, heartbeat_s=0.5)
+    item = a.ask()
+    for epoch in range(1, 7):  # a's driver loop is stalled (no heartbeats), its worker reports
+        time.sleep(0.5)
+        assert a.report(item["number"], epoch, 0.5) is False
+        b.heartbeat()
+        assert b.reap_stale() == []
+    a.tell(item["number"], OUTCOME)
+    assert [t.state for t in b.study.trials] == [TrialState.COMPLETE]
+
+
+def test_a_stalled_driver_takes_its_reaped_trial_back(url):
+    name = f"back-{uuid.uuid4().hex[:6]}"
+    a, b = make(url, name, n_trials=2), make(url, name, n_trials=2)
+    first, second = a.ask(), a.ask()
+    assert a.report(first["number"], 1, 0.6) is False
+    time.sleep(2.5)  # a stalls for longer than stale_after_s while b goes on
+    b.heartbeat()
+    assert sorted(b.reap_stale()) == [first["number"], second["number"]]
+    rerun = b.ask()  # b takes one of the two queued re-runs; the other is still waiting
+    taken_by_b = rerun["number"]
+    assert a.report(first["number"], 2, 0.7) in (True, False)
+    a.tell(first["number"], OUTCOME)
+    a.tell(second["number"], OUTCOME)
+    b.tell(taken_by_b, OUTCOME)
+    trials = b.study.trials
+    counted = [t for t in trials if not t.user_attrs.get("autoopt.retried")]
+    assert len(counted) == 2 and all(t.state == TrialState.COMPLETE for t in counted)
+    reclaimed = [t for t in counted if "autoopt.reclaimed_from" in t.user_attrs]
+    assert len(reclaimed) == 1 and reclaimed[0].user_attrs["autoopt.session"] == a.session
+    original = trials[reclaimed[0].user_attrs["autoopt.reclaimed_from"]]
+    assert original.state == TrialState.FAIL and original.user_attrs["autoopt.reason"].startswith("abandoned")
+    assert reclaimed[0].params == original.params
+    assert reclaimed[0].user_attrs["autoopt.history"] == OUTCOME["history"]
+    assert a.summary()["counted"] == 2
+
+
+@pytest.mark.slow
+def test_two_autoopt_run_processes_share_one_budget(url, tmp_path):
+    """Two real `autoopt run` drivers (each with its own Ray) on one study: exactly n_trials
+    trials, all complete, none re-run, and neither driver reaps the other's live trials."""
+    import os
+    import subprocess
+    import sys
+
+    name = f"shared-{uuid.uuid4().hex[:6]}"
+    spec = tmp_path / "shared.yaml"
+    spec.write_text(f"name: {name}\ntask: tabular\ntask_options: {{size: 0.25, epochs: 2}}\nn_trials: 6\n"
+                    "workers: 1\npruner: none\ntracking: false\nspace: {optimizers: [adam], schedulers: [constant]}\n")
+    env = {**os.environ, "AUTOOPT_STORAGE": url, "AUTOOPT_HEARTBEAT_S": "1", "AUTOOPT_STALE_AFTER_S": "10"}
+    drivers = [subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", str(spec), "--json"], cwd=tmp_path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for d in drivers:
+        _, err = d.communicate(timeout=400)
+        assert d.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert not [t for t in trials if t.user_attrs.get("autoopt.retried") or t.user_attrs.get("autoopt.retry_of")]
+    assert len({t.user_attrs["autoopt.session"] for t in trials}) == 2  # both drivers ran trials

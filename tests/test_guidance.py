@@ -1,0 +1,104 @@
+"""The documents' guidance stays the default of the SHIPPED recommender (rules + the model learned
+from the zoo), asked as a user asks it.
+
+Two tables: the rows of issue 11 (answers that once contradicted GUIDANCE.md; they must follow
+it), and one query per rule of GUIDANCE.md's trait table. A per-rule row passes when the rule's
+optimizer is where the guidance puts it, or when the answer says that the data overrides that
+very rule (``overrides``, with its evidence): data may override a rule, but never silently.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from autoopt.core.traits import TaskTraits, parse_count
+from autoopt.recommend.recommender import Recommender, reload
+from autoopt.recommend.rules import RuleBook
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """The shipped model, never a developer's own (AUTOOPT_RECOMMEND_DIR points at an empty folder)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUTOOPT_RECOMMEND_DIR", str(tmp_path_factory.mktemp("user")))
+    reload()
+    rec = Recommender.default()
+    assert rec.model is not None, "the package ships a fitted model"
+    yield rec
+    mp.undo()
+    reload()
+
+
+ADAM_FAMILY = set(RuleBook.load().groups["adam_family"])
+
+
+def test_issue_rows_follow_the_guidance(shipped):
+    def top(k: int = 3, **q):
+        ans = shipped.rank(TaskTraits(**q), top=k)
+        return ans, ans.optimizers
+
+    ans, opts = top(domain="nlp", batch_size=64)
+    assert opts[0] in ADAM_FAMILY, opts  # NLP: the Adam family (AdamW)
+    ans, opts = top(domain="gan", batch_size=64)
+    assert opts[0] == "adam" and ans[0].hyperparameters["beta1"] == 0.5, opts  # DCGAN: Adam, beta1 0.5
+    _, opts = top(domain="rl", batch_size=256)
+    assert opts[0] == "adam", opts
+    _, opts = top(domain="cv", batch_size=256)
+    assert {"momentum", "nesterov"} & set(opts[:3]), opts  # SGD + momentum among the first picks
+    _, opts = top(domain="cv", batch_size=128, goal="generalization")
+    assert opts[0] in ("momentum", "nesterov"), opts
+    ans, opts = top(domain="recsys", batch_size=4096, sparse_gradients=True)
+    assert opts[0] in ("adagrad", "sparse_adam"), opts
+    assert {"batch"} <= {e["trait"] for e in ans.extrapolating}  # 4096 is beyond the zoo's batches
+
+
+#: (rule id, query, optimizers the rule recommends, within the first k)
+RULE_ROWS = [
+    ("cv-sgd-momentum", dict(domain="cv", batch_size=128), {"momentum", "nesterov"}, 1),
+    ("nlp-adamw", dict(domain="nlp", batch_size=32), {"adamw"}, 1),
+    ("rl-gan-speech-adam", dict(domain="speech", batch_size=64), {"adam"}, 1),
+    ("gan-adam-unstable-nsgda", dict(domain="gan", batch_size=64, flags={"adam_unstable"}), {"momentum"}, 1),
+    ("sparse-adagrad", dict(domain="other", batch_size=64, sparse_gradients=True), {"adagrad"}, 1),
+    ("sparse-adagrad-rmsprop", dict(domain="other", batch_size=64, sparse_gradients=True), {"adagrad", "rmsprop"}, 3),
+    ("sparse-gradients-sparseadam", dict(domain="other", batch_size=64, sparse_gradients=True), {"sparse_adam"}, 3),
+    ("small-batch-radam-sgd", dict(domain="other", batch_size=16), {"radam", "sgd"}, 3),
+    ("large-batch-adam", dict(domain="other", batch_size=256), {"adam"}, 3),
+    ("very-large-batch-lamb", dict(domain="other", batch_size=8192), {"lamb"}, 3),
+    ("goal-generalization-sgdm", dict(domain="tabular", batch_size=64, goal="generalization"), {"momentum", "nesterov"}, 1),
+    ("goal-fast-adam-radam", dict(domain="other", batch_size=64, goal="fast"), {"adam", "radam"}, 1),
+    ("hard-to-tune-radam", dict(domain="other", batch_size=64, flags={"hard_to_tune"}), {"radam"}, 1),
+    ("balanced-ranger", dict(domain="cv", batch_size=64, goal="balanced"), {"ranger"}, 3),
+    ("noisy-gradients-momentum", dict(domain="other", batch_size=64, flags={"noisy_gradients"}), {"momentum", "nesterov"}, 3),
+    ("simple-problem-sgd", dict(domain="other", batch_size=64, n_params=5000), {"sgd"}, 3),
+    ("deep-networks-adam-variants", dict(domain="other", batch_size=64, n_params=10_000_000),
+     {"adam", "adamw", "nadam", "amsgrad"}, 3),
+    ("adam-not-converging-yogi", dict(domain="other", batch_size=64, flags={"adam_not_converging"}), {"yogi"}, 2),
+    ("memory-limited-factored", dict(domain="nlp", n_params=parse_count("1.3B"), memory_limited=True), {"adafactor"}, 1),
+    ("full-batch-lbfgs-rprop", dict(domain="other", batch_size=500, dataset_size=400), {"lbfgs", "rprop"}, 3),
+]
+
+
+@pytest.mark.parametrize("rule, query, expected, k", RULE_ROWS, ids=[r[0] for r in RULE_ROWS])
+def test_each_guidance_rule_holds_or_is_overridden_with_evidence(shipped, rule, query, expected, k):
+    ans = shipped.rank(TaskTraits(**query), top=max(k, 3))
+    assert rule in ans.fired_rules
+    if expected & set(ans.optimizers[:k]):
+        return
+    overridden = {o["rule"]: o for o in ans.overrides}
+    assert rule in overridden, f"{rule}: {sorted(expected)} not in the first {k} of {ans.optimizers} and no override said so"
+    assert overridden[rule]["evidence"]["n_near"] > 0 and ans[0].reasons[0]["rule"] == "data-override"
+
+
+#: GUIDANCE.md's practice list, as hyperparameters of the first pick
+def test_guidance_hyperparameters(shipped):
+    first = lambda **q: shipped.rank(TaskTraits(**q), top=1)[0]  # noqa: E731
+    assert first(domain="other", batch_size=64, flags={"diverges"}).hyperparameters["grad_clip"] == 1.0
+    assert first(domain="other", batch_size=64, flags={"no_normalization"}).hyperparameters["grad_clip"] == 1.0
+    assert first(domain="other", batch_size=64, flags={"exploding_gradients"}).hyperparameters["grad_clip"] == 10.0
+    mom = first(domain="cv", batch_size=128)
+    assert mom.optimizer in ("momentum", "nesterov") and mom.hyperparameters["momentum"] in (0.9, 0.927)
+    nlp = shipped.rank(TaskTraits(domain="nlp", batch_size=32), top=None)
+    adamw = next(r for r in nlp if r.optimizer == "adamw")
+    assert 0 < adamw.hyperparameters["warmup_fraction"] <= 0.1  # warmup for transformers with Adam, <= 10%
+    sf = next(r for r in nlp if r.optimizer == "schedulefree_adamw")
+    assert sf.hyperparameters["scheduler"] == "constant"  # schedule-free: no schedule

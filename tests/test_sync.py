@@ -1,0 +1,117 @@
+"""MLflow outages lose nothing: a real `mlflow server` is down when the study starts, comes up
+mid-study, goes down again while trials run, and `autoopt sync` brings MLflow up to date from
+the Optuna storage (runs, curves, states, best config), without duplicates when run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+import autoopt
+from autoopt.spec import StudySpec
+from autoopt.sync import sync_study
+from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
+from autoopt.ui import start_ui, stop_ui
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(what: str, check, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _let_through(gate, n: int, start: int) -> None:
+    for i in range(start, start + n):
+        (gate / f"token-{i:03d}").touch()
+
+
+def test_mlflow_down_at_start_and_mid_study_loses_nothing(ray_local, workdir, monkeypatch):
+    monkeypatch.setenv("AUTOOPT_TRACKING_COOLDOWN_S", "1")
+    store = default_tracking_uri(workdir)
+    StudyTracker(TrackingConfig(tracking_uri=store, experiment_name="init")).start("init", {}, "tpe", "none", {})
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    gate = workdir / "gate"
+    gate.mkdir()
+    spec = StudySpec(name="outage", task="helper_tasks:GatedTask",
+                     task_options={"gate": str(gate), "size": 0.25, "epochs": 2}, n_trials=6, workers=2,
+                     pruner="none", tracking_uri=uri, space={"optimizers": ["adam"], "schedulers": ["constant"]})
+    url = f"sqlite:///{workdir}/autoopt-studies.db"
+
+    def study() -> optuna.Study:
+        return optuna.load_study(study_name="outage", storage=url)
+
+    def states() -> list[str]:
+        try:
+            return [t.state.name for t in study().trials]
+        except KeyError:
+            return []
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handle = autoopt.submit(spec)
+        _let_through(gate, 2, 0)  # trials 0-1 run while MLflow is down: untracked, and 2-3 start untracked
+        _wait_for("two untracked trials", lambda: states().count("COMPLETE") == 2)
+        server = start_ui(store, port=port, log_path=workdir / "server.log")
+        try:
+            # the driver notices the server is back: trials 4 and 5 start with live MLflow runs
+            _wait_for("the parent run", lambda: study().user_attrs.get("autoopt.mlflow_parent_run_id"))
+            _let_through(gate, 2, 2)
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name("outage")
+            _wait_for("two live trial runs", lambda: len(client.search_runs(
+                [experiment.experiment_id], "tags.`autoopt.role` = 'trial'")) == 2)
+        finally:
+            stop_ui(server)  # down again while those two run
+        (gate / "open").touch()
+        handle.wait(timeout=240)
+    assert states() == ["COMPLETE"] * 6
+
+    server = start_ui(store, port=port, log_path=workdir / "server.log")
+    try:
+        r = subprocess.run([sys.executable, "-m", "autoopt.cli", "sync", "outage", "--json"], cwd=workdir,
+                           capture_output=True, text=True, timeout=180, env={**os.environ, "AUTOOPT_STORAGE": url})
+        assert r.returncode == 0, r.stderr[-3000:]
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+        assert report["reachable"] and report["created"] == 4 and report["completed"] == 2, report
+        runs = client.search_runs([experiment.experiment_id], "tags.`autoopt.study` = 'outage'")
+        trial_runs = {int(x.data.tags["autoopt.trial_number"]): x for x in runs if x.data.tags["autoopt.role"] == "trial"}
+        assert sorted(trial_runs) == list(range(6))
+        for t in study().trials:
+            run = trial_runs[t.number]
+            assert run.info.status == "FINISHED"
+            assert run.data.params["optimizer"] == "adam"
+            curve = client.get_metric_history(run.info.run_id, "val_mse")
+            assert sorted(p.step for p in curve) == [1, 2]
+            assert [p.value for p in sorted(curve, key=lambda p: p.step)] == [h["val_metric"] for h in t.user_attrs["autoopt.history"]]
+        parent = next(x for x in runs if x.data.tags["autoopt.role"] == "study")
+        parent = client.get_run(parent.info.run_id)
+        assert parent.info.status == "FINISHED"
+        assert parent.data.metrics["best_value"] == pytest.approx(study().best_value)
+        assert parent.data.tags["autoopt.best.optimizer"] == "adam"
+        assert "best_config.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+        # again: nothing twice
+        again = sync_study(study())
+        assert (again["created"], again["completed"], again["unchanged"]) == (0, 0, 6)
+        assert len(client.search_runs([experiment.experiment_id], "tags.`autoopt.study` = 'outage'")) == 7
+    finally:
+        stop_ui(server)
