@@ -44,7 +44,10 @@ def test_auto_gpu_share_follows_the_cluster():
 
 def test_readme_python_example_runs_on_a_cpu_only_machine(ray_local, workdir):
     """The README's Python example, run as written (only its trial budget cut to 2)."""
-    code = re.search(r"From Python:\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    found = [b for b in blocks if 'task="cv"' in b and "autoopt.submit(spec)" in b]
+    assert len(found) == 1, "the README's Python example of a Task study is missing or duplicated"
+    code = found[0]
     assert 'gpus_per_trial="auto"' in code
     code = code.replace("n_trials=30", "n_trials=2").replace('"cv"', '"cv", task_options={"size": 0.25, "epochs": 2}')
     scope: dict = {}
