@@ -445,7 +445,7 @@ def test_add_study_results_records_every_trial_as_a_run_and_replaces_on_re_add(t
         meta.add_study_results(optuna.create_study(), path)
 
 
-def test_fit_model_saves_artifacts_and_logs_an_mlflow_model(tmp_path):
+def test_fit_model_saves_artifacts_and_logs_an_mlflow_model(tmp_path, monkeypatch):
     import mlflow
 
     from helper_zoo import write_zoo
@@ -458,6 +458,8 @@ def test_fit_model_saves_artifacts_and_logs_an_mlflow_model(tmp_path):
     assert (tmp_path / "out" / "model.npz").is_file()
     assert info["families"] == 4 and info["tasks"] == 3 * 3 + 1  # the study is a task of its own family
     assert {c["estimator"] for c in info["selection"]} == {"extra_trees", "random_forest"}
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "fit_model left its store in the environment"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri exports it; monkeypatch removes it after
     mlflow.set_tracking_uri(uri)
     loaded = mlflow.sklearn.load_model(info["mlflow"]["model_uri"])
     X = [{"domain": "tabular", "batch_size": 32, "grad_sparsity": 0.1, "n_params": 5000, "dataset_size": 2000,

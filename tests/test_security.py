@@ -24,7 +24,10 @@ TESTS = Path(__file__).resolve().parent
 
 
 def autoopt(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    e = {**os.environ, "COLUMNS": "400", **(env or {})}  # rich wraps nothing: one message, one line
+    # the user's places come only from ``env``: none inherited from what earlier tests left in os.environ
+    base = {k: v for k, v in os.environ.items() if k not in (
+        "AUTOOPT_STORAGE", "AUTOOPT_TRACKING_URI", "MLFLOW_TRACKING_URI", "AUTOOPT_RAY_ADDRESS", "RAY_ADDRESS")}
+    e = {**base, "COLUMNS": "400", **(env or {})}  # rich wraps nothing: one message, one line
     return subprocess.run([sys.executable, "-m", "autoopt.cli", *args], cwd=cwd, env=e, capture_output=True,
                           text=True, timeout=timeout)
 

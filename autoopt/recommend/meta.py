@@ -229,6 +229,23 @@ def fit_model(
 
 def _log_to_mlflow(est: Any, info: Mapping[str, Any], tracking_uri: str | None, experiment: str) -> dict[str, Any]:
     import mlflow
+
+    from autoopt import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would send every later
+    # study and subprocess of the caller's process to this store: put the variable back after
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        return _log_fit_run(mlflow, est, info, uri, experiment)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def _log_fit_run(mlflow: Any, est: Any, info: Mapping[str, Any], uri: str, experiment: str) -> dict[str, Any]:
     import mlflow.sklearn
     import pandas as pd
     import sklearn
@@ -236,7 +253,6 @@ def _log_to_mlflow(est: Any, info: Mapping[str, Any], tracking_uri: str | None, 
     from autoopt import tracking
     from autoopt.recommend.model import SKOPS_TRUSTED_TYPES
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         root = tracking.local_artifact_root(uri)
