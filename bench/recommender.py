@@ -46,7 +46,7 @@ def run(ctx: Context) -> dict[str, Any]:
         online[f"{task} @ {100 * tol:g}%"] = {**tg, "systems": per, "n_trials": setup(ctx, task)["n_trials"],
                         "trials_ratio_cold_warm": ratio(per["autoopt"]["trials_median"], per["autoopt_ws"]["trials_median"]),
                         "time_ratio_cold_warm": ratio(per["autoopt"]["time_median"], per["autoopt_ws"]["time_median"])}
-    out = {"offline": offline, "online": online, "errors": errors, "measured": measure}
+    out = {"offline": offline, "online": online, "errors": errors}
     write_json(ctx.out / "recommender.json", out)
     _plot(ctx, out)
     out["markdown"] = markdown(out)

@@ -215,3 +215,58 @@ def test_shipped_model_moves_the_lr_with_batch_size_the_way_the_zoo_does():
         if abs(slope) > 0.1:
             assert (hi >= lo) if slope > 0 else (hi <= lo), moved
     assert moved["sgd"][0] > 0.1 and moved["sgd"][2] > moved["sgd"][1], moved
+
+
+def test_similar_tasks_are_drawn_by_trait_similarity_and_shared_across_optimizers(world):
+    """The measured curves behind the answer: near tasks drawn more often, every family weighing as
+    one task, and draw s the same task for every optimizer (so the portfolio sees joint failures)."""
+    grids, est, compiled = world
+    assert compiled.curves.shape == (len(compiled.instances), len(compiled.optimizers), len(compiled.curve_log_lr))
+    g = next(iter(grids.values()))
+    fine = {o: np.arange(-4.0, 0.01, 0.05) for o in ("sgd", "adamw")}
+    drawn = compiled.similar_curves(g.traits, ["sgd", "adamw"], fine, 400)
+    assert drawn["sgd"].shape == (400, len(fine["sgd"]))
+    # with the scaling laws off, each draw is one task's measured curve: find which, per optimizer
+    saved, compiled.lr_slope = compiled.lr_slope, None
+    try:
+        plain = compiled.similar_curves(g.traits, ["sgd", "adamw"], fine, 400)
+    finally:
+        compiled.lr_slope = saved
+    j = {o: compiled.o_index[o] for o in ("sgd", "adamw")}
+
+    def which(o: str) -> np.ndarray:
+        tasks = np.stack([np.interp(fine[o], compiled.curve_log_lr, compiled.curves[i, j[o]])
+                          for i in range(len(compiled.instances))])
+        return np.array([int(np.argmin(np.abs(tasks - row).sum(axis=1))) for row in plain[o]])
+
+    sgd_tasks, adamw_tasks = which("sgd"), which("adamw")
+    assert (sgd_tasks == adamw_tasks).all()
+    home = compiled.instances.index(g.instance)
+    share = np.mean(sgd_tasks == home)
+    assert share > 1 / len(compiled.instances)  # the query's own task is drawn more than a uniform share
+    # a far-away query (another domain, 100x the data) draws its own task less often
+    far = {**g.traits, "domain": "speech" if g.traits["domain"] != "speech" else "cv",
+           "dataset_size": (g.traits.get("dataset_size") or 1000) * 100}
+    saved, compiled.lr_slope = compiled.lr_slope, None
+    try:
+        far_curves = compiled.similar_curves(far, ["sgd"], fine, 400)["sgd"]
+    finally:
+        compiled.lr_slope = saved
+    tasks = np.stack([np.interp(fine["sgd"], compiled.curve_log_lr, compiled.curves[i, j["sgd"]])
+                      for i in range(len(compiled.instances))])
+    far_home = np.mean([int(np.argmin(np.abs(tasks - row).sum(axis=1))) == home for row in far_curves])
+    assert far_home < share
+
+
+def test_lr_scaling_law_is_kept_only_where_left_out_families_confirm_it():
+    from autoopt.recommend.model import _lr_slopes
+
+    rng = np.random.default_rng(0)
+    n_fam, per = 8, 3
+    families = np.repeat([f"f{i}" for i in range(n_fam)], per)
+    z = rng.standard_normal((n_fam * per, 5))
+    law = 10 ** (-2 + 0.5 * z[:, 0] + 0.02 * rng.standard_normal(len(z)))  # lr grows with (standardised) batch
+    noise = 10 ** (-2 + 0.4 * rng.standard_normal(len(z)))  # best lrs that no trait explains
+    slopes = _lr_slopes(z, np.stack([law, noise], axis=1), families)
+    assert slopes[0, 0] > 0.3 and np.abs(slopes[0, 1:]).max() < 0.1
+    assert np.all(slopes[1] == 0)

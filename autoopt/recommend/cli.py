@@ -271,7 +271,7 @@ def meta_fit(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
     experiment: str = typer.Option("autoopt-recommender", "--experiment"),
     n_estimators: int = typer.Option(60, "--n-estimators", min=1),
-    evidence_k: float = typer.Option(2.0, "--evidence-k", min=0.01, help="evidence (tasks) at which model and rules weigh the same"),
+    evidence_k: float = typer.Option(0.5, "--evidence-k", min=0.01, help="evidence (tasks) at which model and rules weigh the same"),
 ) -> None:
     """Fit the regret model (estimator chosen by leave-family-out CV) and save (and log) it."""
     from autoopt.recommend import meta

@@ -124,7 +124,7 @@ class RegretModel(RegressorMixin, BaseEstimator):
         bandwidth: float = 2.0,
         domain_distance: float = 2.5,
         unknown_distance: float = 2.0,
-        evidence_k: float = 2.0,
+        evidence_k: float = 0.5,
         catalog: dict | None = None,
         random_state: Any = 0,
     ):
@@ -190,6 +190,8 @@ class RegretModel(RegressorMixin, BaseEstimator):
                 best_regret[k, j], best_lr[k, j] = r, lr
         self.instance_best_regret_ = best_regret
         self.instance_best_lr_ = best_lr
+        self.instance_curves_ = _instance_curves(instances, optimizers, lrs, y, order, o_index)
+        self.lr_slope_ = _lr_slopes(self.instance_z_, best_lr, self.instance_family_)
         self.n_rows_ = len(rows)
         return self
 
@@ -225,11 +227,74 @@ class RegretModel(RegressorMixin, BaseEstimator):
         arrays["instance_family"] = self.instance_family_
         arrays["instance_best_regret"] = self.instance_best_regret_
         arrays["instance_best_lr"] = self.instance_best_lr_
+        arrays["instance_curves"] = self.instance_curves_
+        arrays["curve_log_lr"] = CURVE_LOG_LR
+        arrays["lr_slope"] = self.lr_slope_
         arrays["params"] = np.array(
             [self.bandwidth, self.domain_distance, self.evidence_k, self.unknown_distance, self.n_rows_], dtype=float
         )
         arrays["estimator_json"] = np.array(json.dumps({k: v for k, v in self.get_params().items() if k != "catalog"}))
         return arrays
+
+
+#: The log10-lr grid every task's regret curves are kept on (what similar tasks measured, per lr).
+CURVE_LOG_LR = np.round(np.arange(-6.0, 1.5 + 1e-9, 0.25), 4)
+
+
+def _instance_curves(instances: Sequence[str], optimizers: Sequence[str], lrs: np.ndarray, y: np.ndarray,
+                     order: Sequence[str], o_index: Mapping[str, int]) -> np.ndarray:
+    """(tasks, optimizers, len(CURVE_LOG_LR)) measured regret, interpolated in log lr like
+    :meth:`autoopt.recommend.regret.TaskGrid.lookup` (the edge value within EDGE_DECADES outside
+    the swept range, CAP further out); NaN where a task did not run an optimizer."""
+    from autoopt.recommend.regret import CAP, EDGE_DECADES
+
+    curves = np.full((len(order), len(o_index), len(CURVE_LOG_LR)), np.nan)
+    i_index = {inst: k for k, inst in enumerate(order)}
+    points: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for inst, o, lr, r in zip(instances, optimizers, np.log10(lrs), y):
+        points.setdefault((i_index[inst], o_index[o]), []).append((float(lr), float(r)))
+    for (k, j), pts in points.items():
+        pts.sort()
+        x = np.array([p[0] for p in pts])
+        v = np.array([p[1] for p in pts])
+        inside = (CURVE_LOG_LR >= x[0] - EDGE_DECADES - 1e-9) & (CURVE_LOG_LR <= x[-1] + EDGE_DECADES + 1e-9)
+        curves[k, j] = np.where(inside, np.interp(CURVE_LOG_LR, x, v), CAP)
+    return curves
+
+
+def _lr_slopes(instance_z: np.ndarray, best_lr: np.ndarray, families: np.ndarray) -> np.ndarray:
+    """(optimizers, traits): how each optimizer's best log10 lr moves per standardised trait unit,
+    a ridge fit across the tasks (a learned scaling law: batch size, model and data size). Moving
+    a similar task's measured curve by it is how that task's lr carries over to the query.
+
+    An optimizer keeps its law only if it predicts the best lr of families it was not fitted on
+    better than their mean does (leave one family out, :data:`LR_SLOPE_MIN_GAIN`): where the zoo's
+    families disagree, the slope is noise and moving curves by it only costs regret."""
+    from sklearn.linear_model import Ridge
+
+    z = np.nan_to_num(np.asarray(instance_z, dtype=float), nan=0.0)
+    families = np.asarray(families)
+    slopes = np.zeros((best_lr.shape[1], z.shape[1]))
+    for j in range(best_lr.shape[1]):
+        ok = np.isfinite(best_lr[:, j]) & (best_lr[:, j] > 0)
+        fams = np.unique(families[ok])
+        if ok.sum() < 3 or len(fams) < 3:
+            continue
+        x, y, f = z[ok], np.log10(best_lr[ok, j]), families[ok]
+        law = mean = 0.0
+        for held in fams:
+            tr, te = f != held, f == held
+            law += float(((Ridge(alpha=LR_SLOPE_RIDGE).fit(x[tr], y[tr]).predict(x[te]) - y[te]) ** 2).sum())
+            mean += float(((y[tr].mean() - y[te]) ** 2).sum())
+        if law < (1 - LR_SLOPE_MIN_GAIN) * mean:
+            slopes[j] = Ridge(alpha=LR_SLOPE_RIDGE).fit(x, y).coef_
+    return slopes
+
+
+#: How much better than the mean (leaving families out, squared error) a scaling law must predict to be used.
+LR_SLOPE_MIN_GAIN = 0.2
+#: Ridge penalty of the lr scaling law (in standardised traits; a task's best lr is noisy: half-decade grid, 2 seeds).
+LR_SLOPE_RIDGE = 3.0
 
 
 def _catalog() -> dict[str, dict[str, Any]]:

@@ -46,6 +46,12 @@ PRIOR_STD = 0.2
 #: Meta-dataset tasks of the query's domain within this many kernel bandwidths (kernel weight
 #: >= 0.2) count as "similar studies" in the explanation.
 SIMILAR_BANDWIDTHS = 1.8
+#: How far the trees' answer moves towards what similar tasks measured (0: trees only, 1: measured only).
+SIMILAR_WEIGHT = 0.5
+#: Kernel width (in model bandwidths) of the similar-tasks curve: wide, since families differ more than traits say.
+SIMILAR_KERNEL = 2.0
+#: The most (decades) the lr scaling law moves a similar task's curve.
+MAX_LR_SHIFT = 1.5
 #: Bytes per stored value of optimizer state (fp32).
 STATE_BYTES = 4
 #: A rule whose favourite loses its place in the top 3 is reported as overridden when it gives
@@ -53,11 +59,17 @@ STATE_BYTES = 4
 #: when their favourite loses first place).
 STRONG_RULE_WEIGHT = 1.0
 #: The data may take first place from the rules' favourite only with at least this learned
-#: weight (n_near / (n_near + k)): strong evidence near the queried traits.
-STRONG_EVIDENCE_WEIGHT = 0.5
+#: weight (n_near / (n_near + k)): strong evidence near the queried traits (with the default
+#: evidence_k of 0.5, two or more tasks' worth of kernel weight).
+STRONG_EVIDENCE_WEIGHT = 0.8
+#: ... and only when its pick beats the rules' favourite in at least this share of the scenarios.
+OVERRIDE_CONFIDENCE = 0.8
 #: Evidence (tasks) a library-default lr counts for when blended with the learned lr; an lr
-#: from advice (a scaling rule, DCGAN, Lion's README) counts for the model's ``evidence_k``.
+#: from advice (a scaling rule, DCGAN, Lion's README) counts for RULE_LR_K.
 DEFAULT_LR_K = 0.25
+#: The same for an lr a rule gives: the documents say which lr family to start from, not the
+#: lr of this task, and leaving one family out shows the measured lr does better (0.297 -> 0.148 regret).
+RULE_LR_K = 0.25
 #: How reasons that come from the data cite it.
 ZOO_SOURCE = "zoo meta-dataset (autoopt/recommend/data/zoo)"
 #: Portfolio positions chosen greedily when every optimizer is asked for (the rest by expected regret).
@@ -165,6 +177,10 @@ class CompiledModel:
         self.best_lr = np.atleast_2d(self.arrays["instance_best_lr"]).astype(float)
         self.o_index = {o: j for j, o in enumerate(self.encoding.optimizers)}
         self.n_trees = len(self.arrays["regret_roots"])
+        # what similar tasks measured, per lr (models saved before these existed have only the trees)
+        self.curves = self.arrays.get("instance_curves")
+        self.curve_log_lr = self.arrays.get("curve_log_lr")
+        self.lr_slope = self.arrays.get("lr_slope")
 
     @classmethod
     def load(cls, path: str | Path) -> "CompiledModel":
@@ -260,6 +276,7 @@ class CompiledModel:
         opts = [o for o in known for _ in grids[o]]
         lrs = np.concatenate([10 ** grids[o] for o in known])
         per_tree = self.per_tree(self.design(traits, opts, lrs))
+        similar = self.similar_curves(traits, known, grids, self.n_trees) if SIMILAR_WEIGHT > 0 else {}
         out, start = {}, 0
         half = int(round(LR_SMOOTH / LR_STEP))
         kernel = np.ones(2 * half + 1)
@@ -269,7 +286,43 @@ class CompiledModel:
             start += n
             padded = np.pad(raw, ((0, 0), (half, half)), mode="edge")
             smooth = np.stack([np.convolve(row, kernel, mode="valid") / kernel.sum() for row in padded])
+            if o in similar:  # scenario s: tree s's deviation around a similar task's measured curve
+                smooth = smooth + SIMILAR_WEIGHT * (similar[o] - smooth.mean(axis=0, keepdims=True))
             out[o] = (grids[o], smooth)
+        return out
+
+    def similar_curves(self, traits: Any, optimizers: list[str], grids: Mapping[str, np.ndarray],
+                       n: int) -> dict[str, np.ndarray]:
+        """optimizer -> (n, len(grids[optimizer])): measured regret curves of ``n`` zoo tasks drawn
+        by trait similarity (every family weighs as one task, so a family with many instances does
+        not outvote the rest), on ``grids[optimizer]`` (log10 lr). Draw s is the same task for
+        every optimizer, so the portfolio sees which optimizers fail together. On a kind of task
+        the zoo has never seen, this falls back to what worked across all of them."""
+        if self.curves is None or self.curve_log_lr is None:
+            return {}
+        z = self.encoding.standardise(numeric_row(traits))[0]
+        d = trait_distances(z, _domain(traits), self.instance_z, self.instance_domain, self.domain_distance,
+                            self.unknown_distance)
+        w = kernel_weights(d, SIMILAR_KERNEL * self.bandwidth) + 1e-9
+        _, inverse, counts = np.unique(self.instance_family, return_inverse=True, return_counts=True)
+        w = w / counts[inverse]
+        ran_all = np.isfinite(self.curves).all(axis=2)  # (tasks, optimizers)
+        out = {}
+        for o in optimizers:
+            j = self.o_index.get(o)
+            if j is None or not ran_all[:, j].any():
+                continue
+            ran = ran_all[:, j]
+            p = np.where(ran, w, 0.0)
+            # systematic resampling: deterministic, and the same tasks for every optimizer that all ran
+            edges = np.cumsum(p) / p.sum()
+            picks = np.minimum(np.searchsorted(edges, (np.arange(n) + 0.5) / n), len(p) - 1)
+            # each drawn task's curve moved to the query's traits by the learned lr scaling law
+            shift = np.zeros(n) if self.lr_slope is None else np.clip(
+                (np.nan_to_num(z, nan=0.0)[None, :] - np.nan_to_num(self.instance_z[picks], nan=0.0)) @ self.lr_slope[j],
+                -MAX_LR_SHIFT, MAX_LR_SHIFT)
+            out[o] = np.stack([np.interp(grids[o] - dx, self.curve_log_lr, self.curves[i, j, :])
+                               for i, dx in zip(picks, shift)])
         return out
 
     def best_lrs(self, traits: Any, optimizers: list[str]) -> dict[str, ModelAnswer]:
@@ -451,8 +504,8 @@ class Recommender:
         k = PORTFOLIO_DEPTH if top is None else top
         order, best_of = self._portfolio(recs, k)
         ruled, _ = self._portfolio(recs, k, prior_only=True)
-        if order and order[0] != ruled[0] and recs[order[0]].learned_weight < STRONG_EVIDENCE_WEIGHT:
-            # the guidance keeps first place unless the data near these traits is strong
+        if order and order[0] != ruled[0] and not self._data_is_sure(t, recs, order[0], ruled[0]):
+            # the guidance keeps first place unless the data near these traits is strong and clear
             order, best_of = self._portfolio(recs, k, first=ruled[0])
         recs = [recs[i] for i in order]
         for i, r in enumerate(recs, 1):
@@ -515,20 +568,36 @@ class Recommender:
     def _names(order: list[int], feasible: list[str]) -> list[str]:
         return [feasible[i] for i in order]
 
+    def _data_is_sure(self, traits: TaskTraits, recs: list[Recommendation], mine: int, ruled: int) -> bool:
+        """May the data's pick take first place from the rules' favourite? Only with strong evidence
+        near the traits (learned weight, and a query that says its model or data size) and a clear margin: it beats the favourite in at least
+        OVERRIDE_CONFIDENCE of the scenarios (a near tie keeps the documents' answer)."""
+        if recs[mine].learned_weight < STRONG_EVIDENCE_WEIGHT:
+            return False
+        if traits.n_params is None and traits.dataset_size is None:
+            return False  # the zoo's tasks are small: a query that does not say its size is not near them
+        scenarios = self._scenarios(recs)
+        return float(np.mean(scenarios[:, mine] < scenarios[:, ruled])) >= OVERRIDE_CONFIDENCE
+
+    def _scenarios(self, recs: list[Recommendation], prior_only: bool = False) -> np.ndarray:
+        """(scenarios, len(recs)) regret: the learned scenarios blended with the rule prior's, per learned weight."""
+        prior = np.array([_prior_regret(r.prior_score) for r in recs])
+        n = self.model.n_trees if self.model is not None else DEFAULT_SCENARIOS
+        scenarios = prior_scenarios(prior, [r.family or r.optimizer for r in recs], n)
+        if not prior_only:
+            w = np.array([r.learned_weight for r in recs])
+            trees = np.stack([r.scenarios if r.scenarios is not None else np.full(n, prior[i]) for i, r in enumerate(recs)], axis=1)
+            scenarios = w[None, :] * trees + (1 - w[None, :]) * scenarios
+        return scenarios
+
     def _portfolio(self, recs: list[Recommendation], k: int, prior_only: bool = False,
                    first: int | None = None) -> tuple[list[int], list[float]]:
         """Indices of ``recs`` in portfolio order (the first ``k`` greedy, the rest by expected regret)."""
         if not recs:
             return [], []
-        prior = np.array([_prior_regret(r.prior_score) for r in recs])
-        n = self.model.n_trees if self.model is not None else DEFAULT_SCENARIOS
-        scenarios = prior_scenarios(prior, [r.family or r.optimizer for r in recs], n)
-        point = prior
-        if not prior_only:
-            w = np.array([r.learned_weight for r in recs])
-            trees = np.stack([r.scenarios if r.scenarios is not None else np.full(n, prior[i]) for i, r in enumerate(recs)], axis=1)
-            scenarios = w[None, :] * trees + (1 - w[None, :]) * scenarios
-            point = np.array([r.predicted_regret for r in recs])
+        scenarios = self._scenarios(recs, prior_only)
+        point = (np.array([_prior_regret(r.prior_score) for r in recs]) if prior_only
+                 else np.array([r.predicted_regret for r in recs]))
         picks, best_of = greedy(point, scenarios, k, first=first)
         rest = sorted((i for i in range(len(recs)) if i not in picks), key=lambda i: (point[i], recs[i].optimizer))
         return picks + rest, best_of
@@ -683,10 +752,11 @@ class Recommender:
         if not lo <= lr <= hi:
             lo, hi = min(lo, lr / 3), max(hi, lr * 3)
         w_lr = m.lr_weight if m is not None else 0.0
-        if w_lr > 0 and _is_default(sources.get("lr")):
+        k_lr = DEFAULT_LR_K if _is_default(sources.get("lr")) else RULE_LR_K
+        if w_lr > 0 and k_lr is not None:
             # a library default says nothing about this task: weigh it as DEFAULT_LR_K tasks of evidence
             n = w_lr * self.model.evidence_k / (1 - w_lr) if w_lr < 1 else math.inf
-            w_lr = n / (n + DEFAULT_LR_K) if math.isfinite(n) else 1.0
+            w_lr = n / (n + k_lr) if math.isfinite(n) else 1.0
         if m is not None and m.lr is not None and w_lr > 0:
             lr = _geo_blend(m.lr, lr, w_lr)
             lo, hi = _geo_blend(m.lr_low, lo, w_lr), _geo_blend(m.lr_high, hi, w_lr)
