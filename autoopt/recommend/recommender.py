@@ -570,8 +570,9 @@ class Recommender:
 
     def _data_is_sure(self, traits: TaskTraits, recs: list[Recommendation], mine: int, ruled: int) -> bool:
         """May the data's pick take first place from the rules' favourite? Only with strong evidence
-        near the traits (learned weight, and a query that says its model or data size) and a clear margin: it beats the favourite in at least
-        OVERRIDE_CONFIDENCE of the scenarios (a near tie keeps the documents' answer)."""
+        near the traits (learned weight, and a query that says its model or data size) and a clear
+        margin: it beats the favourite in at least OVERRIDE_CONFIDENCE of the scenarios (a near tie
+        keeps the documents' answer)."""
         if recs[mine].learned_weight < STRONG_EVIDENCE_WEIGHT:
             return False
         if traits.n_params is None and traits.dataset_size is None:
