@@ -129,3 +129,35 @@ def make_pruner(name: str, max_epochs: int | None, **options: Any) -> optuna.pru
     except TypeError as exc:
         raise SpecError(f"pruner_options for {name}: {exc}") from None
     raise SpecError(f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+
+
+def pruner_decides_at(pruner: optuna.pruners.BasePruner, epoch: int) -> bool:
+    """Can ``pruner`` stop a trial at ``epoch`` (steps reported 1, 2, 3, ...)? Epoch reports it
+    cannot act on are sent without waiting for the answer. True for a pruner not known here (one
+    that may decide at any epoch), so only known pruners skip the wait.
+
+    Successive halving and Hyperband decide at rungs, ``min_resource * reduction_factor**k``
+    (each Hyperband bracket uses a subset of these); median and percentile pruners, and the
+    threshold pruner, after their warm-up steps, every ``interval_steps``; Optuna's no-op pruner never.
+    """
+    if isinstance(pruner, optuna.pruners.NopPruner):
+        return False
+    if isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner, optuna.pruners.HyperbandPruner)):
+        low, factor = getattr(pruner, "_min_resource", None), getattr(pruner, "_reduction_factor", None)
+        if not isinstance(low, int) or not isinstance(factor, int) or low < 1 or factor < 2:
+            return True  # "auto": learnt from the first trials
+        rung = low
+        while rung < epoch:
+            rung *= factor
+        return rung == epoch
+    if type(pruner) in (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner, optuna.pruners.ThresholdPruner):
+        warmup, interval = int(pruner._n_warmup_steps), int(pruner._interval_steps)
+        return epoch >= warmup and (epoch - warmup) % interval == 0
+    return True
+
+
+def decision_epochs(pruner: optuna.pruners.BasePruner, max_epochs: int | None) -> frozenset[int] | None:
+    """The epochs (1..max_epochs) at which ``pruner`` can decide; None: any epoch (unknown length)."""
+    if not max_epochs:
+        return None
+    return frozenset(e for e in range(1, int(max_epochs) + 1) if pruner_decides_at(pruner, e))
