@@ -64,6 +64,40 @@ class ObjectiveFacts:
     max_reports: int | None
 
 
+class EpochReporter:
+    """A worker's line to the pruner: ``report(epoch, value) -> stop?``. At epochs where the
+    pruner cannot decide (``decides``: the pruner's resource and its decision epochs up to it)
+    the value is sent without waiting for the answer: the coordinator stores it in order (one
+    caller's calls to an actor run in the order sent) and the trial trains on."""
+
+    def __init__(self, coordinator: Any, number: int, decides: tuple[int, frozenset[int]] | None) -> None:
+        self.coordinator = coordinator
+        self.number = number
+        self.decides = decides
+        self.pending: list[Any] = []
+
+    def waits_at(self, epoch: int) -> bool:
+        return self.decides is None or epoch > self.decides[0] or epoch in self.decides[1]
+
+    def __call__(self, epoch: int, value: float) -> bool:
+        ref = self.coordinator.report.remote(self.number, epoch, value)
+        if not self.waits_at(epoch):
+            self.pending[:] = [ref]  # the actor runs them in order: the last one done means all are
+            return False
+        self.pending.clear()
+        return bool(ray.get(ref))
+
+    def drain(self) -> None:
+        """Wait until every report sent is stored (before the outcome is told)."""
+        if not self.pending:
+            return
+        try:
+            ray.get(self.pending)
+        except Exception as exc:  # noqa: BLE001 - the outcome (with its whole curve) is told all the same
+            _log.warning("autoopt: trial %d: an epoch report was not stored (%s)", self.number, _first_line(exc))
+        self.pending.clear()
+
+
 def run_trial(
     task_ref: Any,
     task_options: dict[str, Any],
@@ -102,17 +136,7 @@ def run_trial(
     if logger is not None:
         run_id = logger.start(host=os.uname().nodename, device=str(device))
 
-    pending: list[Any] = []
-
-    def report(epoch: int, value: float) -> bool:
-        ref = coordinator.report.remote(number, epoch, value)
-        if decides is not None and epoch <= decides[0] and epoch not in decides[1]:
-            # the pruner cannot stop the trial here: the coordinator stores the value in order
-            # (one caller's calls to an actor run in the order sent), the trial trains on
-            pending[:] = [ref]
-            return False
-        pending.clear()
-        return bool(ray.get(ref))
+    report = EpochReporter(coordinator, number, decides)
 
     def on_epoch(record: EpochRecord) -> None:
         if logger is not None:
@@ -127,11 +151,7 @@ def run_trial(
     if objective is not None:
         seed_everything(seed)
     outcome: TrialOutcome = trial.run(run)
-    if pending:  # the last report is stored before the outcome is told (the driver is another caller)
-        try:
-            ray.get(pending)
-        except Exception as exc:  # noqa: BLE001 - the outcome (with its whole curve) is told all the same
-            _log.warning("autoopt: trial %d: an epoch report was not stored (%s)", number, _first_line(exc))
+    report.drain()  # the last report is stored before the outcome is told (the driver is another caller)
     if logger is not None:
         logger.finish(outcome)
     result = outcome.to_dict()
@@ -402,6 +422,8 @@ class StudyRunner:
             experiment_name=self.spec.experiment or self.spec.name,
         )
         self.tracker = tracking.StudyTracker(config)
+        # the study's plots are drawn after run() returns (its results are stored and logged first)
+        self.tracker.report_in_background = tracking.report_in_background_default()
         existing = None
         try:
             import optuna

@@ -592,6 +592,8 @@ class StudyTracker:
         self.study_name = ""
         self.metric_name = "val_metric"
         self.traits: dict[str, Any] = {}
+        #: write the end-of-study plots in a thread (a study run sets it; see :meth:`finish`)
+        self.report_in_background = False
 
     @property
     def parent_run_id(self) -> str | None:
@@ -762,11 +764,11 @@ class StudyTracker:
             self._conn.call(f"log artifact {path.name}", "log_artifact", self._parent_run_id, str(path), dest)
 
     def finish(self, study: Any) -> None:
-        """Best value/params/config, counts, pruning savings and plots; ends the parent run."""
+        """Best value/params/config, counts, pruning savings and plots; ends the parent run.
+        With ``report_in_background`` the plots and the run's end follow in a thread
+        (:func:`wait_for_reports`)."""
         if self._parent_run_id is None:
             return
-        from autoopt.report import write_best_config, write_report
-
         summary, metrics, tags = self._summary_entities(study)
         state = "failed" if summary["n_complete"] == 0 and summary["n_failed"] > 0 else "finished"
         tags["autoopt.state"] = state
@@ -774,6 +776,21 @@ class StudyTracker:
         step = summary["n_trials"] - summary["n_running"]
         m, _, t = _entities(metrics=metrics, tags=tags, step=step)
         self._conn.call("log study results", "log_batch", self._parent_run_id, metrics=m, tags=t, _force=True)
+        if self.report_in_background:
+            # the plots take seconds (more with many trials): the study's results are stored and
+            # logged already, so the caller gets them now; the process waits for this at exit
+            thread = threading.Thread(target=self._report_and_end, args=(study, state), daemon=False,
+                                      name=f"autoopt-report-{self.study_name}")
+            with _state_lock:
+                _REPORTS[:] = [t for t in _REPORTS if t.is_alive()] + [thread]
+            thread.start()
+        else:
+            self._report_and_end(study, state)
+
+    def _report_and_end(self, study: Any, state: str) -> None:
+        """Plots (or only the best configuration), logged to the parent run, which then ends."""
+        from autoopt.report import write_best_config, write_report
+
         with tempfile.TemporaryDirectory(prefix="autoopt-report-") as tmp:
             try:
                 if self.config.log_plots:
@@ -786,6 +803,26 @@ class StudyTracker:
             self.log_report(paths)
         self._conn.call("end parent run", "set_terminated", self._parent_run_id,
                         status="FAILED" if state == "failed" else "FINISHED", _force=True)
+
+
+#: Study reports still being written in the background (see StudyTracker.report_in_background).
+_REPORTS: list[threading.Thread] = []
+#: "0" makes a study's end-of-run report synchronous again (the study returns after its plots).
+REPORT_IN_BACKGROUND_ENV = "AUTOOPT_REPORT_IN_BACKGROUND"
+
+
+def report_in_background_default() -> bool:
+    return os.environ.get(REPORT_IN_BACKGROUND_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def wait_for_reports(timeout: float | None = None) -> bool:
+    """Wait for the study reports still being written in the background; True when none is left."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _state_lock:
+        threads = list(_REPORTS)
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
 
 
 def _jsonable(obj: Any) -> Any:
