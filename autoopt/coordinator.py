@@ -273,7 +273,7 @@ class StudyCoordinator:
             storage=self.storage,
             study_name=name,
             direction=task.direction,
-            sampler=ChoiceRestrictingSampler(base, self.space.restrictions),
+            sampler=ChoiceRestrictingSampler(base, self.space.restrictions, snapshot=True),
             pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options),
             load_if_exists=True,
         )
