@@ -10,6 +10,7 @@ allowed); a pruned trial returns at once, so its GPU goes to the next trial imme
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -87,15 +88,15 @@ class EpochReporter:
         self.pending.clear()
         return bool(ray.get(ref))
 
-    def drain(self) -> None:
-        """Wait until every report sent is stored (before the outcome is told)."""
-        if not self.pending:
-            return
+    def drain(self) -> BaseException | None:
+        """Wait until every report sent is stored (before the outcome is told); the error of one
+        that failed, as a waited-for report would have raised it into the trial."""
+        pending, self.pending = self.pending, []
         try:
-            ray.get(self.pending)
-        except Exception as exc:  # noqa: BLE001 - the outcome (with its whole curve) is told all the same
-            _log.warning("autoopt: trial %d: an epoch report was not stored (%s)", self.number, _first_line(exc))
-        self.pending.clear()
+            ray.get(pending)
+        except Exception as exc:  # noqa: BLE001
+            return getattr(exc, "cause", None) or exc
+        return None
 
 
 def run_trial(
@@ -151,7 +152,11 @@ def run_trial(
     if objective is not None:
         seed_everything(seed)
     outcome: TrialOutcome = trial.run(run)
-    report.drain()  # the last report is stored before the outcome is told (the driver is another caller)
+    lost = report.drain()  # the last report is stored before the outcome is told (the driver is another caller)
+    if lost is not None and outcome.status != "failed":
+        # as if the report had waited and raised: the trial failed on it (a full disk: re-run on resume)
+        outcome = dataclasses.replace(outcome, status="failed", value=None,
+                                      reason=f"error: {type(lost).__name__}: {lost}"[:500])
     if logger is not None:
         logger.finish(outcome)
     result = outcome.to_dict()
