@@ -63,9 +63,10 @@ def _optuna_loop(storage: Any, n: int) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    n_short = ctx.trials or 100
+    # quick mode: smaller studies (the targets need the full mode: 100, 1000 and 48 trials)
+    n_short = ctx.trials or (30 if ctx.quick else 100)
     n_long = 300 if ctx.quick else 1000
-    n_sleep = 48
+    n_sleep = 24 if ctx.quick else 48
     load = {"loadavg_start": os.getloadavg()}
     res: dict[str, Any] = {"n_short": n_short, "n_long": n_long, "n_sleep": n_sleep, "load": load, "pairs": []}
     for storage in ("sqlite", "postgresql"):
