@@ -59,11 +59,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "autoopt.cli", *args]
 
 
-def test_full_disk_stops_the_study_with_the_real_reason_and_keeps_the_storage(workdir, small_disk, monkeypatch):
-    # SQLite's rollback journal (Optuna's default): every commit needs new pages, so the disk is
-    # found full at the first write after the fill. With autoopt's write-ahead log a commit may
-    # still fit in log pages already on disk, and how many held trials finish first varies.
-    monkeypatch.setenv("AUTOOPT_SQLITE_WAL", "0")
+def test_full_disk_stops_the_study_with_the_real_reason_and_keeps_the_storage(workdir, small_disk):
     gate = workdir / "gate"
     gate.mkdir()
     (workdir / "full.yaml").write_text(SPEC.format(gate=gate))
