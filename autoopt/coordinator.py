@@ -293,7 +293,6 @@ class StudyCoordinator:
             if key not in attrs or key in (R.SPEC, R.SPACE):
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
-        self._configs: dict[int, dict[str, Any]] = {}  # configurations of this driver's running trials
         self._waiting: set[int] = set()  # WAITING trial numbers as of the last tally refresh
         self._asking: optuna.Trial | None = None
         self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
@@ -345,7 +344,6 @@ class StudyCoordinator:
                     {R.CONFIG: config.to_dict(), R.SESSION: self.session, R.MAX_EPOCHS: self.max_epochs})
         self._asking = None
         self._live[trial.number] = trial
-        self._configs[trial.number] = config.to_dict()
         self._count("running", +1, counted=+1, waiting=trial.number in self._waiting)
         return {"number": trial.number, "config": config.to_dict(), "params": dict(trial.params)}
 
@@ -513,8 +511,6 @@ class StudyCoordinator:
                 trial = self.storage.get_trial(self._trial_id(number))
                 self._tally["best"] = {"number": number, "value": value, "config": trial.user_attrs.get(R.CONFIG),
                                        "params": trial.params}
-        if number is not None:
-            self._configs.pop(number, None)
 
     @_survives_storage_outage
     def enqueue(self, configs: list[dict[str, Any]], limit: int | None = None) -> int:
