@@ -17,6 +17,7 @@ import errno
 import fcntl
 import functools
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -33,11 +34,15 @@ from autoopt.core.traits import TaskTraits
 from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
 from autoopt.space import SearchSpace
 from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpecError
-from autoopt.storage import StorageError, open_storage, redact
+from autoopt.storage import StorageError, open_storage, redact, write_trial
 
 _log = logging.getLogger(__name__)
 #: On a re-run that a stalled driver took back (_reclaim): the number of the trial it ran first.
 RECLAIMED_FROM = R.PREFIX + "reclaimed_from"
+#: How stale the coordinator's tally (counts, best) may get before summary recounts from the storage:
+#: its own events update it at once; other drivers' trials show up within this time.
+TALLY_REFRESH_S = 5.0
+STATE_NAMES = {TrialState[k]: v for k, v in R.STATE_COUNTS.items()}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -268,7 +273,7 @@ class StudyCoordinator:
             storage=self.storage,
             study_name=name,
             direction=task.direction,
-            sampler=ChoiceRestrictingSampler(base, self.space.restrictions),
+            sampler=ChoiceRestrictingSampler(base, self.space.restrictions, snapshot=True),
             pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options),
             load_if_exists=True,
         )
@@ -288,12 +293,16 @@ class StudyCoordinator:
             if key not in attrs or key in (R.SPEC, R.SPACE):
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
+        self._waiting: set[int] = set()  # WAITING trial numbers as of the last tally refresh
         self._asking: optuna.Trial | None = None
         self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
         self._last_beat = 0.0
         self._quiet_until = 0.0  # after a stall of its own, this driver reaps nobody until then
+        self._tally: dict[str, Any] = {}
+        self._tally_at = 0.0
         self.heartbeat()
         self.reap_stale()
+        self._refresh_tally()
 
     # --- trials --------------------------------------------------------------------------
     @_survives_storage_outage
@@ -330,11 +339,12 @@ class StudyCoordinator:
             self._asking = None
             self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
             return self.ask()
-        trial.set_user_attr(R.CONFIG, config.to_dict())
-        trial.set_user_attr(R.SESSION, self.session)
-        trial.set_user_attr(R.MAX_EPOCHS, self.max_epochs)
+        # one transaction for the trial's attributes (Optuna's set_user_attr commits each key)
+        write_trial(self.storage, trial._trial_id,
+                    {R.CONFIG: config.to_dict(), R.SESSION: self.session, R.MAX_EPOCHS: self.max_epochs})
         self._asking = None
         self._live[trial.number] = trial
+        self._count("running", +1, counted=+1, waiting=trial.number in self._waiting)
         return {"number": trial.number, "config": config.to_dict(), "params": dict(trial.params)}
 
     @_survives_storage_outage
@@ -382,6 +392,7 @@ class StudyCoordinator:
         self._live.pop(number, None)
         self._live[trial.number] = trial
         self._claimed[number] = trial.number
+        self._refresh_tally()
         _log.warning("autoopt: trial %d was taken for abandoned while it ran here; it goes on as trial %d",
                      number, trial.number)
         return trial
@@ -399,6 +410,11 @@ class StudyCoordinator:
             self._reclaim(number, outcome.get("history"))
         self._finish(self._claimed.get(number, number), TrialState[state], value, attrs)
         return state
+
+    def tell_and_ask(self, number: int, outcome: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """``tell`` then ``ask`` in one round trip: the driver hands the freed worker its next trial.
+        Each half keeps its own retry and idempotence (a retried call does not tell twice)."""
+        return self.tell(number, outcome), self.ask()
 
     def _finished_elsewhere(self, number: int) -> bool:
         return self.storage.get_trial(self._trial_id(number)).state.is_finished()
@@ -420,6 +436,7 @@ class StudyCoordinator:
         if retried and not any(t.user_attrs.get(R.RETRY_OF) == number for t in self.study.get_trials(deepcopy=False)):
             attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
             self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
+            self._refresh_tally()  # a new WAITING trial (rare: a retry)
         return retried
 
     @_survives_storage_outage
@@ -435,16 +452,65 @@ class StudyCoordinator:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
-        """Write the outcome's attributes, then close the trial. Idempotent: a call retried after
-        an outage (the first try may have committed) leaves an already-finished trial as it is."""
+        """Write the outcome's attributes and close the trial in one transaction. Idempotent: a
+        call retried after an outage (the first try may have committed) leaves an already-finished
+        trial as it is."""
         trial_id = self._trial_id(number)
-        if self.storage.get_trial(trial_id).state.is_finished():
+        frozen = self.storage.get_trial(trial_id)
+        if frozen.state.is_finished():
             self._live.pop(number, None)
             return
-        for k, v in attrs.items():
-            self.storage.set_trial_user_attr(trial_id, k, v)
-        self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        values: list[float] | None = None
+        if state == TrialState.COMPLETE:
+            values = [float(value)] if value is not None else None
+            if values is None or not math.isfinite(values[0]):
+                state, values = TrialState.FAIL, None
+        elif state == TrialState.PRUNED and frozen.last_step is not None:
+            last = frozen.intermediate_values[frozen.last_step]
+            values = [float(last)] if math.isfinite(last) else None  # as Optuna's tell records a pruned trial
+        # what Study.tell does besides the write: the sampler's hook, then the state (here with the attributes)
+        self.study._thread_local.cached_all_trials = None
+        try:
+            self.study.sampler.after_trial(optuna.pruners._filter_study(self.study, frozen), frozen, state, values)
+        finally:
+            write_trial(self.storage, trial_id, attrs, state, values)
         self._live.pop(number, None)
+        self._count(STATE_NAMES[state], +1, running=-1, value=values[0] if values and state == TrialState.COMPLETE
+                    else None, number=number, retried=bool(attrs.get(R.RETRIED)))
+
+    # --- the tally: counts and best without rescanning the study ---------------------------
+    def _refresh_tally(self) -> None:
+        """Recount from the storage (picks up other drivers' trials); between refreshes the
+        tally follows this coordinator's own events."""
+        trials = self.study.get_trials(deepcopy=False)
+        counts = {name: 0 for name in R.STATE_COUNTS.values()}
+        counted = 0
+        for t in trials:
+            counts[R.STATE_COUNTS[t.state.name]] += 1
+            counted += t.state != TrialState.WAITING and not t.user_attrs.get(R.RETRIED)
+        bt = R.best_trial(self.study, trials)
+        best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(R.CONFIG), "params": bt.params} if bt else None
+        self._waiting = {t.number for t in trials if t.state == TrialState.WAITING}
+        self._tally = {"counts": counts, "best": best, "counted": counted}
+        self._tally_at = time.monotonic()
+
+    def _count(self, name: str, delta: int, *, running: int = 0, counted: int = 0, waiting: bool = False,
+               value: float | None = None, number: int | None = None, retried: bool = False) -> None:
+        if not self._tally:
+            return
+        counts = self._tally["counts"]
+        counts[name] += delta
+        counts["running"] += running
+        if waiting:  # an enqueued trial started
+            counts["waiting"] -= 1
+        self._tally["counted"] += counted - (1 if retried else 0)
+        if value is not None and number is not None:
+            best = self._tally["best"]
+            better = best is None or (value > best["value"] if self.study.direction.name == "MAXIMIZE" else value < best["value"])
+            if better:
+                trial = self.storage.get_trial(self._trial_id(number))
+                self._tally["best"] = {"number": number, "value": value, "config": trial.user_attrs.get(R.CONFIG),
+                                       "params": trial.params}
 
     @_survives_storage_outage
     def enqueue(self, configs: list[dict[str, Any]], limit: int | None = None) -> int:
@@ -460,6 +526,7 @@ class StudyCoordinator:
                 continue
             self.study.enqueue_trial(params, user_attrs={R.WARM_START: True}, skip_if_exists=True)
             n += 1
+        self._refresh_tally()
         return n
 
     # --- liveness -------------------------------------------------------------------------
@@ -516,13 +583,14 @@ class StudyCoordinator:
     # --- reading ----------------------------------------------------------------------------
     @_survives_storage_outage
     @_reads
-    def summary(self) -> dict[str, Any]:
-        """Counts by state, the best trial, and this driver's bookkeeping (budget used, outages)."""
-        summary = R.summarize(self.study)
-        bt = summary.best
-        best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(R.CONFIG), "params": bt.params} if bt else None
-        return {"counts": summary.counts, "best": best, "counted": self.counted(), "session": self.session,
-                "storage_outages": self.storage_outages}
+    def summary(self, fresh: bool = False) -> dict[str, Any]:
+        """Counts by state, the best trial, and this driver's bookkeeping (budget used, outages).
+        From the tally, recounted from the storage when ``fresh`` or every ``TALLY_REFRESH_S``."""
+        if fresh or not self._tally or time.monotonic() - self._tally_at >= TALLY_REFRESH_S:
+            self._refresh_tally()
+        t = self._tally
+        return {"counts": dict(t["counts"]), "best": dict(t["best"]) if t["best"] else None, "counted": t["counted"],
+                "session": self.session, "storage_outages": self.storage_outages}
 
     @_survives_storage_outage
     def set_study_attrs(self, attrs: dict[str, Any]) -> None:

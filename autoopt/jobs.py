@@ -32,7 +32,7 @@ ENV_JOB_TRACKING_URI = "AUTOOPT_JOB_TRACKING_URI"
 SHIPPED_ENV = ("AUTOOPT_STORAGE", "AUTOOPT_TRACKING_URI", "MLFLOW_TRACKING_URI", "AUTOOPT_TRUSTED_TASKS",
                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 #: Never shipped with the working directory: environments, local stores, caches.
-EXCLUDES = [".venv", "venv", ".git", "mlartifacts", "mlruns", "mlflow.db", "*.db", "__pycache__", "reports",
+EXCLUDES = [".venv", "venv", ".git", "mlartifacts", "mlruns", "mlflow.db", "*.db", "*.db-wal", "*.db-shm", "__pycache__", "reports",
             "*.ckpt", "lightning_logs"]
 STUDY_KEY = "autoopt_study"
 

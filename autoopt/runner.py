@@ -10,6 +10,7 @@ allowed); a pruned trial returns at once, so its GPU goes to the next trial imme
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -33,6 +34,9 @@ from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
 REAP_EVERY_S = 15.0
+#: How often the loop refreshes the progress display when no trial ended (each refresh is a
+#: coordinator call, queued ahead of the workers' epoch reports).
+PROGRESS_EVERY_S = 1.0
 #: The reason recorded for trials a stop (Ctrl-C, SIGTERM, an error) cut short; they are re-run.
 INTERRUPTED = "interrupted: the study was stopped"
 _log = logging.getLogger(__name__)
@@ -61,6 +65,40 @@ class ObjectiveFacts:
     max_reports: int | None
 
 
+class EpochReporter:
+    """A worker's line to the pruner: ``report(epoch, value) -> stop?``. At epochs where the
+    pruner cannot decide (``decides``: the pruner's resource and its decision epochs up to it)
+    the value is sent without waiting for the answer: the coordinator stores it in order (one
+    caller's calls to an actor run in the order sent) and the trial trains on."""
+
+    def __init__(self, coordinator: Any, number: int, decides: tuple[int, frozenset[int]] | None) -> None:
+        self.coordinator = coordinator
+        self.number = number
+        self.decides = decides
+        self.pending: list[Any] = []
+
+    def waits_at(self, epoch: int) -> bool:
+        return self.decides is None or epoch > self.decides[0] or epoch in self.decides[1]
+
+    def __call__(self, epoch: int, value: float) -> bool:
+        ref = self.coordinator.report.remote(self.number, epoch, value)
+        if not self.waits_at(epoch):
+            self.pending[:] = [ref]  # the actor runs them in order: the last one done means all are
+            return False
+        self.pending.clear()
+        return bool(ray.get(ref))
+
+    def drain(self) -> BaseException | None:
+        """Wait until every report sent is stored (before the outcome is told); the error of one
+        that failed, as a waited-for report would have raised it into the trial."""
+        pending, self.pending = self.pending, []
+        try:
+            ray.get(pending)
+        except Exception as exc:  # noqa: BLE001
+            return getattr(exc, "cause", None) or exc
+        return None
+
+
 def run_trial(
     task_ref: Any,
     task_options: dict[str, Any],
@@ -72,9 +110,13 @@ def run_trial(
     threads: int,
     eval_every_steps: int | None = None,
     objective: ObjectiveFacts | None = None,
+    decides: tuple[int, frozenset[int]] | None = None,
 ) -> dict[str, Any]:
     """What a Ray worker runs for one trial: the task's training loop or the user's objective, both
-    through one :class:`~autoopt.trial.Trial`. Returns a TrialOutcome dict; never raises for bad configs."""
+    through one :class:`~autoopt.trial.Trial`. Returns a TrialOutcome dict; never raises for bad configs.
+
+    ``decides``: (the pruner's resource, the epochs up to it at which the pruner can stop a trial);
+    reports at other epochs are sent without waiting for the answer (None: wait at every epoch)."""
     import torch
 
     from autoopt.train import pick_device, seed_everything
@@ -95,8 +137,7 @@ def run_trial(
     if logger is not None:
         run_id = logger.start(host=os.uname().nodename, device=str(device))
 
-    def report(epoch: int, value: float) -> bool:
-        return bool(ray.get(coordinator.report.remote(number, epoch, value)))
+    report = EpochReporter(coordinator, number, decides)
 
     def on_epoch(record: EpochRecord) -> None:
         if logger is not None:
@@ -111,6 +152,11 @@ def run_trial(
     if objective is not None:
         seed_everything(seed)
     outcome: TrialOutcome = trial.run(run)
+    lost = report.drain()  # the last report is stored before the outcome is told (the driver is another caller)
+    if lost is not None and outcome.status != "failed":
+        # as if the report had waited and raised: the trial failed on it (a full disk: re-run on resume)
+        outcome = dataclasses.replace(outcome, status="failed", value=None,
+                                      reason=f"error: {type(lost).__name__}: {lost}"[:500])
     if logger is not None:
         logger.finish(outcome)
     result = outcome.to_dict()
@@ -329,6 +375,7 @@ class StudyRunner:
         self.gpus_per_trial = 0.0 if spec.gpus_per_trial == "auto" else float(spec.gpus_per_trial)
         self.resource_request: dict[str, float] = {}
         self._fits_now = True
+        self._decides: tuple[int, frozenset[int]] | None = None
 
     # --- set-up ------------------------------------------------------------------------
     def _objective_traits(self) -> TaskTraits:
@@ -380,6 +427,8 @@ class StudyRunner:
             experiment_name=self.spec.experiment or self.spec.name,
         )
         self.tracker = tracking.StudyTracker(config)
+        # the study's plots are drawn after run() returns (its results are stored and logged first)
+        self.tracker.report_in_background = tracking.report_in_background_default()
         existing = None
         try:
             import optuna
@@ -545,32 +594,44 @@ class StudyRunner:
             self._start_tracking()
         self._warm_start()
         threads = max(1, int(self.spec.cpus_per_trial))
+        self._decides = self._decision_epochs()
         running: dict[Any, int] = {}
         deadline = time.time() + self.spec.timeout_s if self.spec.timeout_s else None
-        last_beat = last_reap = last_resource_warning = started = time.time()
+        last_beat = last_reap = last_resource_warning = started = last_progress = time.time()
         exhausted = False
         stop_reason = INTERRUPTED
         from autoopt.resources import warn_interval_s
 
         resource_warn_s = warn_interval_s()
+
+        def may_ask() -> bool:
+            out_of_time = deadline is not None and time.time() >= deadline
+            return not (exhausted or out_of_time or self._stop.is_set())
+
         try:
             while True:
-                out_of_time = deadline is not None and time.time() >= deadline
-                while not (exhausted or out_of_time or self._stop.is_set()) and len(running) < self.spec.workers:
+                while may_ask() and len(running) < self.spec.workers:
                     item = ray.get(self.coordinator.ask.remote())
                     if item is None:
                         exhausted = True
                         break
                     running[self._dispatch(item, task_ref, threads)] = item["number"]
                 if not running:
+                    out_of_time = deadline is not None and time.time() >= deadline
                     if out_of_time or self._stop.is_set() or not self._wait_for_foreign():
                         break
                     exhausted = False  # a reaped trial may have been re-enqueued: ask again
                     continue
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in done:
-                    self._collect(ref, running[ref])
+                    # the freed worker's next trial comes back with the outcome's tell (one call)
+                    asked, item = self._collect(ref, running[ref], ask=len(running) - 1 < self.spec.workers and may_ask())
                     del running[ref]  # recorded (if recording failed, the stop below records it)
+                    if asked:
+                        if item is None:
+                            exhausted = True
+                        else:
+                            running[self._dispatch(item, task_ref, threads)] = item["number"]
                 now = time.time()
                 if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
@@ -584,14 +645,15 @@ class StudyRunner:
                     self.coordinator.reap_stale.remote()
                     self._log_progress()
                     last_reap = now
-                self._update_progress(len(running))
+                if done or now - last_progress >= PROGRESS_EVERY_S:  # not every turn: it queues before reports
+                    self._update_progress(len(running))
+                    last_progress = now
         except BaseException as exc:
             stop_reason = _stop_reason(exc)
             raise
         finally:
             self._fail_in_flight(running, stop_reason)
-        self._update_progress(0)
-        summary = ray.get(self.coordinator.summary.remote())
+        summary = self._update_progress(0, fresh=True)
         if summary.get("storage_outages"):
             import warnings
 
@@ -665,9 +727,24 @@ class StudyRunner:
         return _run_trial_remote.options(
             num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,
-                  threads, self.spec.eval_every_steps, self.objective_facts)
+                  threads, self.spec.eval_every_steps, self.objective_facts, self._decides)
 
-    def _collect(self, ref: Any, number: int) -> None:
+    def _decision_epochs(self) -> tuple[int, frozenset[int]] | None:
+        """(resource, epochs at which the study's pruner can stop a trial): the worker waits for the
+        coordinator's answer only at those; None (wait at every report) when the length is unknown."""
+        from autoopt.sampling import decision_epochs, make_pruner
+
+        max_epochs = self._coordinator_args[0][4].max_epochs if self._coordinator_args else self._max_reports()
+        try:
+            pruner = make_pruner(self.spec.search.pruner, max_epochs, **dict(self.spec.search.pruner_options))
+        except Exception:  # noqa: BLE001 - the coordinator reports a bad pruner; here: wait at every epoch
+            return None
+        epochs = decision_epochs(pruner, max_epochs)
+        return None if epochs is None else (int(max_epochs), epochs)
+
+    def _collect(self, ref: Any, number: int, ask: bool = False) -> tuple[bool, dict[str, Any] | None]:
+        """Record a finished trial; with ``ask``, also fetch the next trial. Returns (asked, item)."""
+        item = None
         try:
             outcome = ray.get(ref)
         except _WORKER_LOST as exc:
@@ -679,7 +756,10 @@ class StudyRunner:
         except ray.exceptions.TaskCancelledError:
             ray.get(self.coordinator.fail.remote(number, "cancelled", True))
         else:
-            ray.get(self.coordinator.tell.remote(number, outcome))
+            if ask:
+                _, item = ray.get(self.coordinator.tell_and_ask.remote(number, outcome))
+            else:
+                ray.get(self.coordinator.tell.remote(number, outcome))
             if outcome.get("tracking_failed") and self.tracker is not None and not self._tracking_warned:
                 import warnings
 
@@ -690,7 +770,10 @@ class StudyRunner:
                     f"MLflow tracking at {redact(self.tracker.config.tracking_uri)} failed during trial {number} on host "
                     f"{outcome.get('host') or '?'}: the trial ran and is in the Optuna storage, its MLflow run may be "
                     "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
+            self.progress.finished_this_run += 1
+            return ask, item
         self.progress.finished_this_run += 1
+        return False, None
 
     def _log_progress(self) -> None:
         """Keep the MLflow study run's counts and best value live (one small write)."""
@@ -703,8 +786,8 @@ class StudyRunner:
         except Exception:
             pass
 
-    def _update_progress(self, running: int) -> None:
-        summary = ray.get(self.coordinator.summary.remote())
+    def _update_progress(self, running: int, fresh: bool = False) -> dict[str, Any]:
+        summary = ray.get(self.coordinator.summary.remote(fresh))
         p = self.progress
         p.counts = summary["counts"]
         p.running = running
@@ -713,6 +796,7 @@ class StudyRunner:
             p.best_config = summary["best"]["config"]
         if self.on_progress:
             self.on_progress(p)
+        return summary
 
     def _finish(self) -> None:
         """Log the study's summary and plots, then run the caller's after-study hook."""

@@ -8,6 +8,7 @@ value is still allowed.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -42,25 +43,62 @@ class _ChoiceView:
         return getattr(self._study, name)
 
 
+class _SnapshotView:
+    """A study whose trials are read once per trial being sampled (see ChoiceRestrictingSampler)."""
+
+    def __init__(self, study: Study, trials: list[FrozenTrial]):
+        self._study, self._trials = study, trials
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy, states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials(deepcopy=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
 class ChoiceRestrictingSampler(BaseSampler):
     """Sample restricted categoricals from their allowed subset; delegate everything else.
 
     ``restrictions`` maps a parameter name to its allowed choices; the parameter is suggested
     with the full universe as its distribution.
+
+    ``snapshot``: read the study's trials once per new trial and sample all its parameters from
+    that read. Optuna 5's TPE (constant liar on) reads every trial again for each parameter, one
+    storage query per parameter; the study's coordinator, the one process sampling for all its
+    workers, reads once. Trials other drivers finish during those milliseconds are seen by the
+    next trial instead.
     """
 
-    def __init__(self, base: BaseSampler, restrictions: dict[str, tuple]):
+    def __init__(self, base: BaseSampler, restrictions: dict[str, tuple], snapshot: bool = False):
         self.base = base
         self.restrictions = restrictions
+        self.snapshot = snapshot
+        self._snapshot: tuple[int, list[FrozenTrial]] | None = None
+
+    def _view(self, study: Study, trial: FrozenTrial) -> Study:
+        if not self.snapshot:
+            return study
+        if self._snapshot is None or self._snapshot[0] != trial._trial_id:
+            self._snapshot = (trial._trial_id, study._get_trials(deepcopy=False))
+        return _SnapshotView(study, self._snapshot[1])  # type: ignore[return-value]
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        space = self.base.infer_relative_search_space(study, trial)
+        space = self.base.infer_relative_search_space(self._view(study, trial), trial)
         return {k: v for k, v in space.items() if not self._restricted(k, v)}
 
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.base.sample_relative(study, trial, search_space)
+        return self.base.sample_relative(self._view(study, trial), trial, search_space)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        study = self._view(study, trial)
         if self._restricted(param_name, param_distribution):
             allowed = self.restrictions[param_name]
             assert isinstance(param_distribution, CategoricalDistribution)
@@ -81,6 +119,7 @@ class ChoiceRestrictingSampler(BaseSampler):
         self.base.before_trial(study, trial)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._snapshot = None
         self.base.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -129,3 +168,35 @@ def make_pruner(name: str, max_epochs: int | None, **options: Any) -> optuna.pru
     except TypeError as exc:
         raise SpecError(f"pruner_options for {name}: {exc}") from None
     raise SpecError(f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+
+
+def pruner_decides_at(pruner: optuna.pruners.BasePruner, epoch: int) -> bool:
+    """Can ``pruner`` stop a trial at ``epoch`` (steps reported 1, 2, 3, ...)? Epoch reports it
+    cannot act on are sent without waiting for the answer. True for a pruner not known here (one
+    that may decide at any epoch), so only known pruners skip the wait.
+
+    Successive halving and Hyperband decide at rungs, ``min_resource * reduction_factor**k``
+    (each Hyperband bracket uses a subset of these); median and percentile pruners, and the
+    threshold pruner, after their warm-up steps, every ``interval_steps``; Optuna's no-op pruner never.
+    """
+    if isinstance(pruner, optuna.pruners.NopPruner):
+        return False
+    if isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner, optuna.pruners.HyperbandPruner)):
+        low, factor = getattr(pruner, "_min_resource", None), getattr(pruner, "_reduction_factor", None)
+        if not isinstance(low, int) or not isinstance(factor, int) or low < 1 or factor < 2:
+            return True  # "auto": learnt from the first trials
+        rung = low
+        while rung < epoch:
+            rung *= factor
+        return rung == epoch
+    if type(pruner) in (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner, optuna.pruners.ThresholdPruner):
+        warmup, interval = int(pruner._n_warmup_steps), int(pruner._interval_steps)
+        return epoch >= warmup and (epoch - warmup) % interval == 0
+    return True
+
+
+def decision_epochs(pruner: optuna.pruners.BasePruner, max_epochs: int | None) -> frozenset[int] | None:
+    """The epochs (1..max_epochs) at which ``pruner`` can decide; None: any epoch (unknown length)."""
+    if not max_epochs:
+        return None
+    return frozenset(e for e in range(1, int(max_epochs) + 1) if pruner_decides_at(pruner, e))

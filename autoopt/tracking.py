@@ -378,10 +378,13 @@ class TrialLogger:
     _logged_epochs: set[int] = field(default_factory=set, init=False, repr=False)
     _last_flush: float = field(default=0.0, init=False, repr=False)
     _conn: _Connection | None = field(default=None, init=False, repr=False)
+    #: asynchronous writes not yet confirmed: (MLflow's RunOperations, the epochs they carry)
+    _pending: list[tuple[Any, list[EpochRecord], list[int]]] = field(default_factory=list, init=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_conn"] = None
+        state["_pending"] = []
         return state
 
     @property
@@ -439,9 +442,43 @@ class TrialLogger:
         self.run_id = run.info.run_id
         params = {**flatten_config(self.trial_config), "trial_number": self.trial_number}
         _, p, _ = _entities(params=params)
-        self.conn.call("log params", "log_batch", self.run_id, params=p)
+        self._log_async("log params", p=p)  # off the trial's path; confirmed in finish()
         self._last_flush = time.monotonic()
         return self.run_id
+
+    def _log_async(self, what: str, *, metrics: list | None = None, p: list | None = None, tags: list | None = None,
+                   records: list[EpochRecord] | None = None, times: list[int] | None = None) -> bool:
+        """``log_batch(synchronous=False)``: MLflow writes it in its own thread while the trial trains;
+        :meth:`_confirm` waits for it when the trial ends. A tracking server (http) is written to
+        synchronously: MLflow's own thread would retry a dead server for minutes, outside the
+        bounded one-attempt policy (:func:`_bounded_http`)."""
+        if is_remote(self.config.tracking_uri):
+            ok, _ = self.conn.call(what, "log_batch", self.run_id, metrics=metrics or (), params=p or (), tags=tags or ())
+            if ok:
+                self._logged_epochs.update(r.key for r in records or [])
+            return ok
+        ok, ops = self.conn.call(what, "log_batch", self.run_id, metrics=metrics or (), params=p or (),
+                                 tags=tags or (), synchronous=False)
+        if ok:
+            self._pending.append((ops, list(records or []), list(times or [])))
+        return ok
+
+    def _confirm(self) -> None:
+        """Wait for the asynchronous writes; epochs whose write failed go back to the buffer
+        (written again synchronously by the caller's flush)."""
+        pending, self._pending = self._pending, []
+        for ops, records, times in pending:
+            start = time.perf_counter()
+            try:
+                if ops is not None:
+                    ops.wait()
+                self._logged_epochs.update(r.key for r in records)
+            except Exception as exc:  # noqa: BLE001 - tracking never breaks a trial
+                _logger.debug("autoopt: asynchronous MLflow write failed (%s); retrying synchronously", exc)
+                self._buffer.extend(records)
+                self._buffer_times.extend(times)
+            finally:
+                self.conn.seconds += time.perf_counter() - start
 
     def log_epoch(self, record: EpochRecord) -> None:
         """Buffer one epoch; written every ``flush_every`` epochs or ``flush_seconds``."""
@@ -452,7 +489,7 @@ class TrialLogger:
         due = (len(self._buffer) >= self.config.flush_every
                or time.monotonic() - self._last_flush >= self.config.flush_seconds)
         if due:
-            self.flush()
+            self.flush(wait=False)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """The user's own metrics (``trial.log_metrics``), written at once."""
@@ -474,15 +511,25 @@ class TrialLogger:
         return [Metric(k, float(v), ts, record.key) for k, v in values.items()
                 if isinstance(v, (int, float)) and v is not None]
 
-    def flush(self) -> bool:
-        """Write buffered epochs in one ``log_batch``; keeps them buffered if the store is down."""
+    def flush(self, wait: bool = True) -> bool:
+        """Write buffered epochs in one ``log_batch``; keeps them buffered if the store is down.
+        ``wait=False``: asynchronously (confirmed by the next waiting flush or :meth:`finish`)."""
         self._last_flush = time.monotonic()
+        if wait:
+            self._confirm()
         if not self._buffer or self.run_id is None:
             return True
-        metrics = [m for rec, ts in zip(self._buffer, self._buffer_times) for m in self._epoch_metrics(rec, ts)]
+        records, times = list(self._buffer), list(self._buffer_times)
+        metrics = [m for rec, ts in zip(records, times) for m in self._epoch_metrics(rec, ts)]
+        if not wait:
+            if self._log_async("log epoch metrics", metrics=metrics, records=records, times=times):
+                self._buffer.clear()
+                self._buffer_times.clear()
+                return True
+            return False
         ok, _ = self.conn.call("log epoch metrics", "log_batch", self.run_id, metrics=metrics)
         if ok:
-            self._logged_epochs.update(r.key for r in self._buffer)
+            self._logged_epochs.update(r.key for r in records)
             self._buffer.clear()
             self._buffer_times.clear()
         return ok
@@ -493,6 +540,7 @@ class TrialLogger:
         if not self.enabled or self.run_id is None:
             return
         # Epochs the runner did not pass through log_epoch still belong on the curve.
+        self._confirm()  # the asynchronous writes first: what failed is buffered again
         buffered = {r.key for r in self._buffer}
         for rec in outcome.history:
             if rec.key not in self._logged_epochs and rec.key not in buffered:
@@ -544,6 +592,8 @@ class StudyTracker:
         self.study_name = ""
         self.metric_name = "val_metric"
         self.traits: dict[str, Any] = {}
+        #: write the end-of-study plots in a thread (a study run sets it; see :meth:`finish`)
+        self.report_in_background = False
 
     @property
     def parent_run_id(self) -> str | None:
@@ -714,11 +764,11 @@ class StudyTracker:
             self._conn.call(f"log artifact {path.name}", "log_artifact", self._parent_run_id, str(path), dest)
 
     def finish(self, study: Any) -> None:
-        """Best value/params/config, counts, pruning savings and plots; ends the parent run."""
+        """Best value/params/config, counts, pruning savings and plots; ends the parent run.
+        With ``report_in_background`` the plots and the run's end follow in a thread
+        (:func:`wait_for_reports`)."""
         if self._parent_run_id is None:
             return
-        from autoopt.report import write_best_config, write_report
-
         summary, metrics, tags = self._summary_entities(study)
         state = "failed" if summary["n_complete"] == 0 and summary["n_failed"] > 0 else "finished"
         tags["autoopt.state"] = state
@@ -726,6 +776,21 @@ class StudyTracker:
         step = summary["n_trials"] - summary["n_running"]
         m, _, t = _entities(metrics=metrics, tags=tags, step=step)
         self._conn.call("log study results", "log_batch", self._parent_run_id, metrics=m, tags=t, _force=True)
+        if self.report_in_background:
+            # the plots take seconds (more with many trials): the study's results are stored and
+            # logged already, so the caller gets them now; the process waits for this at exit
+            thread = threading.Thread(target=self._report_and_end, args=(study, state), daemon=False,
+                                      name=f"autoopt-report-{self.study_name}")
+            with _state_lock:
+                _REPORTS[:] = [t for t in _REPORTS if t.is_alive()] + [thread]
+            thread.start()
+        else:
+            self._report_and_end(study, state)
+
+    def _report_and_end(self, study: Any, state: str) -> None:
+        """Plots (or only the best configuration), logged to the parent run, which then ends."""
+        from autoopt.report import write_best_config, write_report
+
         with tempfile.TemporaryDirectory(prefix="autoopt-report-") as tmp:
             try:
                 if self.config.log_plots:
@@ -738,6 +803,26 @@ class StudyTracker:
             self.log_report(paths)
         self._conn.call("end parent run", "set_terminated", self._parent_run_id,
                         status="FAILED" if state == "failed" else "FINISHED", _force=True)
+
+
+#: Study reports still being written in the background (see StudyTracker.report_in_background).
+_REPORTS: list[threading.Thread] = []
+#: "0" makes a study's end-of-run report synchronous again (the study returns after its plots).
+REPORT_IN_BACKGROUND_ENV = "AUTOOPT_REPORT_IN_BACKGROUND"
+
+
+def report_in_background_default() -> bool:
+    return os.environ.get(REPORT_IN_BACKGROUND_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def wait_for_reports(timeout: float | None = None) -> bool:
+    """Wait for the study reports still being written in the background; True when none is left."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _state_lock:
+        threads = list(_REPORTS)
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 COMPARISONS = {
     "time_to_target": "bench.time_to_target",
     "overhead": "bench.overhead",
+    "engine": "bench.engine",
     "pruning": "bench.pruning",
     "scaling": "bench.scaling",
     "recommender": "bench.recommender",

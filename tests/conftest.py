@@ -22,6 +22,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # finished studies feed the recommender's meta-dataset: keep the tests' studies out of the user's
 os.environ["AUTOOPT_RECOMMEND_DIR"] = tempfile.mkdtemp(prefix="autoopt-recommend-")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# tests read a study's MLflow parent run (plots, final status) right after run() returns: the
+# end-of-study report is written before it returns here (tests/test_engine.py covers the default)
+os.environ["AUTOOPT_REPORT_IN_BACKGROUND"] = "0"
 
 PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 

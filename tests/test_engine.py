@@ -1,0 +1,176 @@
+"""The engine's shortcuts keep the study's results (issue #13): the coordinator's tally agrees with a
+rescan of the storage, epoch reports the pruner cannot act on are sent without waiting yet all
+stored in order, MLflow's asynchronous writes leave every epoch in the trial's run, and a study's
+report written in the background ends its parent run with the plots.
+
+Real parts throughout: SQLite storage, a Ray coordinator actor, an MLflow SQLite store, a small
+study through ``autoopt.run``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from autoopt.core import record as R
+from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.core.traits import TaskTraits
+from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.sampling import decision_epochs, make_pruner, pruner_decides_at
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec, StudySpec
+
+TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
+
+
+def coordinator(url: str, pruner: str = "none", max_epochs: int = 3, retries: int = 1) -> StudyCoordinator:
+    return StudyCoordinator(
+        f"s-{uuid.uuid4().hex[:6]}",
+        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw", "sgd"]), n_trials=None, pruner=pruner),
+        ExecutionSpec(retries=retries),
+        PlacesSpec(storage=url),
+        TaskFacts("maximize", TRAITS, max_epochs=max_epochs),
+    )
+
+
+def outcome(status: str, value: float | None, epochs: int) -> dict:
+    history = [{"epoch": e, "train_loss": 1.0, "val_metric": 0.1 * e, "lr": 0.1, "seconds": 0.01}
+               for e in range(1, epochs + 1)]
+    return {"status": status, "value": value, "history": history, "node_id": "n1",
+            "reason": None if status == "complete" else f"{status} at epoch {epochs}"}
+
+
+# --- which epochs the pruner can act on -------------------------------------------------------
+def test_pruner_decides_at_rungs_warmups_and_unknown_pruners():
+    hb = make_pruner("hyperband", 27)
+    assert [e for e in range(1, 28) if pruner_decides_at(hb, e)] == [1, 3, 9, 27]
+    sh = make_pruner("successive_halving", 20, min_resource=2, reduction_factor=2)
+    assert decision_epochs(sh, 20) == frozenset({2, 4, 8, 16})
+    median = make_pruner("median", 10, n_warmup_steps=3, interval_steps=2)
+    assert decision_epochs(median, 10) == frozenset({3, 5, 7, 9})
+    assert decision_epochs(make_pruner("none", 10), 10) == frozenset()
+    assert pruner_decides_at(optuna.pruners.SuccessiveHalvingPruner(min_resource="auto"), 5)  # learnt later
+
+    class Curve(optuna.pruners.BasePruner):  # e.g. a learning-curve pruner: may decide at any epoch
+        def prune(self, study, trial):
+            return False
+
+    assert decision_epochs(Curve(), 4) == frozenset({1, 2, 3, 4})
+    assert decision_epochs(hb, None) is None  # an objective of unknown length: wait at every report
+
+
+# --- the coordinator's tally ------------------------------------------------------------------
+def test_summary_tally_agrees_with_a_rescan_after_prunes_failures_and_retries(tmp_path, monkeypatch):
+    import autoopt.coordinator
+
+    monkeypatch.setattr(autoopt.coordinator, "TALLY_REFRESH_S", 1e9)  # summary() answers from the counters
+    c = coordinator(f"sqlite:///{tmp_path}/s.db", retries=1)
+    lost = c.ask()
+    assert c.fail(lost["number"], "worker lost: NodeDiedError", retry=True) is True  # queues a re-run
+    c.enqueue([{"optimizer": "adamw", "optimizer_params": {"lr": 1e-3}}])  # a warm start
+    told = []
+    for status, value, epochs in [("complete", 0.5, 3), ("complete", 0.9, 3), ("pruned", None, 1),
+                                  ("complete", 0.7, 3), ("failed", None, 2)]:
+        item = c.ask()  # the re-run and the warm start first
+        for e in range(1, epochs + 1):
+            c.report(item["number"], e, 0.1 * e)
+        told.append(c.tell(item["number"], outcome(status, value, epochs)))
+    assert told == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE", "FAIL"]
+    c.ask()  # left RUNNING
+
+    tally = c.summary()
+    fresh = c.summary(fresh=True)
+    assert tally == fresh
+    stored = R.summarize(optuna.load_study(study_name=c.study_name, storage=c.storage))
+    assert tally["counts"] == stored.counts == {"complete": 3, "pruned": 1, "failed": 2, "running": 1, "waiting": 0}
+    assert tally["best"]["number"] == stored.best.number and tally["best"]["value"] == pytest.approx(0.9)
+    assert tally["best"]["config"] == stored.best.user_attrs[R.CONFIG]
+    assert tally["counted"] == 6  # the retried failure does not use the budget
+
+    # what one transaction wrote: the outcome's attributes with the state, and a pruned trial's last value
+    trials = {t.number: t for t in c.study.get_trials(deepcopy=False)}
+    pruned = next(t for t in trials.values() if t.state == TrialState.PRUNED)
+    assert pruned.value == pytest.approx(0.1) and pruned.user_attrs[R.STATUS] == "pruned"
+    assert trials[2].user_attrs[R.NODE_ID] == "n1" and trials[2].user_attrs[R.EPOCHS_RUN] == 3
+    assert trials[2].user_attrs[R.SESSION] == c.session and trials[2].user_attrs[R.MAX_EPOCHS] == 3
+
+
+def test_tell_and_ask_is_one_call_that_tells_once(tmp_path):
+    c = coordinator(f"sqlite:///{tmp_path}/s.db")
+    first = c.ask()
+    state, nxt = c.tell_and_ask(first["number"], outcome("complete", 0.6, 3))
+    assert state == "COMPLETE" and nxt["number"] == first["number"] + 1
+    c.n_trials = 2  # the budget is used up: the next tell_and_ask tells and hands out nothing
+    assert c.tell_and_ask(nxt["number"], outcome("complete", 0.4, 3)) == ("COMPLETE", None)
+    assert [t.state for t in c.study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * 2
+
+
+# --- epoch reports that do not wait -----------------------------------------------------------
+def test_reports_the_pruner_cannot_act_on_do_not_wait_and_are_all_stored_in_order(ray_local, tmp_path):
+    from autoopt.runner import EpochReporter, _Coordinator
+
+    url, name = f"sqlite:///{tmp_path}/s.db", f"s-{uuid.uuid4().hex[:6]}"
+    actor = _Coordinator.remote(
+        name,
+        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw"]), n_trials=None, pruner="hyperband"),
+        ExecutionSpec(), PlacesSpec(storage=url), TaskFacts("maximize", TRAITS, max_epochs=9))
+    item = ray_local.get(actor.ask.remote())
+    reporter = EpochReporter(actor, item["number"], (9, decision_epochs(make_pruner("hyperband", 9), 9)))
+    waited = []
+    for epoch in range(1, 10):
+        stop = reporter(epoch, 0.05 * epoch)
+        waited.append(not reporter.pending)  # a report that waited leaves nothing pending
+        assert stop is False
+    assert waited == [reporter.waits_at(e) for e in range(1, 10)] == [e in (1, 3, 9) for e in range(1, 10)]
+    reporter(10, 0.6)  # past the resource: waits (the pruner's range is not known there)
+    assert not reporter.pending
+    reporter.drain()
+    ray_local.get(actor.tell.remote(item["number"], outcome("complete", 0.6, 10)))
+    study = optuna.load_study(study_name=name, storage=url)
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.intermediate_values == {e: pytest.approx(0.05 * e) for e in range(1, 10)} | {10: pytest.approx(0.6)}
+    ray_local.kill(actor)
+
+
+# --- MLflow off the trial's path --------------------------------------------------------------
+def test_asynchronous_epoch_logging_leaves_every_epoch_in_the_run(tmp_path):
+    from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
+
+    uri = default_tracking_uri(tmp_path)
+    tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name="async", flush_every=2))
+    assert tracker.start("async", {"n_trials": 1}, "tpe", "none", {}) is not None
+    logger = tracker.trial_logger(0, {"optimizer": "sgd"}, {"optimizer": "sgd", "optimizer_params": {"lr": 0.1}})
+    run_id = logger.start("h", "cpu")
+    history = [EpochRecord(e, 1 / e, e / 10, 0.1, 0.01) for e in range(1, 8)]
+    for rec in history:
+        logger.log_epoch(rec)
+    assert logger._pending  # written by MLflow's thread, not yet confirmed
+    logger.finish(TrialOutcome("complete", 0.7, history))
+    assert not logger._pending
+    run = MlflowClient(uri).get_run(run_id)
+    points = MlflowClient(uri).get_metric_history(run_id, "val_metric")
+    assert sorted(m.step for m in points) == list(range(1, 8))
+    assert run.data.params["optimizer.lr"] == "0.1" and run.info.status == "FINISHED"
+    assert run.data.tags["autoopt.epochs_logged"] == "7"
+
+
+# --- the report after the result ------------------------------------------------------------
+def test_a_study_report_written_in_the_background_ends_the_parent_run(ray_local, workdir, monkeypatch):
+    import autoopt
+    from autoopt.report import PLOT_NAMES
+    from autoopt.tracking import wait_for_reports
+
+    monkeypatch.setenv("AUTOOPT_REPORT_IN_BACKGROUND", "1")
+    spec = StudySpec.from_dict(dict(name="bg-report", task="tabular", task_options={"size": 0.1, "epochs": 2},
+                                    n_trials=2, workers=2, seed=0, space={"optimizers": ["adamw"]}))
+    result = autoopt.run(spec)
+    assert result.counts["complete"] + result.counts["pruned"] == 2
+    assert wait_for_reports(timeout=300)
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.mlflow_parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_value"] == pytest.approx(result.best_value)
+    plots = {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {f"{n}.html" for n in PLOT_NAMES} <= plots
