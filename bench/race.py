@@ -67,6 +67,7 @@ PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "sh": ("successive_halving", {}),
     "sh_rf4": ("successive_halving", {"reduction_factor": 4}),
     "learning_curve": ("learning_curve", {}),
+    "lc_q50": ("learning_curve", {"quantile": 0.5}),
 }
 MIN_RESOURCE, REDUCTION = 1, 3
 SAME_VALUE = 0.005
