@@ -344,7 +344,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
         if ratios:
             lines.append("\n" + table(["ratio (other / autoopt), per seed", "time to target (median, min-max)",
                                        "study wall (median, min-max)"],
-                                      [[k, fmt_spread(v["time_to_target"], 3), fmt_spread(v["wall"], 3)]
+                                      [[k, f'{fmt_spread(v["time_to_target"], 3)}, {v["time_to_target"]["n"]} seeds',
+                                        f'{fmt_spread(v["wall"], 3)}, {v["wall"]["n"]} seeds']
                                        for k, v in ratios.items()]))
         lines.append("")
     return "\n".join(lines), summary
