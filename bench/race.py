@@ -64,12 +64,15 @@ RACE_SYSTEMS = {
 PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
     "hyperband": ("hyperband", {}),
-    "sh": ("successive_halving", {}),
+    "sh": ("successive_halving", {"reduction_factor": 3}),
     "sh_rf4": ("successive_halving", {"reduction_factor": 4}),
     "learning_curve": ("learning_curve", {}),
     "lc_q50": ("learning_curve", {"quantile": 0.5}),
 }
 MIN_RESOURCE, REDUCTION = 1, 3
+#: the race's rungs, spelled out (the default successive_halving has since become reduction factor 4)
+RUNG_OPTIONS = {"successive_halving": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION},
+                "hyperband": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION}}
 SAME_VALUE = 0.005
 TRIALS_OVERRIDE: int | None = None  # smoke tests only
 
@@ -205,11 +208,11 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int) 
             work = out / "work"
             work.mkdir(parents=True, exist_ok=True)
             run = run_autoopt(t["task"], t["task_options"], space, storage=f"sqlite:///{(work / 'autoopt.db').resolve()}",
-                              tracking_uri=None, pruner=pruner, system=system, **kw)
+                              tracking_uri=None, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], system=system, **kw)
         elif runner == "tune":
             run = run_tune_fair(t["task"], t["task_options"], space, workdir=out / "work", pruner=pruner, **kw)
         else:
-            run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, **kw)
+            run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], **kw)
     else:
         pruner, opts = PRUNE_SYSTEMS[system]
         run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, pruner_options=opts, **kw)
@@ -300,8 +303,11 @@ def target_of(best_known: float, direction: str, tol: float) -> float:
 def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
-    for tname, t in RACE_TASKS.items():
-        systems = [s for s in RACE_SYSTEMS if (tname, s) in runs]
+    pairings = (("autoopt_sh", "tune_asha", "optuna_sh"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
+    for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
+        # the best known value (and so the target) is per pruner pairing: a later pairing's runs
+        # must not move the target of one already reported
+        systems = [s for s in pairing if (tname, s) in runs]
         if not systems:
             continue
         allr = [r for s in systems for r in runs[(tname, s)].values() if r.best() is not None]
@@ -335,9 +341,9 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                         rr.append((tb if tb is not None else b[k].wall_s) / ta)
                     ww.append(b[k].wall_s / a[k].wall_s)
                 ratios[f"{o} / {mine}"] = {"time_to_target": spread(rr), "wall": spread(ww)}
-        summary[tname] = {"best_known": best_known, "target": tgt, "direction": direction, "ratios": ratios,
+        summary[f"{tname}/{pairing[0]}"] = {"best_known": best_known, "target": tgt, "direction": direction, "ratios": ratios,
                           "n_trials": t["n_trials"], "task_options": t["task_options"]}
-        lines.append(f"**{tname}** (`{t['task']}` {t['task_options']}, {t['n_trials']} trials, {direction}; best known "
+        lines.append(f"**{tname}**, {pairing[0].split('_')[1].upper()} pairing (`{t['task']}` {t['task_options']}, {t['n_trials']} trials, {direction}; best known "
                      f"{fmt(best_known, 4)}, target {fmt(tgt, 4)} = within {100 * tol:g}%)\n")
         lines.append(table(["system", "reached", "time to target s (median, unreached = ∞)", "time s (min-max of reached)",
                             "study wall s", "best value", "epochs", "load at start"], rows))
