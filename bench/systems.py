@@ -157,6 +157,7 @@ def _events_from_study(study, t0: float, direction: str) -> list[TrialEvent]:
 def run_autoopt(task: str, task_options: dict[str, Any], space: dict[str, Any], *, seed: int, n_trials: int,
                 workers: int, storage: str, tracking_uri: str | None, pruner: str = "hyperband",
                 sampler: str = "tpe", warm_start: bool = False, system: str = "autoopt",
+                pruner_options: dict[str, Any] | None = None,
                 gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0) -> SystemRun:
     import autoopt
     from autoopt.storage import open_storage
@@ -164,7 +165,7 @@ def run_autoopt(task: str, task_options: dict[str, Any], space: dict[str, Any], 
     name = f"bench-{system}-{Path(task).name.replace(':', '_')}-{seed}-{uuid.uuid4().hex[:6]}"
     spec = autoopt.StudySpec(
         name=name, task=task, task_options=task_options, space=space, n_trials=n_trials, workers=workers,
-        sampler=sampler, pruner=pruner, seed=seed, storage=storage, tracking=tracking_uri is not None,
+        sampler=sampler, pruner=pruner, pruner_options=pruner_options or {}, seed=seed, storage=storage, tracking=tracking_uri is not None,
         tracking_uri=tracking_uri, experiment=name, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
         warm_start={"enabled": warm_start, "n_trials": 3},
     )

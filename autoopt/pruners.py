@@ -1,0 +1,138 @@
+"""A learning-curve-aware pruner: stop a trial whose curve cannot reach the study's best.
+
+Hyperband and successive halving compare a trial only with its peers at the same rung, so a
+trial that is clearly hopeless after one epoch still runs to the next rung, and a bracket's
+first trials run to the end because they have no peers yet. :class:`LearningCurvePruner` asks a
+different question at every epoch: *how good could this trial still get?* It takes the most
+optimistic of two estimates of the trial's final best value:
+
+* **extrapolation**: a saturating power law ``y(t) = a + b * t**-c`` fitted (least squares, for
+  a few fixed decay rates ``c``) to the trial's best-so-far curve, evaluated at the last epoch;
+* **matched curves**: the finished trials of the same study: the improvement each made from
+  this epoch to its end, a ``quantile`` of them (1.0: the largest) added to this trial's value.
+
+If even that estimate falls short of the study's current best (by more than ``margin``,
+relative), the trial is pruned. It never prunes before ``n_warmup_steps`` epochs or before
+``n_startup_trials`` trials have completed (there is no best, and no finished curve, before).
+It can decide at every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+#: decay rates tried by the power-law fit; the smallest decays slowest (most optimistic tail)
+DECAY_RATES = (0.5, 1.0, 2.0)
+
+
+def _best_so_far(values: list[float], minimize: bool) -> list[float]:
+    out, best = [], math.inf if minimize else -math.inf
+    for v in values:
+        best = min(best, v) if minimize else max(best, v)
+        out.append(best)
+    return out
+
+
+def _curve(trial: FrozenTrial) -> tuple[list[int], list[float]]:
+    steps = sorted(s for s, v in trial.intermediate_values.items() if v is not None and math.isfinite(v))
+    return steps, [trial.intermediate_values[s] for s in steps]
+
+
+def extrapolate(steps: list[int], values: list[float], horizon: int, minimize: bool) -> float | None:
+    """The most optimistic power-law extrapolation of a best-so-far curve to ``horizon``.
+
+    None when there are fewer than 2 points. Fits whose tail points the wrong way (getting
+    worse with time) are skipped; a fit never predicts better than the curve's own trend at
+    ``c = min(DECAY_RATES)``."""
+    if len(steps) < 2:
+        return None
+    t = np.maximum(np.asarray(steps, dtype=float), 1.0)  # autoopt reports epochs 1, 2, ...
+    y = np.asarray(_best_so_far(values, minimize), dtype=float)
+    best = None
+    for c in DECAY_RATES:
+        x = t ** -c
+        design = np.stack([np.ones_like(x), x], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+        if (b < 0) if minimize else (b > 0):  # a curve that gets worse: no improvement to come
+            continue
+        pred = a + b * max(float(horizon), 1.0) ** -c
+        if best is None or ((pred < best) if minimize else (pred > best)):
+            best = float(pred)
+    return best
+
+
+class LearningCurvePruner(BasePruner):
+    """Prune a trial whose optimistic final value (extrapolated or from matched finished
+    curves) cannot reach the study's best completed value.
+
+    ``max_resource``: the epochs a full trial trains (None: the longest finished curve).
+    ``quantile``: which of the finished trials' remaining improvements to assume (1.0 = the
+    largest, the most careful). ``margin``: relative slack on the best before pruning.
+    """
+
+    def __init__(self, n_startup_trials: int = 3, n_warmup_steps: int = 1, max_resource: int | None = None,
+                 quantile: float = 1.0, margin: float = 0.0) -> None:
+        if n_startup_trials < 1:
+            raise ValueError(f"n_startup_trials must be at least 1, got {n_startup_trials}")
+        if n_warmup_steps < 0:
+            raise ValueError(f"n_warmup_steps must be non-negative, got {n_warmup_steps}")
+        if not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+        if margin < 0:
+            raise ValueError(f"margin must be non-negative, got {margin}")
+        if max_resource is not None and max_resource < 1:
+            raise ValueError(f"max_resource must be at least 1, got {max_resource}")
+        self.n_startup_trials, self.n_warmup_steps = n_startup_trials, n_warmup_steps
+        self.max_resource, self.quantile, self.margin = max_resource, quantile, margin
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.n_warmup_steps:
+            return False
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(done) < self.n_startup_trials:
+            return False
+        minimize = study.direction == StudyDirection.MINIMIZE
+        finals = [t.value for t in done if t.value is not None and math.isfinite(t.value)]
+        if not finals:
+            return False
+        best = min(finals) if minimize else max(finals)
+        steps, values = _curve(trial)
+        if not steps:
+            return False
+        horizon = self.max_resource
+        curves = [_curve(t) for t in done]
+        if horizon is None:
+            horizon = max((s[-1] for s, _ in curves if s), default=step)
+        if step >= horizon:
+            return False  # its last report: nothing left to save
+        current = _best_so_far(values, minimize)[-1]
+        # matched curves: how much each finished trial improved after this epoch
+        gains = []
+        for s, v in curves:
+            if not s or s[-1] <= step:
+                continue
+            bsf = _best_so_far(v, minimize)
+            at = max((i for i, si in enumerate(s) if si <= step), default=None)
+            if at is None:
+                continue
+            gains.append(abs(bsf[-1] - bsf[at]))
+        estimates = []
+        if gains:
+            gain = float(np.quantile(gains, self.quantile))
+            estimates.append(current - gain if minimize else current + gain)
+        ext = extrapolate(steps, values, horizon, minimize)
+        if ext is not None:
+            estimates.append(ext)
+        if not estimates:
+            return False
+        optimistic = min(estimates) if minimize else max(estimates)
+        slack = self.margin * abs(best)
+        return optimistic > best + slack if minimize else optimistic < best - slack
+
