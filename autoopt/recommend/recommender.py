@@ -54,10 +54,8 @@ SIMILAR_KERNEL = 2.0
 MAX_LR_SHIFT = 1.5
 #: Bytes per stored value of optimizer state (fp32).
 STATE_BYTES = 4
-#: A rule whose favourite loses its place in the top 3 is reported as overridden when it gives
-#: that favourite at least this weight (the documents' main recommendations; weaker rules only
-#: when their favourite loses first place).
-STRONG_RULE_WEIGHT = 1.0
+#: A rule whose favourite the rules alone put first (or in the top 3) and the answer does not is
+#: always reported as overridden, with the evidence: data may override a rule, never silently.
 #: The data may take first place from the rules' favourite only with at least this learned
 #: weight (n_near / (n_near + k)): strong evidence near the queried traits (with the default
 #: evidence_k of 0.5, two or more tasks' worth of kernel weight).
@@ -620,8 +618,7 @@ class Recommender:
                 continue
             favoured = {o for o, v in w.items() if v == max(w.values())}
             first_lost = ruled[0] in favoured and final[0] not in favoured
-            strong = max(w.values()) >= STRONG_RULE_WEIGHT
-            top_lost = strong and favoured & set(ruled[:k]) and not favoured & set(final[:k])
+            top_lost = bool(favoured & set(ruled[:k])) and not favoured & set(final[:k])
             if not (first_lost or top_lost):
                 continue
             fav = ruled[0] if first_lost else sorted(favoured & set(ruled[:k]))[0]
