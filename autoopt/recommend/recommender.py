@@ -54,8 +54,6 @@ SIMILAR_KERNEL = 2.0
 MAX_LR_SHIFT = 1.5
 #: Bytes per stored value of optimizer state (fp32).
 STATE_BYTES = 4
-#: A rule whose favourite the rules alone put first (or in the top 3) and the answer does not is
-#: always reported as overridden, with the evidence: data may override a rule, never silently.
 #: The data may take first place from the rules' favourite only with at least this learned
 #: weight (n_near / (n_near + k)): strong evidence near the queried traits (with the default
 #: evidence_k of 0.5, two or more tasks' worth of kernel weight).
