@@ -132,7 +132,8 @@ def _open(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         for attempt in range(3):
             try:
                 storage = optuna.storages.RDBStorage(sa_url, engine_kwargs=engine_kwargs)
-                if dialect == "sqlite" and os.environ.get(SQLITE_WAL_ENV, "1").strip().lower() not in ("0", "false", "no", "off"):
+                on_disk = make_url(sa_url).database not in (None, "", ":memory:")  # a memory database dies with dispose()
+                if dialect == "sqlite" and on_disk and os.environ.get(SQLITE_WAL_ENV, "1").strip().lower() not in ("0", "false", "no", "off"):
                     _fast_sqlite(storage.engine)
                 return storage
             except sqlalchemy.exc.IntegrityError:
