@@ -243,10 +243,10 @@ CURVE_LOG_LR = np.round(np.arange(-6.0, 1.5 + 1e-9, 0.25), 4)
 
 def _instance_curves(instances: Sequence[str], optimizers: Sequence[str], lrs: np.ndarray, y: np.ndarray,
                      order: Sequence[str], o_index: Mapping[str, int]) -> np.ndarray:
-    """(tasks, optimizers, len(CURVE_LOG_LR)) measured regret, interpolated in log lr like
-    :meth:`autoopt.recommend.regret.TaskGrid.lookup` (the edge value within EDGE_DECADES outside
-    the swept range, CAP further out); NaN where a task did not run an optimizer."""
-    from autoopt.recommend.regret import CAP, EDGE_DECADES
+    """(tasks, optimizers, len(CURVE_LOG_LR)) measured regret, interpolated in log lr as
+    :meth:`autoopt.recommend.regret.TaskGrid.lookup` does (:func:`~autoopt.recommend.regret.interpolate`);
+    NaN where a task did not run an optimizer."""
+    from autoopt.recommend.regret import interpolate
 
     curves = np.full((len(order), len(o_index), len(CURVE_LOG_LR)), np.nan)
     i_index = {inst: k for k, inst in enumerate(order)}
@@ -257,8 +257,7 @@ def _instance_curves(instances: Sequence[str], optimizers: Sequence[str], lrs: n
         pts.sort()
         x = np.array([p[0] for p in pts])
         v = np.array([p[1] for p in pts])
-        inside = (CURVE_LOG_LR >= x[0] - EDGE_DECADES - 1e-9) & (CURVE_LOG_LR <= x[-1] + EDGE_DECADES + 1e-9)
-        curves[k, j] = np.where(inside, np.interp(CURVE_LOG_LR, x, v), CAP)
+        curves[k, j] = interpolate(x, v, CURVE_LOG_LR)
     return curves
 
 

@@ -65,11 +65,8 @@ class TaskGrid:
         if lr is None or not (lr > 0) or not math.isfinite(lr):
             return CAP, worst_raw
         x = math.log10(lr)
-        lo, hi = curve.log_lr[0], curve.log_lr[-1]
-        if x < lo - EDGE_DECADES - 1e-9 or x > hi + EDGE_DECADES + 1e-9:
-            return CAP, worst_raw
-        x = min(max(x, lo), hi)
-        return float(np.interp(x, curve.log_lr, curve.regret)), float(np.interp(x, curve.log_lr, curve.raw))
+        return (float(interpolate(curve.log_lr, curve.regret, x)),
+                float(interpolate(curve.log_lr, curve.raw, x, outside=worst_raw)))
 
     def tuned(self, optimizer: str) -> tuple[float, float]:
         """(normalised, raw) regret of ``optimizer`` at its best grid lr."""
@@ -79,6 +76,15 @@ class TaskGrid:
     @property
     def best_optimizer(self) -> str:
         return min(self.curves, key=lambda o: (self.curves[o].best[1], o))
+
+
+def interpolate(log_lr: np.ndarray, values: np.ndarray, x: Any, outside: float = CAP) -> np.ndarray:
+    """``values`` (on the sorted grid ``log_lr``) at log10 lr ``x`` (scalar or array): linear in
+    log lr inside the grid, the edge value within EDGE_DECADES outside it, ``outside`` further out."""
+    x = np.asarray(x, dtype=float)
+    lo, hi = log_lr[0], log_lr[-1]
+    inside = (x >= lo - EDGE_DECADES - 1e-9) & (x <= hi + EDGE_DECADES + 1e-9)
+    return np.where(inside, np.interp(x, log_lr, values), outside)
 
 
 def task_grids(table: Any) -> dict[str, TaskGrid]:
