@@ -136,10 +136,10 @@ def _open(url: str, create: bool = True) -> optuna.storages.BaseStorage:
                 if dialect == "sqlite" and on_disk and os.environ.get(SQLITE_WAL_ENV, "1").strip().lower() not in ("0", "false", "no", "off"):
                     _fast_sqlite(storage.engine)
                 return storage
-            except sqlalchemy.exc.IntegrityError:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
                 # two drivers creating a new database at once: the other one wrote the schema
-                # (alembic_version) first; opening it again finds it there
-                if attempt == 2:
+                # (alembic_version, or a table: "already exists") first; opening it again finds it there
+                if attempt == 2 or (isinstance(exc, sqlalchemy.exc.OperationalError) and "already exists" not in str(exc)):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
