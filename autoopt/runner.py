@@ -422,6 +422,9 @@ class StudyRunner:
     def _start_tracking(self) -> None:
         from autoopt import tracking
 
+        if getattr(self, "_warming", None) is not None:
+            self._warming.join(timeout=60)  # the store opened while the coordinator started
+
         config = tracking.TrackingConfig(
             tracking_uri=tracking.resolve_tracking_uri(self.spec.tracking_uri),
             experiment_name=self.spec.experiment or self.spec.name,
@@ -584,6 +587,13 @@ class StudyRunner:
             _prepare_worker_remote.options(
                 num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
             ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
+        self._warming = None
+        if self.spec.tracking:
+            from autoopt import tracking
+
+            self._warming = threading.Thread(target=tracking.warm_store, daemon=True,
+                                             args=(tracking.resolve_tracking_uri(self.spec.tracking_uri),))
+            self._warming.start()
         self.coordinator = self._make_coordinator()
         try:
             ray.get(self.coordinator.summary.remote())

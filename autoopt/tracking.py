@@ -108,6 +108,19 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(raw)
 
 
+def warm_store(tracking_uri: str) -> None:
+    """Import MLflow and open a local store (creating its tables on first use: about 3 s) while
+    the driver waits for the study's coordinator, instead of after it. Never raises: a problem
+    shows when the study's tracker starts."""
+    try:
+        from mlflow import MlflowClient
+
+        if not is_remote(tracking_uri):  # a server is not called here: it may be down
+            MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
@@ -352,6 +365,22 @@ def _entities(metrics: dict[str, float] | None = None, params: dict[str, Any] | 
     return m, p, t
 
 
+_WRITER: Any = None
+_WRITER_LOCK = threading.Lock()
+
+
+def _writer() -> Any:
+    """The process's one tracking thread (a worker runs one trial at a time; its writes keep
+    their order)."""
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoopt-mlflow")
+        return _WRITER
+
+
 # ----------------------------------------------------------------------------------------------
 # Worker side: one child run per trial
 # ----------------------------------------------------------------------------------------------
@@ -378,7 +407,7 @@ class TrialLogger:
     _logged_epochs: set[int] = field(default_factory=set, init=False, repr=False)
     _last_flush: float = field(default=0.0, init=False, repr=False)
     _conn: _Connection | None = field(default=None, init=False, repr=False)
-    #: asynchronous writes not yet confirmed: (MLflow's RunOperations, the epochs they carry)
+    #: background writes not yet confirmed: (their futures, the epochs they carry)
     _pending: list[tuple[Any, list[EpochRecord], list[int]]] = field(default_factory=list, init=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -448,37 +477,36 @@ class TrialLogger:
 
     def _log_async(self, what: str, *, metrics: list | None = None, p: list | None = None, tags: list | None = None,
                    records: list[EpochRecord] | None = None, times: list[int] | None = None) -> bool:
-        """``log_batch(synchronous=False)``: MLflow writes it in its own thread while the trial trains;
-        :meth:`_confirm` waits for it when the trial ends. A tracking server (http) is written to
-        synchronously: MLflow's own thread would retry a dead server for minutes, outside the
-        bounded one-attempt policy (:func:`_bounded_http`)."""
+        """A ``log_batch`` written by this process's tracking thread while the trial trains;
+        :meth:`_confirm` waits for it when the trial ends. Not MLflow's own ``synchronous=False``:
+        ending a run shuts MLflow's queue down, and that join waits out the queue's 1-second poll on
+        every trial. A tracking server (http) is written to synchronously: a dead server must fail
+        within the bounded one-attempt policy (:func:`_bounded_http`), not in a thread."""
         if is_remote(self.config.tracking_uri):
             ok, _ = self.conn.call(what, "log_batch", self.run_id, metrics=metrics or (), params=p or (), tags=tags or ())
             if ok:
                 self._logged_epochs.update(r.key for r in records or [])
             return ok
-        ok, ops = self.conn.call(what, "log_batch", self.run_id, metrics=metrics or (), params=p or (),
-                                 tags=tags or (), synchronous=False)
-        if ok:
-            self._pending.append((ops, list(records or []), list(times or [])))
-        return ok
+        future = _writer().submit(self.conn.call, what, "log_batch", self.run_id, metrics=metrics or (),
+                                  params=p or (), tags=tags or ())
+        self._pending.append((future, list(records or []), list(times or [])))
+        return True
 
     def _confirm(self) -> None:
-        """Wait for the asynchronous writes; epochs whose write failed go back to the buffer
+        """Wait for the background writes; epochs whose write failed go back to the buffer
         (written again synchronously by the caller's flush)."""
         pending, self._pending = self._pending, []
-        for ops, records, times in pending:
-            start = time.perf_counter()
+        for future, records, times in pending:
             try:
-                if ops is not None:
-                    ops.wait()
-                self._logged_epochs.update(r.key for r in records)
+                ok, _ = future.result()
             except Exception as exc:  # noqa: BLE001 - tracking never breaks a trial
-                _logger.debug("autoopt: asynchronous MLflow write failed (%s); retrying synchronously", exc)
+                _logger.debug("autoopt: background MLflow write failed (%s); retrying synchronously", exc)
+                ok = False
+            if ok:
+                self._logged_epochs.update(r.key for r in records)
+            else:
                 self._buffer.extend(records)
                 self._buffer_times.extend(times)
-            finally:
-                self.conn.seconds += time.perf_counter() - start
 
     def log_epoch(self, record: EpochRecord) -> None:
         """Buffer one epoch; written every ``flush_every`` epochs or ``flush_seconds``."""
@@ -546,7 +574,12 @@ class TrialLogger:
             if rec.key not in self._logged_epochs and rec.key not in buffered:
                 self._buffer.append(rec)
                 self._buffer_times.append(_now_ms())
-        self.flush()
+        # the last epochs go in the outcome's batch (one write fewer per trial) if they fit MLflow's
+        # 1000-metrics-per-batch limit
+        tail = list(zip(self._buffer, self._buffer_times))
+        if 4 * len(tail) > 900:
+            self.flush()
+            tail = []
         final_metrics: dict[str, float] = {
             "epochs_run": outcome.epochs_run,
             "trial_seconds": outcome.seconds,
@@ -565,7 +598,7 @@ class TrialLogger:
             "autoopt.device": outcome.device or None,
             "autoopt.optimizer_state_bytes": outcome.optimizer_state_bytes,
             # what `autoopt sync` checks: every epoch of the curve reached the store
-            "autoopt.epochs_logged": len(self._logged_epochs),
+            "autoopt.epochs_logged": len(self._logged_epochs | {rec.key for rec, _ in tail}),
         }
         if outcome.status != "complete":
             note = f"Trial {self.trial_number} {outcome.status}"
@@ -573,7 +606,12 @@ class TrialLogger:
                 note += f" at epoch {outcome.stopped_at_epoch}"
             tags[NOTE_TAG] = note + (f": {outcome.reason}" if outcome.reason else ".")
         m, _, t = _entities(metrics=final_metrics, tags=tags, step=outcome.epochs_run)
-        self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=m, tags=t)
+        epochs = [metric for rec, ts in tail for metric in self._epoch_metrics(rec, ts)]
+        ok, _ = self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=epochs + m, tags=t)
+        if ok:
+            self._logged_epochs.update(rec.key for rec, _ in tail)
+            self._buffer.clear()
+            self._buffer_times.clear()
         self.conn.call("end trial run", "set_terminated", self.run_id,
                        status=status or RUN_STATUS.get(outcome.status, "FAILED"), _force=True)
 
