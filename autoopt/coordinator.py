@@ -295,6 +295,8 @@ class StudyCoordinator:
         self._live: dict[int, optuna.Trial] = {}
         self._waiting: set[int] = set()  # WAITING trial numbers as of the last tally refresh
         self._asking: optuna.Trial | None = None
+        #: trials prepare() sampled and queued: their configuration and params, for ask()
+        self._prepared: dict[int, tuple[Any, dict[str, Any]]] = {}
         self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
         self._last_beat = 0.0
         self._quiet_until = 0.0  # after a stall of its own, this driver reaps nobody until then
@@ -331,8 +333,9 @@ class StudyCoordinator:
                     return None
                 trial = self.study.ask()
         self._asking = trial
+        prepared = self._prepared.pop(trial.number, None)  # sampled ahead by prepare(): not again
         try:
-            config = self.space.sample(trial)
+            config, params = prepared if prepared is not None else (self.space.sample(trial), None)
         except Exception as exc:  # e.g. an enqueued config outside the current space
             if is_connection_error(exc):
                 raise
@@ -345,7 +348,8 @@ class StudyCoordinator:
         self._asking = None
         self._live[trial.number] = trial
         self._count("running", +1, counted=+1, waiting=trial.number in self._waiting)
-        return {"number": trial.number, "config": config.to_dict(), "params": dict(trial.params)}
+        self._waiting.discard(trial.number)
+        return {"number": trial.number, "config": config.to_dict(), "params": params if params is not None else dict(trial.params)}
 
     @_survives_storage_outage
     def report(self, number: int, epoch: int, value: float) -> bool:
@@ -438,6 +442,34 @@ class StudyCoordinator:
             self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
             self._refresh_tally()  # a new WAITING trial (rare: a retry)
         return retried
+
+    @_survives_storage_outage
+    def prepare(self) -> int | None:
+        """Sample the next trial before a worker asks for it and queue it (WAITING), so the
+        sampler runs while the workers train and ``ask`` only takes the queued trial. Nothing to
+        do when a trial is already queued or the budget is used up; returns the queued number.
+
+        Queued, the trial is not counted against the budget and not RUNNING: a driver that dies
+        leaves it for the next run (or another driver) to take, like an enqueued configuration."""
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+        with budget_lock(self.storage, self.storage_url, self.study_id):
+            if self.n_trials is not None and self.counted() >= self.n_trials:
+                return None
+            trial = self.study.ask()
+            try:
+                config = self.space.sample(trial)  # the sampler's work; the params are stored with the trial
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise
+                self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
+                return None
+            # RUNNING -> WAITING: Optuna's next ask takes it and its suggest calls return these params
+            self.storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        self._prepared[trial.number] = (config, dict(trial.params))
+        self._waiting.add(trial.number)
+        self._count("waiting", +1)
+        return trial.number
 
     @_survives_storage_outage
     def fail_running(self, reason: str) -> list[int]:

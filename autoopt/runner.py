@@ -171,12 +171,20 @@ def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, 
     """Make a worker process ready for trials: import what a trial needs and build the task (its
     dataset) or import the objective. On a cluster each study's first trials otherwise wait
     seconds for new processes."""
-    import torch  # noqa: F401
+    import torch
 
+    import autoopt.optimizers  # noqa: F401
     import autoopt.train  # noqa: F401
     import autoopt.trial
 
+    # a process's first optimizer imports torch._dynamo (about 0.5 s), and the optimizers beyond
+    # torch.optim come from pytorch_optimizer: both now, not inside the first trials
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    import pytorch_optimizer  # noqa: F401
+
     if tracking:
+        import mlflow.tracking  # noqa: F401 - about 1.6 s; the store itself is opened by the driver
+
         import autoopt.tracking  # noqa: F401
     if objective_ref is not None:
         autoopt.trial.load_objective(ray.get(objective_ref) if isinstance(objective_ref, ray.ObjectRef) else objective_ref)
@@ -618,14 +626,27 @@ class StudyRunner:
             out_of_time = deadline is not None and time.time() >= deadline
             return not (exhausted or out_of_time or self._stop.is_set())
 
+        # The sampler works ahead: after each dispatch the coordinator prepares (samples and
+        # queues) the next trial while the workers train, so a freed worker's ask only takes it.
+        # Calls from here to the coordinator run in the order sent: a freed worker's ask goes
+        # before the finished trial's tell, and both are stored before any later call returns.
+        self._sent: list[Any] = []  # tells and prepares not waited for: their errors surface below
+
+        def dispatch_next() -> bool:
+            item = ray.get(self.coordinator.ask.remote())
+            self._check_sent()
+            if item is None:
+                return False
+            running[self._dispatch(item, task_ref, threads)] = item["number"]
+            return True
+
         try:
             while True:
                 while may_ask() and len(running) < self.spec.workers:
-                    item = ray.get(self.coordinator.ask.remote())
-                    if item is None:
+                    if not dispatch_next():
                         exhausted = True
                         break
-                    running[self._dispatch(item, task_ref, threads)] = item["number"]
+                    self._sent.append(self.coordinator.prepare.remote())
                 if not running:
                     out_of_time = deadline is not None and time.time() >= deadline
                     if out_of_time or self._stop.is_set() or not self._wait_for_foreign():
@@ -634,14 +655,15 @@ class StudyRunner:
                     continue
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in done:
-                    # the freed worker's next trial comes back with the outcome's tell (one call)
-                    asked, item = self._collect(ref, running[ref], ask=len(running) - 1 < self.spec.workers and may_ask())
-                    del running[ref]  # recorded (if recording failed, the stop below records it)
+                    outcome = self._outcome(ref, running[ref])  # a lost worker, an error: recorded here
+                    number = running.pop(ref)
+                    asked = may_ask() and dispatch_next()  # the freed worker's next trial first
+                    if not asked and may_ask():
+                        exhausted = True
+                    if outcome is not None:
+                        self._sent.append(self.coordinator.tell.remote(number, outcome))
                     if asked:
-                        if item is None:
-                            exhausted = True
-                        else:
-                            running[self._dispatch(item, task_ref, threads)] = item["number"]
+                        self._sent.append(self.coordinator.prepare.remote())
                 now = time.time()
                 if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
@@ -655,7 +677,9 @@ class StudyRunner:
                     self.coordinator.reap_stale.remote()
                     self._log_progress()
                     last_reap = now
-                if done or now - last_progress >= PROGRESS_EVERY_S:  # not every turn: it queues before reports
+                # not on every trial's end: the summary queues behind the tell (and its ask ahead)
+                # and before the workers' reports
+                if now - last_progress >= PROGRESS_EVERY_S:
                     self._update_progress(len(running))
                     last_progress = now
         except BaseException as exc:
@@ -663,6 +687,7 @@ class StudyRunner:
             raise
         finally:
             self._fail_in_flight(running, stop_reason)
+        self._check_sent(wait=True)
         summary = self._update_progress(0, fresh=True)
         if summary.get("storage_outages"):
             import warnings
@@ -752,9 +777,9 @@ class StudyRunner:
         epochs = decision_epochs(pruner, max_epochs)
         return None if epochs is None else (int(max_epochs), epochs)
 
-    def _collect(self, ref: Any, number: int, ask: bool = False) -> tuple[bool, dict[str, Any] | None]:
-        """Record a finished trial; with ``ask``, also fetch the next trial. Returns (asked, item)."""
-        item = None
+    def _outcome(self, ref: Any, number: int) -> dict[str, Any] | None:
+        """A finished trial's outcome for the coordinator's tell; None when the trial's worker was
+        lost or it raised, which is recorded here (failed, re-run if it may be)."""
         try:
             outcome = ray.get(ref)
         except _WORKER_LOST as exc:
@@ -766,10 +791,6 @@ class StudyRunner:
         except ray.exceptions.TaskCancelledError:
             ray.get(self.coordinator.fail.remote(number, "cancelled", True))
         else:
-            if ask:
-                _, item = ray.get(self.coordinator.tell_and_ask.remote(number, outcome))
-            else:
-                ray.get(self.coordinator.tell.remote(number, outcome))
             if outcome.get("tracking_failed") and self.tracker is not None and not self._tracking_warned:
                 import warnings
 
@@ -781,9 +802,17 @@ class StudyRunner:
                     f"{outcome.get('host') or '?'}: the trial ran and is in the Optuna storage, its MLflow run may be "
                     "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
             self.progress.finished_this_run += 1
-            return ask, item
+            return outcome
         self.progress.finished_this_run += 1
-        return False, None
+        return None
+
+    def _check_sent(self, wait: bool = False) -> None:
+        """Raise the error of a tell or prepare sent without waiting (a storage that stayed down),
+        as a waited-for call would have; ``wait``: for all of them (the study's end)."""
+        if not self._sent:
+            return
+        ready, self._sent = ray.wait(self._sent, num_returns=len(self._sent), timeout=None if wait else 0)
+        ray.get(ready)
 
     def _log_progress(self) -> None:
         """Keep the MLflow study run's counts and best value live (one small write)."""

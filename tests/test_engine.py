@@ -22,6 +22,7 @@ from autoopt.core.traits import TaskTraits
 from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.sampling import decision_epochs, make_pruner, pruner_decides_at
 from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec, StudySpec
+from autoopt.storage import open_storage
 
 TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
 
@@ -133,6 +134,46 @@ def test_reports_the_pruner_cannot_act_on_do_not_wait_and_are_all_stored_in_orde
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.intermediate_values == {e: pytest.approx(0.05 * e) for e in range(1, 10)} | {10: pytest.approx(0.6)}
     ray_local.kill(actor)
+
+
+def test_a_prepared_trial_waits_queued_and_the_next_ask_takes_it(tmp_path):
+    c = coordinator(f"sqlite:///{tmp_path}/s.db", retries=0)
+    c.n_trials = 3
+    ran = c.ask()
+    number = c.prepare()  # sampled while `ran` trains
+    assert number == ran["number"] + 1 and c.prepare() is None  # one queued at a time
+    queued = c.study.get_trials(deepcopy=False)[number]
+    assert queued.state == TrialState.WAITING and queued.params  # sampled, not running, not counted
+    assert c.summary()["counted"] == 1 and c.summary()["counts"]["waiting"] == 1
+    c.tell(ran["number"], outcome("complete", 0.6, 3))
+    item = c.ask()
+    assert item["number"] == number and item["params"] == queued.params  # the sampler's answer, kept
+    assert c.summary() == c.summary(fresh=True)
+    c.tell(item["number"], outcome("complete", 0.7, 3))
+    assert c.prepare() == number + 1
+    c.ask()
+    assert c.prepare() is None  # the budget is used up: nothing is queued beyond it
+    assert [t.state for t in c.study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING]
+
+
+def test_a_study_stopped_by_its_timeout_leaves_its_prepared_trial_queued(ray_local, workdir):
+    import autoopt
+
+    spec = StudySpec.from_dict(dict(name="ahead-timeout", task="bench.trivial:SleepTask",
+                                    task_options={"sleep_s": 1.0}, n_trials=50, workers=1, seed=0,
+                                    timeout_s=4, tracking=False, space={"optimizers": ["adamw"]}))
+    result = autoopt.run(spec)
+    trials = optuna.load_study(study_name="ahead-timeout", storage=open_storage(None)).get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.FAIL not in states  # nothing orphaned, nothing failed
+    assert states.count(TrialState.WAITING) <= 1 and states.count(TrialState.COMPLETE) >= 1
+    assert result.counts["waiting"] == states.count(TrialState.WAITING)
+    if TrialState.WAITING in states:  # the next run starts with it: the configuration the sampler chose
+        queued = trials[states.index(TrialState.WAITING)]
+        resumed = autoopt.run(spec.model_copy(update={"search": spec.search.model_copy(update={"n_trials": len(trials)})}))
+        again = optuna.load_study(study_name="ahead-timeout", storage=open_storage(None)).trials[queued.number]
+        assert again.state == TrialState.COMPLETE and again.params == queued.params
+        assert resumed.counts["waiting"] == 0
 
 
 # --- MLflow off the trial's path --------------------------------------------------------------
