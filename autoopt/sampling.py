@@ -204,7 +204,9 @@ def pruner_decides_at(pruner: optuna.pruners.BasePruner, epoch: int) -> bool:
 
 
 def decision_epochs(pruner: optuna.pruners.BasePruner, max_epochs: int | None) -> frozenset[int] | None:
-    """The epochs (1..max_epochs) at which ``pruner`` can decide; None: any epoch (unknown length)."""
+    """The epochs before the last at which ``pruner`` can decide; None: any epoch (unknown length).
+    The last epoch is left out: stopping a trial there saves no training, so its report need not
+    wait for the answer (the trial completes with all its epochs)."""
     if not max_epochs:
         return None
-    return frozenset(e for e in range(1, int(max_epochs) + 1) if pruner_decides_at(pruner, e))
+    return frozenset(e for e in range(1, int(max_epochs)) if pruner_decides_at(pruner, e))
