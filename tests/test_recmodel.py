@@ -270,3 +270,68 @@ def test_lr_scaling_law_is_kept_only_where_left_out_families_confirm_it():
     slopes = _lr_slopes(z, np.stack([law, noise], axis=1), families)
     assert slopes[0, 0] > 0.3 and np.abs(slopes[0, 1:]).max() < 0.1
     assert np.all(slopes[1] == 0)
+
+
+def test_a_domain_leans_on_its_own_families_only_where_they_agree():
+    """The population a query is judged against: every family alike, or more its domain's own
+    families, but only where leaving one of them out shows the others predict it."""
+    from autoopt.recommend.model import _domain_weights, family_balanced, population_mean, population_weights
+
+    # curves (tasks, optimizers, lrs): "good" = regret 0 at one (optimizer, lr), 1 elsewhere
+    def task(o: int, x: int) -> np.ndarray:
+        c = np.ones((2, 3))
+        c[o, x] = 0.0
+        return c
+
+    rows = [  # (family, domain, best optimizer, best lr)
+        ("a1", "agree", 0, 0), ("a1", "agree", 0, 0), ("a2", "agree", 0, 0), ("a3", "agree", 0, 0),
+        ("d1", "disagree", 1, 0), ("d2", "disagree", 0, 1),
+        ("o1", "other", 1, 2), ("o2", "other", 1, 2), ("o3", "other", 1, 2), ("o4", "other", 1, 2),
+        ("o5", "other", 1, 2), ("s1", "single", 0, 0),
+    ]
+    families = np.array([r[0] for r in rows])
+    domains = np.array([r[1] for r in rows])
+    curves = np.stack([task(r[2], r[3]) for r in rows])
+    w = _domain_weights(curves, families, domains)
+    assert w["agree"] > 0  # its families agree with each other, not with the population
+    assert w["disagree"] == 0.0 and w["single"] == 0.0  # noise; one family cannot be checked
+    # family-balanced: a1's two tasks weigh as one family
+    fb = family_balanced(families, np.ones(len(rows), dtype=bool))
+    assert fb[0] == pytest.approx(fb[2] / 2) and fb.sum() == pytest.approx(1.0)
+    pop = population_mean(curves, population_weights(families, domains, "agree", w["agree"]))
+    assert np.unravel_index(np.argmin(pop), pop.shape) == (0, 0)
+    everyone = population_mean(curves, population_weights(families, domains, "agree", 0.0))
+    assert np.unravel_index(np.argmin(everyone), everyone.shape) == (1, 2)
+
+
+def test_far_from_the_meta_dataset_the_answer_shrinks_to_the_population(world):
+    """With tasks near the query the model's own curves count (as much as 1 - shrinkage); far from
+    every task the answer is the population's: the best fixed configuration of the meta-dataset."""
+    from autoopt.recommend.model import population_mean
+
+    _, _, compiled = world
+    saved = compiled.shrinkage
+    try:
+        compiled.shrinkage = 0.0
+        near = dict(helper_zoo.grids()["tab_a-01"].traits)
+        far = {"domain": "speech", "batch_size": 64, "n_params": 10**9, "dataset_size": 10**9, "grad_sparsity": 0.9}
+        assert compiled.shrink_weight(near) < 0.5 < 0.95 < compiled.shrink_weight(far) <= 1.0
+        compiled.shrinkage = 1.0
+        assert compiled.shrink_weight(near) == pytest.approx(1.0)
+        # far away, each optimizer's curve is the population's mean curve (moved by the lr scaling law)
+        compiled.shrinkage = 0.0
+        saved_slope, compiled.lr_slope = compiled.lr_slope, None
+        try:
+            curves = compiled.lr_curves(far, ["adamw", "sgd"])
+            pop = population_mean(compiled.curves, compiled.population_weights(far))
+            for o, (grid, c) in curves.items():
+                expected = np.interp(grid, compiled.curve_log_lr, pop[compiled.o_index[o]])
+                assert np.abs(c.mean(axis=0) - expected).max() < 0.05, o
+            answers = compiled.best_lrs(far, ["adamw", "sgd"])
+            j = {o: compiled.o_index[o] for o in answers}
+            best = min(answers, key=lambda o: answers[o].regret)
+            assert best == min(j, key=lambda o: np.nanmin(pop[j[o]]))
+        finally:
+            compiled.lr_slope = saved_slope
+    finally:
+        compiled.shrinkage = saved

@@ -189,3 +189,40 @@ def trait_distances(
 def kernel_weights(distances: np.ndarray, bandwidth: float) -> np.ndarray:
     """Gaussian kernel: a row at distance 0 counts 1, at one bandwidth ~0.61, at three ~0.01."""
     return np.exp(-0.5 * (np.asarray(distances) / bandwidth) ** 2)
+
+
+# ----------------------------------------------------------------------------- the population
+def family_balanced(families: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Task weights over ``mask`` (bool, per task) summing to 1, every family weighing as one task
+    (a family with many instances does not outvote the rest); zeros if ``mask`` is empty."""
+    families = np.asarray(families)
+    w = np.zeros(len(families))
+    if not np.any(mask):
+        return w
+    _, inverse, counts = np.unique(families[mask], return_inverse=True, return_counts=True)
+    w[np.flatnonzero(mask)] = 1.0 / counts[inverse]
+    return w / w.sum()
+
+
+def population_mean(curves: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(optimizers, lrs): the weighted mean regret curve of each optimizer over the tasks that ran it
+    (NaN where none did)."""
+    ran = np.isfinite(curves).all(axis=2)  # (tasks, optimizers)
+    w = np.where(ran, np.asarray(weights, dtype=float)[:, None], 0.0)
+    total = w.sum(axis=0)
+    mean = np.einsum("to,tol->ol", w, np.nan_to_num(curves, nan=0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total[:, None] > 0, mean / total[:, None], np.nan)
+
+
+def population_weights(families: np.ndarray, domains: np.ndarray, domain: str, domain_weight: float,
+                       exclude: np.ndarray | None = None) -> np.ndarray:
+    """Task weights of the population a query is judged against: (1 - a) x every family alike +
+    a x the families of the query's domain alike (a = ``domain_weight``; all families where the
+    domain has none). ``exclude``: tasks left out (bool per task)."""
+    keep = np.ones(len(families), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
+    every = family_balanced(families, keep)
+    mine = family_balanced(families, keep & (np.asarray(domains) == domain))
+    if domain_weight <= 0 or not mine.any():
+        return every
+    return (1.0 - domain_weight) * every + domain_weight * mine

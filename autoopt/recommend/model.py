@@ -33,7 +33,9 @@ from sklearn.utils.validation import check_is_fitted
 from sklearn.base import _fit_context  # noqa: E402
 from sklearn.utils._param_validation import Interval, StrOptions  # noqa: E402
 
-from autoopt.recommend.features import NUMERIC_FEATURES, TraitEncoding, numeric_row
+from autoopt.recommend.features import (  # noqa: F401 - the population helpers are part of this API
+    NUMERIC_FEATURES, TraitEncoding, family_balanced, numeric_row, population_mean, population_weights,
+)
 
 #: Types inside a fitted model, for loading its skops serialisation (how MLflow stores it);
 #: only files this package wrote should be loaded with them.
@@ -97,6 +99,11 @@ class RegretModel(RegressorMixin, BaseEstimator):
         not say its size is not assumed to be as small as the zoo's tasks.
     evidence_k : float
         Evidence (kernel-weighted tasks) at which the learned model and the rule prior weigh the same.
+    shrinkage : float
+        How far each optimizer's predicted regret curve is pulled towards the population's (the
+        family-balanced mean curve of the meta-dataset's tasks, leaning on the query's domain
+        where its families agree) when the query has evidence near it; with none near it the
+        answer is the population's. 1: the population only.
     catalog : dict or None
         optimizer -> catalog entry (family, hyperparams with the lr default); default: autoopt's.
     random_state : int, RandomState or None
@@ -111,6 +118,7 @@ class RegretModel(RegressorMixin, BaseEstimator):
         "domain_distance": [Interval(Real, 0, None, closed="left")],
         "unknown_distance": [Interval(Real, 0, None, closed="left")],
         "evidence_k": [Interval(Real, 0, None, closed="neither")],
+        "shrinkage": [Interval(Real, 0, 1, closed="both")],
         "catalog": [dict, None],
         "random_state": ["random_state"],
     }
@@ -125,6 +133,7 @@ class RegretModel(RegressorMixin, BaseEstimator):
         domain_distance: float = 2.5,
         unknown_distance: float = 2.0,
         evidence_k: float = 0.5,
+        shrinkage: float = 0.5,
         catalog: dict | None = None,
         random_state: Any = 0,
     ):
@@ -136,6 +145,7 @@ class RegretModel(RegressorMixin, BaseEstimator):
         self.domain_distance = domain_distance
         self.unknown_distance = unknown_distance
         self.evidence_k = evidence_k
+        self.shrinkage = shrinkage
         self.catalog = catalog
         self.random_state = random_state
 
@@ -192,6 +202,7 @@ class RegretModel(RegressorMixin, BaseEstimator):
         self.instance_best_lr_ = best_lr
         self.instance_curves_ = _instance_curves(instances, optimizers, lrs, y, order, o_index)
         self.lr_slope_ = _lr_slopes(self.instance_z_, best_lr, self.instance_family_)
+        self.domain_weight_ = _domain_weights(self.instance_curves_, self.instance_family_, self.instance_domain_)
         self.n_rows_ = len(rows)
         return self
 
@@ -230,6 +241,9 @@ class RegretModel(RegressorMixin, BaseEstimator):
         arrays["instance_curves"] = self.instance_curves_
         arrays["curve_log_lr"] = CURVE_LOG_LR
         arrays["lr_slope"] = self.lr_slope_
+        arrays["pop_domains"] = np.array(sorted(self.domain_weight_), dtype=str)
+        arrays["pop_domain_weight"] = np.array([self.domain_weight_[d] for d in sorted(self.domain_weight_)], dtype=float)
+        arrays["shrinkage"] = np.array(float(self.shrinkage))
         arrays["params"] = np.array(
             [self.bandwidth, self.domain_distance, self.evidence_k, self.unknown_distance, self.n_rows_], dtype=float
         )
@@ -292,6 +306,48 @@ def _lr_slopes(instance_z: np.ndarray, best_lr: np.ndarray, families: np.ndarray
 
 #: How much better than the mean (leaving families out, squared error) a scaling law must predict to be used.
 LR_SLOPE_MIN_GAIN = 0.2
+
+
+# ============================================================================ the population
+def _domain_weights(curves: np.ndarray, families: np.ndarray, domains: np.ndarray) -> dict[str, float]:
+    """domain -> how much a query of that domain leans on the domain's own families rather than
+    all of them (0 = the population of every family, 1 = the domain's families only).
+
+    Chosen per domain by leave one family out *within* the domain: each of its families is
+    judged by the configuration (optimizer, lr) that is best on average over the others, with
+    the domain's remaining families weighted by each candidate weight in :data:`DOMAIN_WEIGHTS`.
+    A weight above 0 is kept only if it lowers that regret by at least :data:`DOMAIN_MIN_GAIN`
+    (where the domain's families disagree, leaning on them is noise); a domain needs at least
+    two families to be judged at all, else its weight is 0."""
+    families, domains = np.asarray(families), np.asarray(domains)
+    out: dict[str, float] = {}
+    for d in sorted({str(x) for x in domains}):
+        inner = sorted(set(families[domains == d]))
+        out[d] = 0.0
+        if len(inner) < 2:
+            continue
+        losses = []
+        for a in DOMAIN_WEIGHTS:
+            lost = []
+            for held in inner:
+                mean = population_mean(curves, population_weights(families, domains, d, a, exclude=families == held))
+                if not np.isfinite(mean).any():
+                    continue
+                j, x = np.unravel_index(int(np.nanargmin(mean)), mean.shape)
+                mine = curves[families == held, j, x]
+                if np.isfinite(mine).any():
+                    lost.append(float(np.nanmean(mine)))
+            losses.append(float(np.mean(lost)) if lost else math.inf)
+        best = int(np.argmin(losses))
+        if math.isfinite(losses[0]) and losses[best] < (1 - DOMAIN_MIN_GAIN) * losses[0]:
+            out[d] = float(DOMAIN_WEIGHTS[best])
+    return out
+
+
+#: Candidate weights of a domain's own families in its population (:func:`_domain_weights`).
+DOMAIN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: How much lower (relative) the left-out families' regret must be for a domain to lean on its own families.
+DOMAIN_MIN_GAIN = 0.2
 #: Ridge penalty of the lr scaling law (in standardised traits; a task's best lr is noisy: half-decade grid, 2 seeds).
 LR_SLOPE_RIDGE = 3.0
 
@@ -327,6 +383,10 @@ def _flatten_forest(forest: Any, prefix: str) -> dict[str, np.ndarray]:
 
 
 # ============================================================================ selection
+#: Shrinkages towards the population that cross-validation chooses among (:func:`select_estimator`).
+SHRINKAGES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def select_estimator(
     grids: Mapping[str, Any],
     candidates: Sequence[Mapping[str, Any]] = CANDIDATES,
@@ -334,12 +394,17 @@ def select_estimator(
     n_folds: int = 5,
     n_estimators: int = 40,
     catalog: dict | None = None,
+    shrinkages: Sequence[float] = SHRINKAGES,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(the best candidate's params, the CV table) by leave-family-out cross-validation.
+    """(the best candidate's params with its ``shrinkage``, the CV table) by leave-family-out
+    cross-validation.
 
     Families are split into at most ``n_folds`` groups; each candidate is fitted on the other
     groups and judged on what it is for: the true regret, on the held-out tasks' grids, of each
-    optimizer at the lr the model picks for it (:meth:`CompiledModel.best_lrs`).
+    optimizer at the lr the model picks for it (:meth:`CompiledModel.best_lrs` at shrinkage 0).
+    Then, for the chosen candidate, the ``shrinkage`` towards the population is the one whose
+    first pick (the optimizer and lr with the lowest predicted regret) has the lowest true regret
+    on the held-out tasks; ties go to the larger shrinkage (the simpler answer).
     """
     from autoopt.recommend.recommender import CompiledModel
     from autoopt.recommend.regret import training_rows
@@ -349,8 +414,10 @@ def select_estimator(
         return dict(candidates[0]), []
     groups = [families[i::min(n_folds, len(families))] for i in range(min(n_folds, len(families)))]
     table = []
+    first_picks: list[dict[float, list[float]]] = []
     for cand in candidates:
         losses = []
+        top1: dict[float, list[float]] = {s: [] for s in shrinkages}
         for held in groups:
             train = [g for g in grids.values() if g.family not in held]
             test = [g for g in grids.values() if g.family in held]
@@ -359,8 +426,18 @@ def select_estimator(
             compiled = CompiledModel(model.to_arrays())
             for g in test:
                 opts = [o for o in g.curves if o in compiled.optimizers]
-                picks = compiled.best_lrs(g.traits, opts)
+                parts = compiled.curve_parts(g.traits, opts)
+                picks = compiled.best_lrs(g.traits, opts, compiled.shrunk(parts, compiled.shrink_weight(g.traits, 0.0)))
                 losses.extend(g.lookup(o, picks[o].lr)[0] for o in opts)
-        table.append({**cand, "cv_regret_at_picked_lr": round(float(np.mean(losses)), 4) if losses else math.nan})
+                for s in shrinkages:
+                    picks = compiled.best_lrs(g.traits, opts, compiled.shrunk(parts, compiled.shrink_weight(g.traits, s)))
+                    o = min(picks, key=lambda o: (picks[o].regret, o))
+                    top1[s].append(g.lookup(o, picks[o].lr)[0])
+        first_picks.append(top1)
+        table.append({**cand, "cv_regret_at_picked_lr": round(float(np.mean(losses)), 4) if losses else math.nan,
+                      "cv_top1_by_shrinkage": {str(s): round(float(np.mean(v)), 4) for s, v in top1.items() if v}})
     best = min(range(len(table)), key=lambda i: (table[i]["cv_regret_at_picked_lr"], i))
-    return dict(candidates[best]), table
+    by_shrinkage = {s: float(np.mean(v)) for s, v in first_picks[best].items() if v}
+    shrinkage = min(by_shrinkage, key=lambda s: (round(by_shrinkage[s], 6), -s)) if by_shrinkage else 1.0
+    return {**candidates[best], "shrinkage": float(shrinkage)}, table
+

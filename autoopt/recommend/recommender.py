@@ -34,7 +34,9 @@ import numpy as np
 
 from autoopt.core.catalog import CATALOG, SCHEDULERS
 from autoopt.core.traits import QUERY, TaskTraits, human_bytes
-from autoopt.recommend.features import NUMERIC_FEATURES, TraitEncoding, kernel_weights, numeric_row, trait_distances
+from autoopt.recommend.features import (
+    NUMERIC_FEATURES, TraitEncoding, kernel_weights, numeric_row, population_weights, trait_distances,
+)
 from autoopt.recommend.portfolio import DEFAULT_SCENARIOS, greedy, prior_scenarios
 from autoopt.recommend.rules import CONFIG_KEYS, Advice, OptimizerAdvice, RuleBook, lr_from_rule
 from autoopt.recommend.sweep import SWEEP_PARAMS
@@ -178,6 +180,10 @@ class CompiledModel:
         self.curves = self.arrays.get("instance_curves")
         self.curve_log_lr = self.arrays.get("curve_log_lr")
         self.lr_slope = self.arrays.get("lr_slope")
+        # the population (models saved before it existed: none, and no shrinkage towards it)
+        self.pop_domain_weight = {str(d): float(w) for d, w in zip(self.arrays.get("pop_domains", np.zeros(0, dtype=str)),
+                                                                   self.arrays.get("pop_domain_weight", np.zeros(0)))}
+        self.shrinkage = float(self.arrays["shrinkage"]) if "shrinkage" in self.arrays else None
 
     @classmethod
     def load(cls, path: str | Path) -> "CompiledModel":
@@ -264,8 +270,16 @@ class CompiledModel:
                             "range": [_sig(base ** lo), _sig(base ** hi)]})
         return out
 
-    def lr_curves(self, traits: Any, optimizers: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """optimizer -> (log10 lr grid, per-tree smoothed predicted regret (n_trees, n_lr))."""
+    def lr_curves(self, traits: Any, optimizers: list[str],
+                  shrinkage: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """optimizer -> (log10 lr grid, per-scenario smoothed predicted regret (n_trees, n_lr)).
+
+        ``shrinkage``: instead of the model's own (what cross-validation tries)."""
+        return self.shrunk(self.curve_parts(traits, optimizers), self.shrink_weight(traits, shrinkage))
+
+    def curve_parts(self, traits: Any, optimizers: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """optimizer -> (log10 lr grid, the trees' smoothed curves centred on what similar tasks
+        measured, the population's curves or None): :meth:`shrunk` blends the two."""
         known = [o for o in optimizers if o in self.o_index]
         grids = {o: np.arange(self.lr_range[o][0], self.lr_range[o][1] + LR_STEP / 2, LR_STEP) for o in known}
         if not known:
@@ -274,6 +288,7 @@ class CompiledModel:
         lrs = np.concatenate([10 ** grids[o] for o in known])
         per_tree = self.per_tree(self.design(traits, opts, lrs))
         similar = self.similar_curves(traits, known, grids, self.n_trees) if SIMILAR_WEIGHT > 0 else {}
+        population = self.population_curves(traits, known, grids, self.n_trees) if self.shrinkage is not None else {}
         out, start = {}, 0
         half = int(round(LR_SMOOTH / LR_STEP))
         kernel = np.ones(2 * half + 1)
@@ -285,8 +300,15 @@ class CompiledModel:
             smooth = np.stack([np.convolve(row, kernel, mode="valid") / kernel.sum() for row in padded])
             if o in similar:  # scenario s: tree s's deviation around a similar task's measured curve
                 smooth = smooth + SIMILAR_WEIGHT * (similar[o] - smooth.mean(axis=0, keepdims=True))
-            out[o] = (grids[o], smooth)
+            out[o] = (grids[o], smooth, population.get(o))
         return out
+
+    @staticmethod
+    def shrunk(parts: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+               weight: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The model's curves pulled towards the population's by ``weight`` (scenario s: tree s and task s)."""
+        return {o: (grid, local if pop is None or weight <= 0 else (1.0 - weight) * local + weight * pop)
+                for o, (grid, local, pop) in parts.items()}
 
     def similar_curves(self, traits: Any, optimizers: list[str], grids: Mapping[str, np.ndarray],
                        n: int) -> dict[str, np.ndarray]:
@@ -302,7 +324,46 @@ class CompiledModel:
                             self.unknown_distance)
         w = kernel_weights(d, SIMILAR_KERNEL * self.bandwidth) + 1e-9
         _, inverse, counts = np.unique(self.instance_family, return_inverse=True, return_counts=True)
-        w = w / counts[inverse]
+        return self._draw(w / counts[inverse], z, optimizers, grids, n)
+
+    def population_curves(self, traits: Any, optimizers: list[str], grids: Mapping[str, np.ndarray],
+                          n: int) -> dict[str, np.ndarray]:
+        """optimizer -> (n, len(grids[optimizer])): measured regret curves of ``n`` zoo tasks drawn
+        from the population the query is judged against: every family weighing as one task, the
+        query's domain's families weighing more where they agreed with each other when fitted
+        (``pop_domain_weight``; :func:`autoopt.recommend.model.population_weights`). Their mean
+        is the curve whose argmin over (optimizer, lr) is the best *fixed* configuration for the
+        query's domain; draw s is the same task for every optimizer, as in :meth:`similar_curves`."""
+        if self.curves is None or self.curve_log_lr is None:
+            return {}
+        z = self.encoding.standardise(numeric_row(traits))[0]
+        return self._draw(self.population_weights(traits), z, optimizers, grids, n)
+
+    def population_weights(self, traits: Any) -> np.ndarray:
+        """Weights of the meta-dataset's tasks in the query's population (sum 1)."""
+        domain = _domain(traits)
+        return population_weights(self.instance_family, self.instance_domain, domain,
+                                  self.pop_domain_weight.get(domain, 0.0))
+
+    def shrink_weight(self, traits: Any, shrinkage: float | None = None) -> float:
+        """How far the answer is pulled towards the population's curves: ``shrinkage`` with
+        evidence near the query, rising to 1 (the population only) as the evidence vanishes
+        (kernel-weighted tasks n: 1 - (1 - shrinkage) n / (n + evidence_k)). 0 for a model saved
+        before populations existed."""
+        shrinkage = self.shrinkage if shrinkage is None else shrinkage
+        if shrinkage is None or self.curves is None:
+            return 0.0
+        z = self.encoding.standardise(numeric_row(traits))[0]
+        d = trait_distances(z, _domain(traits), self.instance_z, self.instance_domain, self.domain_distance,
+                            self.unknown_distance)
+        n = float(kernel_weights(d, self.bandwidth).sum())
+        return float(1.0 - (1.0 - shrinkage) * n / (n + self.evidence_k))
+
+    def _draw(self, weights: np.ndarray, z: np.ndarray, optimizers: list[str], grids: Mapping[str, np.ndarray],
+              n: int) -> dict[str, np.ndarray]:
+        """``n`` tasks drawn by ``weights`` (systematic resampling: deterministic, and the same tasks
+        for every optimizer that all ran), each curve moved to the query's traits by the learned
+        lr scaling law, on ``grids[optimizer]``."""
         ran_all = np.isfinite(self.curves).all(axis=2)  # (tasks, optimizers)
         out = {}
         for o in optimizers:
@@ -310,11 +371,11 @@ class CompiledModel:
             if j is None or not ran_all[:, j].any():
                 continue
             ran = ran_all[:, j]
-            p = np.where(ran, w, 0.0)
-            # systematic resampling: deterministic, and the same tasks for every optimizer that all ran
+            p = np.where(ran, weights, 0.0)
+            if not p.sum() > 0:
+                p = ran.astype(float)
             edges = np.cumsum(p) / p.sum()
             picks = np.minimum(np.searchsorted(edges, (np.arange(n) + 0.5) / n), len(p) - 1)
-            # each drawn task's curve moved to the query's traits by the learned lr scaling law
             shift = np.zeros(n) if self.lr_slope is None else np.clip(
                 (np.nan_to_num(z, nan=0.0)[None, :] - np.nan_to_num(self.instance_z[picks], nan=0.0)) @ self.lr_slope[j],
                 -MAX_LR_SHIFT, MAX_LR_SHIFT)
@@ -322,10 +383,12 @@ class CompiledModel:
                                for i, dx in zip(picks, shift)])
         return out
 
-    def best_lrs(self, traits: Any, optimizers: list[str]) -> dict[str, ModelAnswer]:
-        """Each optimizer's predicted best lr, its range, regret and uncertainty (no evidence weighting)."""
+    def best_lrs(self, traits: Any, optimizers: list[str],
+                 curves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, ModelAnswer]:
+        """Each optimizer's predicted best lr, its range, regret and uncertainty (no evidence
+        weighting); ``curves``: :meth:`lr_curves` already computed."""
         out = {}
-        for o, (grid, curves) in self.lr_curves(traits, optimizers).items():
+        for o, (grid, curves) in (self.lr_curves(traits, optimizers) if curves is None else curves).items():
             mean = curves.mean(axis=0)
             i = int(np.argmin(mean))
             ok = mean <= mean[i] + LR_RANGE_MARGIN
