@@ -295,6 +295,8 @@ class StudyCoordinator:
         self._live: dict[int, optuna.Trial] = {}
         self._waiting: set[int] = set()  # WAITING trial numbers as of the last tally refresh
         self._asking: optuna.Trial | None = None
+        self._trial_ids: dict[int, int] = {}  # number -> storage id
+        self._configs: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # running here: config, params
         #: trials prepare() sampled and queued: their configuration and params, for ask()
         self._prepared: dict[int, tuple[Any, dict[str, Any]]] = {}
         self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
@@ -347,13 +349,18 @@ class StudyCoordinator:
                     {R.CONFIG: config.to_dict(), R.SESSION: self.session, R.MAX_EPOCHS: self.max_epochs})
         self._asking = None
         self._live[trial.number] = trial
+        self._trial_ids[trial.number] = trial._trial_id
+        self._configs[trial.number] = (config.to_dict(), params if params is not None else dict(trial.params))
         self._count("running", +1, counted=+1, waiting=trial.number in self._waiting)
         self._waiting.discard(trial.number)
-        return {"number": trial.number, "config": config.to_dict(), "params": params if params is not None else dict(trial.params)}
+        cfg, params = self._configs[trial.number]
+        return {"number": trial.number, "config": cfg, "params": params}
 
     @_survives_storage_outage
-    def report(self, number: int, epoch: int, value: float) -> bool:
-        """Record an intermediate value; True means the pruner wants the trial stopped."""
+    def report(self, number: int, epoch: int, value: float, decide: bool = True) -> bool:
+        """Record an intermediate value; True means the pruner wants the trial stopped.
+        ``decide=False``: the worker does not wait for the answer (an epoch where the pruner
+        cannot stop it), so the pruner is not asked (it reads the study: a dozen queries)."""
         trial = self._live.get(self._claimed.get(number, number))
         if trial is None:
             return True  # the trial was failed meanwhile (e.g. declared stale): stop it
@@ -367,7 +374,7 @@ class StudyCoordinator:
             trial.report(value, step=epoch)
         if time.time() - self._last_beat >= self.heartbeat_s:
             self.heartbeat()  # a reporting worker keeps its driver's session alive, stalled loop or not
-        return trial.should_prune()
+        return trial.should_prune() if decide else False
 
     def _reclaim(self, number: int, history: list[dict[str, Any]] | None = None) -> optuna.Trial | None:
         """Trial ``number`` runs here, but another driver failed it as abandoned (this driver was
@@ -409,10 +416,14 @@ class StudyCoordinator:
             # it failed only because its reports could not be stored: recorded as stopped, to run again
             self.fail(number, f"stopped: {self.full.split(';')[0]}", True)
             return TrialState.FAIL.name
-        if number in self._live and number not in self._claimed and self._finished_elsewhere(number):
-            # failed as abandoned while it ran here: record the outcome on its re-run if still free
-            self._reclaim(number, outcome.get("history"))
-        self._finish(self._claimed.get(number, number), TrialState[state], value, attrs)
+        frozen = None
+        if number in self._live and number not in self._claimed:
+            frozen = self.storage.get_trial(self._trial_id(number))
+            if frozen.state.is_finished():
+                # failed as abandoned while it ran here: record the outcome on its re-run if still free
+                self._reclaim(number, outcome.get("history"))
+                frozen = None
+        self._finish(self._claimed.get(number, number), TrialState[state], value, attrs, frozen)
         return state
 
     def tell_and_ask(self, number: int, outcome: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
@@ -451,10 +462,13 @@ class StudyCoordinator:
 
         Queued, the trial is not counted against the budget and not RUNNING: a driver that dies
         leaves it for the next run (or another driver) to take, like an enqueued configuration."""
-        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return None
         with budget_lock(self.storage, self.storage_url, self.study_id):
-            if self.n_trials is not None and self.counted() >= self.n_trials:
+            # one read for both: a queued trial (any driver's, or enqueued) is taken first, and
+            # queued trials will use the budget when they run, so none is queued beyond it
+            trials = self.study.get_trials(deepcopy=False)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            counted = sum(1 for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(R.RETRIED))
+            if waiting or (self.n_trials is not None and counted >= self.n_trials):
                 return None
             trial = self.study.ask()
             try:
@@ -481,14 +495,20 @@ class StudyCoordinator:
         return mine
 
     def _trial_id(self, number: int) -> int:
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        """A trial's storage id (fixed once the trial exists: looked up once)."""
+        trial_id = self._trial_ids.get(number)
+        if trial_id is None:
+            trial_id = self._trial_ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        return trial_id
 
-    def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+    def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any],
+                frozen: optuna.trial.FrozenTrial | None = None) -> None:
         """Write the outcome's attributes and close the trial in one transaction. Idempotent: a
         call retried after an outage (the first try may have committed) leaves an already-finished
-        trial as it is."""
+        trial as it is. ``frozen``: the trial as just read by the caller (not read again)."""
         trial_id = self._trial_id(number)
-        frozen = self.storage.get_trial(trial_id)
+        if frozen is None:
+            frozen = self.storage.get_trial(trial_id)
         if frozen.state.is_finished():
             self._live.pop(number, None)
             return
@@ -509,6 +529,7 @@ class StudyCoordinator:
         self._live.pop(number, None)
         self._count(STATE_NAMES[state], +1, running=-1, value=values[0] if values and state == TrialState.COMPLETE
                     else None, number=number, retried=bool(attrs.get(R.RETRIED)))
+        self._configs.pop(number, None)
 
     # --- the tally: counts and best without rescanning the study ---------------------------
     def _refresh_tally(self) -> None:
@@ -540,9 +561,11 @@ class StudyCoordinator:
             best = self._tally["best"]
             better = best is None or (value > best["value"] if self.study.direction.name == "MAXIMIZE" else value < best["value"])
             if better:
-                trial = self.storage.get_trial(self._trial_id(number))
-                self._tally["best"] = {"number": number, "value": value, "config": trial.user_attrs.get(R.CONFIG),
-                                       "params": trial.params}
+                known = self._configs.get(number)
+                if known is None:
+                    trial = self.storage.get_trial(self._trial_id(number))
+                    known = (trial.user_attrs.get(R.CONFIG), trial.params)
+                self._tally["best"] = {"number": number, "value": value, "config": known[0], "params": known[1]}
 
     @_survives_storage_outage
     def enqueue(self, configs: list[dict[str, Any]], limit: int | None = None) -> int:

@@ -81,10 +81,11 @@ class EpochReporter:
         return self.decides is None or epoch > self.decides[0] or epoch in self.decides[1]
 
     def __call__(self, epoch: int, value: float) -> bool:
-        ref = self.coordinator.report.remote(self.number, epoch, value)
         if not self.waits_at(epoch):
+            ref = self.coordinator.report.remote(self.number, epoch, value, False)
             self.pending[:] = [ref]  # the actor runs them in order: the last one done means all are
             return False
+        ref = self.coordinator.report.remote(self.number, epoch, value)
         self.pending.clear()
         return bool(ray.get(ref))
 

@@ -137,6 +137,24 @@ def test_reports_the_pruner_cannot_act_on_do_not_wait_and_are_all_stored_in_orde
     ray_local.kill(actor)
 
 
+def test_a_report_nobody_waits_for_is_stored_without_asking_the_pruner(tmp_path):
+    c = StudyCoordinator(
+        f"s-{uuid.uuid4().hex[:6]}",
+        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw"]), n_trials=None, pruner="median",
+                   pruner_options={"n_startup_trials": 1, "n_warmup_steps": 0}),
+        ExecutionSpec(), PlacesSpec(storage=f"sqlite:///{tmp_path}/s.db"), TaskFacts("maximize", TRAITS, max_epochs=9))
+    for _ in range(2):  # two finished trials with better curves: the median pruner would stop a worse one
+        done = c.ask()
+        for e in range(1, 4):
+            c.report(done["number"], e, 0.9)
+        c.tell(done["number"], outcome("complete", 0.9, 3))
+    item = c.ask()
+    assert c.report(item["number"], 1, 0.1, False) is False  # stored, the pruner not asked
+    assert bool(c.report(item["number"], 2, 0.1)) is True  # asked: it stops the trial
+    trial = c.study.get_trials(deepcopy=False)[item["number"]]
+    assert trial.intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.1)}
+
+
 def test_a_prepared_trial_waits_queued_and_the_next_ask_takes_it(tmp_path):
     c = coordinator(f"sqlite:///{tmp_path}/s.db", retries=0)
     c.n_trials = 3
