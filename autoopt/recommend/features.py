@@ -220,9 +220,10 @@ def population_weights(families: np.ndarray, domains: np.ndarray, domain: str, d
     """Task weights of the population a query is judged against: (1 - a) x every family alike +
     a x the families of the query's domain alike (a = ``domain_weight``; all families where the
     domain has none). ``exclude``: tasks left out (bool per task)."""
+    domains = np.asarray(domains)
     keep = np.ones(len(families), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
     every = family_balanced(families, keep)
-    mine = family_balanced(families, keep & (np.asarray(domains) == domain))
+    mine = family_balanced(families, keep & (domains == domain))
     if domain_weight <= 0 or not mine.any():
         return every
     return (1.0 - domain_weight) * every + domain_weight * mine

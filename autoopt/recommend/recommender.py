@@ -5,7 +5,11 @@ configuration, 1 = the median of its lr x optimizer grid):
 
 * prior    p = logistic(sum of fired rule weights - memory penalty), as regret (1 - p) / p  (rules.py)
 * model    its best lr (argmin over a fine lr grid), the predicted regret there ± the trees'
-           spread, and n_near = kernel-weighted meta-dataset tasks near the query     (model.py)
+           spread, and n_near = kernel-weighted meta-dataset tasks near the query     (model.py);
+           each curve shrunk towards the population's (the family-balanced mean of what the
+           zoo's tasks measured, leaning on the query's domain where its families agree) by the
+           shrinkage cross-validation chose, and all the way far from every task: on a kind of
+           task it has never seen, the answer is the best fixed configuration, not a guess
 * blend    w r_model + (1 - w) r_prior with w = n_near / (n_near + k): the documents decide where
            there is no evidence (and when the query is outside the zoo's traits), the data where
            there is a lot; ``score`` = 1 / (1 + blended regret).
