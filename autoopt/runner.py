@@ -375,6 +375,8 @@ class StudyRunner:
         self.coordinator = None
         self.objective_facts: ObjectiveFacts | None = None
         self._tracking_warned = False
+        #: a trial whose MLflow run may be missing or unfinished (MLflow away, a lost worker): the study's end syncs
+        self._mlflow_gaps = False
         self._resume_run_id: str | None = None
         self._coordinator_args: tuple[tuple, dict[str, Any]] | None = None
         self._in_flight: list[int] = []
@@ -484,7 +486,7 @@ class StudyRunner:
             for k, v in attrs.items():
                 study.set_user_attr(k, v)
 
-    def _sync(self, finish_parent: bool | None) -> dict[str, Any] | None:
+    def _sync(self, finish_parent: bool | None, check_trials: bool = True) -> dict[str, Any] | None:
         """Back-fill MLflow from the storage (autoopt.sync); warn when MLflow is still away."""
         import warnings
 
@@ -495,7 +497,8 @@ class StudyRunner:
 
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
         try:
-            report = sync_study(study, tracker=self.tracker, finish_parent=finish_parent, set_attrs=self._set_study_attrs)
+            report = sync_study(study, tracker=self.tracker, finish_parent=finish_parent, set_attrs=self._set_study_attrs,
+                                check_trials=check_trials)
         except Exception as exc:  # noqa: BLE001 - tracking never loses a study
             report = {"reachable": False, "error": f"{type(exc).__name__}: {exc}"}
         self.parent_run_id = self.tracker.parent_run_id
@@ -757,6 +760,8 @@ class StudyRunner:
 
     def _dispatch(self, item: dict[str, Any], task_ref: Any, threads: int) -> Any:
         logger = None
+        if self.tracker is not None and self.tracker.parent_run_id is None:
+            self._mlflow_gaps = True  # MLflow is away: this trial runs untracked until the study's end syncs it
         if self.tracker is not None:
             logger = self.tracker.trial_logger(item["number"], TrialConfig.from_dict(item["config"]).flat_params(), item["config"])
         seed = (self.spec.seed or 0) + item["number"]
@@ -792,6 +797,8 @@ class StudyRunner:
         except ray.exceptions.TaskCancelledError:
             ray.get(self.coordinator.fail.remote(number, "cancelled", True))
         else:
+            if outcome.get("tracking_failed"):
+                self._mlflow_gaps = True
             if outcome.get("tracking_failed") and self.tracker is not None and not self._tracking_warned:
                 import warnings
 
@@ -804,6 +811,7 @@ class StudyRunner:
                     "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
             self.progress.finished_this_run += 1
             return outcome
+        self._mlflow_gaps = True  # its worker did not end the trial's MLflow run: the study's end syncs it
         self.progress.finished_this_run += 1
         return None
 
@@ -844,7 +852,10 @@ class StudyRunner:
 
         study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
         if self.tracker is not None:
-            self._sync(finish_parent=True)  # trials an outage kept out of MLflow, then the study's results
+            # trials an outage (or a lost worker) kept out of MLflow, then the study's results; when
+            # every trial's run was written and confirmed, the runs are not read back
+            others = any(t.user_attrs.get(R.SESSION) not in (None, self.session) for t in study.get_trials(deepcopy=False))
+            self._sync(finish_parent=True, check_trials=self._mlflow_gaps or others)  # others: other drivers, earlier runs
         if self.hooks.after_study is not None:
             try:
                 self.hooks.after_study(study)

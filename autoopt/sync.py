@@ -68,11 +68,14 @@ def sync_study(
     tracker: Any = None,
     finish_parent: bool | None = None,
     set_attrs: Callable[[dict[str, Any]], None] | None = None,
+    check_trials: bool = True,
 ) -> dict[str, Any]:
     """Log to MLflow what the storage has and MLflow lacks. ``finish_parent``: end the study's
     parent run with its results (None: when nothing runs and the parent is not ended yet or
     something was back-filled). ``set_attrs`` records a new parent run in the study (default:
-    directly in the storage). Returns what was done; ``reachable`` False if MLflow did not answer."""
+    directly in the storage). ``check_trials=False``: only the parent run (the caller knows every
+    trial's run was written: reading back every run costs seconds per thousand trials).
+    Returns what was done; ``reachable`` False if MLflow did not answer."""
     from autoopt import tracking
 
     attrs = study.user_attrs
@@ -119,35 +122,36 @@ def sync_study(
         else:
             for k, v in new.items():
                 study.set_user_attr(k, v)
-    runs = _search(conn, tracker.experiment_id, f"tags.`autoopt.study` = '{name}' and tags.`autoopt.role` = 'trial'")
-    if runs is None:
-        return report
-    by_number: dict[int, Any] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        by_number.setdefault(int(run.data.tags.get(A + "trial_number", -1)), run)
-    direction = study.direction.name.lower()
     trials = study.get_trials(deepcopy=False)
-    for trial in trials:
-        if not trial.state.is_finished():
-            continue
-        outcome = outcome_of(trial, direction)
-        status = run_status(trial)
-        run = by_number.get(trial.number)
-        if (run is not None and run.info.status == status
-                and run.data.tags.get(A + "epochs_logged") == str(len(outcome.history))):
-            report["unchanged"] += 1
-            continue
-        logger = tracker.trial_logger(trial.number, dict(trial.params), R.trial_config(trial))
-        if run is None:
-            if logger.start(outcome.host, outcome.device) is None:
-                return report
-            report["created"] += 1
-        else:
-            logger.run_id = run.info.run_id
-            ok, points = conn.call("read curve", "get_metric_history", run.info.run_id, tracker.metric_name, _force=True)
-            logger._logged_epochs = {int(p.step) for p in points} if ok else set()
-            report["completed"] += 1
-        logger.finish(outcome, status=status)
+    if check_trials:
+        runs = _search(conn, tracker.experiment_id, f"tags.`autoopt.study` = '{name}' and tags.`autoopt.role` = 'trial'")
+        if runs is None:
+            return report
+        by_number: dict[int, Any] = {}
+        for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+            by_number.setdefault(int(run.data.tags.get(A + "trial_number", -1)), run)
+        direction = study.direction.name.lower()
+        for trial in trials:
+            if not trial.state.is_finished():
+                continue
+            outcome = outcome_of(trial, direction)
+            status = run_status(trial)
+            run = by_number.get(trial.number)
+            if (run is not None and run.info.status == status
+                    and run.data.tags.get(A + "epochs_logged") == str(len(outcome.history))):
+                report["unchanged"] += 1
+                continue
+            logger = tracker.trial_logger(trial.number, dict(trial.params), R.trial_config(trial))
+            if run is None:
+                if logger.start(outcome.host, outcome.device) is None:
+                    return report
+                report["created"] += 1
+            else:
+                logger.run_id = run.info.run_id
+                ok, points = conn.call("read curve", "get_metric_history", run.info.run_id, tracker.metric_name, _force=True)
+                logger._logged_epochs = {int(p.step) for p in points} if ok else set()
+                report["completed"] += 1
+            logger.finish(outcome, status=status)
     idle = not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     if finish_parent is None:
         ok, parent = conn.call("read parent run", "get_run", tracker.parent_run_id, _force=True)

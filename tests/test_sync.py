@@ -115,3 +115,25 @@ def test_mlflow_down_at_start_and_mid_study_loses_nothing(ray_local, workdir, mo
         assert len(client.search_runs([experiment.experiment_id], "tags.`autoopt.study` = 'outage'")) == 7
     finally:
         stop_ui(server)
+
+
+def test_check_trials_false_ends_the_parent_without_reading_back_the_trial_runs(tmp_path):
+    """What the study's end does when every trial's run was written and confirmed: only the
+    parent run is brought up to date (reading back a thousand runs costs seconds)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="quiet", storage=url, direction="maximize")
+    study.set_user_attr("autoopt.metric", "val_accuracy")
+    for v in (0.5, 0.7):
+        t = study.ask()
+        t.suggest_categorical("optimizer", ["adam"])
+        t.set_user_attr("autoopt.config", {"optimizer": "adam", "optimizer_params": {"lr": 1e-3}})
+        study.tell(t, v)
+    uri = default_tracking_uri(tmp_path)
+    tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name="quiet"))
+    report = sync_study(study, tracker=tracker, finish_parent=True, check_trials=False)
+    assert report["reachable"] and (report["created"], report["completed"]) == (0, 0)
+    client = MlflowClient(uri)
+    runs = client.search_runs([tracker.experiment_id], "tags.`autoopt.study` = 'quiet'")
+    assert [r.data.tags["autoopt.role"] for r in runs] == ["study"]  # the trials' runs were not written
+    assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["best_value"] == pytest.approx(0.7)
+    assert sync_study(study, tracker=tracker, finish_parent=False)["created"] == 2  # the default checks them
