@@ -136,6 +136,11 @@ def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def ran(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials that ran: not the one a stopped study leaves queued (sampled ahead, WAITING for a resume)."""
+    return [t for t in trials(url, name) if t.state != TrialState.WAITING]
+
+
 def wait_for(what: str, cond, timeout: float, proc: subprocess.Popen | list[subprocess.Popen] | None = None) -> Any:
     """Poll ``cond`` until it returns something true; fail if a watched client exits first."""
     procs = [] if proc is None else proc if isinstance(proc, list) else [proc]
@@ -225,7 +230,7 @@ def test_trials_ran_on_the_worker_node(cluster, two_clients):
     worker_ids = {w.node_id for w in cluster.workers}
     assert None not in worker_ids
     for name in ("cli-study", "api-study"):
-        ts = trials(cluster.optuna_url, name)
+        ts = ran(cluster.optuna_url, name)
         assert len(ts) >= 2
         nodes = {t.user_attrs.get(R.NODE_ID) for t in ts}
         assert nodes <= worker_ids, f"{name}: trials ran on {nodes}, worker nodes are {worker_ids}"
@@ -236,7 +241,7 @@ def test_storage_is_the_clusters_postgresql(cluster, two_clients):
     assert make_url(cluster.optuna_url).get_backend_name() == "postgresql"
     for name in ("cli-study", "api-study"):
         result = two_clients[name]
-        assert result["counts"]["complete"] == len(trials(cluster.optuna_url, name)) >= 2, result
+        assert result["counts"]["complete"] == len(ran(cluster.optuna_url, name)) >= 2, result
         assert make_url(result["storage_url"]).get_backend_name() == "postgresql"
         assert result["storage_url"].rsplit("/", 1)[-1] == cluster.optuna_url.rsplit("/", 1)[-1]
     # nothing was written next to the client
@@ -256,9 +261,9 @@ def test_runs_are_on_the_tracking_server(cluster, two_clients):
         parent = [r for r in runs if r.info.run_id == result["mlflow_parent_run_id"]]
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["mlflow_parent_run_id"]]
         assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-        assert len(children) == len(trials(cluster.optuna_url, name))
+        assert len(children) == len(ran(cluster.optuna_url, name))
         assert all(r.info.status == "FINISHED" for r in children)
-        by_id = {t.user_attrs[R.MLFLOW_RUN_ID]: t for t in trials(cluster.optuna_url, name)}
+        by_id = {t.user_attrs[R.MLFLOW_RUN_ID]: t for t in ran(cluster.optuna_url, name)}
         assert set(by_id) == {r.info.run_id for r in children}
         for r in children:
             history = client.get_metric_history(r.info.run_id, "val_mse")
@@ -268,7 +273,7 @@ def test_runs_are_on_the_tracking_server(cluster, two_clients):
 
 
 def test_concurrent_studies_do_not_interfere(cluster, two_clients):
-    a, b = trials(cluster.optuna_url, "cli-study"), trials(cluster.optuna_url, "api-study")
+    a, b = ran(cluster.optuna_url, "cli-study"), ran(cluster.optuna_url, "api-study")
     assert [t.number for t in a] == list(range(len(a))) and [t.number for t in b] == list(range(len(b)))
     assert all(t.state == TrialState.COMPLETE for t in a + b)
     assert {t.params["optimizer"] for t in a} == {"adamw"} and {t.params["optimizer"] for t in b} == {"radam"}
