@@ -34,6 +34,8 @@ from autoopt.task import Task, load_task
 
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
 REAP_EVERY_S = 15.0
+#: How many ranked recommendations a warm start looks through for configurations in the space.
+WARM_START_CANDIDATES = 64
 #: How often the loop refreshes the progress display when no trial ended (each refresh is a
 #: coordinator call, queued ahead of the workers' epoch reports).
 PROGRESS_EVERY_S = 1.0
@@ -513,8 +515,9 @@ class StudyRunner:
         ws = self.spec.warm_start
         if not ws.enabled or ws.n_trials == 0:
             return 0
-        # ask for more than needed: suggestions outside this study's space are skipped
-        configs = self.hooks.suggest_configs(self.traits, ws.n_trials * 4)
+        # the whole ranking (a few dozen optimizers at most): suggestions outside this study's
+        # space are skipped, and a narrow space may hold only the lower-ranked ones
+        configs = self.hooks.suggest_configs(self.traits, max(ws.n_trials * 4, WARM_START_CANDIDATES))
         return int(ray.get(self.coordinator.enqueue.remote(configs, ws.n_trials)))
 
     def _make_coordinator(self) -> Any:

@@ -203,7 +203,9 @@ def test_warm_start_enqueues_recommendations_first(ray_local, workdir):
     assert len(warm) == 2 and [t.number for t in warm] == [0, 1]
     from autoopt.recommend import suggest_configs
 
-    expected = [c["optimizer"] for c in suggest_configs(result.study.user_attrs[R.TRAITS], 8)]
+    from autoopt.runner import WARM_START_CANDIDATES
+
+    expected = [c["optimizer"] for c in suggest_configs(result.study.user_attrs[R.TRAITS], WARM_START_CANDIDATES)]
     assert [t.params["optimizer"] for t in warm] == [o for o in expected if o in spec.space.optimizers][:2]
     narrowed = autoopt.run(small_spec("narrow", n_trials=4, warm_start={"enabled": True, "n_trials": 0, "narrow_to": 2}))
     assert len({t.params["optimizer"] for t in narrowed.study.trials}) <= 2
