@@ -224,6 +224,11 @@ def _storage_file(url: str) -> str | None:
     return None
 
 
+def _uses_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Counts against ``n_trials``: every trial but a queued one and a failure that was re-run."""
+    return trial.state != TrialState.WAITING and not trial.user_attrs.get(R.RETRIED)
+
+
 @dataclass(frozen=True)
 class TaskFacts:
     """What the driver measured about the task that the coordinator needs (it never loads the task)."""
@@ -313,11 +318,7 @@ class StudyCoordinator:
     @_reads
     def counted(self) -> int:
         """Trials that use up the budget: all but waiting ones and failures that were retried."""
-        return sum(
-            1
-            for t in self.study.get_trials(deepcopy=False)
-            if t.state != TrialState.WAITING and not t.user_attrs.get(R.RETRIED)
-        )
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if _uses_budget(t))
 
     @_survives_storage_outage
     def ask(self) -> dict[str, Any] | None:
@@ -467,7 +468,7 @@ class StudyCoordinator:
             # queued trials will use the budget when they run, so none is queued beyond it
             trials = self.study.get_trials(deepcopy=False)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
-            counted = sum(1 for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(R.RETRIED))
+            counted = sum(1 for t in trials if _uses_budget(t))
             if waiting or (self.n_trials is not None and counted >= self.n_trials):
                 return None
             trial = self.study.ask()
@@ -540,7 +541,7 @@ class StudyCoordinator:
         counted = 0
         for t in trials:
             counts[R.STATE_COUNTS[t.state.name]] += 1
-            counted += t.state != TrialState.WAITING and not t.user_attrs.get(R.RETRIED)
+            counted += _uses_budget(t)
         bt = R.best_trial(self.study, trials)
         best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(R.CONFIG), "params": bt.params} if bt else None
         self._waiting = {t.number for t in trials if t.state == TrialState.WAITING}
