@@ -427,11 +427,6 @@ class StudyCoordinator:
         self._finish(self._claimed.get(number, number), TrialState[state], value, attrs, frozen)
         return state
 
-    def tell_and_ask(self, number: int, outcome: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-        """``tell`` then ``ask`` in one round trip: the driver hands the freed worker its next trial.
-        Each half keeps its own retry and idempotence (a retried call does not tell twice)."""
-        return self.tell(number, outcome), self.ask()
-
     def _finished_elsewhere(self, number: int) -> bool:
         return self.storage.get_trial(self._trial_id(number)).state.is_finished()
 

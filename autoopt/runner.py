@@ -389,6 +389,10 @@ class StudyRunner:
         self.resource_request: dict[str, float] = {}
         self._fits_now = True
         self._decides: tuple[int, frozenset[int]] | None = None
+        #: opens the local MLflow store while the coordinator starts (joined before tracking begins)
+        self._warming: threading.Thread | None = None
+        #: tells and prepares sent without waiting: their errors surface at the next _check_sent
+        self._sent: list[Any] = []
 
     # --- set-up ------------------------------------------------------------------------
     def _objective_traits(self) -> TaskTraits:
@@ -435,7 +439,7 @@ class StudyRunner:
     def _start_tracking(self) -> None:
         from autoopt import tracking
 
-        if getattr(self, "_warming", None) is not None:
+        if self._warming is not None:
             self._warming.join(timeout=60)  # the store opened while the coordinator started
 
         config = tracking.TrackingConfig(
@@ -602,7 +606,6 @@ class StudyRunner:
             _prepare_worker_remote.options(
                 num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
             ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
-        self._warming = None
         if self.spec.tracking:
             from autoopt import tracking
 
@@ -637,11 +640,16 @@ class StudyRunner:
         # queues) the next trial while the workers train, so a freed worker's ask only takes it.
         # Calls from here to the coordinator run in the order sent: a freed worker's ask goes
         # before the finished trial's tell, and both are stored before any later call returns.
-        self._sent: list[Any] = []  # tells and prepares not waited for: their errors surface below
+        self._sent = []
+
+        # On the Ray client (ray://) the sent calls are waited for at once, as before the sampler
+        # worked ahead: with them left in flight, the client server's wait on a dead node's trials
+        # sometimes never returned (tests/test_cluster.py's killed worker node)
+        settle = ray.util.client.ray.is_connected()
 
         def dispatch_next() -> bool:
             item = ray.get(self.coordinator.ask.remote())
-            self._check_sent()
+            self._check_sent(wait=settle)
             if item is None:
                 return False
             running[self._dispatch(item, task_ref, threads)] = item["number"]
@@ -654,13 +662,18 @@ class StudyRunner:
                         exhausted = True
                         break
                     self._sent.append(self.coordinator.prepare.remote())
+                    if settle:
+                        self._check_sent(wait=True)
                 if not running:
                     out_of_time = deadline is not None and time.time() >= deadline
                     if out_of_time or self._stop.is_set() or not self._wait_for_foreign():
                         break
                     exhausted = False  # a reaped trial may have been re-enqueued: ask again
                     continue
-                done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                # fetch_local=False: a trial's result is read once, by _outcome; pulling it here
+                # could wait on a node that just died instead of letting ray.get raise the loss,
+                # which _outcome records (the Ray client's server always fetches: see `settle`)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=0.5, fetch_local=False)
                 for ref in done:
                     outcome = self._outcome(ref, running[ref])  # a lost worker, an error: recorded here
                     number = running.pop(ref)
@@ -671,6 +684,8 @@ class StudyRunner:
                         self._sent.append(self.coordinator.tell.remote(number, outcome))
                     if asked:
                         self._sent.append(self.coordinator.prepare.remote())
+                    if settle:
+                        self._check_sent(wait=True)
                 now = time.time()
                 if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
@@ -823,7 +838,8 @@ class StudyRunner:
         as a waited-for call would have; ``wait``: for all of them (the study's end)."""
         if not self._sent:
             return
-        ready, self._sent = ray.wait(self._sent, num_returns=len(self._sent), timeout=None if wait else 0)
+        ready, self._sent = ray.wait(self._sent, num_returns=len(self._sent), timeout=None if wait else 0,
+                                     fetch_local=False)
         ray.get(ready)
 
     def _log_progress(self) -> None:

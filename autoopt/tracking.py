@@ -62,6 +62,8 @@ NOTE_TAG = "mlflow.note.content"
 
 #: Trial outcome -> MLflow run status.
 RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+#: MLflow's limit on metrics in one log_batch request (mlflow.utils.validation.MAX_METRICS_PER_BATCH)
+MAX_BATCH_METRICS = 1000
 
 
 class TrackingUnavailableWarning(UserWarning):
@@ -575,11 +577,12 @@ class TrialLogger:
                 self._buffer.append(rec)
                 self._buffer_times.append(_now_ms())
         # the last epochs go in the outcome's batch (one write fewer per trial) if they fit MLflow's
-        # 1000-metrics-per-batch limit
+        # 1000-metrics-per-batch limit, beside the outcome's own few metrics
         tail = list(zip(self._buffer, self._buffer_times))
-        if 4 * len(tail) > 900:
+        epochs = [metric for rec, ts in tail for metric in self._epoch_metrics(rec, ts)]
+        if len(epochs) > MAX_BATCH_METRICS - 100:
             self.flush()
-            tail = []
+            tail, epochs = [], []
         final_metrics: dict[str, float] = {
             "epochs_run": outcome.epochs_run,
             "trial_seconds": outcome.seconds,
@@ -606,7 +609,6 @@ class TrialLogger:
                 note += f" at epoch {outcome.stopped_at_epoch}"
             tags[NOTE_TAG] = note + (f": {outcome.reason}" if outcome.reason else ".")
         m, _, t = _entities(metrics=final_metrics, tags=tags, step=outcome.epochs_run)
-        epochs = [metric for rec, ts in tail for metric in self._epoch_metrics(rec, ts)]
         ok, _ = self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=epochs + m, tags=t)
         if ok:
             self._logged_epochs.update(rec.key for rec, _ in tail)

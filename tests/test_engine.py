@@ -99,16 +99,6 @@ def test_summary_tally_agrees_with_a_rescan_after_prunes_failures_and_retries(tm
     assert trials[2].user_attrs[R.SESSION] == c.session and trials[2].user_attrs[R.MAX_EPOCHS] == 3
 
 
-def test_tell_and_ask_is_one_call_that_tells_once(tmp_path):
-    c = coordinator(f"sqlite:///{tmp_path}/s.db")
-    first = c.ask()
-    state, nxt = c.tell_and_ask(first["number"], outcome("complete", 0.6, 3))
-    assert state == "COMPLETE" and nxt["number"] == first["number"] + 1
-    c.n_trials = 2  # the budget is used up: the next tell_and_ask tells and hands out nothing
-    assert c.tell_and_ask(nxt["number"], outcome("complete", 0.4, 3)) == ("COMPLETE", None)
-    assert [t.state for t in c.study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * 2
-
-
 # --- epoch reports that do not wait -----------------------------------------------------------
 def test_reports_the_pruner_cannot_act_on_do_not_wait_and_are_all_stored_in_order(ray_local, tmp_path):
     from autoopt.runner import EpochReporter, _Coordinator
