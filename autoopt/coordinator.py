@@ -254,7 +254,10 @@ class StudyCoordinator:
         *,
         study_attrs: dict[str, Any] | None = None,
         session: str | None = None,
+        prior_curves: list[tuple[list[int], list[float]]] | None = None,
     ) -> None:
+        """``prior_curves``: similar tasks' finished curves, which the driver read from its
+        meta-dataset for ``learning_curve`` with ``similar_tasks: true``."""
         if not places.storage:
             raise SpecError("the coordinator needs the storage URL the driver resolved (places.storage)")
         self.session = session or uuid.uuid4().hex[:12]
@@ -279,7 +282,7 @@ class StudyCoordinator:
             study_name=name,
             direction=task.direction,
             sampler=ChoiceRestrictingSampler(base, self.space.restrictions, snapshot=True),
-            pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options),
+            pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options, prior_curves=prior_curves),
             load_if_exists=True,
         )
         metric = (study_attrs or {}).get(R.METRIC)
@@ -295,7 +298,7 @@ class StudyCoordinator:
         self.study_id = self.storage.get_study_id_from_name(name)
         attrs = self.study.user_attrs
         for key, value in (study_attrs or {}).items():
-            if key not in attrs or key in (R.SPEC, R.SPACE):
+            if key not in attrs or key in (R.SPEC, R.SPACE, R.PRUNER_PRIOR_CURVES):
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
         self._waiting: set[int] = set()  # WAITING trial numbers as of the last tally refresh

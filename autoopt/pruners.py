@@ -9,17 +9,23 @@ optimistic of two estimates of the trial's final best value:
 * **extrapolation**: a saturating power law ``y(t) = a + b * t**-c`` fitted (least squares, for
   a few fixed decay rates ``c``) to the trial's best-so-far curve, evaluated at the last epoch;
 * **matched curves**: the finished trials of the same study: the improvement each made from
-  this epoch to its end, a ``quantile`` of them (1.0: the largest) added to this trial's value.
+  this epoch to its end, a ``quantile`` of them (1.0: the largest) added to this trial's value;
+  and, with ``prior_curves``, the finished curves of similar tasks' studies in the meta-dataset
+  (``pruner_options: {similar_tasks: true}``: :func:`autoopt.recommend.meta.similar_curves`),
+  whose improvements count *relative* to the value they started from, since another task's
+  metric has another scale.
 
 If even that estimate falls short of the study's current best (by more than ``margin``,
 relative), the trial is pruned. It never prunes before ``n_warmup_steps`` epochs or before
-``n_startup_trials`` trials have completed (there is no best, and no finished curve, before).
-It can decide at every epoch.
+``n_startup_trials`` trials have completed (there is no best, and no finished curve, before);
+prior curves stand in for the study's own finished curves, so with them one completed trial
+(a best to beat) is enough. It can decide at every epoch.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import optuna
@@ -42,6 +48,22 @@ def _best_so_far(values: list[float], minimize: bool) -> list[float]:
 def _curve(trial: FrozenTrial) -> tuple[list[int], list[float]]:
     steps = sorted(s for s, v in trial.intermediate_values.items() if v is not None and math.isfinite(v))
     return steps, [trial.intermediate_values[s] for s in steps]
+
+
+def _gain_after(steps: Sequence[int], values: Sequence[float], step: int, minimize: bool,
+                relative: bool = False) -> float | None:
+    """How much a finished curve's best-so-far improved after ``step`` (None: it ends by then or
+    starts after it); ``relative``: as a fraction of its best-so-far at ``step``."""
+    if not steps or steps[-1] <= step:
+        return None
+    at = max((i for i, si in enumerate(steps) if si <= step), default=None)
+    if at is None:
+        return None
+    bsf = _best_so_far(list(values), minimize)
+    gain = abs(bsf[-1] - bsf[at])
+    if not relative:
+        return gain
+    return gain / abs(bsf[at]) if bsf[at] != 0 and math.isfinite(bsf[at]) else None
 
 
 def extrapolate(steps: list[int], values: list[float], horizon: int, minimize: bool) -> float | None:
@@ -77,7 +99,8 @@ class LearningCurvePruner(BasePruner):
     """
 
     def __init__(self, n_startup_trials: int = 3, n_warmup_steps: int = 1, max_resource: int | None = None,
-                 quantile: float = 1.0, margin: float = 0.0) -> None:
+                 quantile: float = 1.0, margin: float = 0.0,
+                 prior_curves: Sequence[tuple[Sequence[int], Sequence[float]]] = ()) -> None:
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be at least 1, got {n_startup_trials}")
         if n_warmup_steps < 0:
@@ -90,13 +113,16 @@ class LearningCurvePruner(BasePruner):
             raise ValueError(f"max_resource must be at least 1, got {max_resource}")
         self.n_startup_trials, self.n_warmup_steps = n_startup_trials, n_warmup_steps
         self.max_resource, self.quantile, self.margin = max_resource, quantile, margin
+        #: similar tasks' finished curves (steps, values): only those with at least 2 points
+        self.prior_curves = [(list(map(int, st)), list(map(float, v))) for st, v in prior_curves
+                             if len(st) == len(v) and len(st) >= 2]
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
         if step is None or step < self.n_warmup_steps:
             return False
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(done) < self.n_startup_trials:
+        if len(done) < (1 if self.prior_curves else self.n_startup_trials):
             return False
         minimize = study.direction == StudyDirection.MINIMIZE
         finals = [t.value for t in done if t.value is not None and math.isfinite(t.value)]
@@ -114,15 +140,12 @@ class LearningCurvePruner(BasePruner):
             return False  # its last report: nothing left to save
         current = _best_so_far(values, minimize)[-1]
         # matched curves: how much each finished trial improved after this epoch
-        gains = []
-        for s, v in curves:
-            if not s or s[-1] <= step:
-                continue
-            bsf = _best_so_far(v, minimize)
-            at = max((i for i, si in enumerate(s) if si <= step), default=None)
-            if at is None:
-                continue
-            gains.append(abs(bsf[-1] - bsf[at]))
+        gains = [g for g in (_gain_after(s, v, step, minimize) for s, v in curves) if g is not None]
+        # similar tasks: the same fraction of the current value (their metric's scale is theirs)
+        for s, v in self.prior_curves:
+            g = _gain_after(s, v, step, minimize, relative=True)
+            if g is not None:
+                gains.append(g * abs(current))
         estimates = []
         if gains:
             gain = float(np.quantile(gains, self.quantile))

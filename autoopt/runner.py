@@ -533,13 +533,31 @@ class StudyRunner:
                 space = space.model_copy(update={"optimizers": allowed})
         search = self.spec.search.model_copy(update={"space": space, "task": task_label(self.spec.search.task),
                                                      "objective": objective_label(self.spec.search.objective)})
+        attrs, prior_curves = self._study_attrs(), self._similar_curves()
+        if prior_curves is not None:  # what the learning-curve pruner starts from, for the user to see
+            attrs[R.PRUNER_PRIOR_CURVES] = len(prior_curves)
         self._coordinator_args = (
             (self.spec.name, search, self.spec.execution, self.spec.places.model_copy(update={"storage": self.storage_url}),
              TaskFacts(self.direction, self.traits, self._max_reports(), self._has_matrix_params())),
-            dict(study_attrs=self._study_attrs(), session=self.session),
+            dict(study_attrs=attrs, session=self.session, prior_curves=prior_curves),
         )
         args, kwargs = self._coordinator_args
         return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(*args, **kwargs)
+
+    def _similar_curves(self) -> list[tuple[list[int], list[float]]] | None:
+        """For ``learning_curve`` with ``similar_tasks: true``: the finished curves of the nearest
+        studies in this user's meta-dataset (read here, where finished studies add their runs)."""
+        options = dict(self.spec.search.pruner_options)
+        if self.spec.search.pruner != "learning_curve" or not options.get("similar_tasks"):
+            return None
+        from autoopt.recommend.meta import similar_curves
+
+        try:
+            return similar_curves(self.traits, self.metric, self.direction,
+                                  k=int(options.get("similar_studies", 3)), exclude=self.spec.name)
+        except Exception as exc:  # noqa: BLE001 - an unreadable meta-dataset: prune on the study's own curves
+            _log.warning("autoopt: similar tasks' curves unavailable (%s: %s)", type(exc).__name__, exc)
+            return None
 
     # --- the loop ------------------------------------------------------------------------
     def stop(self) -> None:

@@ -143,9 +143,12 @@ def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSamp
         raise SpecError(f"sampler_options for {name}: {exc}") from None
 
 
-def make_pruner(name: str, max_epochs: int | None, **options: Any) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, max_epochs: int | None, *, prior_curves: Any = None,
+                **options: Any) -> optuna.pruners.BasePruner:
     """An Optuna pruner by name. Hyperband and successive halving run over the task's epochs
-    (unknown for an objective without ``max_reports``: Hyperband then learns it from the first trials)."""
+    (unknown for an objective without ``max_reports``: Hyperband then learns it from the first trials).
+    ``prior_curves``: similar tasks' finished curves for ``learning_curve`` with ``similar_tasks``
+    (the coordinator reads them from the meta-dataset)."""
     try:
         if name == "hyperband":
             opts = {"min_resource": 1, "max_resource": max_epochs or "auto", "reduction_factor": 3, **options}
@@ -159,7 +162,8 @@ def make_pruner(name: str, max_epochs: int | None, **options: Any) -> optuna.pru
             from autoopt.spec import LearningCurveOptions
 
             opts = LearningCurveOptions.model_validate({"max_resource": max_epochs, **options})
-            return LearningCurvePruner(**opts.model_dump())
+            kw = opts.model_dump(exclude={"similar_tasks", "similar_studies"})
+            return LearningCurvePruner(**kw, prior_curves=(prior_curves or ()) if opts.similar_tasks else ())
         if name == "median":
             return optuna.pruners.MedianPruner(**{"n_startup_trials": 4, "n_warmup_steps": 1, **options})
         if name == "percentile":

@@ -301,6 +301,10 @@ class LearningCurveOptions(BaseModel):
     max_resource: int | None = Field(default=None, ge=1)
     quantile: float = Field(default=1.0, ge=0.0, le=1.0)
     margin: float = Field(default=0.0, ge=0.0)
+    #: also match the finished curves of similar tasks' studies in the recommender's meta-dataset
+    #: (same domain, metric and direction; the nearest ``similar_studies`` by traits)
+    similar_tasks: bool = False
+    similar_studies: int = Field(default=3, ge=1)
 
 
 class _RedactedRepr(BaseModel):

@@ -68,7 +68,13 @@ PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "sh_rf4": ("successive_halving", {"reduction_factor": 4}),
     "learning_curve": ("learning_curve", {}),
     "lc_q50": ("learning_curve", {"quantile": 0.5}),
+    # the learning-curve pruner matching, besides its own, the finished curves of one earlier
+    # unpruned study of the same task (seed 99, `pruning-history/`): what `similar_tasks: true`
+    # hands it from the meta-dataset once a user has run a similar study
+    "lc_similar": ("learning_curve", {"similar_tasks": True}),
 }
+#: the earlier study whose curves lc_similar starts from (another seed: other configurations)
+HISTORY_SEED = 99
 MIN_RESOURCE, REDUCTION = 1, 3
 #: the race's rungs, spelled out (the default successive_halving has since become reduction factor 4)
 RUNG_OPTIONS = {"successive_halving": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION},
@@ -147,7 +153,8 @@ def run_tune_fair(task: str, task_options: dict[str, Any], space: dict[str, Any]
 
 
 def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, Any], *, seed: int, n_trials: int,
-                    workers: int, pruner: str, pruner_options: dict[str, Any] | None = None):
+                    workers: int, pruner: str, pruner_options: dict[str, Any] | None = None,
+                    prior_curves: list[tuple[list[int], list[float]]] | None = None):
     """Plain Optuna: one in-memory study, one seeded TPE sampler, ``workers`` threads, autoopt's pruner."""
     import optuna
     import torch
@@ -165,7 +172,8 @@ def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, An
     the_task.datasets()  # as the other systems' workers hold it cached
     t0 = time.time()
     study = optuna.create_study(direction=info["direction"], sampler=build_sampler("tpe", seed, sp),
-                                pruner=make_pruner(pruner, info["epochs"], **(pruner_options or {})))
+                                pruner=make_pruner(pruner, info["epochs"], **(pruner_options or {}),
+                                                   prior_curves=prior_curves))
 
     def objective(trial: optuna.Trial) -> float:
         cfg = sp.sample(trial)
@@ -188,8 +196,25 @@ def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, An
 
     study.optimize(objective, n_trials=n_trials, n_jobs=workers, catch=(RuntimeError,))
     wall = time.time() - t0
+    curves = [[sorted(t.intermediate_values), [t.intermediate_values[k] for k in sorted(t.intermediate_values)]]
+              for t in study.get_trials(deepcopy=False) if t.intermediate_values]
     return SystemRun("optuna", task, seed, workers, n_trials, info["direction"], wall,
-                     _events_from_study(study, t0, info["direction"]), {"pruner": pruner, "pruner_options": pruner_options})
+                     _events_from_study(study, t0, info["direction"]),
+                     {"pruner": pruner, "pruner_options": pruner_options, "curves": curves,
+                      "prior_curves": len(prior_curves or ())})
+
+
+def history_curves(tname: str, out: Path, workers: int) -> list[tuple[list[int], list[float]]]:
+    """The finished curves of one unpruned study of ``tname`` (seed HISTORY_SEED), run once and kept."""
+    path = out / "pruning-history" / f"none__{tname}__{HISTORY_SEED}.json"
+    if not path.exists():
+        t = PRUNE_TASKS[tname]
+        run = run_optuna_fair(t["task"], t["task_options"], _space(t["task"]), seed=HISTORY_SEED,
+                              n_trials=TRIALS_OVERRIDE or t["n_trials"], workers=workers, pruner="none")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**run.to_dict(), "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
+                                   default=str))
+    return [(s, v) for s, v in json.loads(path.read_text())["extra"]["curves"]]
 
 
 def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int) -> None:
@@ -215,7 +240,10 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int) 
             run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], **kw)
     else:
         pruner, opts = PRUNE_SYSTEMS[system]
-        run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, pruner_options=opts, **kw)
+        prior = history_curves(tname, out, workers) if opts.get("similar_tasks") else None
+        before, started = _load(), time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, pruner_options=opts,
+                              prior_curves=prior, **kw)
     run.system = system
     d = run.to_dict()
     d.update(part=part, task_name=tname, started_utc=started, load_before=before, load_after=_load())

@@ -111,3 +111,99 @@ def test_real_study_with_the_learning_curve_pruner(ray_local, workdir):
         if t.state.name == "PRUNED":
             assert max(t.intermediate_values) >= 1  # never before its warm-up step
             assert t.number > min(first_done)  # never before any trial has finished
+
+
+# --- similar tasks' curves from the meta-dataset -------------------------------------------------
+#: another task's finished curves: the same shape on a 10x larger scale (its metric's units)
+OTHER_TASK = [[10 * v for v in GOOD], [10 * v + 0.3 for v in GOOD]]
+
+
+def test_similar_tasks_curves_stand_in_for_the_study_s_first_trials():
+    hopeless = [1.05, 1.04, 1.04, 1.03, 1.03]
+    alone = LearningCurvePruner(n_startup_trials=3, n_warmup_steps=1, max_resource=10)
+    assert not any(decisions(study_with_finished(alone, [GOOD]), hopeless))  # one finished trial: no verdict
+    primed = LearningCurvePruner(n_startup_trials=3, n_warmup_steps=1, max_resource=10,
+                                 prior_curves=[(list(range(1, 11)), c) for c in OTHER_TASK])
+    study = study_with_finished(primed, [GOOD])
+    assert decisions(study, hopeless)[0] is True  # the other task's curves say it cannot catch up
+    assert not any(decisions(study, [v - 0.01 for v in GOOD]))  # a curve on course is kept
+
+
+def test_similar_tasks_gains_count_relative_to_their_own_scale():
+    """A prior curve that fell 85% after epoch 2 keeps a slow starter alive on a task whose
+    values are ten times smaller: its gain is a fraction, not its units."""
+    steep = [20.0, 20.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]  # from 20 at epoch 2 to 3 (-85%)
+    pruner = LearningCurvePruner(n_startup_trials=1, n_warmup_steps=1, max_resource=10,
+                                 prior_curves=[(list(range(1, 11)), steep)])
+    study = study_with_finished(pruner, [GOOD])  # best 0.33
+    slow = [1.0, 1.0]  # 1.0 at epoch 2: 85% less would be 0.15, better than the best
+    assert decisions(study, slow) == [False, False]
+    # the same trial with the prior's gain in its own units (17) would be kept by any rule, and a
+    # flat prior curve (no gain) leaves only the extrapolation, which sees no progress: pruned
+    flat = LearningCurvePruner(n_startup_trials=1, n_warmup_steps=1, max_resource=10,
+                               prior_curves=[(list(range(1, 11)), [20.0] * 10)])
+    assert decisions(study_with_finished(flat, [GOOD]), slow)[1] is True
+
+
+def test_meta_dataset_keeps_curves_and_finds_the_nearest_similar_studies(tmp_path):
+    from autoopt.core import record as R
+    from autoopt.recommend import meta
+
+    def study(name: str, domain: str, batch: int, metric: str = "val_loss") -> optuna.Study:
+        s = optuna.create_study(study_name=name, direction="minimize")
+        s.set_user_attr(R.TRAITS, {"domain": domain, "batch_size": batch, "n_params": 5000, "dataset_size": 2000})
+        s.set_user_attr(R.METRIC, metric)
+        cfg = {"optimizer": "adamw", "optimizer_params": {"lr": 1e-3}}
+        s.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, value=min(GOOD), user_attrs={R.CONFIG: cfg},
+            intermediate_values={e: v for e, v in enumerate(GOOD, 1)}))
+        return s
+
+    path = tmp_path / "studies.csv"
+    for args in [("near", "tabular", 32), ("far", "tabular", 4096), ("cv", "cv", 32), ("other-metric", "tabular", 32, "acc")]:
+        meta.add_study_results(study(*args), path)
+    meta.add_study_results(study("near", "tabular", 32), path)  # re-added: its curve survives the rewrite
+    rows = meta.read_studies(path)
+    assert {r["instance"]: r["curve"] for r in rows}["near"] == (list(range(1, 11)), GOOD)
+
+    traits = {"domain": "tabular", "batch_size": 64, "n_params": 5000, "dataset_size": 2000}
+    nearest = meta.similar_curves(traits, "val_loss", "minimize", k=1, path=path)
+    assert nearest == [(list(range(1, 11)), GOOD)]  # one study: "near" (batch 32), not "far"
+    assert len(meta.similar_curves(traits, "val_loss", "minimize", k=5, path=path)) == 2  # not cv, not acc
+    assert meta.similar_curves(traits, "val_loss", "minimize", k=5, path=path, exclude="near") == [
+        (list(range(1, 11)), GOOD)]
+    assert meta.similar_curves(traits, "val_loss", "maximize", path=path) == []
+    assert meta.similar_curves(traits, "val_loss", "minimize", path=tmp_path / "none.csv") == []
+
+
+def test_spec_accepts_similar_tasks_and_rejects_bad_values():
+    StudySpec.from_dict(dict(name="x", task="tabular", pruner="learning_curve",
+                             pruner_options={"similar_tasks": True, "similar_studies": 2}))
+    with pytest.raises(SpecError, match="similar_studies"):
+        StudySpec.from_dict(dict(name="x", task="tabular", pruner="learning_curve",
+                                 pruner_options={"similar_tasks": True, "similar_studies": 0}))
+
+
+def test_real_study_matches_the_curves_of_a_similar_earlier_study(ray_local, workdir, monkeypatch):
+    """A first study fills the meta-dataset with its curves; the second, with ``similar_tasks``,
+    starts its pruner from them (and says how many in its study attrs) and prunes."""
+    from autoopt.core import record as R
+    from autoopt.recommend import meta
+    from autoopt.task import load_task
+
+    monkeypatch.setenv("AUTOOPT_RECOMMEND_DIR", str(workdir / "recommend"))
+    space = {"optimizers": ["adamw", "sgd"], "schedulers": ["constant"],
+             "params": {"sgd": {"lr": {"low": 1e-5, "high": 1e-4}}}}  # slow SGD: hopeless curves
+    base = dict(task="tabular", task_options={"epochs": 8}, workers=2, tracking=False, space=space)
+    autoopt.run(StudySpec.from_dict(dict(base, name="first", n_trials=6, seed=1, pruner="none")))
+    curves = meta.similar_curves(load_task("tabular", epochs=8).traits(), "val_mse", "minimize")
+    assert len(curves) == 6 and all(len(s) == 8 for s, _ in curves)
+
+    result = autoopt.run(StudySpec.from_dict(dict(
+        base, name="second", n_trials=10, seed=0, pruner="learning_curve",
+        pruner_options={"similar_tasks": True})))
+    assert result.study.user_attrs[R.PRUNER_PRIOR_CURVES] == 6
+    assert result.counts["pruned"] >= 1, result.counts
+    # without the option the meta-dataset is not read, and nothing says it was
+    plain = autoopt.run(StudySpec.from_dict(dict(base, name="third", n_trials=2, seed=0, pruner="learning_curve")))
+    assert R.PRUNER_PRIOR_CURVES not in plain.study.user_attrs

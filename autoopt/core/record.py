@@ -26,6 +26,9 @@ TRAITS = PREFIX + "traits"  #: TaskTraits.to_dict() of the task, measured
 METRIC = PREFIX + "metric"  #: the task's validation metric name
 DIRECTION = PREFIX + "direction"
 MAX_EPOCHS = PREFIX + "max_epochs"  #: the pruner's resource per trial (also on each trial)
+#: Study attr: how many finished curves of similar studies the learning-curve pruner matches
+#: (``pruner_options: {similar_tasks: true}``).
+PRUNER_PRIOR_CURVES = PREFIX + "pruner_prior_curves"
 MLFLOW_PARENT_RUN_ID = PREFIX + "mlflow_parent_run_id"
 MLFLOW_EXPERIMENT_ID = PREFIX + "mlflow_experiment_id"
 TRACKING_URI = PREFIX + "tracking_uri"

@@ -38,7 +38,7 @@ STUDIES_FILE = "studies.csv"
 #: Columns of the users' study runs (a zoo run's columns plus its task's traits).
 STUDY_COLUMNS: tuple[str, ...] = (
     "instance", "family", "domain", "batch_size", "n_params", "dataset_size", "grad_sparsity", "sparse_gradients",
-    "metric", "direction", "optimizer", "lr", "seed", "status", "value", "created",
+    "metric", "direction", "optimizer", "lr", "seed", "status", "value", "created", "curve",
 )
 
 
@@ -80,9 +80,25 @@ def study_runs(study: Any) -> list[dict[str, Any]]:
             "grad_sparsity": traits.get("grad_sparsity"), "sparse_gradients": bool(traits.get("sparse_gradients")),
             "metric": attrs.get(R.METRIC), "direction": direction, "optimizer": cfg["optimizer"], "lr": lr,
             "seed": t.number, "status": "ok" if ok else ("pruned" if t.state == TrialState.PRUNED else "failed"),
-            "value": value if ok else math.nan, "created": created,
+            "value": value if ok else math.nan, "created": created, "curve": _curve_json(t.intermediate_values),
         })
     return rows
+
+
+def _curve_json(values: Mapping[int, float]) -> str | None:
+    """A trial's reported curve, ``[[epoch, value], ...]`` (what the learning-curve pruner matches)."""
+    points = [[int(k), float(v)] for k, v in sorted(values.items()) if v is not None and math.isfinite(v)]
+    return json.dumps(points, separators=(",", ":")) if points else None
+
+
+def _parse_curve(raw: Any) -> tuple[list[int], list[float]] | None:
+    if not raw:
+        return None
+    try:
+        points = json.loads(raw)
+        return [int(p[0]) for p in points], [float(p[1]) for p in points]
+    except (ValueError, TypeError, IndexError):
+        return None  # a hand-edited file: the run still counts, without its curve
 
 
 def _effective_lr(cfg: Mapping[str, Any]) -> float | None:
@@ -109,6 +125,7 @@ def read_studies(path: str | Path) -> list[dict[str, Any]]:
             for k in ("grad_sparsity", "lr", "value"):
                 row[k] = float(raw[k]) if raw.get(k) not in (None, "") else math.nan
             row["sparse_gradients"] = str(raw.get("sparse_gradients", "")).lower() in ("1", "true", "yes")
+            row["curve"] = _parse_curve(raw.get("curve"))  # files written before curves were kept: None
             rows.append(row)
         return rows
 
@@ -127,12 +144,42 @@ def add_study_results(study: Any, path: str | Path | None = None) -> int:
     w = csv.DictWriter(buf, fieldnames=list(STUDY_COLUMNS), lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in existing + rows:
+        r = {**r, "curve": _curve_json(dict(zip(*r["curve"]))) if isinstance(r.get("curve"), tuple) else r.get("curve")}
         w.writerow({k: ("" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k])
                     for k in STUDY_COLUMNS})
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)
     return len(rows)
+
+
+def similar_curves(traits: Any, metric: str | None, direction: str, *, k: int = 3,
+                   path: str | Path | None = None, exclude: str | None = None) -> list[tuple[list[int], list[float]]]:
+    """Finished trials' curves from the ``k`` users' studies nearest to ``traits`` (same domain,
+    metric and direction; nearest by batch size, model and data size, log scale), for the
+    learning-curve pruner; ``exclude``: a study's own name (a resumed study is in there already).
+    Empty when the meta-dataset holds none (a first study)."""
+    from autoopt.core.traits import TaskTraits
+
+    path = Path(path) if path else default_studies_path()
+    if not path.is_file():
+        return []
+    t = TaskTraits.from_any(traits) if not isinstance(traits, TaskTraits) else traits
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for r in read_studies(path):
+        if r.get("curve") and r["instance"] != exclude and r.get("domain") == t.domain and r.get("direction") == direction and \
+                (metric is None or r.get("metric") == metric):
+            by_study.setdefault(r["instance"], []).append(r)
+
+    def log_gap(a: Any, b: Any, base: float) -> float:
+        return abs(math.log(a, base) - math.log(b, base)) if a and b and a > 0 and b > 0 else 0.0
+
+    def distance(r: dict[str, Any]) -> float:
+        return (log_gap(r.get("batch_size"), t.batch_size, 2.0) + log_gap(r.get("n_params"), t.n_params, 10.0)
+                + log_gap(r.get("dataset_size"), t.dataset_size, 10.0))
+
+    nearest = sorted(by_study, key=lambda name: (distance(by_study[name][0]), name))[:k]
+    return [r["curve"] for name in nearest for r in by_study[name]]
 
 
 # ============================================================================ the table
@@ -148,7 +195,7 @@ def load_table(zoo: str | Path | None = None, *, journals: bool = False, studies
 
     table, manifest = zoo_data.load(zoo if zoo is not None else zoo_dir(), journals=journals)
     paths = [Path(p) for p in studies] if studies is not None else [p for p in [default_studies_path()] if p.is_file()]
-    extra = [r for p in paths for r in read_studies(p)]
+    extra = [{k: v for k, v in r.items() if k != "curve"} for p in paths for r in read_studies(p)]
     if extra:
         table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
     return table, manifest
