@@ -72,6 +72,7 @@ PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     # unpruned study of the same task (seed 99, `pruning-history/`): what `similar_tasks: true`
     # hands it from the meta-dataset once a user has run a similar study
     "lc_similar": ("learning_curve", {"similar_tasks": True}),
+    "lc_similar_q50": ("learning_curve", {"similar_tasks": True, "quantile": 0.5}),
 }
 #: the earlier study whose curves lc_similar starts from (another seed: other configurations)
 HISTORY_SEED = 99
