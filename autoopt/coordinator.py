@@ -282,7 +282,7 @@ class StudyCoordinator:
             study_name=name,
             direction=task.direction,
             sampler=ChoiceRestrictingSampler(base, self.space.restrictions, snapshot=True),
-            pruner=make_pruner(search.pruner, task.max_epochs, **search.pruner_options, prior_curves=prior_curves),
+            pruner=make_pruner(search.pruner, task.max_epochs, **{**search.pruner_options, "prior_curves": prior_curves}),
             load_if_exists=True,
         )
         metric = (study_attrs or {}).get(R.METRIC)
