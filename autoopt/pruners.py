@@ -45,7 +45,8 @@ def _best_so_far(values: list[float], minimize: bool) -> list[float]:
     return out
 
 
-def _curve(trial: FrozenTrial) -> tuple[list[int], list[float]]:
+def trial_curve(trial: FrozenTrial) -> tuple[list[int], list[float]]:
+    """A trial's reported (steps, values) in step order, finite values only (also what studies.csv keeps)."""
     steps = sorted(s for s, v in trial.intermediate_values.items() if v is not None and math.isfinite(v))
     return steps, [trial.intermediate_values[s] for s in steps]
 
@@ -129,11 +130,11 @@ class LearningCurvePruner(BasePruner):
         if not finals:
             return False
         best = min(finals) if minimize else max(finals)
-        steps, values = _curve(trial)
+        steps, values = trial_curve(trial)
         if not steps:
             return False
         horizon = self.max_resource
-        curves = [_curve(t) for t in done]
+        curves = [trial_curve(t) for t in done]
         if horizon is None:
             horizon = max((s[-1] for s, _ in curves if s), default=step)
         if step >= horizon:

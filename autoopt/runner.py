@@ -393,6 +393,7 @@ class StudyRunner:
         self._warming: threading.Thread | None = None
         #: tells and prepares sent without waiting: their errors surface at the next _check_sent
         self._sent: list[Any] = []
+        self._settle = False  # on the Ray client: wait for each sent call (see _run)
 
     # --- set-up ------------------------------------------------------------------------
     def _objective_traits(self) -> TaskTraits:
@@ -659,15 +660,14 @@ class StudyRunner:
         # Calls from here to the coordinator run in the order sent: a freed worker's ask goes
         # before the finished trial's tell, and both are stored before any later call returns.
         self._sent = []
-
         # On the Ray client (ray://) the sent calls are waited for at once, as before the sampler
         # worked ahead: with them left in flight, the client server's wait on a dead node's trials
         # sometimes never returned (tests/test_cluster.py's killed worker node)
-        settle = ray.util.client.ray.is_connected()
+        self._settle = ray.util.client.ray.is_connected()
 
         def dispatch_next() -> bool:
             item = ray.get(self.coordinator.ask.remote())
-            self._check_sent(wait=settle)
+            self._check_sent(wait=self._settle)
             if item is None:
                 return False
             running[self._dispatch(item, task_ref, threads)] = item["number"]
@@ -679,9 +679,7 @@ class StudyRunner:
                     if not dispatch_next():
                         exhausted = True
                         break
-                    self._sent.append(self.coordinator.prepare.remote())
-                    if settle:
-                        self._check_sent(wait=True)
+                    self._send(self.coordinator.prepare.remote())
                 if not running:
                     out_of_time = deadline is not None and time.time() >= deadline
                     if out_of_time or self._stop.is_set() or not self._wait_for_foreign():
@@ -690,7 +688,7 @@ class StudyRunner:
                     continue
                 # fetch_local=False: a trial's result is read once, by _outcome; pulling it here
                 # could wait on a node that just died instead of letting ray.get raise the loss,
-                # which _outcome records (the Ray client's server always fetches: see `settle`)
+                # which _outcome records (the Ray client's server always fetches: see `_settle`)
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.5, fetch_local=False)
                 for ref in done:
                     outcome = self._outcome(ref, running[ref])  # a lost worker, an error: recorded here
@@ -699,11 +697,9 @@ class StudyRunner:
                     if not asked and may_ask():
                         exhausted = True
                     if outcome is not None:
-                        self._sent.append(self.coordinator.tell.remote(number, outcome))
+                        self._send(self.coordinator.tell.remote(number, outcome))
                     if asked:
-                        self._sent.append(self.coordinator.prepare.remote())
-                    if settle:
-                        self._check_sent(wait=True)
+                        self._send(self.coordinator.prepare.remote())
                 now = time.time()
                 if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
@@ -850,6 +846,12 @@ class StudyRunner:
         self._mlflow_gaps = True  # its worker did not end the trial's MLflow run: the study's end syncs it
         self.progress.finished_this_run += 1
         return None
+
+    def _send(self, ref: Any) -> None:
+        """A coordinator call not waited for (on the Ray client: waited for at once)."""
+        self._sent.append(ref)
+        if self._settle:
+            self._check_sent(wait=True)
 
     def _check_sent(self, wait: bool = False) -> None:
         """Raise the error of a tell or prepare sent without waiting (a storage that stayed down),

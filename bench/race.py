@@ -160,6 +160,7 @@ def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, An
     import optuna
     import torch
 
+    from autoopt.pruners import trial_curve
     from autoopt.sampling import make_pruner
     from autoopt.task import load_task
     from autoopt.train import train
@@ -197,8 +198,7 @@ def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, An
 
     study.optimize(objective, n_trials=n_trials, n_jobs=workers, catch=(RuntimeError,))
     wall = time.time() - t0
-    curves = [[sorted(t.intermediate_values), [t.intermediate_values[k] for k in sorted(t.intermediate_values)]]
-              for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    curves = [list(c) for c in map(trial_curve, study.get_trials(deepcopy=False)) if c[0]]
     return SystemRun("optuna", task, seed, workers, n_trials, info["direction"], wall,
                      _events_from_study(study, t0, info["direction"]),
                      {"pruner": pruner, "pruner_options": pruner_options, "curves": curves,

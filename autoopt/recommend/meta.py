@@ -80,15 +80,22 @@ def study_runs(study: Any) -> list[dict[str, Any]]:
             "grad_sparsity": traits.get("grad_sparsity"), "sparse_gradients": bool(traits.get("sparse_gradients")),
             "metric": attrs.get(R.METRIC), "direction": direction, "optimizer": cfg["optimizer"], "lr": lr,
             "seed": t.number, "status": "ok" if ok else ("pruned" if t.state == TrialState.PRUNED else "failed"),
-            "value": value if ok else math.nan, "created": created, "curve": _curve_json(t.intermediate_values),
+            "value": value if ok else math.nan, "created": created, "curve": _curve_of(t),
         })
     return rows
 
 
-def _curve_json(values: Mapping[int, float]) -> str | None:
-    """A trial's reported curve, ``[[epoch, value], ...]`` (what the learning-curve pruner matches)."""
-    points = [[int(k), float(v)] for k, v in sorted(values.items()) if v is not None and math.isfinite(v)]
-    return json.dumps(points, separators=(",", ":")) if points else None
+def _curve_of(trial: Any) -> tuple[list[int], list[float]] | None:
+    """A trial's reported curve (steps, values), as the learning-curve pruner reads it; None if none."""
+    from autoopt.pruners import trial_curve
+
+    steps, values = trial_curve(trial)
+    return (steps, values) if steps else None
+
+
+def _curve_text(curve: tuple[list[int], list[float]] | None) -> str | None:
+    """``[[epoch, value], ...]``: how studies.csv stores a curve."""
+    return json.dumps([[s, v] for s, v in zip(*curve)], separators=(",", ":")) if curve else None
 
 
 def _parse_curve(raw: Any) -> tuple[list[int], list[float]] | None:
@@ -144,7 +151,7 @@ def add_study_results(study: Any, path: str | Path | None = None) -> int:
     w = csv.DictWriter(buf, fieldnames=list(STUDY_COLUMNS), lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in existing + rows:
-        r = {**r, "curve": _curve_json(dict(zip(*r["curve"]))) if isinstance(r.get("curve"), tuple) else r.get("curve")}
+        r = {**r, "curve": _curve_text(r.get("curve"))}
         w.writerow({k: ("" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k])
                     for k in STUDY_COLUMNS})
     tmp = path.with_name(path.name + ".tmp")
