@@ -650,3 +650,13 @@ class StudyCoordinator:
     def set_study_attrs(self, attrs: dict[str, Any]) -> None:
         for k, v in attrs.items():
             self.study.set_user_attr(k, v)
+
+    # --- reuse ------------------------------------------------------------------------------
+    def reopen(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Serve another study in this process, with the arguments of ``__init__``: a driver keeps
+        its finished studies' coordinators (see ``runner.CoordinatorPool``), since starting one (a
+        process, its imports, the storage's schema check) costs seconds that a short study feels.
+        Nothing of the previous study is kept but the open storage of the same URL. Returns the
+        new study's summary (the driver's first call, in the same round trip)."""
+        self.__init__(*args, **kwargs)  # type: ignore[misc]
+        return self.summary()

@@ -8,6 +8,7 @@ from weight decay via ``pytorch_optimizer.get_optimizer_parameters``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -324,3 +325,39 @@ __all__ = [
     "set_optimizer_mode",
     "sparse_embedding_params",
 ]
+
+
+# --- the same optimizer without autoopt -----------------------------------------------------------
+def _differs(value: Any, default: Any) -> bool:
+    try:
+        return bool(tuple(value) != tuple(default)) if isinstance(value, (list, tuple)) else bool(value != default)
+    except Exception:
+        return True
+
+
+def plain_torch_line(config: Mapping[str, Any]) -> str | None:
+    """``torch.optim.X(model.parameters(), ...)`` equivalent of ``config``'s optimizer, read off the
+    optimizer the catalog actually builds; None for wrappers and multi-group optimizers.
+
+    A trial's worker records it with the outcome (building an optimizer imports ``torch._dynamo``,
+    seconds that a driver writing the study's report would otherwise spend)."""
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        opt = build_optimizer(str(config.get("optimizer")), model, dict(config.get("optimizer_params") or {}))
+    except Exception:
+        return None
+    cls = type(opt)
+    module = cls.__module__
+    if not (module.startswith("torch.optim") or module.startswith("pytorch_optimizer")) or cls.__name__ in ("Lookahead",):
+        return None
+    accepted = inspect.signature(cls.__init__).parameters
+    group = max(opt.param_groups, key=lambda g: g.get("weight_decay", 0) or 0)  # the decayed group
+    kwargs = {
+        k: group[k]
+        for k, p in accepted.items()
+        if k in group and k != "params" and not isinstance(group[k], torch.Tensor)
+        and (k == "lr" or p.default is inspect.Parameter.empty or _differs(group[k], p.default))
+    }
+    prefix = "torch.optim" if module.startswith("torch.optim") else "pytorch_optimizer"
+    args = "".join(f", {k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in kwargs.items())
+    return f"{prefix}.{cls.__name__}(model.parameters(){args})"

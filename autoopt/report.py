@@ -314,40 +314,11 @@ def write_report(
 # --------------------------------------------------------------------------------------------
 # Best config as ready-to-paste python
 # --------------------------------------------------------------------------------------------
-def _differs(value: Any, default: Any) -> bool:
-    try:
-        return bool(tuple(value) != tuple(default)) if isinstance(value, (list, tuple)) else bool(value != default)
-    except Exception:
-        return True
-
-
 def plain_torch_line(config: dict[str, Any]) -> str | None:
-    """``torch.optim.X(model.parameters(), ...)`` equivalent of ``config``'s optimizer, read off the
-    optimizer the catalog actually builds; None for wrappers and multi-group optimizers."""
-    import torch
+    """See :func:`autoopt.optimizers.plain_torch_line` (imported here on use: it needs torch)."""
+    from autoopt.optimizers import plain_torch_line as line
 
-    from autoopt.optimizers import build_optimizer
-
-    try:
-        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-        opt = build_optimizer(str(config.get("optimizer")), model, dict(config.get("optimizer_params") or {}))
-    except Exception:
-        return None
-    cls = type(opt)
-    module = cls.__module__
-    if not (module.startswith("torch.optim") or module.startswith("pytorch_optimizer")) or cls.__name__ in ("Lookahead",):
-        return None
-    accepted = inspect.signature(cls.__init__).parameters
-    group = max(opt.param_groups, key=lambda g: g.get("weight_decay", 0) or 0)  # the decayed group
-    kwargs = {
-        k: group[k]
-        for k, p in accepted.items()
-        if k in group and k != "params" and not isinstance(group[k], torch.Tensor)
-        and (k == "lr" or p.default is inspect.Parameter.empty or _differs(group[k], p.default))
-    }
-    prefix = "torch.optim" if module.startswith("torch.optim") else "pytorch_optimizer"
-    args = "".join(f", {k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in kwargs.items())
-    return f"{prefix}.{cls.__name__}(model.parameters(){args})"
+    return line(config)
 
 
 def best_config_python(
@@ -358,6 +329,7 @@ def best_config_python(
     value: float | None = None,
     trial_number: int | None = None,
     direction: str = "maximize",
+    plain: str | None = None,
 ) -> str:
     """A python snippet that rebuilds the optimizer and LR schedule of ``config`` exactly as the
     trial ran them (through autoopt's catalog and schedules), plus a plain-torch equivalent line
@@ -368,7 +340,8 @@ def best_config_python(
         header += f", {metric}={value:.6g})" if R.finite(value) else ")"
     # the study and metric names come from the storage: keep them inside the docstring
     header = header.replace("\\", "\\\\").replace('"', '\\"')
-    plain = plain_torch_line(config)
+    if plain is None:  # not recorded by the trial's worker (an older study): build it here
+        plain = plain_torch_line(config)
     lines = [
         f'"""{header}.',
         "",
@@ -453,7 +426,8 @@ def write_best_config(study: optuna.Study, out_dir: Path | str) -> list[Path]:
     py_path = out / "best_config.py"
     py_path.write_text(
         best_config_python(config, study_name=study.study_name, metric=metric, value=best.value,
-                           trial_number=best.number, direction=payload["direction"])
+                           trial_number=best.number, direction=payload["direction"],
+                           plain=best.user_attrs.get(R.TORCH_LINE))
     )
     return [json_path, py_path]
 

@@ -164,6 +164,10 @@ def run_trial(
         logger.finish(outcome)
     result = outcome.to_dict()
     result["mlflow_run_id"] = run_id
+    if outcome.status == "complete":  # for the report's best_config.py (see plain_torch_line)
+        from autoopt.optimizers import plain_torch_line
+
+        result["torch_line"] = plain_torch_line(config) or ""
     result["node_id"] = ray.get_runtime_context().get_node_id()
     # the driver warns the user: this process's own warning lands in a worker log on the cluster
     result["tracking_failed"] = bool(logger is not None and logger._conn is not None and logger._conn.failed)
@@ -198,6 +202,53 @@ def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, 
 _run_trial_remote = ray.remote(max_retries=0)(run_trial)
 _prepare_worker_remote = ray.remote(max_retries=0)(prepare_worker)
 _Coordinator = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=0)(StudyCoordinator)
+
+
+class CoordinatorPool:
+    """Coordinators of this driver's finished studies, kept for its next ones (as Tune's
+    ``reuse_actors`` keeps trainables): starting a coordinator (a process, optuna and sqlalchemy
+    imports, the storage's schema check) takes about 2 s, which a study of short trials, or a
+    notebook running one study after another, feels. Only a coordinator whose study ended
+    normally comes back; one per placement, of this Ray session (a handle does not outlive
+    ``ray.shutdown``). ``AUTOOPT_REUSE_COORDINATOR=0`` turns it off."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._idle: list[tuple[Any, Any]] = []  # (key, handle)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def enabled() -> bool:
+        """Off on the Ray client (``ray://``), whose driver is a proxy on the cluster anyway."""
+        if ray.util.client.ray.is_connected():
+            return False
+        return os.environ.get("AUTOOPT_REUSE_COORDINATOR", "1").lower() not in ("0", "false", "no")
+
+    @staticmethod
+    def key(placement: Any) -> tuple[str, str]:
+        node = getattr(placement, "node_id", None) or ""
+        return ray.get_runtime_context().get_job_id(), str(node)
+
+    def take(self, key: Any) -> Any | None:
+        with self._lock:
+            self._idle = [(k, h) for k, h in self._idle if k[0] == key[0]]  # earlier Ray sessions' are gone
+            for i, (k, handle) in enumerate(self._idle):
+                if k == key:
+                    del self._idle[i]
+                    return handle
+        return None
+
+    def give(self, key: Any, handle: Any) -> None:
+        with self._lock:
+            self._idle.append((key, handle))
+            del self._idle[:-self.size]  # the oldest go (their handles' release ends them)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
+COORDINATORS = CoordinatorPool()
 
 # Errors that mean the worker (or its node) went away, not that the configuration is bad.
 _WORKER_LOST = (
@@ -394,6 +445,8 @@ class StudyRunner:
         #: tells and prepares sent without waiting: their errors surface at the next _check_sent
         self._sent: list[Any] = []
         self._settle = False  # on the Ray client: wait for each sent call (see _run)
+        self._pool_key: Any = None  # where this study's coordinator goes back to (CoordinatorPool)
+        self._first_summary: dict[str, Any] | None = None
 
     # --- set-up ------------------------------------------------------------------------
     def _objective_traits(self) -> TaskTraits:
@@ -543,7 +596,18 @@ class StudyRunner:
             dict(study_attrs=attrs, session=self.session, prior_curves=prior_curves),
         )
         args, kwargs = self._coordinator_args
-        return _Coordinator.options(scheduling_strategy=_coordinator_placement()).remote(*args, **kwargs)
+        placement = _coordinator_placement()
+        self._pool_key = CoordinatorPool.key(placement) if CoordinatorPool.enabled() else None
+        kept = COORDINATORS.take(self._pool_key) if self._pool_key is not None else None
+        if kept is not None:
+            try:
+                self._first_summary = ray.get(kept.reopen.remote(*args, **kwargs))
+                return kept
+            except ray.exceptions.RayActorError:
+                pass  # it died while idle: start a new one
+            except ray.exceptions.RayTaskError as exc:  # the new study's own error (a bad spec, storage)
+                raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+        return _Coordinator.options(scheduling_strategy=placement).remote(*args, **kwargs)
 
     def _similar_curves(self) -> list[tuple[list[int], list[float]]] | None:
         """For ``learning_curve`` with ``similar_tasks: true``: the finished curves of the nearest
@@ -633,7 +697,8 @@ class StudyRunner:
             self._warming.start()
         self.coordinator = self._make_coordinator()
         try:
-            ray.get(self.coordinator.summary.remote())
+            if self._first_summary is None:
+                self._first_summary = ray.get(self.coordinator.summary.remote())
         except ray.exceptions.RayActorError as exc:
             cause = exc.__cause__ or exc
             raise SpecError(str(getattr(cause, "args", [cause])[0] if getattr(cause, "args", None) else cause)) from None
@@ -731,6 +796,8 @@ class StudyRunner:
             warnings.warn(f"autoopt: storage {self.storage_label} was unreachable during the study; the coordinator "
                           f"retried {summary['storage_outages']} time(s) and the study went on", stacklevel=2)
         self._finish()
+        if self._pool_key is not None:  # a normal end: the next study of this driver reuses it
+            COORDINATORS.give(self._pool_key, self.coordinator)
         self.progress.done = True
         if self.on_progress:
             self.on_progress(self.progress)

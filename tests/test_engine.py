@@ -21,7 +21,7 @@ from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.core.traits import TaskTraits
 from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.sampling import decision_epochs, make_pruner, pruner_decides_at
-from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec, StudySpec
+from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec, SpecError, StudySpec
 from autoopt.storage import open_storage
 
 TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
@@ -228,3 +228,37 @@ def test_a_study_report_written_in_the_background_ends_the_parent_run(ray_local,
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_value"] == pytest.approx(result.best_value)
     plots = {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {f"{n}.html" for n in PLOT_NAMES} <= plots
+
+
+# --- a coordinator kept between studies ---------------------------------------------------------
+def test_a_drivers_next_study_reuses_its_coordinator_and_keeps_the_studies_apart(ray_local, workdir):
+    from autoopt.runner import COORDINATORS, StudyRunner
+
+    COORDINATORS.clear()
+
+    def spec(name: str, n: int) -> StudySpec:
+        return StudySpec.from_dict(dict(name=name, task="bench.trivial:TrivialTask", n_trials=n, workers=2,
+                                        seed=0, tracking=False, space={"optimizers": ["adamw", "sgd"]}))
+
+    first = StudyRunner(spec("reuse-a", 4))
+    first.run()
+    second = StudyRunner(spec("reuse-b", 5))
+    second.run()
+    assert second.coordinator._actor_id == first.coordinator._actor_id  # one process served both
+    storage = open_storage(None)
+    a = optuna.load_study(study_name="reuse-a", storage=storage)
+    b = optuna.load_study(study_name="reuse-b", storage=storage)
+    assert [t.state for t in a.trials] == [TrialState.COMPLETE] * 4  # nothing of b's landed in a
+    assert [t.state for t in b.trials] == [TrialState.COMPLETE] * 5
+    assert all(t.user_attrs[R.SESSION] == second.session for t in b.trials)
+    assert b.user_attrs[R.SPEC]["name"] == "reuse-b"
+
+    # a study the reused coordinator refuses (its stored direction differs) fails as on a new one,
+    # and that coordinator is not kept: the next study starts a fresh one
+    optuna.create_study(study_name="reuse-c", storage=storage, direction="maximize")
+    with pytest.raises(SpecError, match="direction"):
+        StudyRunner(spec("reuse-c", 2)).run()
+    third = StudyRunner(spec("reuse-d", 2))
+    third.run()
+    assert third.coordinator._actor_id != first.coordinator._actor_id
+    assert [t.state for t in optuna.load_study(study_name="reuse-d", storage=storage).trials] == [TrialState.COMPLETE] * 2

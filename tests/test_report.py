@@ -256,3 +256,21 @@ def test_best_config_python_rebuilds_what_the_trial_ran(optimizer, scheduler):
                 assert decayed[key] == value or as_tuple, (key, decayed[key], value)
     else:
         assert "Lookahead" in type(reference).__name__ or optimizer == "lookahead"
+
+
+def test_best_config_py_uses_the_line_the_trials_worker_recorded(tmp_path):
+    """The report does not build the optimizer again (that imports torch._dynamo in the driver)
+    when the best trial's worker recorded the plain line; an older trial without one gets it built."""
+    from autoopt.report import plain_torch_line, write_best_config
+
+    config = sampled_config("adamw", "cosine")
+    study = optuna.create_study(direction="maximize")
+    for value, line in ((0.5, None), (0.9, "torch.optim.AdamW(model.parameters(), lr=0.123)")):
+        attrs = {R.CONFIG: config, **({R.TORCH_LINE: line} if line is not None else {})}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    write_best_config(study, tmp_path / "a")
+    assert "AdamW(model.parameters(), lr=0.123)" in (tmp_path / "a" / "best_config.py").read_text()
+    older = optuna.create_study(direction="maximize")
+    older.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={R.CONFIG: config}))
+    write_best_config(older, tmp_path / "b")
+    assert plain_torch_line(config) in (tmp_path / "b" / "best_config.py").read_text()

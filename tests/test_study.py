@@ -56,6 +56,14 @@ def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
     # Optuna's own tools read it
     loaded = optuna.load_study(study_name="sq", storage=f"sqlite:///{workdir}/autoopt-studies.db")
     assert len(loaded.trials) == 18 and loaded.best_value == again.best_value
+    # each completed trial's worker wrote its plain torch.optim line (for the report's best_config.py)
+    from autoopt.optimizers import plain_torch_line
+
+    for t in loaded.trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.user_attrs[R.TORCH_LINE] == (plain_torch_line(t.user_attrs[R.CONFIG]) or "")
+        else:
+            assert R.TORCH_LINE not in t.user_attrs
     del study
 
 

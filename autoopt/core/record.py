@@ -50,6 +50,8 @@ NODE_ID = PREFIX + "node_id"
 OPTIMIZER_STATE_BYTES = PREFIX + "optimizer_state_bytes"
 SECONDS = PREFIX + "seconds"
 MLFLOW_RUN_ID = PREFIX + "mlflow_run_id"
+#: a completed trial's optimizer as one plain ``torch.optim`` line ("" when there is none), built by its worker
+TORCH_LINE = PREFIX + "torch_line"
 ATTEMPT = PREFIX + "attempt"  #: 0 for a first run, n for the n-th retry
 RETRIED = PREFIX + "retried"  #: a failed trial whose params were enqueued again
 RETRY_OF = PREFIX + "retry_of"  #: on the re-run: the number of the failed trial
@@ -134,6 +136,8 @@ def outcome_attrs(outcome: Mapping[str, Any]) -> tuple[str, float | None, dict[s
         SECONDS: outcome.get("seconds"),
         MLFLOW_RUN_ID: outcome.get("mlflow_run_id"),
     }
+    if state == "COMPLETE" and outcome.get("torch_line") is not None:
+        attrs[TORCH_LINE] = outcome["torch_line"]
     return state, (value if state == "COMPLETE" else None), attrs
 
 
