@@ -118,9 +118,19 @@ def warm_store(tracking_uri: str) -> None:
         from mlflow import MlflowClient
 
         if not is_remote(tracking_uri):  # a server is not called here: it may be down
+            _new_store_from_template(tracking_uri)
             MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
     except Exception:  # noqa: BLE001
         pass
+
+
+def _new_store_from_template(uri: str) -> None:
+    """A local SQLite store that does not exist yet is copied from an empty one (see local_store)."""
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        from autoopt.local_store import ensure_local_store
+
+        ensure_local_store(path)
 
 
 def is_remote(uri: str) -> bool:
@@ -281,6 +291,7 @@ class _Connection:
         if self._client is None:
             from mlflow import MlflowClient
 
+            _new_store_from_template(self.uri)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 

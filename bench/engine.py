@@ -81,14 +81,24 @@ def run(ctx: Context) -> dict[str, Any]:
         res["pairs"].append(pair)
         ctx.note(f"  engine {storage}: autoopt {fmt(pair['autoopt'].get('wall_s'))} s vs Optuna "
                  f"{fmt(pair['optuna'].get('wall_s'))} s for {n_short} trivial trials: {fmt(pair['ratio'], 2)}x")
-    try:
-        r = _one(ctx, "autoopt", SLEEP, {"sleep_s": 1.0}, n_sleep, 2, "sqlite")
-        busy = sum(e.seconds or 0.0 for e in r.events) / 2
-        res["one_second"] = {**rates(r), "ideal_s": busy, "overhead_share": 1 - busy / r.wall_s}
-        ctx.note(f"  engine 1-second trials: wall {r.wall_s:.1f} s, trials {busy:.1f} s per worker: "
-                 f"overhead {100 * res['one_second']['overhead_share']:.1f}%")
-    except Exception as exc:  # noqa: BLE001
-        res["one_second"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    # twice: with a new coordinator process (the first study of a driver, AUTOOPT_REUSE_COORDINATOR=0)
+    # and with the one the previous study left (a driver's later studies: runner.CoordinatorPool)
+    for key, reuse in (("one_second_cold", "0"), ("one_second", "1")):
+        before = os.environ.get("AUTOOPT_REUSE_COORDINATOR")
+        os.environ["AUTOOPT_REUSE_COORDINATOR"] = reuse
+        try:
+            r = _one(ctx, "autoopt", SLEEP, {"sleep_s": 1.0}, n_sleep, 2, "sqlite")
+            busy = sum(e.seconds or 0.0 for e in r.events) / 2
+            res[key] = {**rates(r), "ideal_s": busy, "overhead_share": 1 - busy / r.wall_s}
+            ctx.note(f"  engine 1-second trials ({'reused' if reuse == '1' else 'new'} coordinator): wall {r.wall_s:.1f} s, "
+                     f"trials {busy:.1f} s per worker: overhead {100 * res[key]['overhead_share']:.1f}%")
+        except Exception as exc:  # noqa: BLE001
+            res[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        finally:
+            if before is None:
+                os.environ.pop("AUTOOPT_REUSE_COORDINATOR", None)
+            else:
+                os.environ["AUTOOPT_REUSE_COORDINATOR"] = before
     long: dict[str, Any] = {}
     try:
         r = _one(ctx, "autoopt", TRIVIAL, {}, n_long, 2, "sqlite")
@@ -122,13 +132,17 @@ def markdown(res: dict[str, Any]) -> str:
              f"{'/'.join(f'{x:.1f}' for x in res['load'].get('loadavg_end', ()))} at end.\n",
              table(["storage", "autoopt wall s", "Optuna wall s", "ratio (target ≤ 1.25)", "autoopt setup s",
                     "autoopt teardown s", "autoopt overhead s/trial", "met?"], rows)]
-    o = res.get("one_second", {})
-    if "error" in o:
-        parts.append(f"\n1-second trials: error: {o['error']}\n")
-    else:
-        parts.append(f"\n1-second trials: {res['n_sleep']} trials, 2 workers, SQLite, MLflow on: wall {fmt(o['wall_s'])} s, "
-                     f"trials {fmt(o['ideal_s'])} s per worker, overhead **{100 * o['overhead_share']:.1f}%** "
-                     f"(target < 5%; setup {fmt(o['setup_s'])} s, teardown {fmt(o['teardown_s'])} s)\n")
+    for key, label in (("one_second_cold", "a new coordinator"), ("one_second", "the coordinator the previous study left")):
+        o = res.get(key)
+        if o is None:
+            continue
+        if "error" in o:
+            parts.append(f"\n1-second trials ({label}): error: {o['error']}\n")
+        else:
+            parts.append(f"\n1-second trials, {label}: {res['n_sleep']} trials, 2 workers, SQLite, MLflow on: wall "
+                         f"{fmt(o['wall_s'])} s, trials {fmt(o['ideal_s'])} s per worker, overhead "
+                         f"**{100 * o['overhead_share']:.1f}%** (target < 5%; setup {fmt(o['setup_s'])} s, teardown "
+                         f"{fmt(o['teardown_s'])} s, {fmt(o['overhead_per_trial_s'])} s per trial)\n")
     lrows = [[k, v.get("wall_s", v.get("error")), v.get("first_s"), v.get("last_s"), v.get("ratio")]
              for k, v in res["long"].items()]
     parts.append(f"{res['n_long']} trivial trials (autoopt: 2 workers, SQLite, MLflow on; Optuna: one process):\n")

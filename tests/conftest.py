@@ -21,6 +21,8 @@ sys.path.insert(1, str(TESTS.parent))  # bench/ (tests of the benchmark helpers)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # finished studies feed the recommender's meta-dataset: keep the tests' studies out of the user's
 os.environ["AUTOOPT_RECOMMEND_DIR"] = tempfile.mkdtemp(prefix="autoopt-recommend-")
+# the empty MLflow store new local stores are copied from (autoopt.local_store): made once per session
+os.environ["AUTOOPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoopt-cache-")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 # tests read a study's MLflow parent run (plots, final status) right after run() returns: the
 # end-of-study report is written before it returns here (tests/test_engine.py covers the default)

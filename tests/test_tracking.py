@@ -498,3 +498,36 @@ def test_worker_logs_to_a_tracking_server_and_survives_losing_it(tmp_path):
     # What reached the server before it died is in its store.
     points = MlflowClient(store).get_metric_history(logger.run_id, "val_accuracy")
     assert sorted(m.step for m in points) == [1, 2, 3]
+
+
+def test_a_new_local_store_is_a_copy_of_an_empty_one_that_mlflow_accepts(tmp_path, monkeypatch):
+    """A store copied from the cached empty store holds what MLflow's own migrations create (the
+    same schema, revision and rows, the Default experiment's folder set for this one), never
+    replaces an existing store, and MLflow uses it as its own."""
+    import sqlite3
+
+    from autoopt.local_store import ensure_local_store
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch.setenv("AUTOOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    native = tmp_path / "native.db"
+    SqlAlchemyStore(f"sqlite:///{native}", "./mlruns").engine.dispose()  # what MLflow makes by itself
+    copied = tmp_path / "project" / "mlflow.db"
+    assert ensure_local_store(copied) and any((tmp_path / "cache").iterdir())
+    assert not ensure_local_store(copied)  # exists: left alone
+
+    def contents(path):
+        with sqlite3.connect(path) as db:
+            schema = sorted(db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+            rows = {t: db.execute(f'SELECT * FROM "{t}"').fetchall() for (kind, t, _) in schema if kind == "table"}
+        rows["experiments"] = [(e[0], e[1], e[2], e[3], e[6]) for e in rows["experiments"]]  # not the times
+        return schema, rows
+
+    assert contents(copied) == contents(native)
+    client = MlflowClient(tracking_uri=f"sqlite:///{copied}")
+    exp = client.create_experiment("x")
+    run = client.create_run(exp)
+    client.log_metric(run.info.run_id, "m", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+    assert client.get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
