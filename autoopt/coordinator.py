@@ -34,7 +34,7 @@ from autoopt.core.traits import TaskTraits
 from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
 from autoopt.space import SearchSpace
 from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpecError
-from autoopt.storage import StorageError, open_storage, redact, write_trial
+from autoopt.storage import DeferredParams, StorageError, open_storage, redact, trial_params, write_trial
 
 _log = logging.getLogger(__name__)
 #: On a re-run that a stalled driver took back (_reclaim): the number of the trial it ran first.
@@ -341,7 +341,11 @@ class StudyCoordinator:
         self._asking = trial
         prepared = self._prepared.pop(trial.number, None)  # sampled ahead by prepare(): not again
         try:
-            config, params = prepared if prepared is not None else (self.space.sample(trial), None)
+            if prepared is not None:
+                config, params = prepared
+            else:  # the params are written with the attributes below
+                trial.storage, params = DeferredParams(self.storage), None
+                config = self.space.sample(trial)
         except Exception as exc:  # e.g. an enqueued config outside the current space
             if is_connection_error(exc):
                 raise
@@ -350,7 +354,9 @@ class StudyCoordinator:
             return self.ask()
         # one transaction for the trial's attributes (Optuna's set_user_attr commits each key)
         write_trial(self.storage, trial._trial_id,
-                    {R.CONFIG: config.to_dict(), R.SESSION: self.session, R.MAX_EPOCHS: self.max_epochs})
+                    {R.CONFIG: config.to_dict(), R.SESSION: self.session, R.MAX_EPOCHS: self.max_epochs},
+                    params=trial_params(trial) if prepared is None else None)
+        trial.storage = self.storage
         self._asking = None
         self._live[trial.number] = trial
         self._trial_ids[trial.number] = trial._trial_id
@@ -470,6 +476,7 @@ class StudyCoordinator:
             if waiting or (self.n_trials is not None and counted >= self.n_trials):
                 return None
             trial = self.study.ask()
+            trial.storage = DeferredParams(self.storage)
             try:
                 config = self.space.sample(trial)  # the sampler's work; the params are stored with the trial
             except Exception as exc:
@@ -477,8 +484,8 @@ class StudyCoordinator:
                     raise
                 self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
                 return None
-            # RUNNING -> WAITING: Optuna's next ask takes it and its suggest calls return these params
-            self.storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            # the params and RUNNING -> WAITING in one transaction: Optuna's next ask takes it
+            write_trial(self.storage, trial._trial_id, {}, TrialState.WAITING, params=trial_params(trial))
         self._prepared[trial.number] = (config, dict(trial.params))
         self._waiting.add(trial.number)
         self._count("waiting", +1)

@@ -176,14 +176,43 @@ def _rdb_backend(storage: optuna.storages.BaseStorage) -> Any:
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
+class DeferredParams:
+    """Stands in for a trial's storage (``trial.storage``) while the sampler suggests its
+    parameters: Optuna commits each ``set_trial_param`` on its own, a dozen commits for one
+    configuration of autoopt's space. Here they are not written; :func:`trial_params` reads
+    them off the trial for :func:`write_trial`, which stores them with the trial's next event
+    in its one transaction. Everything else goes to the storage."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.storage = storage
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+
+def trial_params(trial: optuna.Trial) -> list[tuple[str, float, Any]]:
+    """(name, internal value, distribution) of every parameter the trial has suggested so far."""
+    dists = trial.distributions
+    return [(name, dists[name].to_internal_repr(value), dists[name]) for name, value in trial.params.items()]
+
+
 def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any],
-                state: TrialState | None = None, values: list[float] | None = None) -> None:
-    """Set a trial's user attributes and, with ``state``, close it: one transaction on an RDB
-    storage, so a trial event costs one commit instead of one per key (Optuna's public API
-    commits each ``set_trial_user_attr`` on its own). Other storages get the public calls, the
-    state last. A finished trial raises ``UpdateFinishedTrialError`` as Optuna's calls do."""
+                state: TrialState | None = None, values: list[float] | None = None,
+                params: list[tuple[str, float, Any]] | None = None) -> None:
+    """Set a trial's user attributes (and ``params``, see :class:`DeferredParams`) and, with
+    ``state``, move it on or close it: one transaction on an RDB storage, so a trial event costs
+    one commit instead of one per key (Optuna's public API commits each ``set_trial_user_attr``
+    and ``set_trial_param`` on its own). Other storages get the public calls, the state last. A
+    finished trial raises ``UpdateFinishedTrialError`` as Optuna's calls do."""
     rdb = _rdb_backend(storage)
     if rdb is None:
+        stored = storage.get_trial(trial_id).params if params else {}
+        for name, value, distribution in params or ():
+            if name not in stored:
+                storage.set_trial_param(trial_id, name, value, distribution)
         for k, v in user_attrs.items():
             storage.set_trial_user_attr(trial_id, k, v)
         if state is not None:
@@ -197,6 +226,11 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
     with _create_scoped_session(rdb.scoped_session) as session:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=state is not None)
         rdb.check_trial_is_updatable(trial_id, trial.state)
+        if params:  # checked against the study's earlier trials, as Optuna does; a retried call's are there
+            stored = {p.param_name for p in session.query(models.TrialParamModel).filter(models.TrialParamModel.trial_id == trial_id)}
+            for name, value, distribution in params:
+                if name not in stored:
+                    rdb._set_trial_param_without_commit(session, trial_id, name, value, distribution)
         for k, v in user_attrs.items():
             rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, k, v)
         if state is not None:
