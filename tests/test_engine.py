@@ -289,3 +289,33 @@ def test_a_trials_params_are_stored_in_one_transaction_with_its_next_event(tmp_p
     again = optuna.Trial(c.study, trials[number]._trial_id)
     write_trial(c.storage, trials[number]._trial_id, {}, params=trial_params(again))  # stored already: no duplicates
     assert c.study.get_trials(deepcopy=False)[number].params == trials[number].params
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_write_trial_stores_a_whole_event_in_a_few_statements(backend, tmp_path, request):
+    """Attributes go in one upsert (Optuna reads the trial and upserts per key), params in one
+    insert after two reads; values round-trip, a second write overwrites, and a param whose
+    distribution clashes with an earlier trial's is refused as Optuna refuses it."""
+    import sqlalchemy as sa
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from autoopt.storage import write_trial
+
+    url = f"sqlite:///{tmp_path}/w.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name=f"w-{uuid.uuid4().hex[:6]}")
+    first, second = study.ask(), study.ask()
+    lr, opt = FloatDistribution(1e-5, 1.0, log=True), CategoricalDistribution(["adamw", "sgd"])
+    statements: list[str] = []
+    sa.event.listen(storage.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    attrs = {f"k{i}": {"i": i, "xs": [i, i + 0.5]} for i in range(12)}
+    write_trial(storage, first._trial_id, attrs, params=[("lr", 0.01, lr), ("opt", 1, opt)])
+    writes = [s for s in statements if not s.lstrip().upper().startswith(("SELECT", "BEGIN", "COMMIT", "RELEASE", "SAVEPOINT"))]
+    assert len(statements) <= 8 and len(writes) <= 3, statements  # Optuna's own calls: 12 reads + 12 upserts + 6 for params
+    write_trial(storage, first._trial_id, {"k0": "new"}, TrialState.COMPLETE, [0.5])
+    done = storage.get_trial(first._trial_id)
+    assert done.user_attrs == {**attrs, "k0": "new"} and done.params == {"lr": 0.01, "opt": "sgd"}
+    assert done.state == TrialState.COMPLETE and done.value == 0.5
+    with pytest.raises(ValueError):
+        write_trial(storage, second._trial_id, {}, params=[("opt", 0, CategoricalDistribution(["adam", "lion"]))])
+    assert storage.get_trial(second._trial_id).params == {}  # the event's transaction was rolled back
