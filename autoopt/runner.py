@@ -209,8 +209,9 @@ class CoordinatorPool:
     ``reuse_actors`` keeps trainables): starting a coordinator (a process, optuna and sqlalchemy
     imports, the storage's schema check) takes about 2 s, which a study of short trials, or a
     notebook running one study after another, feels. Only a coordinator whose study ended
-    normally comes back; one per placement, of this Ray session (a handle does not outlive
-    ``ray.shutdown``). ``AUTOOPT_REUSE_COORDINATOR=0`` turns it off."""
+    normally comes back, and a study takes one placed where it would place a new one, started in
+    this Ray session (a handle does not outlive ``ray.shutdown``); at most ``size`` wait.
+    ``AUTOOPT_REUSE_COORDINATOR=0`` turns it off."""
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
