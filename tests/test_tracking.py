@@ -517,10 +517,14 @@ def test_a_new_local_store_is_a_copy_of_an_empty_one_that_mlflow_accepts(tmp_pat
     assert ensure_local_store(copied) and any((tmp_path / "cache").iterdir())
     assert not ensure_local_store(copied)  # exists: left alone
 
-    def contents(path):
+    def contents(path):  # the structure (tables, their columns, indexes) and rows; not the DDL text, whose
+        # quoting depends on whether a table was created directly or rebuilt by a migration
         with sqlite3.connect(path) as db:
-            schema = sorted(db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
-            rows = {t: db.execute(f'SELECT * FROM "{t}"').fetchall() for (kind, t, _) in schema if kind == "table"}
+            objects = sorted(db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+            tables = [t for kind, t in objects if kind == "table"]
+            columns = {t: sorted(c[1] for c in db.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+            schema = (objects, columns)
+            rows = {t: db.execute(f'SELECT * FROM "{t}"').fetchall() for t in tables}
         rows["experiments"] = [(e[0], e[1], e[2], e[3], e[6]) for e in rows["experiments"]]  # not the times
         return schema, rows
 
