@@ -447,7 +447,7 @@ class StudyRunner:
         self._sent: list[Any] = []
         self._settle = False  # on the Ray client: wait for each sent call (see _run)
         self._pool_key: Any = None  # where this study's coordinator goes back to (CoordinatorPool)
-        self._first_summary: dict[str, Any] | None = None
+        self._reopened = False  # a kept coordinator took this study (its reopen answered already)
 
     # --- set-up ------------------------------------------------------------------------
     def _objective_traits(self) -> TaskTraits:
@@ -602,7 +602,8 @@ class StudyRunner:
         kept = COORDINATORS.take(self._pool_key) if self._pool_key is not None else None
         if kept is not None:
             try:
-                self._first_summary = ray.get(kept.reopen.remote(*args, **kwargs))
+                ray.get(kept.reopen.remote(*args, **kwargs))
+                self._reopened = True
                 return kept
             except ray.exceptions.RayActorError:
                 pass  # it died while idle: start a new one
@@ -698,8 +699,8 @@ class StudyRunner:
             self._warming.start()
         self.coordinator = self._make_coordinator()
         try:
-            if self._first_summary is None:
-                self._first_summary = ray.get(self.coordinator.summary.remote())
+            if not self._reopened:  # a new actor: its constructor's error surfaces here
+                ray.get(self.coordinator.summary.remote())
         except ray.exceptions.RayActorError as exc:
             cause = exc.__cause__ or exc
             raise SpecError(str(getattr(cause, "args", [cause])[0] if getattr(cause, "args", None) else cause)) from None

@@ -12,6 +12,7 @@ journal file storage for users who want it.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -273,7 +274,7 @@ def _upsert_user_attrs(rdb: Any, session: Any, trial_id: int, user_attrs: dict[s
     dialect = rdb.engine.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite" and __import__("sqlite3").sqlite_version_info >= (3, 24, 0):  # upsert
+    elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):  # upsert
         from sqlalchemy.dialects.sqlite import insert
     else:
         for k, v in user_attrs.items():
