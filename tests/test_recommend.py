@@ -493,12 +493,19 @@ def test_warm_start_suggestions_are_valid_for_a_real_study():
     top = top_optimizers(tt, 3)
     assert len(top) == 3 and len(set(top)) == 3
     configs = suggest_configs(tt, 3)
-    assert [c["optimizer"] for c in configs] == top
+    # the first pick at its lr, then the same configuration half a decade either side of it
+    assert [c["optimizer"] for c in configs] == [top[0]] * 3
+    lr = configs[0]["optimizer_params"]["lr"]
+    low, high = Recommender.default().rank(tt, top=1)[0].lr_bounds  # the bracket stays inside the catalog's range
+    assert configs[1]["optimizer_params"]["lr"] == pytest.approx(max(low, lr / 10**0.5), rel=1e-2)
+    assert configs[2]["optimizer_params"]["lr"] == pytest.approx(min(high, lr * 10**0.5), rel=1e-2)
+    assert all({**c, "optimizer_params": {**c["optimizer_params"], "lr": lr}} == configs[0] for c in configs)
+    assert [c["optimizer"] for c in suggest_configs(tt, 6)][3:] == [top[1]] * 3
     for c in configs:
         TrialConfig.from_dict(c)
     space = SearchSpace(SpaceSpec(), tt)
     params = suggest_trials(tt, 3, space=space)
-    assert [p["optimizer"] for p in params] == top
+    assert [p["optimizer"] for p in params] == [top[0]] * 3
     study = optuna.create_study(direction="maximize")
     for p, c in zip(params, configs):
         assert all(k in ("optimizer", "scheduler", "warmup_fraction", "grad_clip", "batch_size")
@@ -510,6 +517,27 @@ def test_warm_start_suggestions_are_valid_for_a_real_study():
         assert cfg.warmup_fraction == pytest.approx(c["warmup_fraction"])
     # a narrowed space: suggestions outside it are skipped, the rest still come
     narrow = SearchSpace(SpaceSpec(optimizers=["sgd", "momentum", top[1]]), tt)
-    assert [p["optimizer"] for p in suggest_trials(tt, 5, space=narrow)] == [
-        o for o in Recommender.default().rank(TaskTraits.from_any(tt), top=None).optimizers if o in narrow.optimizers
-    ][:5]
+    in_space = [o for o in Recommender.default().rank(TaskTraits.from_any(tt), top=None).optimizers if o in narrow.optimizers]
+    got = [p["optimizer"] for p in suggest_trials(tt, 5, space=narrow)]
+    assert len(got) == 5 and got[:3] == [in_space[0]] * 3 and set(got[3:]) == {in_space[1]}
+
+
+def test_the_warm_start_brackets_the_first_picks_lr_inside_the_catalogs_range():
+    """The lr is the answer's least certain part (0.4 decades RMS on unseen families), so a warm
+    start tries it half a decade either side; a bracket outside the optimizer's lr range is
+    clipped, and one that clipping makes a repeat is left out."""
+    tt = TaskTraits(domain="cv", batch_size=128, n_params=2_000_000, dataset_size=50_000)
+    ranked = Recommender.default().rank(tt, top=None)
+    first, second = ranked[0], ranked[1]
+    low, high = first.lr_bounds
+    lr = first.trial_config["optimizer_params"]["lr"]
+    assert low <= lr <= high
+    assert [(c["optimizer"], c["optimizer_params"]["lr"]) for c in ranked.warm_start(3)] == [
+        (first.optimizer, lr), (first.optimizer, float(f"{lr / 10**0.5:.3g}")), (first.optimizer, float(f"{lr * 10**0.5:.3g}"))]
+    assert ranked.to_dict()["warm_start"] == ranked.warm_start(3)
+    first.trial_config["optimizer_params"]["lr"] = high  # at the top of its range: only the lower side is new
+    configs = ranked.warm_start(4)
+    assert [(c["optimizer"], c["optimizer_params"]["lr"]) for c in configs[:2]] == [
+        (first.optimizer, high), (first.optimizer, float(f"{high / 10**0.5:.3g}"))]
+    assert configs[2]["optimizer"] == second.optimizer and configs[2] == second.trial_config
+    assert configs[3]["optimizer_params"]["lr"] < second.trial_config["optimizer_params"]["lr"]

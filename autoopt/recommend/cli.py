@@ -198,6 +198,11 @@ def render(answer: Any, console: Any = None) -> None:
             )
         else:
             console.print("   evidence: no similar zoo tasks; the rules decide", style="dim")
+    warm = answer.warm_start(3)
+    if warm:
+        console.print("[bold]Try first[/bold] (what `warm_start` enqueues; the lr is the least certain part, so half "
+                      "a decade either side): " + ", ".join(f"{c['optimizer']} lr {_fmt(c['optimizer_params'].get('lr'))}"
+                                                             for c in warm), highlight=False)
     if answer.notes:
         console.print("[bold]Notes[/bold]")
         for n in answer.notes:

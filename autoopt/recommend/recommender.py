@@ -27,6 +27,7 @@ arrays (data/model.npz) and the optimizer catalog is torch-free data (autoopt.co
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ RULE_LR_K = 0.25
 ZOO_SOURCE = "zoo meta-dataset (autoopt/recommend/data/zoo)"
 #: Portfolio positions chosen greedily when every optimizer is asked for (the rest by expected regret).
 PORTFOLIO_DEPTH = 5
+#: A warm start runs the first pick at its lr and at lr / LR_BRACKET and lr * LR_BRACKET before
+#: anything else: leaving whole zoo families out, the first pick's lr misses the held-out task's
+#: best grid lr by 0.40 decades RMS (bench/results/recommender-zoo), so its lr is the answer's most
+#: uncertain part; half a decade each side is also the meta-dataset's lr grid step.
+LR_BRACKET = 10 ** 0.5
 
 
 def user_dir() -> Path:
@@ -454,6 +460,8 @@ class Recommendation:
     predicted_regret_std: float | None = None
     portfolio_best_of: float | None = None
     scenarios: np.ndarray | None = None
+    #: the catalog's search range for this optimizer's lr (the warm start's bracket stays inside)
+    lr_bounds: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -505,10 +513,34 @@ class RecommendationSet:
     def optimizers(self) -> list[str]:
         return [r.optimizer for r in self.recommendations]
 
+    def warm_start(self, k: int = 3) -> list[dict[str, Any]]:
+        """The first ``k`` trial configurations a warm-started study runs: each recommendation in
+        rank order at its lr, then at lr / LR_BRACKET and lr * LR_BRACKET (clipped into the
+        catalog's lr range; a bracket that clipping collapses is left out)."""
+        out: list[dict[str, Any]] = []
+        for r in self.recommendations:
+            lr = r.trial_config["optimizer_params"].get("lr")
+            lrs = [lr] if lr is None else [lr, lr / LR_BRACKET, lr * LR_BRACKET]
+            low, high = r.lr_bounds or (0.0, math.inf)
+            for x in lrs:
+                if len(out) >= k:
+                    return out
+                if x is not None and x != lr:
+                    x = float(f"{min(max(x, low), high):.3g}")
+                if x is not None:
+                    if any(c["optimizer"] == r.optimizer and c["optimizer_params"].get("lr") == x for c in out):
+                        continue
+                cfg = copy.deepcopy(r.trial_config)
+                if x is not None:
+                    cfg["optimizer_params"]["lr"] = x
+                out.append(cfg)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "traits": self.traits.to_dict(QUERY),
             "recommendations": [r.to_dict() for r in self.recommendations],
+            "warm_start": self.warm_start(3),
             "notes": self.notes,
             "excluded": self.excluded,
             "unmapped": self.unmapped,
@@ -779,6 +811,7 @@ class Recommender:
             predicted_regret=float(regret),
             predicted_regret_std=float(regret_std),
             scenarios=m.per_tree if learned is not None else None,
+            lr_bounds=_lr_bounds(self.catalog.hyperparam(a.name, "lr")),
         )
 
     def _state_per_param(self, name: str) -> float | None:
@@ -918,8 +951,9 @@ class Recommender:
         return self.rank(traits, top=k).optimizers
 
     def suggest_configs(self, traits: Any, k: int = 3) -> list[dict[str, Any]]:
-        """TrialConfig dicts of the top-k recommendations (autoopt.space.TrialConfig.from_dict)."""
-        return [r.trial_config for r in self.rank(traits, top=k)]
+        """The first k TrialConfig dicts of a warm start (autoopt.space.TrialConfig.from_dict):
+        :meth:`RecommendationSet.warm_start` over the whole ranking."""
+        return self.rank(traits, top=None).warm_start(k)
 
 
 def _trial_config(name: str, hparams: Mapping[str, Any], catalog: CatalogView) -> dict[str, Any]:
@@ -947,6 +981,12 @@ def _clip_hp(hp: Mapping[str, Any] | None, value: Any) -> Any:
         return 0.0 if hp["kind"] == "float" else 0
     v = min(max(float(value), hp["low"]), hp["high"])
     return int(round(v)) if hp["kind"] == "int" else v
+
+
+def _lr_bounds(hp: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    if not hp or hp.get("kind") != "float":
+        return None
+    return float(hp["low"]), float(hp["high"])
 
 
 def _is_default(source: str | None) -> bool:
@@ -1015,12 +1055,14 @@ def top_optimizers(traits: Any, k: int = 3) -> list[str]:
 
 
 def suggest_configs(traits: Any, k: int = 3) -> list[dict[str, Any]]:
-    """TrialConfig dicts for the top-k optimizers at their suggested hyperparameters."""
+    """The first k TrialConfig dicts a warm start runs: the first pick at its suggested
+    hyperparameters and its lr half a decade either side, then the next picks the same way."""
     return Recommender.default().suggest_configs(TaskTraits.from_any(traits), k)
 
 
 def suggest_trials(traits: Any, k: int = 3, space: Any = None) -> list[dict[str, Any]]:
-    """Optuna params for ``study.enqueue_trial``: the top-k suggestions in autoopt's namespaced
+    """Optuna params for ``study.enqueue_trial``: the first k warm-start configurations
+    (:meth:`RecommendationSet.warm_start`) in autoopt's namespaced
     convention ("optimizer", "<opt>.<hp>", "scheduler", "<scheduler>.<hp>", "warmup_fraction"...).
 
     ``space`` is the study's :class:`autoopt.space.SearchSpace` (default: the full space for
@@ -1033,12 +1075,13 @@ def suggest_trials(traits: Any, k: int = 3, space: Any = None) -> list[dict[str,
     if space is None:
         space = SearchSpace(SpaceSpec(), t)
     rec = Recommender(model=Recommender.default().model, catalog=CatalogView.current())
+    ranked = rec.rank(t, top=None)
     out = []
-    for r in rec.rank(t, top=None):
+    for config in ranked.warm_start(3 * len(ranked)):
         if len(out) >= k:
             break
         try:
-            out.append(space.to_optuna_params(r.trial_config))
+            out.append(space.to_optuna_params(config))
         except SpecError:
             continue
     return out
