@@ -140,7 +140,7 @@ def _run_spec(spec: Any, as_json: bool) -> None:
     except KeyboardInterrupt:
         _say_interrupted(spec.name, runner.interrupt)
         raise typer.Exit(130) from None
-    result = summarize(spec.name, runner.storage_url, runner.progress.elapsed)
+    result = summarize(spec.name, runner.storage_url, runner.progress.elapsed, runner.final_summary)
     if json_out is not None:
         json_out.write(json.dumps(result.to_dict(), default=str) + "\n")
         json_out.flush()

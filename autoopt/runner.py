@@ -125,6 +125,7 @@ def run_trial(
     from autoopt.train import pick_device, seed_everything
     from autoopt.trial import Trial, load_objective, task_objective
 
+    started_at = time.time()  # the trial's real start (Optuna's is when the coordinator handed it out)
     torch.set_num_threads(threads)
     if objective is None:
         task = _cached_task(task_ref, task_options)
@@ -138,7 +139,7 @@ def run_trial(
     device = pick_device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
     run_id = None
     if logger is not None:
-        run_id = logger.start(host=os.uname().nodename, device=str(device))
+        logger.start(host=os.uname().nodename, device=str(device), background=True)
 
     report = EpochReporter(coordinator, number, decides)
 
@@ -161,7 +162,8 @@ def run_trial(
         outcome = dataclasses.replace(outcome, status="failed", value=None,
                                       reason=f"error: {type(lost).__name__}: {lost}"[:500])
     if logger is not None:
-        logger.finish(outcome)
+        logger.finish(outcome, background=True)  # the driver checks at the study's end (open_trial_runs)
+        run_id = logger.run_id
     result = outcome.to_dict()
     result["mlflow_run_id"] = run_id
     if outcome.status == "complete":  # for the report's best_config.py (see plain_torch_line)
@@ -169,6 +171,7 @@ def run_trial(
 
         result["torch_line"] = plain_torch_line(config) or ""
     result["node_id"] = ray.get_runtime_context().get_node_id()
+    result["started_at"] = started_at
     # the driver warns the user: this process's own warning lands in a worker log on the cluster
     result["tracking_failed"] = bool(logger is not None and logger._conn is not None and logger._conn.failed)
     return result
@@ -448,6 +451,9 @@ class StudyRunner:
         self._settle = False  # on the Ray client: wait for each sent call (see _run)
         self._pool_key: Any = None  # where this study's coordinator goes back to (CoordinatorPool)
         self._reopened = False  # a kept coordinator took this study (its reopen answered already)
+        self._progress_write: Any = None  # the last mid-study MLflow progress write (a Future)
+        #: the study as it ended (set by a run that ended normally): the result needs no new read
+        self.final_summary: R.StudySummary | None = None
 
     # --- set-up ------------------------------------------------------------------------
     def _objective_traits(self) -> TaskTraits:
@@ -528,6 +534,7 @@ class StudyRunner:
             self.spec.pruner,
             self.traits.to_dict(MEASURED),
             resume_run_id=self._resume_run_id,
+            background=True,
         )
         if self.parent_run_id is not None:
             self._set_study_attrs({
@@ -547,8 +554,9 @@ class StudyRunner:
             for k, v in attrs.items():
                 study.set_user_attr(k, v)
 
-    def _sync(self, finish_parent: bool | None, check_trials: bool = True) -> dict[str, Any] | None:
-        """Back-fill MLflow from the storage (autoopt.sync); warn when MLflow is still away."""
+    def _sync(self, finish_parent: bool | None, check_trials: bool = True, study: Any = None) -> dict[str, Any] | None:
+        """Back-fill MLflow from the storage (autoopt.sync); warn when MLflow is still away.
+        ``study``: the study as just read (default: read now)."""
         import warnings
 
         import optuna
@@ -556,7 +564,8 @@ class StudyRunner:
         from autoopt.sync import sync_study
         from autoopt.tracking import TrackingUnavailableWarning
 
-        study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+        if study is None:
+            study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
         try:
             report = sync_study(study, tracker=self.tracker, finish_parent=finish_parent, set_attrs=self._set_study_attrs,
                                 check_trials=check_trials)
@@ -712,6 +721,7 @@ class StudyRunner:
         running: dict[Any, int] = {}
         deadline = time.time() + self.spec.timeout_s if self.spec.timeout_s else None
         last_beat = last_reap = last_resource_warning = started = last_progress = time.time()
+        pending_summary: Any = None  # a progress summary asked for and not read yet
         exhausted = False
         stop_reason = INTERRUPTED
         from autoopt.resources import warn_interval_s
@@ -781,9 +791,13 @@ class StudyRunner:
                     self._log_progress()
                     last_reap = now
                 # not on every trial's end: the summary queues behind the tell (and its ask ahead)
-                # and before the workers' reports
-                if now - last_progress >= PROGRESS_EVERY_S:
-                    self._update_progress(len(running))
+                # and before the workers' reports; and not waited for: a freed worker's next trial
+                # would wait behind it
+                if pending_summary is not None and ray.wait([pending_summary], timeout=0, fetch_local=True)[0]:
+                    self._apply_summary(ray.get(pending_summary), len(running))
+                    pending_summary = None
+                if pending_summary is None and now - last_progress >= PROGRESS_EVERY_S:
+                    pending_summary = self.coordinator.summary.remote(False)
                     last_progress = now
         except BaseException as exc:
             stop_reason = _stop_reason(exc)
@@ -932,18 +946,27 @@ class StudyRunner:
         ray.get(ready)
 
     def _log_progress(self) -> None:
-        """Keep the MLflow study run's counts and best value live (one small write)."""
+        """Keep the MLflow study run's counts and best value live (one small write), on the
+        tracking thread: reading the study would hold up the loop (and a freed worker)."""
         if self.tracker is None:
             return
-        import optuna
+        from autoopt.tracking import tracking_thread
 
-        try:
-            self.tracker.log_progress(optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)))
-        except Exception:
-            pass
+        def log() -> None:
+            import optuna
+
+            try:
+                self.tracker.log_progress(optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)))
+            except Exception:
+                pass
+
+        if self._progress_write is None or self._progress_write.done():
+            self._progress_write = tracking_thread().submit(log)
 
     def _update_progress(self, running: int, fresh: bool = False) -> dict[str, Any]:
-        summary = ray.get(self.coordinator.summary.remote(fresh))
+        return self._apply_summary(ray.get(self.coordinator.summary.remote(fresh)), running)
+
+    def _apply_summary(self, summary: dict[str, Any], running: int) -> dict[str, Any]:
         p = self.progress
         p.counts = summary["counts"]
         p.running = running
@@ -958,12 +981,23 @@ class StudyRunner:
         """Log the study's summary and plots, then run the caller's after-study hook."""
         import optuna
 
-        study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+        if self._progress_write is not None:  # a mid-study progress write lands before the results
+            self._progress_write.result()
+        # read once for MLflow's summary, the hook and the result (each would read every trial)
+        study = R.StudySnapshot(optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)))
         if self.tracker is not None:
             # trials an outage (or a lost worker) kept out of MLflow, then the study's results; when
             # every trial's run was written and confirmed, the runs are not read back
             others = any(t.user_attrs.get(R.SESSION) not in (None, self.session) for t in study.get_trials(deepcopy=False))
-            self._sync(finish_parent=True, check_trials=self._mlflow_gaps or others)  # others: other drivers, earlier runs
+            if not (self._mlflow_gaps or others) and self.parent_run_id is not None:
+                # the workers end their trials' runs in the background: any still open is repaired
+                from autoopt.tracking import open_trial_runs
+
+                mine = {t.number for t in study.get_trials(deepcopy=False)
+                        if t.state.is_finished() and t.user_attrs.get(R.SESSION) == self.session}
+                self._mlflow_gaps = open_trial_runs(self.tracker, mine) != set()
+            self._sync(finish_parent=True, check_trials=self._mlflow_gaps or others, study=study)  # others: other drivers, earlier runs
+            study.refresh_attrs()  # a new parent run's id, written through the coordinator
         if self.hooks.after_study is not None:
             try:
                 self.hooks.after_study(study)
@@ -972,6 +1006,7 @@ class StudyRunner:
 
                 warnings.warn(f"autoopt: the after-study step failed for {self.spec.name!r}: "
                               f"{type(exc).__name__}: {exc}", stacklevel=2)
+        self.final_summary = R.summarize(study)
 
     @property
     def storage_label(self) -> str:

@@ -202,12 +202,14 @@ def trial_params(trial: optuna.Trial) -> list[tuple[str, float, Any]]:
 
 def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any],
                 state: TrialState | None = None, values: list[float] | None = None,
-                params: list[tuple[str, float, Any]] | None = None) -> None:
+                params: list[tuple[str, float, Any]] | None = None, started: Any = None) -> None:
     """Set a trial's user attributes (and ``params``, see :class:`DeferredParams`) and, with
     ``state``, move it on or close it: one transaction on an RDB storage, so a trial event costs
     one commit instead of one per key (Optuna's public API commits each ``set_trial_user_attr``
     and ``set_trial_param`` on its own). Other storages get the public calls, the state last. A
-    finished trial raises ``UpdateFinishedTrialError`` as Optuna's calls do."""
+    finished trial raises ``UpdateFinishedTrialError`` as Optuna's calls do. ``started`` (a
+    datetime, RDB storages only): when the trial really started (a driver claims its next trial
+    before a worker is free to run it)."""
     rdb = _rdb_backend(storage)
     if rdb is None:
         stored = storage.get_trial(trial_id).params if params else {}
@@ -236,6 +238,8 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
             trial.state = state
             if state.is_finished():
                 trial.datetime_complete = datetime.now()
+        if started is not None:
+            trial.datetime_start = started
 
 
 def _add_params(session: Any, trial: Any, params: list[tuple[str, float, Any]]) -> None:
@@ -283,3 +287,51 @@ def _upsert_user_attrs(rdb: Any, session: Any, trial_id: int, user_attrs: dict[s
     stmt = insert(A).values([{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in user_attrs.items()])
     session.execute(stmt.on_conflict_do_update(index_elements=[A.trial_id, A.key],
                                                set_={"value_json": stmt.excluded.value_json}))
+
+
+def budget_counts(storage: optuna.storages.BaseStorage, study_id: int, retried_key: str) -> tuple[int, int] | None:
+    """(WAITING trials, trials that use the budget: all but WAITING ones and failures marked
+    ``retried_key``) in one counting query on an RDB storage; None elsewhere (the caller scans).
+    Loading every trial to count them made each ``ask`` cost grow with the study."""
+    rdb = _rdb_backend(storage)
+    if rdb is None:
+        return None
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    T, A = models.TrialModel, models.TrialUserAttributeModel
+    retried = (sqlalchemy.select(A.trial_id).where(A.trial_id == T.trial_id, A.key == retried_key,
+                                                   A.value_json == "true").exists())
+    waiting = T.state == TrialState.WAITING
+    query = sqlalchemy.select(
+        sqlalchemy.func.count().filter(waiting),
+        sqlalchemy.func.count().filter(sqlalchemy.and_(sqlalchemy.not_(waiting), sqlalchemy.not_(retried))),
+    ).where(T.study_id == study_id)
+    with _create_scoped_session(rdb.scoped_session) as session:
+        n_waiting, counted = session.execute(query).one()
+    return int(n_waiting), int(counted)
+
+
+def claim_waiting(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any]) -> bool:
+    """Move one WAITING trial to RUNNING with its attributes in one transaction: an atomic claim
+    (a conditional update, as Optuna's own ``ask`` claims the oldest queued trial). False if it
+    was no longer WAITING (another driver took it) or the storage is not an RDB one."""
+    rdb = _rdb_backend(storage)
+    if rdb is None:
+        return False
+    from datetime import datetime, timezone
+
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    T = models.TrialModel
+    now_utc = datetime.now(timezone.utc).replace(tzinfo=None)  # Optuna stores naive UTC
+    with _create_scoped_session(rdb.scoped_session) as session:
+        claimed = session.execute(
+            sqlalchemy.update(T).where(T.trial_id == trial_id, T.state == TrialState.WAITING)
+            .values({T.state: TrialState.RUNNING, T._datetime_start_utc: now_utc})
+            .execution_options(synchronize_session=False)
+        ).rowcount == 1
+        if claimed:
+            _upsert_user_attrs(rdb, session, trial_id, user_attrs)
+    return claimed

@@ -96,10 +96,13 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     return df.merge(extra, on="number", how="left")
 
 
-def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float = 0.0) -> StudyResult:
-    """A StudyResult read back from storage (used by ``status``/``best`` and after a run)."""
+def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float = 0.0,
+              summary: R.StudySummary | None = None) -> StudyResult:
+    """A StudyResult read back from storage (used by ``status``/``best`` and after a run);
+    ``summary``: the study as a run just read it (not read again)."""
     url = storage_url or default_storage_url()
-    summary = R.summarize(optuna.load_study(study_name=study_name, storage=open_storage(url, create=False)))
+    if summary is None:
+        summary = R.summarize(optuna.load_study(study_name=study_name, storage=open_storage(url, create=False)))
     best = summary.best
     return StudyResult(
         study_name=study_name,
@@ -142,7 +145,8 @@ class StudyHandle:
     def _run(self) -> None:
         try:
             self._runner.run()
-            self._result = summarize(self.spec.name, self._runner.storage_url, self._runner.progress.elapsed)
+            self._result = summarize(self.spec.name, self._runner.storage_url, self._runner.progress.elapsed,
+                                     self._runner.final_summary)
         except BaseException as exc:  # surfaced by wait()
             self._error = exc
 
@@ -217,4 +221,4 @@ def run(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callable[.
 
     runner = StudyRunner(s, on_progress=on_progress, hooks=recommender_hooks())
     runner.run()
-    return summarize(s.name, runner.storage_url, runner.progress.elapsed)
+    return summarize(s.name, runner.storage_url, runner.progress.elapsed, runner.final_summary)

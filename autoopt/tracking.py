@@ -382,9 +382,10 @@ _WRITER: Any = None
 _WRITER_LOCK = threading.Lock()
 
 
-def _writer() -> Any:
-    """The process's one tracking thread (a worker runs one trial at a time; its writes keep
-    their order)."""
+def tracking_thread() -> Any:
+    """The process's one tracking thread (a ThreadPoolExecutor of one): MLflow writes that need
+    not hold up a trial or the driver's loop, in the order submitted (a worker runs one trial at
+    a time)."""
     global _WRITER
     with _WRITER_LOCK:
         if _WRITER is None:
@@ -415,6 +416,8 @@ class TrialLogger:
     metric_name: str = "val_metric"
     traits: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = field(default=None, init=False)
+    #: the run is being created on the tracking thread (``start(background=True)``)
+    _starting: bool = field(default=False, init=False, repr=False)
     _buffer: list[EpochRecord] = field(default_factory=list, init=False, repr=False)
     _buffer_times: list[int] = field(default_factory=list, init=False, repr=False)
     _logged_epochs: set[int] = field(default_factory=set, init=False, repr=False)
@@ -448,8 +451,13 @@ class TrialLogger:
     def requests(self) -> int:
         return self._conn.requests if self._conn else 0
 
-    def start(self, host: str = "", device: str = "") -> str | None:
-        """Open the child run under the study's parent run; returns its id (None if not tracking)."""
+    def start(self, host: str = "", device: str = "", background: bool = False) -> str | None:
+        """Open the child run under the study's parent run; returns its id (None if not tracking).
+
+        ``background``: on a local store, create the run on this process's tracking thread while
+        the trial starts training (returns None; :attr:`run_id` is set once it exists, and
+        :meth:`finish` waits for it). A tracking server is always called at once (see
+        :meth:`_log_async`)."""
         if not self.enabled:
             return None
         path = sqlite_path(self.config.tracking_uri)
@@ -474,19 +482,37 @@ class TrialLogger:
             "autoopt.optuna_params": json.dumps(self.params, default=str),
             **{f"autoopt.trait.{k}": v for k, v in self.traits.items()},
         }
-        ok, run = self.conn.call(
-            f"create_run(trial {self.trial_number})", "create_run", self.experiment_id,
-            tags={k: str(v) for k, v in tags.items() if v is not None},
-            run_name=f"trial-{self.trial_number:04d}",
-        )
-        if not ok:
+        tags = {k: str(v) for k, v in tags.items() if v is not None}
+        self._last_flush = time.monotonic()
+        if background and not is_remote(self.config.tracking_uri):
+            self._starting = True
+            self._pending.append((tracking_thread().submit(self._create_run, tags), [], []))
             return None
-        self.run_id = run.info.run_id
+        if not self._create_run(tags)[0]:
+            return None
         params = {**flatten_config(self.trial_config), "trial_number": self.trial_number}
         _, p, _ = _entities(params=params)
         self._log_async("log params", p=p)  # off the trial's path; confirmed in finish()
-        self._last_flush = time.monotonic()
         return self.run_id
+
+    def _create_run(self, tags: dict[str, str]) -> tuple[bool, Any]:
+        """Create the run (sets :attr:`run_id`); on the tracking thread it also logs the params."""
+        background = self._starting
+        ok, run = self.conn.call(f"create_run(trial {self.trial_number})", "create_run", self.experiment_id,
+                                 tags=tags, run_name=f"trial-{self.trial_number:04d}")
+        if ok:
+            self.run_id = run.info.run_id  # set before _starting drops: the run stays open throughout
+        self._starting = False
+        if ok and background:
+            params = {**flatten_config(self.trial_config), "trial_number": self.trial_number}
+            _, p, _ = _entities(params=params)
+            self.conn.call("log params", "log_batch", self.run_id, params=p)
+        return ok, None
+
+    @property
+    def _open(self) -> bool:
+        """Whether the run exists or is being created on the tracking thread."""
+        return self.run_id is not None or self._starting
 
     def _log_async(self, what: str, *, metrics: list | None = None, p: list | None = None, tags: list | None = None,
                    records: list[EpochRecord] | None = None, times: list[int] | None = None) -> bool:
@@ -500,10 +526,16 @@ class TrialLogger:
             if ok:
                 self._logged_epochs.update(r.key for r in records or [])
             return ok
-        future = _writer().submit(self.conn.call, what, "log_batch", self.run_id, metrics=metrics or (),
-                                  params=p or (), tags=tags or ())
+        future = tracking_thread().submit(self._log_batch_later, what, metrics=metrics or (), params=p or (), tags=tags or ())
         self._pending.append((future, list(records or []), list(times or [])))
         return True
+
+    def _log_batch_later(self, what: str, **batch: Any) -> tuple[bool, Any]:
+        """On the tracking thread: the run id is read here (a run created in the background
+        before it exists, or could not be created: then nothing is written)."""
+        if self.run_id is None:
+            return False, None
+        return self.conn.call(what, "log_batch", self.run_id, **batch)
 
     def _confirm(self) -> None:
         """Wait for the background writes; epochs whose write failed go back to the buffer
@@ -523,7 +555,7 @@ class TrialLogger:
 
     def log_epoch(self, record: EpochRecord) -> None:
         """Buffer one epoch; written every ``flush_every`` epochs or ``flush_seconds``."""
-        if not self.enabled or self.run_id is None:
+        if not self.enabled or not self._open:
             return
         self._buffer.append(record)
         self._buffer_times.append(_now_ms())
@@ -534,6 +566,8 @@ class TrialLogger:
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """The user's own metrics (``trial.log_metrics``), written at once."""
+        if self.enabled and self.run_id is None and self._starting:
+            self._confirm()  # the run created in the background first
         if not self.enabled or self.run_id is None:
             return
         m, _, _ = _entities(metrics={k: v for k, v in metrics.items() if _finite_number(v)}, step=int(step))
@@ -558,7 +592,7 @@ class TrialLogger:
         self._last_flush = time.monotonic()
         if wait:
             self._confirm()
-        if not self._buffer or self.run_id is None:
+        if not self._buffer or not self._open:
             return True
         records, times = list(self._buffer), list(self._buffer_times)
         metrics = [m for rec, ts in zip(records, times) for m in self._epoch_metrics(rec, ts)]
@@ -575,13 +609,20 @@ class TrialLogger:
             self._buffer_times.clear()
         return ok
 
-    def finish(self, outcome: TrialOutcome, status: str | None = None) -> None:
+    def finish(self, outcome: TrialOutcome, status: str | None = None, background: bool = False) -> None:
         """Flush, record final state / reason / memory / cost, and end the run with its status
-        (default: from the outcome; ``autoopt.sync`` ends an interrupted trial's run as KILLED)."""
-        if not self.enabled or self.run_id is None:
+        (default: from the outcome; ``autoopt.sync`` ends an interrupted trial's run as KILLED).
+
+        ``background``: on a local store, the last write (outcome and end) goes to this process's
+        tracking thread and the trial's result returns at once; the run is ended only if that
+        write succeeded, so a run left RUNNING is what the driver's end-of-study check
+        (:func:`open_trial_runs`) finds and repairs."""
+        if not self.enabled or not self._open:
             return
         # Epochs the runner did not pass through log_epoch still belong on the curve.
-        self._confirm()  # the asynchronous writes first: what failed is buffered again
+        self._confirm()  # the asynchronous writes first (and the run's creation): what failed is buffered again
+        if self.run_id is None:
+            return
         buffered = {r.key for r in self._buffer}
         for rec in outcome.history:
             if rec.key not in self._logged_epochs and rec.key not in buffered:
@@ -620,13 +661,40 @@ class TrialLogger:
                 note += f" at epoch {outcome.stopped_at_epoch}"
             tags[NOTE_TAG] = note + (f": {outcome.reason}" if outcome.reason else ".")
         m, _, t = _entities(metrics=final_metrics, tags=tags, step=outcome.epochs_run)
-        ok, _ = self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=epochs + m, tags=t)
+        end_status = status or RUN_STATUS.get(outcome.status, "FAILED")
+        if background and not is_remote(self.config.tracking_uri):
+            tracking_thread().submit(self._write_outcome, epochs + m, t, end_status, tail, True)
+            return
+        self._write_outcome(epochs + m, t, end_status, tail, False)
+
+    def _write_outcome(self, metrics: list, tags: list, status: str, tail: list, only_if_logged: bool) -> None:
+        ok, _ = self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=metrics, tags=tags)
         if ok:
             self._logged_epochs.update(rec.key for rec, _ in tail)
             self._buffer.clear()
             self._buffer_times.clear()
-        self.conn.call("end trial run", "set_terminated", self.run_id,
-                       status=status or RUN_STATUS.get(outcome.status, "FAILED"), _force=True)
+        if ok or not only_if_logged:
+            self.conn.call("end trial run", "set_terminated", self.run_id, status=status, _force=True)
+
+
+def open_trial_runs(tracker: "StudyTracker", numbers: set[int], wait_s: float = 5.0) -> set[int] | None:
+    """Which of ``numbers`` (trials that finished) still have a RUNNING MLflow run, after
+    waiting up to ``wait_s`` for workers' background writes (:meth:`TrialLogger.finish`) to land:
+    one search per poll instead of reading every run back. None: MLflow did not answer."""
+    if tracker.experiment_id is None or not numbers:
+        return set()
+    deadline = time.monotonic() + wait_s
+    query = (f"tags.`autoopt.study` = '{tracker.study_name}' and tags.`autoopt.role` = 'trial' "
+             "and attributes.status = 'RUNNING'")
+    while True:
+        ok, runs = tracker._conn.call("search open trial runs", "search_runs", [tracker.experiment_id],
+                                      filter_string=query, max_results=1000, _force=True)
+        if not ok:
+            return None
+        still = {int(r.data.tags.get("autoopt.trial_number", -1)) for r in runs} & numbers
+        if not still or time.monotonic() >= deadline:
+            return still
+        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -645,6 +713,7 @@ class StudyTracker:
         self.traits: dict[str, Any] = {}
         #: write the end-of-study plots in a thread (a study run sets it; see :meth:`finish`)
         self.report_in_background = False
+        self._start_writes: Any = None  # the parent run's params and spec, written in the background
 
     @property
     def parent_run_id(self) -> str | None:
@@ -690,10 +759,13 @@ class StudyTracker:
         pruner: str,
         traits: dict[str, Any],
         resume_run_id: str | None = None,
+        background: bool = False,
     ) -> str | None:
         """Create (or, with ``resume_run_id``, re-open) the study's parent run; returns its id.
 
         Returns None when tracking is disabled or the store is unreachable (already warned).
+        ``background``: on a local store, log the study's params and spec on this process's
+        tracking thread while the first trials start (:meth:`finish` waits for them).
         """
         self.study_name = study_name
         self.traits = dict(traits or {})
@@ -745,9 +817,17 @@ class StudyTracker:
         if resume_run_id and self._parent_run_id == resume_run_id:
             tags["autoopt.state"] = "running"
         _, p, t = _entities(params=new, tags=tags)
-        self._conn.call("log study params", "log_batch", self._parent_run_id, params=p, tags=t)
-        if spec:
-            self._conn.call("log spec", "log_dict", self._parent_run_id, _jsonable(spec), "spec.yaml")
+        run_id, conn = self._parent_run_id, self._conn
+
+        def log_params_and_spec() -> None:
+            conn.call("log study params", "log_batch", run_id, params=p, tags=t)
+            if spec:
+                conn.call("log spec", "log_dict", run_id, _jsonable(spec), "spec.yaml")
+
+        if background and not is_remote(self.config.tracking_uri):
+            self._start_writes = tracking_thread().submit(log_params_and_spec)
+        else:
+            log_params_and_spec()
         return self._parent_run_id
 
     def trial_logger(self, trial_number: int, params: dict[str, Any], config: dict[str, Any]) -> TrialLogger:
@@ -784,6 +864,12 @@ class StudyTracker:
             tags["autoopt.best_trial"] = summary["best_trial"]
         return summary, metrics, tags
 
+    def _wait_for_start_writes(self) -> None:
+        """The parent run's params and spec (``start(background=True)``) before its results."""
+        if self._start_writes is not None:
+            self._start_writes.result()
+            self._start_writes = None
+
     def log_progress(self, study: Any) -> None:
         """Update the parent run's counts and best value mid-study (one small write)."""
         if self._parent_run_id is None:
@@ -797,6 +883,7 @@ class StudyTracker:
         """End the parent run early (``KILLED`` when the study was interrupted), with its counts."""
         if self._parent_run_id is None:
             return
+        self._wait_for_start_writes()
         summary, metrics, tags = self._summary_entities(study)
         tags["autoopt.state"] = state
         m, _, t = _entities(metrics=metrics, tags=tags, step=summary["n_trials"] - summary["n_running"])
@@ -820,6 +907,7 @@ class StudyTracker:
         (:func:`wait_for_reports`)."""
         if self._parent_run_id is None:
             return
+        self._wait_for_start_writes()
         summary, metrics, tags = self._summary_entities(study)
         state = "failed" if summary["n_complete"] == 0 and summary["n_failed"] > 0 else "finished"
         tags["autoopt.state"] = state

@@ -9,6 +9,7 @@ study through ``autoopt.run``.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import optuna
@@ -165,6 +166,36 @@ def test_a_prepared_trial_waits_queued_and_the_next_ask_takes_it(tmp_path):
     assert [t.state for t in c.study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING]
 
 
+def test_a_trial_records_when_its_worker_started_it(tmp_path):
+    import datetime as dt
+
+    c = coordinator(f"sqlite:///{tmp_path}/s.db", retries=0)
+    item = c.ask()
+    started = time.time() + 5.0  # the worker got to it later
+    c.tell(item["number"], {**outcome("complete", 0.6, 3), "started_at": started})
+    trial = c.study.get_trials(deepcopy=False)[item["number"]]
+    assert abs(trial.datetime_start - dt.datetime.fromtimestamp(started)) < dt.timedelta(milliseconds=1)
+
+
+def test_the_budget_is_counted_in_one_query_as_a_scan_counts_it(tmp_path):
+    from autoopt.coordinator import _uses_budget
+    from autoopt.storage import budget_counts
+
+    c = coordinator(f"sqlite:///{tmp_path}/s.db", retries=1)
+    for state in ("complete", "pruned"):
+        item = c.ask()
+        c.tell(item["number"], outcome(state, 0.5, 3))
+    item = c.ask()
+    c.fail(item["number"], "worker lost", True)  # retried: not counted; its re-run waits queued
+    item = c.ask()  # the re-run
+    c.fail(item["number"], "error", False)  # not retried: counted
+    c.ask()  # running
+    c.study.enqueue_trial({"optimizer": "adamw"})
+    trials = c.study.get_trials(deepcopy=False)
+    scan = (sum(t.state == TrialState.WAITING for t in trials), sum(1 for t in trials if _uses_budget(t)))
+    assert budget_counts(c.storage, c.study_id, R.RETRIED) == scan == (1, 4)
+
+
 def test_a_study_stopped_by_its_timeout_leaves_its_prepared_trial_queued(ray_local, workdir):
     import autoopt
 
@@ -209,6 +240,57 @@ def test_asynchronous_epoch_logging_leaves_every_epoch_in_the_run(tmp_path):
     assert sorted(m.step for m in points) == list(range(1, 8))
     assert run.data.params["optimizer.lr"] == "0.1" and run.info.status == "FINISHED"
     assert run.data.tags["autoopt.epochs_logged"] == "7"
+
+
+def test_a_trial_run_made_and_ended_in_the_background_is_whole_and_the_driver_finds_an_open_one(tmp_path):
+    """A worker creates its trial's run and ends it on its tracking thread (the trial starts and
+    returns at once); the driver's end-of-study check waits for those writes and names the runs
+    still open, which it then repairs from the storage."""
+    from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri, open_trial_runs, tracking_thread
+
+    uri = default_tracking_uri(tmp_path)
+    tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name="bg", flush_every=2))
+    assert tracker.start("bg", {"n_trials": 2}, "tpe", "none", {}, background=True) is not None
+    history = [EpochRecord(e, 1 / e, e / 10, 0.1, 0.01) for e in range(1, 6)]
+    logger = tracker.trial_logger(0, {"optimizer": "sgd"}, {"optimizer": "sgd", "optimizer_params": {"lr": 0.1}})
+    assert logger.start("h", "cpu", background=True) is None  # the run is being made on the tracking thread
+    for rec in history:  # epochs reported before the run exists are kept and written after it
+        logger.log_epoch(rec)
+    logger.finish(TrialOutcome("complete", 0.5, history), background=True)
+    # a second trial whose worker died before ending its run: it stays open
+    lost = tracker.trial_logger(1, {"optimizer": "sgd"}, {"optimizer": "sgd", "optimizer_params": {"lr": 0.2}})
+    lost.start("h", "cpu")
+    assert open_trial_runs(tracker, {0, 1}, wait_s=0.5) == {1}
+    tracking_thread().submit(lambda: None).result()  # every background write has landed
+    run = MlflowClient(uri).get_run(logger.run_id)
+    points = MlflowClient(uri).get_metric_history(logger.run_id, "val_metric")
+    assert sorted(m.step for m in points) == list(range(1, 6))
+    assert run.info.status == "FINISHED" and run.data.params["optimizer.lr"] == "0.1"
+    assert run.data.tags["autoopt.epochs_logged"] == "5" and run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
+    parent = MlflowClient(uri).get_run(tracker.parent_run_id)  # its params, written in the background
+    assert parent.data.params["sampler"] == "tpe" and parent.data.params["n_trials"] == "2"
+
+
+def test_a_study_result_is_the_studys_own_summary_read_once(ray_local, workdir):
+    """The end of a study reads the trials once (MLflow's summary, the meta-dataset hook and
+    the result share it); the result equals the study read back afterwards."""
+    import autoopt
+    from autoopt.study import summarize
+
+    spec = StudySpec.from_dict(dict(name="read-once", task="bench.trivial:TrivialTask", n_trials=5, workers=2, seed=0,
+                                    tracking=True, space={"optimizers": ["adamw", "sgd"]}))
+    result = autoopt.run(spec)
+    again = summarize("read-once", result.storage_url)
+    assert result.counts == again.counts and sum(result.counts.values()) == 5
+    assert (result.best_value, result.best_params, result.best_config) == (again.best_value, again.best_params, again.best_config)
+    assert result.mlflow_parent_run_id == again.mlflow_parent_run_id is not None
+    assert (result.epochs_run, result.epochs_budget) == (again.epochs_run, again.epochs_budget)
+    trials = optuna.load_study(study_name="read-once", storage=open_storage(result.storage_url)).get_trials(deepcopy=False)
+    runs = MlflowClient(result.tracking_uri).search_runs(
+        [MlflowClient(result.tracking_uri).get_run(result.mlflow_parent_run_id).info.experiment_id],
+        "tags.`autoopt.role` = 'trial'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # ended by the workers in the background
+    assert all(t.datetime_start <= t.datetime_complete for t in trials)
 
 
 # --- the report after the result ------------------------------------------------------------
