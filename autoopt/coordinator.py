@@ -13,7 +13,6 @@ session has gone quiet are failed with a reason and, if configured, re-enqueued.
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
 import errno
 import fcntl
 import functools
@@ -25,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Iterator, TypeVar
 
 import optuna

@@ -208,8 +208,8 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
     one commit instead of one per key (Optuna's public API commits each ``set_trial_user_attr``
     and ``set_trial_param`` on its own). Other storages get the public calls, the state last. A
     finished trial raises ``UpdateFinishedTrialError`` as Optuna's calls do. ``started`` (a
-    datetime, RDB storages only): when the trial really started (a driver claims its next trial
-    before a worker is free to run it)."""
+    datetime, RDB storages only): when the trial's worker started it (Optuna's start is when the
+    coordinator handed it out)."""
     rdb = _rdb_backend(storage)
     if rdb is None:
         stored = storage.get_trial(trial_id).params if params else {}

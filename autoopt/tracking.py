@@ -490,10 +490,11 @@ class TrialLogger:
             return None
         if not self._create_run(tags)[0]:
             return None
-        params = {**flatten_config(self.trial_config), "trial_number": self.trial_number}
-        _, p, _ = _entities(params=params)
-        self._log_async("log params", p=p)  # off the trial's path; confirmed in finish()
+        self._log_async("log params", p=self._param_entities())  # off the trial's path; confirmed in finish()
         return self.run_id
+
+    def _param_entities(self) -> list:
+        return _entities(params={**flatten_config(self.trial_config), "trial_number": self.trial_number})[1]
 
     def _create_run(self, tags: dict[str, str]) -> tuple[bool, Any]:
         """Create the run (sets :attr:`run_id`); on the tracking thread it also logs the params."""
@@ -504,9 +505,7 @@ class TrialLogger:
             self.run_id = run.info.run_id  # set before _starting drops: the run stays open throughout
         self._starting = False
         if ok and background:
-            params = {**flatten_config(self.trial_config), "trial_number": self.trial_number}
-            _, p, _ = _entities(params=params)
-            self.conn.call("log params", "log_batch", self.run_id, params=p)
+            self.conn.call("log params", "log_batch", self.run_id, params=self._param_entities())
         return ok, None
 
     @property

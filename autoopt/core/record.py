@@ -8,6 +8,7 @@ renamed key changes in one place. Imports neither torch nor Ray.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Mapping
@@ -281,8 +282,6 @@ class StudySnapshot:
         self._attrs = dict(study.user_attrs)
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        import copy
-
         trials = [t for t in self._trials if states is None or t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
 

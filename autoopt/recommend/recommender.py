@@ -520,16 +520,12 @@ class RecommendationSet:
         out: list[dict[str, Any]] = []
         for r in self.recommendations:
             lr = r.trial_config["optimizer_params"].get("lr")
-            lrs = [lr] if lr is None else [lr, lr / LR_BRACKET, lr * LR_BRACKET]
             low, high = r.lr_bounds or (0.0, math.inf)
-            for x in lrs:
+            lrs = [None] if lr is None else [lr, *(float(f"{min(max(x, low), high):.3g}")
+                                                   for x in (lr / LR_BRACKET, lr * LR_BRACKET))]
+            for x in dict.fromkeys(lrs):  # a bracket that clipping made a repeat is left out
                 if len(out) >= k:
                     return out
-                if x is not None and x != lr:
-                    x = float(f"{min(max(x, low), high):.3g}")
-                if x is not None:
-                    if any(c["optimizer"] == r.optimizer and c["optimizer_params"].get("lr") == x for c in out):
-                        continue
                 cfg = copy.deepcopy(r.trial_config)
                 if x is not None:
                     cfg["optimizer_params"]["lr"] = x
