@@ -229,27 +229,44 @@ class _ReadOnlyTrials(optuna.storages.InMemoryStorage):
         return super().get_all_trials(study_id, deepcopy=False, states=states)
 
 
-def snapshot(study: optuna.Study) -> optuna.Study:
-    """A read-only in-memory copy of ``study``: the five plots read all trials over a hundred
-    times, each a full storage query on SQLite or PostgreSQL, or a deep copy in memory (2 s of a
-    24-trial report); here they are read once."""
+def study_parts(study: optuna.Study) -> dict[str, Any]:
+    """What a report reads of a study, as plain picklable data (:func:`study_from_parts` rebuilds
+    it): the report can then be drawn in another process (:mod:`autoopt.report_process`)."""
     source = storage_of(study)
-    if isinstance(source, _ReadOnlyTrials):
-        return study
+    return {
+        "study_name": study.study_name,
+        "directions": list(study.directions),
+        "user_attrs": dict(study.user_attrs),
+        "system_attrs": dict(source.get_study_system_attrs(source.get_study_id_from_name(study.study_name))),
+        "trials": study.get_trials(deepcopy=False),
+    }
+
+
+def study_from_parts(parts: dict[str, Any]) -> optuna.Study:
+    """A read-only in-memory study holding :func:`study_parts`' data."""
     storage = _ReadOnlyTrials()
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a copy
     try:
-        copy_id = storage.create_new_study(study.directions, study.study_name)
+        copy_id = storage.create_new_study(parts["directions"], parts["study_name"])
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy = optuna.Study(study.study_name, storage)
-    for key, value in study.user_attrs.items():
+    copy = optuna.Study(parts["study_name"], storage)
+    for key, value in parts["user_attrs"].items():
         copy.set_user_attr(key, value)
-    for key, value in source.get_study_system_attrs(source.get_study_id_from_name(study.study_name)).items():
+    for key, value in parts["system_attrs"].items():
         storage.set_study_system_attr(copy_id, key, value)
-    copy.add_trials(study.get_trials(deepcopy=False))
+    copy.add_trials(parts["trials"])
     return copy
+
+
+def snapshot(study: optuna.Study) -> optuna.Study:
+    """A read-only in-memory copy of ``study``: the five plots read all trials over a hundred
+    times, each a full storage query on SQLite or PostgreSQL, or a deep copy in memory (2 s of a
+    24-trial report); here they are read once."""
+    if isinstance(storage_of(study), _ReadOnlyTrials):
+        return study
+    return study_from_parts(study_parts(study))
 
 
 #: Set in a placeholder figure's ``layout.meta`` when its plot raised (see :func:`plot_errors`).

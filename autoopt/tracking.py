@@ -902,8 +902,8 @@ class StudyTracker:
 
     def finish(self, study: Any) -> None:
         """Best value/params/config, counts, pruning savings and plots; ends the parent run.
-        With ``report_in_background`` the plots and the run's end follow in a thread
-        (:func:`wait_for_reports`)."""
+        With ``report_in_background`` the plots and the run's end follow in another process,
+        watched by a thread (:func:`wait_for_reports`)."""
         if self._parent_run_id is None:
             return
         self._wait_for_start_writes()
@@ -917,12 +917,29 @@ class StudyTracker:
         if self.report_in_background:
             # the plots take seconds (more with many trials): the study's results are stored and
             # logged already, so the caller gets them now; the process waits for this at exit
-            thread = threading.Thread(target=self._report_and_end, args=(study, state), daemon=False,
+            thread = threading.Thread(target=self._report_elsewhere, args=(study, state), daemon=False,
                                       name=f"autoopt-report-{self.study_name}")
             with _state_lock:
                 _REPORTS[:] = [t for t in _REPORTS if t.is_alive()] + [thread]
             thread.start()
         else:
+            self._report_and_end(study, state)
+
+    def _report_elsewhere(self, study: Any, state: str) -> None:
+        """The report drawn in a low-priority process of its own (:mod:`autoopt.report_process`),
+        so it does not hold this process's interpreter lock while the next study runs; drawn
+        here if that process cannot start or fails."""
+        from autoopt.report import study_parts
+        from autoopt.report_process import draw_in_process
+
+        try:
+            payload = {"tracking_config": self.config, "parent_run_id": self._parent_run_id,
+                       "study": study_parts(study), "state": state}
+            ok, err = draw_in_process(payload)
+        except Exception as exc:  # noqa: BLE001 - e.g. an attribute that does not pickle
+            ok, err = False, f"{type(exc).__name__}: {exc}"
+        if not ok:
+            _logger.debug("autoopt: the report process failed (%s); drawing the report here", redact_text(err))
             self._report_and_end(study, state)
 
     def _report_and_end(self, study: Any, state: str) -> None:

@@ -9,6 +9,7 @@ study through ``autoopt.run``.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 
@@ -24,6 +25,7 @@ from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.sampling import decision_epochs, make_pruner, pruner_decides_at
 from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpaceSpec, SpecError, StudySpec
 from autoopt.storage import open_storage
+from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
 
 TRAITS = TaskTraits("tabular", 32, 0.0, 1000, 500, "accuracy", "maximize")
 
@@ -218,8 +220,6 @@ def test_a_study_stopped_by_its_timeout_leaves_its_prepared_trial_queued(ray_loc
 
 # --- MLflow off the trial's path --------------------------------------------------------------
 def test_asynchronous_epoch_logging_leaves_every_epoch_in_the_run(tmp_path):
-    from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
-
     uri = default_tracking_uri(tmp_path)
     tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name="async", flush_every=2))
     assert tracker.start("async", {"n_trials": 1}, "tpe", "none", {}) is not None
@@ -300,16 +300,39 @@ def test_a_study_report_written_in_the_background_ends_the_parent_run(ray_local,
     from autoopt.tracking import wait_for_reports
 
     monkeypatch.setenv("AUTOOPT_REPORT_IN_BACKGROUND", "1")
+    drawn_here = []  # the report is drawn in a process of its own: this one never draws it
+    monkeypatch.setattr(StudyTracker, "_report_and_end", lambda self, *a: drawn_here.append(a))
     spec = StudySpec.from_dict(dict(name="bg-report", task="tabular", task_options={"size": 0.1, "epochs": 2},
                                     n_trials=2, workers=2, seed=0, space={"optimizers": ["adamw"]}))
     result = autoopt.run(spec)
     assert result.counts["complete"] + result.counts["pruned"] == 2
     assert wait_for_reports(timeout=300)
+    assert drawn_here == []
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.mlflow_parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_value"] == pytest.approx(result.best_value)
     plots = {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {f"{n}.html" for n in PLOT_NAMES} <= plots
+
+
+def test_a_report_process_that_fails_leaves_the_report_to_the_driver(workdir, monkeypatch):
+    """The report's own process could not draw it (here: it cannot import autoopt): the
+    driver's thread draws it, so the parent run still gets its plots and ends."""
+    import optuna
+
+    from autoopt.report import PLOT_NAMES
+
+    uri = default_tracking_uri(workdir)
+    tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name="fallback"))
+    tracker.start("fallback", {}, "tpe", "none", {})
+    study = optuna.create_study(study_name="fallback")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    monkeypatch.setattr(sys, "executable", str(workdir / "no-such-python"))
+    tracker._report_elsewhere(study, "finished")
+    client = MlflowClient(uri)
+    parent = client.get_run(tracker.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert {f"{n}.html" for n in PLOT_NAMES} <= {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}
 
 
 # --- a coordinator kept between studies ---------------------------------------------------------
