@@ -16,8 +16,12 @@ install: $(BIN)/activate
 demo: install
 	$(BIN)/autoopt run studies/quickstart.yaml
 
+# three pytest processes, a test file each at a time (--dist loadfile: a file's module fixtures,
+# such as test_cluster's Ray cluster, are made once): the suite mostly waits on processes and
+# servers, and on 2 cores three at once took 13 min against 23 min one at a time (four: 20 min, with
+# the cluster's fault tests timing out)
 test: install
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=20
 
 test-fast: install
 	$(BIN)/python -m pytest -q --durations=10 -m "not cluster and not browser and not slow"
