@@ -463,8 +463,10 @@ class StudyCoordinator:
                 self._reclaim(number, outcome.get("history"))
                 frozen = None
         started = outcome.get("started_at")
+        last = outcome.get("last_report")  # the last epoch's value, stored with the trial's end
         self._finish(self._claimed.get(number, number), TrialState[state], value, attrs, frozen,
-                     started=datetime.fromtimestamp(started) if isinstance(started, (int, float)) else None)
+                     started=datetime.fromtimestamp(started) if isinstance(started, (int, float)) else None,
+                     intermediate={int(last[0]): float(last[1])} if last else None)
         return state
 
     def _finished_elsewhere(self, number: int) -> bool:
@@ -537,10 +539,12 @@ class StudyCoordinator:
         return trial_id
 
     def _finish(self, number: int, state: TrialState, value: float | None, attrs: dict[str, Any],
-                frozen: optuna.trial.FrozenTrial | None = None, started: datetime | None = None) -> None:
+                frozen: optuna.trial.FrozenTrial | None = None, started: datetime | None = None,
+                intermediate: dict[int, float] | None = None) -> None:
         """Write the outcome's attributes and close the trial in one transaction. Idempotent: a
         call retried after an outage (the first try may have committed) leaves an already-finished
-        trial as it is. ``frozen``: the trial as just read by the caller (not read again)."""
+        trial as it is. ``frozen``: the trial as just read by the caller (not read again);
+        ``intermediate``: reported values the worker did not send (its last epoch's)."""
         trial_id = self._trial_id(number)
         if frozen is None:
             frozen = self.storage.get_trial(trial_id)
@@ -560,7 +564,7 @@ class StudyCoordinator:
         try:
             self.study.sampler.after_trial(optuna.pruners._filter_study(self.study, frozen), frozen, state, values)
         finally:
-            write_trial(self.storage, trial_id, attrs, state, values, started=started)
+            write_trial(self.storage, trial_id, attrs, state, values, started=started, intermediate=intermediate)
         self._live.pop(number, None)
         self._count(STATE_NAMES[state], +1, running=-1, value=values[0] if values and state == TrialState.COMPLETE
                     else None, number=number, retried=bool(attrs.get(R.RETRIED)))

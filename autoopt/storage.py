@@ -202,14 +202,16 @@ def trial_params(trial: optuna.Trial) -> list[tuple[str, float, Any]]:
 
 def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any],
                 state: TrialState | None = None, values: list[float] | None = None,
-                params: list[tuple[str, float, Any]] | None = None, started: Any = None) -> None:
+                params: list[tuple[str, float, Any]] | None = None, started: Any = None,
+                intermediate: dict[int, float] | None = None) -> None:
     """Set a trial's user attributes (and ``params``, see :class:`DeferredParams`) and, with
     ``state``, move it on or close it: one transaction on an RDB storage, so a trial event costs
     one commit instead of one per key (Optuna's public API commits each ``set_trial_user_attr``
     and ``set_trial_param`` on its own). Other storages get the public calls, the state last. A
     finished trial raises ``UpdateFinishedTrialError`` as Optuna's calls do. ``started`` (a
     datetime, RDB storages only): when the trial's worker started it (Optuna's start is when the
-    coordinator handed it out)."""
+    coordinator handed it out). ``intermediate``: reported values ({step: value}) written before
+    the state, as ``set_trial_intermediate_value`` would."""
     rdb = _rdb_backend(storage)
     if rdb is None:
         stored = storage.get_trial(trial_id).params if params else {}
@@ -218,6 +220,8 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
                 storage.set_trial_param(trial_id, name, value, distribution)
         for k, v in user_attrs.items():
             storage.set_trial_user_attr(trial_id, k, v)
+        for step, v in (intermediate or {}).items():
+            storage.set_trial_intermediate_value(trial_id, step, v)
         if state is not None:
             storage.set_trial_state_values(trial_id, state, values)
         return
@@ -232,6 +236,8 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
         if params:
             _add_params(session, trial, params)
         _upsert_user_attrs(rdb, session, trial_id, user_attrs)
+        for step, v in (intermediate or {}).items():
+            rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, v)
         if state is not None:
             for objective, v in enumerate(values or []):
                 rdb._set_trial_value_without_commit(session, trial, objective, v)

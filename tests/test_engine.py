@@ -120,11 +120,14 @@ def test_reports_the_pruner_cannot_act_on_do_not_wait_and_are_all_stored_in_orde
         assert stop is False
     # rungs 1 and 3; not 9, the last epoch (a stop there saves nothing)
     assert waited == [reporter.waits_at(e) for e in range(1, 10)] == [e in (1, 3) for e in range(1, 10)]
+    # the last epoch is not sent at all: the outcome carries it, and the tell stores it
+    assert reporter.last == (9, pytest.approx(0.45))
     reporter(10, 0.6)  # past the resource: waits (the pruner's range is not known there)
     assert not reporter.pending
     reporter.drain()
-    ray_local.get(actor.tell.remote(item["number"], outcome("complete", 0.6, 10)))
     study = optuna.load_study(study_name=name, storage=url)
+    assert 9 not in study.get_trials(deepcopy=False)[0].intermediate_values
+    ray_local.get(actor.tell.remote(item["number"], {**outcome("complete", 0.6, 10), "last_report": list(reporter.last)}))
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.intermediate_values == {e: pytest.approx(0.05 * e) for e in range(1, 10)} | {10: pytest.approx(0.6)}
     ray_local.kill(actor)
@@ -291,6 +294,9 @@ def test_a_study_result_is_the_studys_own_summary_read_once(ray_local, workdir):
         "tags.`autoopt.role` = 'trial'")
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # ended by the workers in the background
     assert all(t.datetime_start <= t.datetime_complete for t in trials)
+    # the one epoch's value was not reported on its own: it came with the outcome
+    for t in trials:
+        assert t.intermediate_values == {h["epoch"]: pytest.approx(h["val_metric"]) for h in t.user_attrs[R.HISTORY]}
 
 
 # --- the report after the result ------------------------------------------------------------
