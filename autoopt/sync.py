@@ -4,8 +4,8 @@ was away (a study started with MLflow down, trials caught in an outage, runs a C
 The Optuna storage is the study's record: params, the per-epoch curve (``autoopt.history``),
 state, reason and best trial. Runs are keyed by the tags ``autoopt.study`` + ``autoopt.role``
 (+ ``autoopt.trial_number``), so syncing again creates nothing twice; a run whose status and
-epoch count (``autoopt.epochs_logged``) already match is left alone. Runs at the end of a study,
-on ``autoopt resume``, on Ctrl-C and by ``autoopt sync NAME``.
+epoch count (``autoopt.epochs_logged``) already match and that holds its params is left alone.
+Runs at the end of a study, on ``autoopt resume``, on Ctrl-C and by ``autoopt sync NAME``.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def sync_study(
             outcome = outcome_of(trial, direction)
             status = run_status(trial)
             run = by_number.get(trial.number)
-            if (run is not None and run.info.status == status
+            if (run is not None and run.info.status == status and "trial_number" in run.data.params
                     and run.data.tags.get(A + "epochs_logged") == str(len(outcome.history))):
                 report["unchanged"] += 1
                 continue
@@ -148,6 +148,7 @@ def sync_study(
                 report["created"] += 1
             else:
                 logger.run_id = run.info.run_id
+                logger._params_logged = "trial_number" in run.data.params
                 ok, points = conn.call("read curve", "get_metric_history", run.info.run_id, tracker.metric_name, _force=True)
                 logger._logged_epochs = {int(p.step) for p in points} if ok else set()
                 report["completed"] += 1

@@ -421,6 +421,8 @@ class TrialLogger:
     _buffer: list[EpochRecord] = field(default_factory=list, init=False, repr=False)
     _buffer_times: list[int] = field(default_factory=list, init=False, repr=False)
     _logged_epochs: set[int] = field(default_factory=set, init=False, repr=False)
+    #: the params reached the store (if not, :meth:`finish` writes them with the outcome)
+    _params_logged: bool = field(default=False, init=False, repr=False)
     _last_flush: float = field(default=0.0, init=False, repr=False)
     _conn: _Connection | None = field(default=None, init=False, repr=False)
     #: background writes not yet confirmed: (their futures, the epochs they carry)
@@ -490,7 +492,10 @@ class TrialLogger:
             return None
         if not self._create_run(tags)[0]:
             return None
-        self._log_async("log params", p=self._param_entities())  # off the trial's path; confirmed in finish()
+        if is_remote(self.config.tracking_uri):
+            self._params_logged = self._log_async("log params", p=self._param_entities())
+        else:  # off the trial's path; confirmed in finish()
+            self._pending.append((tracking_thread().submit(self._log_params), [], []))
         return self.run_id
 
     def _param_entities(self) -> list:
@@ -505,8 +510,13 @@ class TrialLogger:
             self.run_id = run.info.run_id  # set before _starting drops: the run stays open throughout
         self._starting = False
         if ok and background:
-            self.conn.call("log params", "log_batch", self.run_id, params=self._param_entities())
+            self._log_params()
         return ok, None
+
+    def _log_params(self) -> tuple[bool, Any]:
+        ok, result = self.conn.call("log params", "log_batch", self.run_id, params=self._param_entities())
+        self._params_logged = ok
+        return ok, result
 
     @property
     def _open(self) -> bool:
@@ -660,14 +670,21 @@ class TrialLogger:
                 note += f" at epoch {outcome.stopped_at_epoch}"
             tags[NOTE_TAG] = note + (f": {outcome.reason}" if outcome.reason else ".")
         m, _, t = _entities(metrics=final_metrics, tags=tags, step=outcome.epochs_run)
+        # params whose write failed (the store went down right after the run was created) go
+        # with the outcome; logging a param again with the same value is allowed
+        p = [] if self._params_logged else self._param_entities()
         end_status = status or RUN_STATUS.get(outcome.status, "FAILED")
         if background and not is_remote(self.config.tracking_uri):
-            tracking_thread().submit(self._write_outcome, epochs + m, t, end_status, tail, True)
+            tracking_thread().submit(self._write_outcome, epochs + m, t, end_status, tail, True, p)
             return
-        self._write_outcome(epochs + m, t, end_status, tail, False)
+        self._write_outcome(epochs + m, t, end_status, tail, False, p)
 
-    def _write_outcome(self, metrics: list, tags: list, status: str, tail: list, only_if_logged: bool) -> None:
-        ok, _ = self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=metrics, tags=tags)
+    def _write_outcome(self, metrics: list, tags: list, status: str, tail: list, only_if_logged: bool,
+                       params: list | None = None) -> None:
+        ok, _ = self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=metrics, tags=tags,
+                               params=params or ())
+        if ok and params:
+            self._params_logged = True
         if ok:
             self._logged_epochs.update(rec.key for rec, _ in tail)
             self._buffer.clear()

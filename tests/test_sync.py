@@ -144,3 +144,35 @@ def test_check_trials_false_ends_the_parent_without_reading_back_the_trial_runs(
     assert [r.data.tags["autoopt.role"] for r in runs] == ["study"]  # the trials' runs were not written
     assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["best_value"] == pytest.approx(0.7)
     assert sync_study(study, tracker=tracker, finish_parent=False)["created"] == 2  # the default checks them
+
+
+def test_a_trial_run_without_its_params_is_completed_not_left_alone(tmp_path):
+    """The store can go down between a trial run's creation and its params' write (what CI once
+    caught: the server stopped while two trials had just started). Such a run, even FINISHED with
+    its whole curve, is not up to date: sync writes the params from the storage."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="bare", storage=url, direction="maximize")
+    study.set_user_attr("autoopt.metric", "val_accuracy")
+    t = study.ask()
+    t.suggest_categorical("optimizer", ["adam"])
+    t.set_user_attr("autoopt.config", {"optimizer": "adam", "optimizer_params": {"lr": 1e-3}})
+    t.set_user_attr("autoopt.history", [{"epoch": 1, "train_loss": 1.0, "val_metric": 0.5, "lr": 1e-3,
+                                         "seconds": 0.1}])
+    study.tell(t, 0.5)
+    uri = default_tracking_uri(tmp_path)
+    tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name="bare"))
+    assert sync_study(study, tracker=tracker)["created"] == 1
+    client = MlflowClient(uri)
+    [run] = client.search_runs([tracker.experiment_id], "tags.`autoopt.role` = 'trial'")
+    assert run.data.params["optimizer"] == "adam" and run.data.params["trial_number"] == "0"
+    # the same run as an outage leaves it: created, curve and end written, params not
+    bare = client.create_run(tracker.experiment_id, tags={k: v for k, v in run.data.tags.items()
+                                                          if k.startswith("autoopt.") or k.startswith("mlflow.parent")})
+    client.delete_run(run.info.run_id)
+    client.log_metric(bare.info.run_id, "val_accuracy", 0.5, step=1)
+    client.set_terminated(bare.info.run_id, "FINISHED")
+    report = sync_study(study, tracker=tracker)
+    assert (report["created"], report["completed"], report["unchanged"]) == (0, 1, 0), report
+    params = client.get_run(bare.info.run_id).data.params
+    assert params["optimizer"] == "adam" and params["optimizer.lr"] == "0.001", params
+    assert sync_study(study, tracker=tracker)["unchanged"] == 1  # and now it is left alone
