@@ -309,6 +309,8 @@ class StudyCoordinator:
         self._configs: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # running here: config, params
         #: trials prepare() sampled and queued: their configuration and params, for ask()
         self._prepared: dict[int, tuple[Any, dict[str, Any]]] = {}
+        #: a trial prepare() sampled whose WAITING write the storage refused (retried first)
+        self._unqueued: tuple[optuna.Trial, Any] | None = None
         self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
         self._last_beat = 0.0
         self._quiet_until = 0.0  # after a stall of its own, this driver reaps nobody until then
@@ -501,22 +503,32 @@ class StudyCoordinator:
         Queued, the trial is not counted against the budget and not RUNNING: a driver that dies
         leaves it for the next run (or another driver) to take, like an enqueued configuration."""
         with budget_lock(self.storage, self.storage_url, self.study_id):
-            # one count for both: a queued trial (any driver's, or enqueued) is taken first, and
-            # queued trials will use the budget when they run, so none is queued beyond it
-            waiting, counted = self._budget()
-            if waiting or (self.n_trials is not None and counted >= self.n_trials):
-                return None
-            trial = self.study.ask()
-            trial.storage = DeferredParams(self.storage)
-            try:
-                config = self.space.sample(trial)  # the sampler's work; the params are stored with the trial
-            except Exception as exc:
-                if is_connection_error(exc):
-                    raise
-                self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
-                return None
+            if self._unqueued is not None:
+                # asked before an outage stopped its sampling or its WAITING write (it is RUNNING,
+                # with no worker): finish queueing it rather than leave it to the reaper
+                trial, config = self._unqueued
+            else:
+                # one count for both: a queued trial (any driver's, or enqueued) is taken first, and
+                # queued trials will use the budget when they run, so none is queued beyond it
+                waiting, counted = self._budget()
+                if waiting or (self.n_trials is not None and counted >= self.n_trials):
+                    return None
+                trial, config = self.study.ask(), None
+                trial.storage = DeferredParams(self.storage)
+                self._unqueued = (trial, None)
+            if config is None:
+                try:
+                    config = self.space.sample(trial)  # the sampler's work; the params are stored with the trial
+                except Exception as exc:
+                    if is_connection_error(exc):
+                        raise  # retried: the params suggested so far are kept on the trial
+                    self._unqueued = None
+                    self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
+                    return None
+                self._unqueued = (trial, config)
             # the params and RUNNING -> WAITING in one transaction: Optuna's next ask takes it
             write_trial(self.storage, trial._trial_id, {}, TrialState.WAITING, params=trial_params(trial))
+            self._unqueued = None
         self._prepared[trial.number] = (config, dict(trial.params))
         self._waiting.add(trial.number)
         self._count("waiting", +1)

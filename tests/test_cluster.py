@@ -528,7 +528,12 @@ def test_postgres_down_too_long_fails_clearly_then_resumes(cluster, live_worker,
     gate.open()
     done_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
     orphans = {t.number for t in trials(url, "outage-study") if t.state == TrialState.RUNNING}
-    assert orphans == {t.number for t in before if t.state == TrialState.RUNNING}
+    running_before = {t.number for t in before if t.state == TrialState.RUNNING}
+    # the coordinator samples the next trial ahead (RUNNING from Optuna's ask, then WAITING with its
+    # params in one more write): an outage between the two leaves that trial RUNNING too, with no
+    # worker; the resume below must reap it like the others (seen once in three runs by hand)
+    ahead = {t.number for t in before if t.state == TrialState.WAITING} | {len(before)}
+    assert running_before <= orphans <= running_before | ahead, (orphans, running_before)
     resume = subprocess.Popen([AUTOOPT, "resume", "outage-study", "--storage", url, "--json"], cwd=tmp_path,
                               env=client_env(cluster, AUTOOPT_STALE_AFTER_S="2"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

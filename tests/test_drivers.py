@@ -183,3 +183,37 @@ def test_two_autoopt_run_processes_share_one_budget(url, tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert not [t for t in trials if t.user_attrs.get("autoopt.retried") or t.user_attrs.get("autoopt.retry_of")]
     assert len({t.user_attrs["autoopt.session"] for t in trials}) == 2  # both drivers ran trials
+
+
+def test_a_trial_sampled_before_an_outage_is_queued_not_left_running(pg_url):
+    """The database drops the coordinator's connection after Optuna's ask stored the new trial
+    RUNNING, in the write that queues it (its params and WAITING): the retried prepare queues that
+    same trial. Before, it sampled another one and left the first RUNNING with no worker, for the
+    reaper to fail stale_after_s later (what a cluster test once caught)."""
+    import psycopg
+
+    name = f"ahead-{uuid.uuid4().hex[:6]}"
+    c = make(pg_url, name, n_trials=3)
+    seen: dict[str, int] = {}
+
+    def drop_the_connection(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+        text = statement.lstrip().upper()
+        if text.startswith("INSERT INTO TRIALS "):
+            seen["asked"] = 1
+        elif seen.get("asked") and text.startswith("SELECT") and "FOR UPDATE" in text and "killed" not in seen:
+            # the queueing write's first statement (it locks the trial's row); a drop inside
+            # Optuna's ask itself (its reads after the INSERT) still leaves the trial to the reaper
+            seen["killed"] = conn.connection.dbapi_connection.info.backend_pid
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (seen["killed"],))
+
+    sa.event.listen(c.storage.engine, "before_cursor_execute", drop_the_connection)
+    number = c.prepare()
+    sa.event.remove(c.storage.engine, "before_cursor_execute", drop_the_connection)
+    assert "killed" in seen, "the connection was never dropped: the test did not reach the window"
+    assert c.storage_outages >= 1
+    trials = optuna.load_study(study_name=name, storage=open_storage(pg_url)).trials
+    assert [(t.number, t.state) for t in trials] == [(number, TrialState.WAITING)]
+    assert trials[0].params and set(trials[0].params) >= {"optimizer"}
+    item = c.ask()
+    assert item["number"] == number and item["config"]["optimizer"] == trials[0].params["optimizer"]
