@@ -458,6 +458,7 @@ class StudyRunner:
         #: tells and prepares sent without waiting: their errors surface at the next _check_sent
         self._sent: list[Any] = []
         self._settle = False  # on the Ray client: wait for each sent call (see _run)
+        self._futures: dict[Any, Any] = {}  # on the Ray client: each running trial's future (_finished_trials)
         self._pool_key: Any = None  # where this study's coordinator goes back to (CoordinatorPool)
         self._reopened = False  # a kept coordinator took this study (its reopen answered already)
         self._progress_write: Any = None  # the last mid-study MLflow progress write (a Future)
@@ -772,11 +773,7 @@ class StudyRunner:
                         break
                     exhausted = False  # a reaped trial may have been re-enqueued: ask again
                     continue
-                # fetch_local=False: a trial's result is read once, by _outcome; pulling it here
-                # could wait on a node that just died instead of letting ray.get raise the loss,
-                # which _outcome records (the Ray client's server always fetches: see `_settle`)
-                done, _ = ray.wait(list(running), num_returns=1, timeout=0.5, fetch_local=False)
-                for ref in done:
+                for ref in self._finished_trials(running):
                     outcome = self._outcome(ref, running[ref])  # a lost worker, an error: recorded here
                     number = running.pop(ref)
                     asked = may_ask() and dispatch_next()  # the freed worker's next trial first
@@ -831,6 +828,7 @@ class StudyRunner:
     def _fail_in_flight(self, running: dict[Any, int], reason: str) -> None:
         """The loop ended early: stop the trials in flight and record them as failed (re-run on resume)."""
         self._in_flight = sorted(running.values())
+        self._futures.clear()
         for ref in running:
             ray.cancel(ref, force=True)
         self._unrecorded = []
@@ -907,11 +905,35 @@ class StudyRunner:
         epochs = decision_epochs(pruner, max_epochs)
         return None if epochs is None else (int(max_epochs), epochs)
 
+    def _finished_trials(self, running: dict[Any, int]) -> list[Any]:
+        """The refs of trials that ended (with a result, an error or a lost worker), waiting up
+        to half a second for one.
+
+        fetch_local=False: a trial's result is read once, by :meth:`_outcome`; pulling it here
+        could wait on a node that just died instead of letting the read raise the loss. On the
+        Ray client each trial is waited for through its future (the client server's asynchronous
+        get) instead: the server's ``WaitObject`` sometimes never returned once a node running
+        trials was killed, even with a timeout (seen in ``tests/test_cluster.py``: the driver
+        stuck in the gRPC call, the server thread in ``CoreWorkerMemoryStore::Wait``)."""
+        if not self._settle:
+            return ray.wait(list(running), num_returns=1, timeout=0.5, fetch_local=False)[0]
+        import concurrent.futures
+
+        futures = {}
+        for ref in running:
+            future = self._futures.get(ref)
+            if future is None:
+                future = self._futures[ref] = ref.future()
+            futures[future] = ref
+        done, _ = concurrent.futures.wait(futures, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+        return [futures[f] for f in done]
+
     def _outcome(self, ref: Any, number: int) -> dict[str, Any] | None:
         """A finished trial's outcome for the coordinator's tell; None when the trial's worker was
         lost or it raised, which is recorded here (failed, re-run if it may be)."""
+        future = self._futures.pop(ref, None)
         try:
-            outcome = ray.get(ref)
+            outcome = future.result() if future is not None else ray.get(ref)
         except _WORKER_LOST as exc:
             reason = f"worker lost: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             ray.get(self.coordinator.fail.remote(number, reason[:500], True))
