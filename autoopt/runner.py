@@ -263,6 +263,12 @@ class CoordinatorPool:
 
 COORDINATORS = CoordinatorPool()
 
+#: how long a stopping driver waits for the coordinator to record its trials in flight. A live
+#: coordinator answers in milliseconds; after a terminal's Ctrl-C, whose SIGINT reaches Ray's
+#: processes too, the call may never be answered, and the user is waiting: the driver then records
+#: them itself (``_record_interrupt``), or ``autoopt resume`` reaps them.
+STOP_CALL_TIMEOUT_S = 15.0
+
 # Errors that mean the worker (or its node) went away, not that the configuration is bad.
 _WORKER_LOST = (
     ray.exceptions.WorkerCrashedError,
@@ -832,16 +838,20 @@ class StudyRunner:
         for ref in running:
             ray.cancel(ref, force=True)
         self._unrecorded = []
+        reachable = self.coordinator is not None
         for number in self._in_flight:
             try:
-                ray.get(self.coordinator.fail.remote(number, reason, True), timeout=60)
+                if not reachable:  # one call that failed is enough: each would wait as long
+                    raise RuntimeError("the coordinator did not answer")
+                ray.get(self.coordinator.fail.remote(number, reason, True), timeout=STOP_CALL_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - the coordinator went down with Ray: see _record_interrupt
+                reachable = False
                 self._unrecorded.append(number)
                 _log.warning("autoopt: trial %d could not be recorded as stopped (%s); `autoopt resume %s` "
                              "will", number, _first_line(exc), self.spec.name)
-        if self.coordinator is not None:
+        if self.coordinator is not None and reachable:
             try:  # and any trial of this session the loop lost track of (a collect cut short)
-                ray.get(self.coordinator.fail_running.remote(reason), timeout=60)
+                ray.get(self.coordinator.fail_running.remote(reason), timeout=STOP_CALL_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001
                 _log.warning("autoopt: running trials could not be recorded as stopped (%s)", _first_line(exc))
 
