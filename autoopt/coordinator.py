@@ -309,6 +309,8 @@ class StudyCoordinator:
         self._configs: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # running here: config, params
         #: trials prepare() sampled and queued: their configuration and params, for ask()
         self._prepared: dict[int, tuple[Any, dict[str, Any]]] = {}
+        #: the node each running trial's worker announced (on the Ray client: lost_trials)
+        self._nodes: dict[int, str] = {}
         #: a trial prepare() sampled whose WAITING write the storage refused (retried first)
         self._unqueued: tuple[optuna.Trial, Any] | None = None
         self._claimed: dict[int, int] = {}  # a trial this driver ran -> the re-run it took over (_reclaim)
@@ -452,6 +454,7 @@ class StudyCoordinator:
     @_survives_storage_outage
     def tell(self, number: int, outcome: dict[str, Any]) -> str:
         """Store a worker's outcome (status, value, curve, reason) and close the trial."""
+        self._nodes.pop(number, None)
         state, value, attrs = R.outcome_attrs(outcome)
         if self.full is not None and "StorageFullError" in str(outcome.get("reason")):
             # it failed only because its reports could not be stored: recorded as stopped, to run again
@@ -477,6 +480,7 @@ class StudyCoordinator:
     @_survives_storage_outage
     def fail(self, number: int, reason: str, retry: bool) -> bool:
         """A trial whose worker died: record why; re-enqueue its params if retries are left."""
+        self._nodes.pop(number, None)
         trial_id = self._trial_id(number)
         frozen = self.storage.get_trial(trial_id)
         if not frozen.state.is_finished():
@@ -493,6 +497,20 @@ class StudyCoordinator:
             self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
             self._refresh_tally()  # a new WAITING trial (rare: a retry)
         return retried
+
+    def trial_started(self, number: int, node_id: str) -> None:
+        """A trial's worker says where it runs (sent without waiting; kept in memory only)."""
+        self._nodes[number] = node_id
+
+    def lost_trials(self) -> list[int]:
+        """Announced running trials whose node Ray's GCS lists as dead. The driver on the Ray
+        client asks: its client server sometimes never learns that such a trial's worker is gone."""
+        import ray
+
+        if not self._nodes:
+            return []
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        return sorted(number for number, node in self._nodes.items() if node not in alive)
 
     @_survives_storage_outage
     def prepare(self) -> int | None:

@@ -121,12 +121,16 @@ def run_trial(
     eval_every_steps: int | None = None,
     objective: ObjectiveFacts | None = None,
     decides: tuple[int, frozenset[int]] | None = None,
+    announce: bool = False,
 ) -> dict[str, Any]:
     """What a Ray worker runs for one trial: the task's training loop or the user's objective, both
     through one :class:`~autoopt.trial.Trial`. Returns a TrialOutcome dict; never raises for bad configs.
 
     ``decides``: (the pruner's resource, the epochs up to it at which the pruner can stop a trial);
-    reports at other epochs are sent without waiting for the answer (None: wait at every epoch)."""
+    reports at other epochs are sent without waiting for the answer (None: wait at every epoch).
+    ``announce``: tell the coordinator this worker's node first (the Ray client's lost-node check)."""
+    if announce:
+        coordinator.trial_started.remote(number, ray.get_runtime_context().get_node_id())
     import torch
 
     from autoopt.train import pick_device, seed_everything
@@ -268,6 +272,8 @@ COORDINATORS = CoordinatorPool()
 #: processes too, the call may never be answered, and the user is waiting: the driver then records
 #: them itself (``_record_interrupt``), or ``autoopt resume`` reaps them.
 STOP_CALL_TIMEOUT_S = 15.0
+#: on the Ray client, how often the driver asks which running trials are on a dead node
+LOST_CHECK_S = 5.0
 
 # Errors that mean the worker (or its node) went away, not that the configuration is bad.
 _WORKER_LOST = (
@@ -465,6 +471,8 @@ class StudyRunner:
         self._sent: list[Any] = []
         self._settle = False  # on the Ray client: wait for each sent call (see _run)
         self._futures: dict[Any, Any] = {}  # on the Ray client: each running trial's future (_finished_trials)
+        self._lost: dict[Any, str] = {}  # on the Ray client: trials found on a dead node, and why
+        self._lost_checked = 0.0
         self._pool_key: Any = None  # where this study's coordinator goes back to (CoordinatorPool)
         self._reopened = False  # a kept coordinator took this study (its reopen answered already)
         self._progress_write: Any = None  # the last mid-study MLflow progress write (a Future)
@@ -835,6 +843,7 @@ class StudyRunner:
         """The loop ended early: stop the trials in flight and record them as failed (re-run on resume)."""
         self._in_flight = sorted(running.values())
         self._futures.clear()
+        self._lost.clear()
         for ref in running:
             ray.cancel(ref, force=True)
         self._unrecorded = []
@@ -900,7 +909,7 @@ class StudyRunner:
         return _run_trial_remote.options(
             num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,
-                  threads, self.spec.eval_every_steps, self.objective_facts, self._decides)
+                  threads, self.spec.eval_every_steps, self.objective_facts, self._decides, self._settle)
 
     def _decision_epochs(self) -> tuple[int, frozenset[int]] | None:
         """(resource, epochs at which the study's pruner can stop a trial): the worker waits for the
@@ -936,12 +945,35 @@ class StudyRunner:
                 future = self._futures[ref] = ref.future()
             futures[future] = ref
         done, _ = concurrent.futures.wait(futures, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
-        return [futures[f] for f in done]
+        finished = [futures[f] for f in done]
+        now = time.time()
+        if now - self._lost_checked >= LOST_CHECK_S:
+            # and a backstop for when the client server never learns of the loss at all (its
+            # futures then never complete either, seen in the same test): trials whose node
+            # Ray's GCS lists as dead, as the coordinator (on the cluster, not behind the client)
+            # finds them from the node each trial's worker announced
+            self._lost_checked = now
+            numbers = set(ray.get(self.coordinator.lost_trials.remote(), timeout=60))
+            for ref, number in running.items():
+                if number in numbers and ref not in finished:
+                    self._lost[ref] = "worker lost: its node died (Ray lists it as dead)"
+                    finished.append(ref)
+        return finished
 
     def _outcome(self, ref: Any, number: int) -> dict[str, Any] | None:
         """A finished trial's outcome for the coordinator's tell; None when the trial's worker was
         lost or it raised, which is recorded here (failed, re-run if it may be)."""
         future = self._futures.pop(ref, None)
+        lost = self._lost.pop(ref, None)
+        if lost is not None:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - its worker is gone already
+                pass
+            ray.get(self.coordinator.fail.remote(number, lost, True))
+            self._mlflow_gaps = True
+            self.progress.finished_this_run += 1
+            return None
         try:
             outcome = future.result() if future is not None else ray.get(ref)
         except _WORKER_LOST as exc:

@@ -217,3 +217,21 @@ def test_a_trial_sampled_before_an_outage_is_queued_not_left_running(pg_url):
     assert trials[0].params and set(trials[0].params) >= {"optimizer"}
     item = c.ask()
     assert item["number"] == number and item["config"]["optimizer"] == trials[0].params["optimizer"]
+
+
+def test_lost_trials_are_the_running_ones_whose_node_ray_lists_as_dead(ray_local, tmp_path):
+    """What the driver on the Ray client falls back on when its client server never learns that a
+    node running trials was killed: the nodes the trials' workers announced, against Ray's GCS."""
+    import ray
+
+    c = make(f"sqlite:///{tmp_path / 's.db'}", "lost", n_trials=4)
+    here = ray.get_runtime_context().get_node_id()
+    gone = "ff" * 28  # a node id no node of this Ray has
+    first, second = c.ask(), c.ask()
+    assert c.lost_trials() == []  # nothing announced yet
+    c.trial_started(first["number"], here)
+    c.trial_started(second["number"], gone)
+    assert c.lost_trials() == [second["number"]]
+    c.fail(second["number"], "worker lost: its node died", True)
+    c.tell(first["number"], OUTCOME)
+    assert c.lost_trials() == []  # finished trials are forgotten
