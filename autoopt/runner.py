@@ -303,14 +303,7 @@ def _stop_reason(exc: BaseException) -> str:
     return INTERRUPTED
 
 
-#: set by the driver's SIGINT/SIGTERM handler: the dispatch loop raises KeyboardInterrupt itself
-#: when it sees it, in case the handler's exception was lost inside a Ray call (the loop spends
-#: most of its time in ``ray.wait``; twice in full suite runs a Ctrl-C left the driver running on)
-_SIGNALLED = threading.Event()
-
-
 def _interrupt(signum: int, frame: Any) -> None:
-    _SIGNALLED.set()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -467,7 +460,6 @@ class StudyRunner:
         self._in_flight: list[int] = []
         self._unrecorded: list[int] = []
         self._sigterm_before: Any = None
-        self._sigint_before: Any = None
         self.interrupt: dict[str, Any] | None = None
         self.gpus_per_trial = 0.0 if spec.gpus_per_trial == "auto" else float(spec.gpus_per_trial)
         self.resource_request: dict[str, float] = {}
@@ -684,13 +676,9 @@ class StudyRunner:
                 raise StorageError(str(exc.cause)) from None
             raise
         finally:
-            if self._sigterm_before is not None:  # this study (on the main thread) took the signals
+            if self._sigterm_before is not None:
                 signal.signal(signal.SIGTERM, self._sigterm_before)
                 self._sigterm_before = None
-                _SIGNALLED.clear()
-            if self._sigint_before is not None:
-                signal.signal(signal.SIGINT, self._sigint_before)
-                self._sigint_before = None
 
     def _fit_resources(self) -> None:
         """Resolve ``gpus_per_trial: auto`` on this cluster; refuse a request no node can ever run."""
@@ -722,9 +710,6 @@ class StudyRunner:
         if threading.current_thread() is threading.main_thread():
             # Ray's driver handler exits at once on SIGTERM; stop like Ctrl-C instead, recording it
             self._sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not a handler of the user's
-                self._sigint_before = signal.signal(signal.SIGINT, _interrupt)
-            _SIGNALLED.clear()
         self._fit_resources()
         task_ref: Any = None
         if self.objective is not None:
@@ -802,10 +787,7 @@ class StudyRunner:
                         break
                     exhausted = False  # a reaped trial may have been re-enqueued: ask again
                     continue
-                finished = self._finished_trials(running)
-                if self._sigterm_before is not None and _SIGNALLED.is_set():  # this study took the signals
-                    raise KeyboardInterrupt("signal")
-                for ref in finished:
+                for ref in self._finished_trials(running):
                     outcome = self._outcome(ref, running[ref])  # a lost worker, an error: recorded here
                     number = running.pop(ref)
                     asked = may_ask() and dispatch_next()  # the freed worker's next trial first
