@@ -28,6 +28,16 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 # end-of-study report is written before it returns here (tests/test_engine.py covers the default)
 os.environ["AUTOOPT_REPORT_IN_BACKGROUND"] = "0"
 
+# A test run started in the background of a non-interactive shell (`make test &`, `nohup ... &`)
+# inherits SIGINT ignored, and so would every `autoopt run` a test starts: the Ctrl-C tests'
+# drivers then never see the SIGINT they are sent and run on until the test times out (what the
+# runs by hand on 2026-12-04 hit: /proc/<driver>/status SigIgn had SIGINT). A terminal's Ctrl-C
+# is what those tests stand for, so the test processes and their children get the default back.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
