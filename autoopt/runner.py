@@ -10,6 +10,7 @@ allowed); a pruned trial returns at once, so its GPU goes to the next trial imme
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -936,8 +937,6 @@ class StudyRunner:
         stuck in the gRPC call, the server thread in ``CoreWorkerMemoryStore::Wait``)."""
         if not self._settle:
             return ray.wait(list(running), num_returns=1, timeout=0.5, fetch_local=False)[0]
-        import concurrent.futures
-
         futures = {}
         for ref in running:
             future = self._futures.get(ref)
@@ -976,9 +975,7 @@ class StudyRunner:
             except Exception:  # noqa: BLE001 - its worker is gone already
                 pass
             ray.get(self.coordinator.fail.remote(number, lost, True))
-            self._mlflow_gaps = True
-            self.progress.finished_this_run += 1
-            return None
+            return self._not_told()
         try:
             outcome = future.result() if future is not None else ray.get(ref)
         except _WORKER_LOST as exc:
@@ -1004,7 +1001,12 @@ class StudyRunner:
                     "incomplete; workers retry and go on logging once the server answers again"), stacklevel=2)
             self.progress.finished_this_run += 1
             return outcome
-        self._mlflow_gaps = True  # its worker did not end the trial's MLflow run: the study's end syncs it
+        return self._not_told()
+
+    def _not_told(self) -> None:
+        """A trial recorded here as failed (not told): its worker did not end the trial's MLflow run,
+        which the study's end syncs."""
+        self._mlflow_gaps = True
         self.progress.finished_this_run += 1
         return None
 

@@ -137,7 +137,8 @@ def sync_study(
             outcome = outcome_of(trial, direction)
             status = run_status(trial)
             run = by_number.get(trial.number)
-            if (run is not None and run.info.status == status and "trial_number" in run.data.params
+            has_params = run is not None and "trial_number" in run.data.params
+            if (has_params and run.info.status == status
                     and run.data.tags.get(A + "epochs_logged") == str(len(outcome.history))):
                 report["unchanged"] += 1
                 continue
@@ -148,7 +149,7 @@ def sync_study(
                 report["created"] += 1
             else:
                 logger.run_id = run.info.run_id
-                logger._params_logged = "trial_number" in run.data.params
+                logger._params_logged = has_params
                 ok, points = conn.call("read curve", "get_metric_history", run.info.run_id, tracker.metric_name, _force=True)
                 logger._logged_epochs = {int(p.step) for p in points} if ok else set()
                 report["completed"] += 1

@@ -492,8 +492,8 @@ class TrialLogger:
             return None
         if not self._create_run(tags)[0]:
             return None
-        if is_remote(self.config.tracking_uri):
-            self._params_logged = self._log_async("log params", p=self._param_entities())
+        if is_remote(self.config.tracking_uri):  # a server is written to at once (see _log_async)
+            self._log_params()
         else:  # off the trial's path; confirmed in finish()
             self._pending.append((tracking_thread().submit(self._log_params), [], []))
         return self.run_id
@@ -683,9 +683,8 @@ class TrialLogger:
                        params: list | None = None) -> None:
         ok, _ = self.conn.call("log trial outcome", "log_batch", self.run_id, metrics=metrics, tags=tags,
                                params=params or ())
-        if ok and params:
-            self._params_logged = True
         if ok:
+            self._params_logged = self._params_logged or bool(params)
             self._logged_epochs.update(rec.key for rec, _ in tail)
             self._buffer.clear()
             self._buffer_times.clear()
