@@ -849,16 +849,18 @@ class StudyRunner:
             ray.cancel(ref, force=True)
         self._unrecorded = []
         reachable = self.coordinator is not None
+        why = "no coordinator"
         for number in self._in_flight:
-            try:
-                if not reachable:  # one call that failed is enough: each would wait as long
-                    raise RuntimeError("the coordinator did not answer")
-                ray.get(self.coordinator.fail.remote(number, reason, True), timeout=STOP_CALL_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - the coordinator went down with Ray: see _record_interrupt
-                reachable = False
-                self._unrecorded.append(number)
-                _log.warning("autoopt: trial %d could not be recorded as stopped (%s); `autoopt resume %s` "
-                             "will", number, _first_line(exc), self.spec.name)
+            if reachable:  # after one call that failed, no more: each would wait as long
+                try:
+                    ray.get(self.coordinator.fail.remote(number, reason, True), timeout=STOP_CALL_TIMEOUT_S)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the coordinator went down with Ray: see _record_interrupt
+                    reachable = False
+                    why = _first_line(exc)
+            self._unrecorded.append(number)
+            _log.warning("autoopt: trial %d could not be recorded as stopped (%s); `autoopt resume %s` "
+                         "will", number, why, self.spec.name)
         if self.coordinator is not None and reachable:
             try:  # and any trial of this session the loop lost track of (a collect cut short)
                 ray.get(self.coordinator.fail_running.remote(reason), timeout=STOP_CALL_TIMEOUT_S)
