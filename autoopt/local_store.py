@@ -9,6 +9,7 @@ folder (the Default experiment's artifact location) set as MLflow would have set
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import tempfile
@@ -40,7 +41,15 @@ def _make_template(path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    store = SqlAlchemyStore(f"sqlite:///{scratch}", str(path.parent / "unused-artifacts"))
+    # MLflow logs "Creating initial MLflow database tables..." at INFO: this is a cache, not the
+    # user's store, so a user's first study does not print it
+    quiet = logging.getLogger("mlflow.store.db.utils")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{scratch}", str(path.parent / "unused-artifacts"))
+    finally:
+        quiet.setLevel(level)
     store.engine.dispose()
     os.replace(scratch, path)
 

@@ -7,6 +7,7 @@ TrialLogger per trial. One trial is pruned (MedianPruner) and one fails (divergi
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import subprocess
@@ -500,7 +501,7 @@ def test_worker_logs_to_a_tracking_server_and_survives_losing_it(tmp_path):
     assert sorted(m.step for m in points) == [1, 2, 3]
 
 
-def test_a_new_local_store_is_a_copy_of_an_empty_one_that_mlflow_accepts(tmp_path, monkeypatch):
+def test_a_new_local_store_is_a_copy_of_an_empty_one_that_mlflow_accepts(tmp_path, monkeypatch, caplog):
     """A store copied from the cached empty store holds what MLflow's own migrations create (the
     same schema, revision and rows, the Default experiment's folder set for this one), never
     replaces an existing store, and MLflow uses it as its own."""
@@ -514,7 +515,12 @@ def test_a_new_local_store_is_a_copy_of_an_empty_one_that_mlflow_accepts(tmp_pat
     native = tmp_path / "native.db"
     SqlAlchemyStore(f"sqlite:///{native}", "./mlruns").engine.dispose()  # what MLflow makes by itself
     copied = tmp_path / "project" / "mlflow.db"
-    assert ensure_local_store(copied) and any((tmp_path / "cache").iterdir())
+    caplog.clear()  # the native store above logged them
+    with caplog.at_level(logging.INFO, logger="mlflow"):
+        assert ensure_local_store(copied) and any((tmp_path / "cache").iterdir())
+    # the cache's build is not the user's store: a first study prints no "Creating initial MLflow
+    # database tables..." (MLflow's INFO lines reach the terminal of `autoopt run`)
+    assert not [r for r in caplog.records if r.name.startswith("mlflow.store")], caplog.text
     assert not ensure_local_store(copied)  # exists: left alone
 
     def contents(path):  # the structure (tables, their columns, indexes) and rows; not the DDL text, whose
