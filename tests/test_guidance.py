@@ -103,3 +103,26 @@ def test_guidance_hyperparameters(shipped):
     assert 0 < adamw.hyperparameters["warmup_fraction"] <= 0.1  # warmup for transformers with Adam, <= 10%
     sf = next(r for r in nlp if r.optimizer == "schedulefree_adamw")
     assert sf.hyperparameters["scheduler"] == "constant"  # schedule-free: no schedule
+
+
+def test_an_override_names_what_took_the_rules_place_and_each_rule_once(shipped):
+    """`recommend --task cv --batch 128`: three Adam rules lose Adam's top-3 place. The answer
+    must name the picks that took it (not compare Adam with the first pick, which the rules put
+    there themselves), and say it once for the three rules."""
+    q = TaskTraits(domain="cv", batch_size=128)
+    ans = shipped.rank(q, top=5)
+    ruled = Recommender(model=None).rank(q, top=5).optimizers
+    top3 = [o for o in ans.optimizers[:3]]
+    assert ans.overrides, "the shipped model keeps every rule's favourite here: pick another query"
+    for o in ans.overrides:
+        if o["position"] == "first":
+            assert o["instead"] == ans.optimizers[0] and o["favours"] == ruled[0]
+            continue
+        assert o["favours"] in ruled[:3] and o["favours"] not in top3
+        assert o["displaced_by"] and all(d in top3 and d not in ruled[:3] for d in o["displaced_by"])
+        assert o["instead"] == o["displaced_by"][0]
+        assert set(o["evidence"]["predicted_regret"]) == {*o["displaced_by"], o["favours"]}
+    reason = ans[0].reasons[0]
+    assert reason["rule"] == "data-override"
+    for o in ans.overrides:
+        assert reason["text"].count(o["rule"]) == 1, reason["text"]

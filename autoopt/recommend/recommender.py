@@ -16,7 +16,8 @@ configuration, 1 = the median of its lr x optimizer grid):
 
 The answer is a portfolio (portfolio.py): the first pick has the lowest expected regret, each next
 pick most lowers the expected best-of. Where the data moves a rule's favourite out of first place
-or out of the top 3, the answer says which rule and on what evidence (``overrides``).
+or out of the top 3, the answer says which rule and on what evidence (``overrides``: the rule, the
+optimizer it favours, the picks that took its place, ``displaced_by``, and their predicted regrets).
 Hyperparameters: the rules' values (each with the rule behind it); the learned lr blended in log
 space with weight w; the schedule from rule votes blended with the policy the zoo measured.
 
@@ -620,7 +621,7 @@ class Recommender:
         overrides_found = self._overrides(advice, recs, [r.optimizer for r in recs], self._names(ruled, feasible))
         if overrides_found and recs:
             recs[0].reasons.insert(0, {
-                "rule": "data-override", "text": " ".join(o["text"] for o in overrides_found),
+                "rule": "data-override", "text": _override_text(overrides_found),
                 "sources": [ZOO_SOURCE], "source_ids": [], "weight": 0.0,
                 "overrides": [o["rule"] for o in overrides_found],
             })
@@ -716,20 +717,33 @@ class Recommender:
             if not (first_lost or top_lost):
                 continue
             fav = ruled[0] if first_lost else sorted(favoured & set(ruled[:k]))[0]
-            mine, theirs = by_name[final[0]], by_name[fav]
+            theirs = by_name[fav]
+            # who took its place: the first pick, or the top-k picks the rules alone would not have made
+            took = [final[0]] if first_lost else [o for o in final[:k] if o not in ruled[:k]] or [final[0]]
+            near = by_name[took[0]].evidence.get("n_near", 0.0)
+            said = ", ".join(f"{o} at lr {by_name[o].hyperparameters['lr']:.3g} at regret "
+                             f"{by_name[o].predicted_regret:.2f}±{by_name[o].predicted_regret_std or 0:.2f}" for o in took)
+            if first_lost:
+                why = (f"on the zoo's tasks near these traits (evidence {near:.1f} tasks) "
+                        f"{said.replace(' at regret', ' is predicted at regret', 1)} vs {fav} at "
+                        f"{theirs.predicted_regret:.2f}±{theirs.predicted_regret_std or 0:.2f}")
+            else:  # out of the top k: the portfolio's picks, each chosen for where the ones before it may fail
+                why = (f"{fav} (predicted regret {theirs.predicted_regret:.2f}±"
+                        f"{theirs.predicted_regret_std or 0:.2f}) leaves the top {k} for {', '.join(took)}; on the "
+                        f"zoo's tasks near these traits (evidence {near:.1f} tasks) the model predicts {said}, and each "
+                        f"pick is the one that most lowers the expected regret of the best of the first {k}")
             out.append({
                 "rule": rule.id,
                 "favours": fav,
-                "instead": final[0],
+                "instead": took[0],
+                "displaced_by": took,
                 "position": "first" if first_lost else f"top {k}",
-                "evidence": {"n_near": round(mine.evidence.get("n_near", 0.0), 2),
-                             "similar_tasks": mine.evidence.get("similar_studies", 0),
-                             "predicted_regret": {final[0]: _r(mine.predicted_regret), fav: _r(theirs.predicted_regret)}},
-                "text": f"Overrides {rule.id} ({fav}): on the zoo's tasks near these traits (evidence "
-                        f"{mine.evidence.get('n_near', 0.0):.1f} tasks) {final[0]} at lr {mine.hyperparameters['lr']:.3g} "
-                        f"is predicted at regret {mine.predicted_regret:.2f}±{mine.predicted_regret_std or 0:.2f} vs "
-                        f"{fav} at {theirs.predicted_regret:.2f}±{theirs.predicted_regret_std or 0:.2f} "
-                        "(0 = a task's best configuration, 1 = its grid's median).",
+                "evidence": {"n_near": round(near, 2),
+                             "similar_tasks": by_name[took[0]].evidence.get("similar_studies", 0),
+                             "predicted_regret": {**{o: _r(by_name[o].predicted_regret) for o in took},
+                                                  fav: _r(theirs.predicted_regret)}},
+                "because": why,
+                "text": f"Overrides {rule.id} ({fav}): {why} (0 = a task's best configuration, 1 = its grid's median).",
             })
         return out
 
@@ -994,6 +1008,16 @@ def _prior_regret(prior: float) -> float:
     """The regret whose score 1 / (1 + regret) is the prior ``prior``."""
     return (1.0 - prior) / max(prior, 1e-6)
 
+
+
+def _override_text(overrides: list[dict[str, Any]]) -> str:
+    """One sentence per distinct reason: several rules that favour the same optimizer and lose it
+    to the same picks are named together rather than repeated."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for o in overrides:
+        groups.setdefault((o["favours"], o["because"]), []).append(o["rule"])
+    return " ".join(f"Overrides {', '.join(rules)} ({fav}): {why}." for (fav, why), rules in groups.items()) + \
+        " (Regret 0 = a task's best configuration, 1 = its grid's median.)"
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 3)
