@@ -59,6 +59,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "autoopt.cli", *args]
 
 
+@pytest.mark.slow
 def test_full_disk_stops_the_study_with_the_real_reason_and_keeps_the_storage(workdir, small_disk):
     gate = workdir / "gate"
     gate.mkdir()

@@ -51,6 +51,7 @@ def _states(url: str, name: str) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_leaves_nothing_running(workdir):
     gate = workdir / "gate"
     gate.mkdir()

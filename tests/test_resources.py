@@ -58,6 +58,7 @@ def test_readme_python_example_runs_on_a_cpu_only_machine(ray_local, workdir):
     assert result.study.user_attrs["autoopt.spec"]["gpus_per_trial"] == "auto"  # re-resolved on resume
 
 
+@pytest.mark.slow
 def test_an_autoscaling_cluster_waits_and_warns_every_interval(workdir):
     """With AUTOOPT_AUTOSCALING=1 a GPU request on a CPU-only Ray is waited for (a node may be
     added), and the user hears about it every AUTOOPT_RESOURCE_WARN_S seconds; Ctrl-C ends it."""

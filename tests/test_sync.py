@@ -44,6 +44,7 @@ def _let_through(gate, n: int, start: int) -> None:
         (gate / f"token-{i:03d}").touch()
 
 
+@pytest.mark.slow
 def test_mlflow_down_at_start_and_mid_study_loses_nothing(ray_local, workdir, monkeypatch):
     monkeypatch.setenv("AUTOOPT_TRACKING_COOLDOWN_S", "1")
     store = default_tracking_uri(workdir)
