@@ -126,3 +126,19 @@ def test_an_override_names_what_took_the_rules_place_and_each_rule_once(shipped)
     assert reason["rule"] == "data-override"
     for o in ans.overrides:
         assert reason["text"].count(o["rule"]) == 1, reason["text"]
+
+
+def test_a_query_without_the_models_size_is_told_where_the_learned_lr_comes_from(shipped):
+    """The learned lrs are those of the zoo's small models (AdamW near 0.03 for nlp): a user who
+    does not give the model's size is told so, and how to ask for a large model; with the size
+    given, the note goes (a 100M model is an extrapolation: the rules set a small lr)."""
+    unsized = shipped.rank(TaskTraits(domain="nlp", batch_size=16), top=3)
+    note = unsized.notes[0]
+    assert note["rule"] == "model-size-unstated" and "--params" in note["text"]
+    low, high = shipped.model.params_range()
+    assert low < 1e4 and 1e5 < high < 1e7 and unsized[0].hyperparameters["lr"] > 0.005
+    for size in (50_000, 100_000_000):
+        sized = shipped.rank(TaskTraits(domain="nlp", batch_size=16, n_params=size), top=3)
+        assert "model-size-unstated" not in [n["rule"] for n in sized.notes]
+    big = shipped.rank(TaskTraits(domain="nlp", batch_size=16, n_params=100_000_000), top=3)
+    assert big[0].hyperparameters["lr"] < 0.005 and big.notes[0]["rule"] == "extrapolation"

@@ -281,6 +281,12 @@ class CompiledModel:
                             "range": [_sig(base ** lo), _sig(base ** hi)]})
         return out
 
+    def params_range(self) -> tuple[float, float] | None:
+        """The smallest and largest model (parameters) the meta-dataset learned from."""
+        col = NUMERIC_FEATURES.index("log10_params")
+        known = self.instance_numeric[:, col][np.isfinite(self.instance_numeric[:, col])]
+        return (_sig(10 ** known.min()), _sig(10 ** known.max())) if known.size else None
+
     def lr_curves(self, traits: Any, optimizers: list[str],
                   shrinkage: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """optimizer -> (log10 lr grid, per-scenario smoothed predicted regret (n_trees, n_lr)).
@@ -426,6 +432,14 @@ class CompiledModel:
             m.lr_weight = n_lr / (n_lr + self.evidence_k)
             out[o] = m
         return out
+
+
+def _count(v: float) -> str:
+    """A parameter count as people write it: 1.2k, 850k, 3.4M."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
 
 
 def _sig(v: float) -> float:
@@ -632,6 +646,9 @@ class Recommender:
             notes.insert(0, {"text": f"Extrapolating: {what} lies outside the tasks the model learned from, "
                                      "so the rules decide (the learned model's weight is cut to "
                                      f"{EXTRAPOLATION_WEIGHT:.0%}).", "rule": "extrapolation", "sources": []})
+        unsized = self._unsized_note(t, recs)
+        if unsized:
+            notes.insert(0, unsized)
         if top is not None:
             recs = recs[:top]
         return RecommendationSet(
@@ -695,6 +712,20 @@ class Recommender:
         picks, best_of = greedy(point, scenarios, k, first=first)
         rest = sorted((i for i in range(len(recs)) if i not in picks), key=lambda i: (point[i], recs[i].optimizer))
         return picks + rest, best_of
+
+    def _unsized_note(self, t: TaskTraits, recs: list[Recommendation]) -> dict[str, Any] | None:
+        """A query without the model's size gets learned lrs of the zoo's small models: say so, since
+        a large model trained at them may diverge (with the size given, a model outside the zoo's
+        range is an extrapolation and the rules set the lr)."""
+        if self.model is None or t.n_params is not None or not recs or recs[0].learned_weight <= 0:
+            return None
+        span = self.model.params_range()
+        if span is None:
+            return None
+        return {"text": f"The learned lrs come from the meta-dataset's models of {_count(span[0])}-{_count(span[1])} "
+                        "parameters trained for a few hundred steps; this query does not give the model's size. "
+                        "For a larger model give it (`--params 100M`; traits n_params): outside that range the "
+                        "rules set the lr.", "rule": "model-size-unstated", "sources": [ZOO_SOURCE]}
 
     def _overrides(self, advice: Advice, recs: list[Recommendation], final: list[str], ruled: list[str]) -> list[dict[str, Any]]:
         """Rules whose favourite the rules alone would put first (or in the top 3) and the data moved out."""
