@@ -723,7 +723,7 @@ class Recommender:
         if span is None:
             return None
         return {"text": f"The learned lrs come from the meta-dataset's models of {_count(span[0])}-{_count(span[1])} "
-                        "parameters trained for a few hundred steps; this query does not give the model's size. "
+                        "parameters (the shipped zoo's runs are 60-300 steps); this query does not give the model's size. "
                         "For a larger model give it (`--params 100M`; traits n_params): outside that range the "
                         "rules set the lr.", "rule": "model-size-unstated", "sources": [ZOO_SOURCE]}
 
