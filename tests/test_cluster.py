@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,13 +110,40 @@ def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
     env.update(cluster.client_env())  # ray://: the host of a compose stack, outside the cluster
     env["AUTOOPT_RECOMMEND_DIR"] = os.environ["AUTOOPT_RECOMMEND_DIR"]
     env["AUTOOPT_TRUSTED_TASKS"] = "helper_tasks"  # `resume` imports the stored task path only if trusted
+    env["PYTHONFAULTHANDLER"] = "1"  # a client stuck at a test's end shows its threads (_no_client_outlives_its_test)
     env.update(extra)
     return env
 
 
+#: the CLI clients the running test started (see _no_client_outlives_its_test)
+_CLIENTS: list[subprocess.Popen] = []
+
+
 def start_cli(cluster: LocalCluster, spec: Path, cwd: Path, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([AUTOOPT, "run", str(spec), "--json", *args], cwd=cwd, env=client_env(cluster, **env),
+    proc = subprocess.Popen([AUTOOPT, "run", str(spec), "--json", *args], cwd=cwd, env=client_env(cluster, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _CLIENTS.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_client_outlives_its_test():
+    """A test that fails while its client still runs (a wait that timed out) would leave that
+    client's Ray session alive, and its queued trials would take the worker nodes the next tests
+    start: one failure became five. End such a client; faulthandler (PYTHONFAULTHANDLER, set in
+    client_env) prints where each of its threads was on SIGABRT, which the test's report shows."""
+    yield
+    while _CLIENTS:
+        proc = _CLIENTS.pop()
+        if proc.poll() is not None:
+            continue
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        print(f"client still running at the end of its test, ended: {proc.args}\n{(err or '')[-12000:]}")
 
 
 def finish(proc: subprocess.Popen, timeout: float = 420) -> tuple[dict[str, Any], str]:
@@ -537,6 +565,7 @@ def test_postgres_down_too_long_fails_clearly_then_resumes(cluster, live_worker,
     resume = subprocess.Popen([AUTOOPT, "resume", "outage-study", "--storage", url, "--json"], cwd=tmp_path,
                               env=client_env(cluster, AUTOOPT_STALE_AFTER_S="2"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _CLIENTS.append(resume)
     result, _ = finish(resume)
     final = trials(url, "outage-study")
     for number, value in done_before.items():
