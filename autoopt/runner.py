@@ -958,7 +958,7 @@ class StudyRunner:
                 numbers = set(ray.get(self.coordinator.lost_trials.remote(), timeout=30))
             except ray.exceptions.RayError as exc:  # a timeout too
                 # a backstop only: a coordinator that is gone surfaces at the next call that needs it
-                _log.debug("autoopt: lost-trial check skipped (%s)", _first_line(exc))
+                _log.warning("autoopt: lost-trial check skipped (%s)", _first_line(exc))
                 numbers = set()
             for ref, number in running.items():
                 if number in numbers and ref not in finished:

@@ -456,13 +456,21 @@ def test_worker_node_killed_mid_study(cluster, live_worker, tmp_path):
     done_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
     running = {t.number for t in before if t.state == TrialState.RUNNING}
     victim = live_worker
+    victim_id = victim.node_id  # read from its raylet's arguments: gone with the kill
     victim.kill()
     wait_for("the node's processes to be gone", lambda: not victim.pids(), 10)
     def all_failed() -> list[optuna.trial.FrozenTrial] | None:
         failed = [t for t in trials(url, "kill-study") if t.state == TrialState.FAIL]
         return failed if {t.number for t in failed} == running else None
 
-    failed = wait_for("the killed trials to be failed", all_failed, 120, proc)
+    try:
+        failed = wait_for("the killed trials to be failed", all_failed, 120, proc)
+    except pytest.fail.Exception as exc:  # what the driver's lost-node check had to go on (a rare flake)
+        status, body = http(cluster.head.dashboard_url + "/api/v0/nodes?detail=1&limit=100",
+                            {"Authorization": f"Bearer {cluster.token}"})
+        story = [(t.number, t.state.name, t.user_attrs.get(R.NODE_ID), t.user_attrs.get(R.REASON))
+                 for t in trials(url, "kill-study")]
+        pytest.fail(f"{exc}\nkilled node {victim_id}; trials {story}\nnodes ({status}): {body[:3000]}")
     gate.open()
     new = cluster.add_worker()
     result, _ = finish(proc)
