@@ -112,7 +112,7 @@ def test_an_override_names_what_took_the_rules_place_and_each_rule_once(shipped)
     q = TaskTraits(domain="cv", batch_size=128)
     ans = shipped.rank(q, top=5)
     ruled = Recommender(model=None).rank(q, top=5).optimizers
-    top3 = [o for o in ans.optimizers[:3]]
+    top3 = ans.optimizers[:3]
     assert ans.overrides, "the shipped model keeps every rule's favourite here: pick another query"
     for o in ans.overrides:
         if o["position"] == "first":

@@ -112,6 +112,8 @@ def render(answer: Any, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from autoopt.recommend.recommender import REGRET_SCALE
+
     console = console or Console(width=None if sys.stdout.isatty() else 130)
     t = answer.traits
     desc = [f"task {t.domain}"]
@@ -136,7 +138,7 @@ def render(answer: Any, console: Any = None) -> None:
     table = Table(
         title=f"Optimizers for {', '.join(desc)}",
         caption=f"rule prior + {evidence}; portfolio order (each pick most lowers the expected best-of); "
-        "regret 0 = a task's best configuration, 1 = its grid's median",
+        f"regret {REGRET_SCALE}",
         box=box.SIMPLE_HEAD, pad_edge=False,
     )
     for col, kw in (

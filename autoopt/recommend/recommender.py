@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from autoopt.core.catalog import CATALOG, SCHEDULERS
-from autoopt.core.traits import QUERY, TaskTraits, human_bytes
+from autoopt.core.traits import QUERY, TaskTraits, human_bytes, human_count
 from autoopt.recommend.features import (
     NUMERIC_FEATURES, TraitEncoding, kernel_weights, numeric_row, population_weights, trait_distances,
 )
@@ -140,6 +140,8 @@ LR_RANGE_MARGIN = 0.15
 EXTRAPOLATION_MARGIN = {0: 1.0, 2: 0.5, 3: 0.5}
 #: The learned model's weight is multiplied by this when extrapolating: the rules decide.
 EXTRAPOLATION_WEIGHT = 0.15
+#: What the regret numbers in an answer's reasons mean.
+REGRET_SCALE = "0 = a task's best configuration, 1 = its grid's median"
 
 
 @dataclass
@@ -434,14 +436,6 @@ class CompiledModel:
         return out
 
 
-def _count(v: float) -> str:
-    """A parameter count as people write it: 1.2k, 850k, 3.4M."""
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if v >= div:
-            return f"{v / div:.3g}{unit}"
-    return f"{v:.3g}"
-
-
 def _sig(v: float) -> float:
     """A trait value for display: whole counts as integers, small values to 3 significant digits."""
     return float(round(v)) if v >= 100 else float(f"{v:.3g}")
@@ -623,7 +617,7 @@ class Recommender:
                     "rule": "zoo-evidence", "weight": 0.0, "sources": [ZOO_SOURCE], "source_ids": [],
                     "text": f"The zoo's tasks near these traits (evidence {r.evidence.get('n_near', 0.0):.1f} tasks, "
                             f"weight {r.learned_weight:.2f}) predict regret {r.predicted_regret:.2f} at lr "
-                            f"{r.hyperparameters['lr']:.3g} (0 = a task's best configuration, 1 = its grid's median).",
+                            f"{r.hyperparameters['lr']:.3g} ({REGRET_SCALE}).",
                 })
             if 1 < i <= len(best_of):
                 r.reasons.append({
@@ -722,7 +716,7 @@ class Recommender:
         span = self.model.params_range()
         if span is None:
             return None
-        return {"text": f"The learned lrs come from the meta-dataset's models of {_count(span[0])}-{_count(span[1])} "
+        return {"text": f"The learned lrs come from the meta-dataset's models of {human_count(span[0])}-{human_count(span[1])} "
                         "parameters (the shipped zoo's runs are 60-300 steps); this query does not give the model's size. "
                         "For a larger model give it (`--params 100M`; traits n_params): outside that range the "
                         "rules set the lr.", "rule": "model-size-unstated", "sources": [ZOO_SOURCE]}
@@ -752,17 +746,17 @@ class Recommender:
             # who took its place: the first pick, or the top-k picks the rules alone would not have made
             took = [final[0]] if first_lost else [o for o in final[:k] if o not in ruled[:k]] or [final[0]]
             near = by_name[took[0]].evidence.get("n_near", 0.0)
-            said = ", ".join(f"{o} at lr {by_name[o].hyperparameters['lr']:.3g} at regret "
-                             f"{by_name[o].predicted_regret:.2f}±{by_name[o].predicted_regret_std or 0:.2f}" for o in took)
+            evidence = f"on the zoo's tasks near these traits (evidence {near:.1f} tasks)"
             if first_lost:
-                why = (f"on the zoo's tasks near these traits (evidence {near:.1f} tasks) "
-                        f"{said.replace(' at regret', ' is predicted at regret', 1)} vs {fav} at "
-                        f"{theirs.predicted_regret:.2f}±{theirs.predicted_regret_std or 0:.2f}")
+                lr = by_name[took[0]].hyperparameters["lr"]
+                why = (f"{evidence} {took[0]} at lr {lr:.3g} is predicted at regret {_regret(by_name[took[0]])} "
+                       f"vs {fav} at {_regret(theirs)}")
             else:  # out of the top k: the portfolio's picks, each chosen for where the ones before it may fail
-                why = (f"{fav} (predicted regret {theirs.predicted_regret:.2f}±"
-                        f"{theirs.predicted_regret_std or 0:.2f}) leaves the top {k} for {', '.join(took)}; on the "
-                        f"zoo's tasks near these traits (evidence {near:.1f} tasks) the model predicts {said}, and each "
-                        f"pick is the one that most lowers the expected regret of the best of the first {k}")
+                said = ", ".join(f"{o} at lr {by_name[o].hyperparameters['lr']:.3g} at regret {_regret(by_name[o])}"
+                                 for o in took)
+                why = (f"{fav} (predicted regret {_regret(theirs)}) leaves the top {k} for {', '.join(took)}; "
+                       f"{evidence} the model predicts {said}, and each pick is the one that most lowers the "
+                       f"expected regret of the best of the first {k}")
             out.append({
                 "rule": rule.id,
                 "favours": fav,
@@ -774,7 +768,7 @@ class Recommender:
                              "predicted_regret": {**{o: _r(by_name[o].predicted_regret) for o in took},
                                                   fav: _r(theirs.predicted_regret)}},
                 "because": why,
-                "text": f"Overrides {rule.id} ({fav}): {why} (0 = a task's best configuration, 1 = its grid's median).",
+                "text": f"Overrides {rule.id} ({fav}): {why} ({REGRET_SCALE}).",
             })
         return out
 
@@ -1040,7 +1034,6 @@ def _prior_regret(prior: float) -> float:
     return (1.0 - prior) / max(prior, 1e-6)
 
 
-
 def _override_text(overrides: list[dict[str, Any]]) -> str:
     """One sentence per distinct reason: several rules that favour the same optimizer and lose it
     to the same picks are named together rather than repeated."""
@@ -1048,7 +1041,13 @@ def _override_text(overrides: list[dict[str, Any]]) -> str:
     for o in overrides:
         groups.setdefault((o["favours"], o["because"]), []).append(o["rule"])
     return " ".join(f"Overrides {', '.join(rules)} ({fav}): {why}." for (fav, why), rules in groups.items()) + \
-        " (Regret 0 = a task's best configuration, 1 = its grid's median.)"
+        f" (Regret {REGRET_SCALE}.)"
+
+
+def _regret(r: Recommendation) -> str:
+    """A recommendation's predicted regret with its spread, as the reasons print it."""
+    return f"{r.predicted_regret:.2f}±{r.predicted_regret_std or 0:.2f}"
+
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 3)
