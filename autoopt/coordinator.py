@@ -502,6 +502,10 @@ class StudyCoordinator:
         """A trial's worker says where it runs (sent without waiting; kept in memory only)."""
         self._nodes[number] = node_id
 
+    def trial_nodes(self) -> dict[int, str]:
+        """The node each running trial's worker announced (what :meth:`lost_trials` goes on)."""
+        return dict(self._nodes)
+
     def lost_trials(self) -> list[int]:
         """Announced running trials whose node Ray's GCS lists as dead. The driver on the Ray
         client asks: its client server sometimes never learns that such a trial's worker is gone."""

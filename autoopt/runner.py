@@ -129,9 +129,14 @@ def run_trial(
 
     ``decides``: (the pruner's resource, the epochs up to it at which the pruner can stop a trial);
     reports at other epochs are sent without waiting for the answer (None: wait at every epoch).
-    ``announce``: tell the coordinator this worker's node first (the Ray client's lost-node check)."""
+    ``announce``: tell the coordinator this worker's node first (the Ray client's lost-node check),
+    and wait until it knows: a trial whose node dies must not train unannounced, or the check
+    cannot find it (one round trip per trial, on the Ray client only)."""
     if announce:
-        coordinator.trial_started.remote(number, ray.get_runtime_context().get_node_id())
+        try:
+            ray.get(coordinator.trial_started.remote(number, ray.get_runtime_context().get_node_id()), timeout=30)
+        except ray.exceptions.RayError as exc:  # the backstop is lost for this trial, not the trial
+            _log.warning("autoopt: trial %d could not announce its node (%s)", number, _first_line(exc))
     import torch
 
     from autoopt.train import pick_device, seed_everything

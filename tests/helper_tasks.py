@@ -67,15 +67,25 @@ class GatedTask(DiabetesMLP):
         return super().evaluate(model, loader, device)
 
     def _take_token(self) -> None:
+        import os
+        import uuid
+
         gate = Path(self.gate)
-        while not (gate / "open").exists():
-            for token in sorted(gate.glob("token-*")):
-                try:
-                    token.unlink()  # atomic: one trial gets each token
-                    return
-                except FileNotFoundError:
-                    continue
-            time.sleep(0.1)
+        # the test's proof that this trial is in its worker (RUNNING in storage is not: the
+        # coordinator marks a trial running before Ray has started it anywhere)
+        waiting = gate / f"held-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        waiting.touch()
+        try:
+            while not (gate / "open").exists():
+                for token in sorted(gate.glob("token-*")):
+                    try:
+                        token.unlink()  # atomic: one trial gets each token
+                        return
+                    except FileNotFoundError:
+                        continue
+                time.sleep(0.1)
+        finally:
+            waiting.unlink(missing_ok=True)
 
 
 def make_slow_task(sleep_s: float = 0.0, **kw) -> SlowTask:

@@ -93,6 +93,10 @@ class Gate:
     def open(self) -> None:
         (self.path / "open").touch()
 
+    def waiting(self) -> int:
+        """Trials waiting at the gate now: started in their worker, not yet let through."""
+        return len(list(self.path.glob("held-*")))
+
 
 def write_spec(path: Path, name: str, n_trials: int | None, workers: int = 1, epochs: int = 3,
                gate: Gate | None = None, **extra: Any) -> Path:
@@ -187,13 +191,16 @@ def wait_for(what: str, cond, timeout: float, proc: subprocess.Popen | list[subp
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def held(url: str, name: str, complete: int, running: int):
-    """A condition for wait_for: exactly these many trials COMPLETE and RUNNING (the rest held)."""
+def held(url: str, name: str, complete: int, running: int, gate: Gate | None = None):
+    """A condition for wait_for: exactly these many trials COMPLETE and RUNNING, and with a
+    ``gate``, that many waiting at it: RUNNING in storage alone does not say that Ray has started
+    the trial on a worker yet (a fault meant for running trials could land before it has)."""
     def cond() -> list[optuna.trial.FrozenTrial] | None:
         ts = trials(url, name)
         states = [t.state for t in ts]
         if states.count(TrialState.COMPLETE) == complete and states.count(TrialState.RUNNING) == running:
-            return ts
+            if gate is None or gate.waiting() >= running:
+                return ts
         return None
     return cond
 
@@ -446,7 +453,7 @@ def test_worker_node_killed_mid_study(cluster, live_worker, tmp_path):
     gate.let_through(1)  # one trial completes; the next two are held RUNNING on the node
     proc = start_cli(cluster, write_spec(tmp_path / "kill.yaml", "kill-study", 6, workers=2, retries=1, gate=gate),
                      tmp_path)
-    before = wait_for("one finished and two running trials", held(url, "kill-study", 1, 2), 240, proc)
+    before = wait_for("one finished and two running trials", held(url, "kill-study", 1, 2, gate), 240, proc)
     # the study's coordinator (its storage owner) lives on the head, not on the node about to die
     coordinators = [a for a in actors(cluster, "StudyCoordinator") if a.get("state") == "ALIVE"]
     assert coordinators and all(a["node_id"] == cluster.head.node_id for a in coordinators), (
@@ -516,7 +523,7 @@ def test_postgres_restart_mid_study(cluster, live_worker, private_pg, tmp_path):
     proc = start_cli(cluster, write_spec(tmp_path / "pg.yaml", "pg-study", 6, workers=2, gate=gate), tmp_path,
                      "--storage", url)
 
-    before = wait_for("one finished and two running trials", held(url, "pg-study", 1, 2), 240, proc)
+    before = wait_for("one finished and two running trials", held(url, "pg-study", 1, 2, gate), 240, proc)
     done_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
     private_pg.stop("fast")  # ends every session: the coordinator's pooled connections die
     gate.open()  # the held trials finish their epochs and report while the database is down
@@ -547,7 +554,7 @@ def test_postgres_down_too_long_fails_clearly_then_resumes(cluster, live_worker,
     gate.let_through(1)
     proc = start_cli(cluster, write_spec(tmp_path / "out.yaml", "outage-study", 4, workers=2, gate=gate), tmp_path,
                      "--storage", url, AUTOOPT_STORAGE_RETRY_S="5")
-    before = wait_for("one finished and two running trials", held(url, "outage-study", 1, 2), 240, proc)
+    before = wait_for("one finished and two running trials", held(url, "outage-study", 1, 2, gate), 240, proc)
     private_pg.stop("fast")
     try:
         _, err = proc.communicate(timeout=240)
@@ -598,7 +605,7 @@ def test_mlflow_server_down_mid_study(cluster, live_worker, tmp_path):
     gate.let_through(1)
     proc = start_cli(cluster, write_spec(tmp_path / "ml.yaml", "mlflow-study", 4, workers=1, gate=gate), tmp_path,
                      AUTOOPT_TRACKING_COOLDOWN_S="2")
-    wait_for("a finished trial and a held one", held(url, "mlflow-study", 1, 1), 240, proc)
+    wait_for("a finished trial and a held one", held(url, "mlflow-study", 1, 1, gate), 240, proc)
     server = cluster.mlflow
     down_at = time.time()
     server.kill()  # the server process dies (SIGKILL): connections refused from now on

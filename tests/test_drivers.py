@@ -28,16 +28,21 @@ OUTCOME = {"status": "complete", "value": 0.75,
                        {"epoch": 2, "train_loss": 0.9, "val_metric": 0.75, "lr": 0.1, "seconds": 0.1}]}
 
 
-def make(url: str, name: str, n_trials: int | None = None, stale_after_s: float = 2.0,
-         heartbeat_s: float = 5.0) -> StudyCoordinator:
-    return StudyCoordinator(
-        name,
-        SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw", "sgd"]), n_trials=n_trials),
-        ExecutionSpec(storage_retry_s=30, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s),
-        PlacesSpec(storage=url),
-        TaskFacts("maximize", TRAITS, max_epochs=3),
-        session=uuid.uuid4().hex[:12],
+def coordinator_args(url: str, name: str, n_trials: int | None = None, stale_after_s: float = 2.0,
+                     heartbeat_s: float = 5.0) -> tuple[tuple, dict]:
+    return (
+        (name,
+         SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw", "sgd"]), n_trials=n_trials),
+         ExecutionSpec(storage_retry_s=30, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s),
+         PlacesSpec(storage=url),
+         TaskFacts("maximize", TRAITS, max_epochs=3)),
+        dict(session=uuid.uuid4().hex[:12]),
     )
+
+
+def make(*args, **kw) -> StudyCoordinator:
+    args, kwargs = coordinator_args(*args, **kw)
+    return StudyCoordinator(*args, **kwargs)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -235,3 +240,47 @@ def test_lost_trials_are_the_running_ones_whose_node_ray_lists_as_dead(ray_local
     c.fail(second["number"], "worker lost: its node died", True)
     c.tell(first["number"], OUTCOME)
     assert c.lost_trials() == []  # finished trials are forgotten
+
+
+def test_a_trial_on_the_ray_client_announces_its_node_before_it_trains(ray_local, tmp_path):
+    """The announce end to end: from the trial's Ray worker to the coordinator actor, with a node
+    id in the form Ray's GCS lists, and known before the trial's first report (its pruning
+    question). Without it the lost-node check cannot find a trial whose node dies."""
+    import ray
+
+    from autoopt.runner import _Coordinator, _run_trial_remote
+
+    args, kwargs = coordinator_args(f"sqlite:///{tmp_path / 's.db'}", "announce", n_trials=2)
+    actor = _Coordinator.remote(*args, **kwargs)
+    item = ray.get(actor.ask.remote())
+    number = item["number"]
+
+    @ray.remote
+    class Witness:
+        """Stands in the trial's coordinator: forwards each call, noting what was known when the
+        trial first reported."""
+
+        def __init__(self, coordinator):
+            self.coordinator, self.known_at_report = coordinator, None
+
+        def trial_started(self, number, node_id):
+            return ray.get(self.coordinator.trial_started.remote(number, node_id))
+
+        def report(self, number, *args, **kw):
+            if self.known_at_report is None:
+                self.known_at_report = ray.get(self.coordinator.trial_nodes.remote())
+            return ray.get(self.coordinator.report.remote(number, *args, **kw))
+
+        def seen(self):
+            return self.known_at_report
+
+    witness = Witness.remote(actor)
+    result = ray.get(_run_trial_remote.remote("tabular", {}, item["config"], number, 0, witness, None, 1, announce=True))
+    assert result["status"] == "complete", result
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    assert ray.get(witness.seen.remote()) == {number: result["node_id"]}
+    assert result["node_id"] in alive
+    assert ray.get(actor.lost_trials.remote()) == []
+    ray.get(actor.tell.remote(number, {k: result[k] for k in ("status", "value", "history")}))
+    assert ray.get(actor.trial_nodes.remote()) == {}
+    ray.kill(actor)
