@@ -49,6 +49,24 @@ def test_regret_is_normalised_per_task_and_looked_up_in_log_lr():
     assert g.best_optimizer == "a" and g.tuned("b") == (1.0, 2.0)
 
 
+def test_a_fixed_baseline_is_judged_on_the_grid_but_stays_out_of_it():
+    """Prodigy at lr 1.0 (a baseline, sweep.BASELINES) is looked up in the task's normalised
+    units, but moves neither the grid's best nor its median, and is nobody's training data."""
+    grid = [("a", 1e-3, 1.0), ("a", 1e-2, 2.0), ("b", 1e-3, 3.0), ("b", 1e-2, 5.0)]
+    runs = [{"instance": "t", "family": "f", "domain": "other", "direction": "minimize", "optimizer": o, "lr": lr,
+             "seed": s, "status": "ok", "value": v}
+            for o, lr, v in [*grid, ("prodigy", 1.0, 0.5)] for s in (0, 1)]
+    g = task_grids(pd.DataFrame(runs))["t"]
+    alone = task_grids(pd.DataFrame([r for r in runs if r["optimizer"] != "prodigy"]))["t"]
+    assert (g.best_value, g.median_value) == (alone.best_value, alone.median_value) == (1.0, 2.5)
+    assert set(g.curves) == {"a", "b"} and set(g.baselines) == {"prodigy"}
+    assert g.lookup("prodigy", 1.0) == (0.0, 0.0)  # better than the grid's best: regret 0
+    runs[-2:] = [dict(r, value=4.0) for r in runs[-2:]]
+    g = task_grids(pd.DataFrame(runs))["t"]
+    assert g.lookup("prodigy", 1.0) == (pytest.approx(2.0), pytest.approx(3.0))
+    assert g.best_optimizer == "a" and {r["optimizer"] for r in training_rows({"t": g})} == {"a", "b"}
+
+
 def test_model_follows_scikit_learn_conventions_and_compiles_exactly(world, tmp_path):
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError

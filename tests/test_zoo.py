@@ -158,6 +158,13 @@ def test_build_resumes_without_rerunning(ray_local, tmp_path):
     ok = table[table.status == "ok"]
     assert ok.groupby("optimizer")["value"].agg(lambda v: v.max() - v.min()).min() > 0.01
 
+    # a baseline added later (Prodigy at its fixed lr) runs alone and reseals the chunk
+    fourth = sweep.build(tmp_path, **{**kwargs, "optimizers": ["sgd", "adam", "prodigy"]})
+    assert fourth["ran"] == 1 and fourth["sealed_chunks"] == [1] and fourth["runs_total"] == 15
+    table, manifest = zoo_data.load(tmp_path)
+    assert len(table) == 15 and set(table[table.optimizer == "prodigy"]["lr"]) == set(sweep.BASELINES["prodigy"])
+    assert "prodigy" not in manifest["optimizers"] and manifest["baselines"] == {"prodigy": [1.0]}
+
 
 @pytest.mark.parametrize("args", [
     ["--families", "nope"],

@@ -228,7 +228,7 @@ def meta_build(
     zoo: bool = typer.Option(True, "--zoo", help="the task zoo's dense lr sweep (the meta-dataset's only source)"),
     families: Optional[list[str]] = typer.Option(None, "--families", help="zoo families (repeatable or comma-separated; default all)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="zoo: at most N instances per family"),
-    optimizers: Optional[str] = typer.Option(None, "--optimizers", help="zoo: comma-separated subset of the sweep's optimizers"),
+    optimizers: Optional[str] = typer.Option(None, "--optimizers", help="zoo: comma-separated subset of the sweep's optimizers and baselines (prodigy)"),
     run_seeds: Optional[str] = typer.Option(None, "--run-seeds", help="zoo: comma-separated training seeds (default 0,1)"),
     workers: int = typer.Option(2, "--workers", min=1),
 ) -> None:

@@ -127,7 +127,8 @@ def evaluate(
 
 
 def _swept(grids: Mapping[str, TaskGrid]) -> set[str]:
-    return {o for g in grids.values() for o in g.curves}
+    """Optimizers with runs on these tasks: the grid's and the fixed baselines'."""
+    return {o for g in grids.values() for o in (*g.curves, *g.baselines)}
 
 
 def _judge(g: TaskGrid, rec: Any, rules_only: Any, model: Any) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def _judge(g: TaskGrid, rec: Any, rules_only: Any, model: Any) -> dict[str, Any]
 def _fixed(g: TaskGrid, hindsight: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (opt, lr) in FIXED.items():
-        if opt in g.curves:
+        if opt in g.curves or opt in g.baselines:
             norm, raw = g.lookup(opt, lr)
             out[name] = {"top1": norm, "top1_raw": raw, "tuned": g.tuned(opt)[0]}
     if "adamw" in g.curves:

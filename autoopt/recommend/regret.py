@@ -55,10 +55,13 @@ class TaskGrid:
     best_value: float
     median_value: float
     curves: dict[str, Curve] = field(default_factory=dict)
+    #: fixed baseline configurations (:data:`autoopt.recommend.sweep.BASELINES`), normalised like
+    #: the grid but outside it: not in its best or median, not training data
+    baselines: dict[str, Curve] = field(default_factory=dict)
 
     def lookup(self, optimizer: str, lr: float | None) -> tuple[float, float]:
         """(normalised, raw) regret of ``optimizer`` at ``lr`` on this task (see the module docstring)."""
-        curve = self.curves.get(optimizer)
+        curve = self.curves.get(optimizer, self.baselines.get(optimizer))
         if curve is None:
             raise KeyError(f"{self.instance} has no runs of {optimizer!r}")
         worst_raw = float(np.nanmax(np.concatenate([c.raw for c in self.curves.values()])))
@@ -70,7 +73,7 @@ class TaskGrid:
 
     def tuned(self, optimizer: str) -> tuple[float, float]:
         """(normalised, raw) regret of ``optimizer`` at its best grid lr."""
-        _, norm, raw = self.curves[optimizer].best
+        _, norm, raw = self.curves.get(optimizer, self.baselines.get(optimizer)).best
         return norm, raw
 
     @property
@@ -99,6 +102,8 @@ def task_grids(table: Any) -> dict[str, TaskGrid]:
 
 
 def _task_grid(instance: str, runs: Any) -> TaskGrid | None:
+    from autoopt.recommend.sweep import BASELINES
+
     first = runs.iloc[0]
     direction = str(first.get("direction") or "maximize")
     sign = 1.0 if direction == "maximize" else -1.0
@@ -106,11 +111,15 @@ def _task_grid(instance: str, runs: Any) -> TaskGrid | None:
     signed = np.where(ok, sign * runs["value"].astype(float), np.nan)
     runs = runs.assign(_signed=signed, _ok=ok, _loglr=np.round(np.log10(runs["lr"].astype(float)), 6))
     configs = runs.groupby(["optimizer", "_loglr"], sort=True).agg(mean=("_signed", "mean"), all_ok=("_ok", "all"))
-    finished = configs[configs["all_ok"]]
+    is_baseline = configs.index.get_level_values(0).isin(list(BASELINES))
+    grid_configs = configs[~is_baseline]
+    if grid_configs.empty:
+        return None
+    finished = grid_configs[grid_configs["all_ok"]]
     if finished.empty:
         return None
     best = float(finished["mean"].max())
-    ranked = np.where(configs["all_ok"], configs["mean"], -np.inf)
+    ranked = np.where(grid_configs["all_ok"], grid_configs["mean"], -np.inf)
     median = float(np.median(ranked))
     if not math.isfinite(median):  # more than half the grid diverged: the median finished run
         median = float(np.median(finished["mean"]))
@@ -122,10 +131,12 @@ def _task_grid(instance: str, runs: Any) -> TaskGrid | None:
     per_config = runs.groupby(["optimizer", "_loglr"], sort=True).agg(regret=("_regret", "mean"))
     per_config = per_config.join(configs)
     curves: dict[str, Curve] = {}
+    baselines: dict[str, Curve] = {}
     for opt, sub in per_config.groupby(level=0, sort=True):
         log_lr = sub.index.get_level_values(1).to_numpy(dtype=float)
         raw = np.where(sub["all_ok"], best - sub["mean"], best - worst_finished).astype(float)
-        curves[str(opt)] = Curve(log_lr, sub["regret"].to_numpy(dtype=float), np.maximum(raw, 0.0))
+        curve = Curve(log_lr, sub["regret"].to_numpy(dtype=float), np.maximum(raw, 0.0))
+        (baselines if opt in BASELINES else curves)[str(opt)] = curve
     traits = {c: _plain(first.get(c)) for c in TRAIT_COLUMNS}
     traits["sparse_gradients"] = bool(traits.get("sparse_gradients"))
     return TaskGrid(
@@ -137,6 +148,7 @@ def _task_grid(instance: str, runs: Any) -> TaskGrid | None:
         best_value=sign * best,
         median_value=sign * median,
         curves=curves,
+        baselines=baselines,
     )
 
 

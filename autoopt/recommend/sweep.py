@@ -39,6 +39,10 @@ OPTIMIZERS: tuple[str, ...] = (
     "sgd", "momentum", "nesterov", "adam", "adamw", "nadam", "radam", "rmsprop", "adagrad",
     "lamb", "lion", "adabelief", "schedulefree_adamw", "ranger", "adafactor",
 )
+#: Fixed configurations a practitioner runs without tuning, swept only at these lrs for the
+#: evaluation's baselines (issue 11: "Prodigy at lr 1.0"). Never part of a task's grid: they
+#: neither move its normalisation (best, median) nor enter the recommender's training data.
+BASELINES: dict[str, tuple[float, ...]] = {"prodigy": (1.0,)}
 SEEDS: tuple[int, ...] = (0, 1)
 LR_POINTS = 7
 #: Spacing of the lr grid in decades (7 points span 3 decades).
@@ -95,7 +99,10 @@ SGD_FAMILY = ("sgd", "momentum", "nesterov")
 
 
 def family_lr_grid(family: Any, optimizer: str) -> list[float]:
-    """The grid a zoo family is swept on: its ``lr_shift``, plus ``sgd_lr_shift`` for the SGD family."""
+    """The grid a zoo family is swept on: its ``lr_shift``, plus ``sgd_lr_shift`` for the SGD
+    family; a baseline's fixed lrs (:data:`BASELINES`) on every family."""
+    if optimizer in BASELINES:
+        return list(BASELINES[optimizer])
     return lr_grid(optimizer, family.lr_shift + (family.sgd_lr_shift if optimizer in SGD_FAMILY else 0.0))
 
 
@@ -261,10 +268,10 @@ class SweepPlan:
             if limit < 1:
                 raise ValueError(f"limit must be >= 1 (instances per family), got {limit}")
             ids = [i for i in ids if chunk_of(i) <= limit]
-        opts = list(optimizers) if optimizers else list(OPTIMIZERS)
-        unknown = [o for o in opts if o not in CATALOG or o not in LR_CENTER_LOG10]
+        opts = list(optimizers) if optimizers else [*OPTIMIZERS, *BASELINES]
+        unknown = [o for o in opts if o not in CATALOG or (o not in LR_CENTER_LOG10 and o not in BASELINES)]
         if unknown:
-            raise ValueError(f"optimizer(s) {unknown} not in the sweep; choose from {', '.join(OPTIMIZERS)}")
+            raise ValueError(f"optimizer(s) {unknown} not in the sweep; choose from {', '.join([*OPTIMIZERS, *BASELINES])}")
         fams = list(dict.fromkeys(i.rpartition("-")[0] for i in ids))
         grids = {f: {o: family_lr_grid(FAMILIES[f], o) for o in opts} for f in fams}
         return cls(ids, opts, list(seeds) if seeds is not None else list(SEEDS), grids)
@@ -283,7 +290,7 @@ class SweepPlan:
 
     @property
     def total_runs(self) -> int:
-        return len(self.instances) * len(self.optimizers) * LR_POINTS * len(self.seeds)
+        return sum(len(self.points(i, o)) for i, o in self.units())
 
 
 class ZooStore:
@@ -367,7 +374,9 @@ class ZooStore:
             "versions": _versions(),
             "created": old.get("created", _now()),
             "updated": _now(),
-            "optimizers": sorted(set(old.get("optimizers", [])) | set(plan.optimizers), key=_opt_rank),
+            "optimizers": sorted((set(old.get("optimizers", [])) | set(plan.optimizers)) - set(BASELINES), key=_opt_rank),
+            "baselines": {o: list(lrs) for o, lrs in BASELINES.items()
+                          if o in plan.optimizers or o in old.get("baselines", {})},
             "seeds": sorted(set(old.get("seeds", [])) | set(plan.seeds)),
             "lr_points": LR_POINTS,
             "lr_step_decades": LR_STEP_DECADES,
@@ -474,15 +483,16 @@ def build(
 
     # 2. the units still missing, chunk by chunk
     todo = [(i, o, m) for i, o in plan.units() if (m := store.missing(i, o, plan.points(i, o)))]
-    per_unit = LR_POINTS * len(plan.seeds)
     done_runs = plan.total_runs - sum(len(m) for _, _, m in todo)
     pending_by_chunk: dict[int, int] = {}
     for i, _, _ in todo:  # counted before max_units: a chunk is sealed only when it is really complete
         pending_by_chunk[chunk_of(i)] = pending_by_chunk.get(chunk_of(i), 0) + 1
     if max_units is not None:
         todo = todo[:max_units]
-    log(f"zoo sweep -> {out}: {len(plan.instances)} instances x {len(plan.optimizers)} optimizers x "
-        f"{LR_POINTS} lrs x {len(plan.seeds)} seeds = {plan.total_runs} runs; {done_runs} done, "
+    swept = [o for o in plan.optimizers if o not in BASELINES]
+    extra = f" + baselines {', '.join(o for o in plan.optimizers if o in BASELINES)}" if len(swept) < len(plan.optimizers) else ""
+    log(f"zoo sweep -> {out}: {len(plan.instances)} instances x {len(swept)} optimizers x "
+        f"{LR_POINTS} lrs x {len(plan.seeds)} seeds{extra} = {plan.total_runs} runs; {done_runs} done, "
         f"{plan.total_runs - done_runs} to run on {'GPU' if gpus else 'CPU'} ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
     # chunks that are complete in the journal but not sealed yet (an interrupted seal)
     chunks_in_plan = sorted({chunk_of(i) for i in plan.instances})
