@@ -175,3 +175,22 @@ def test_zoo_build_usage_errors_exit_2(tmp_path, args):
     result = CliRunner().invoke(app, ["meta", "build", "--zoo", "--out", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_every_shipped_data_file_is_in_the_wheel_s_package_data():
+    """A pip-installed (not editable) autoopt carries the recommender's data: every file under
+    autoopt/recommend/data is in a listed package and matches one of its package-data patterns."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    conf = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = root / "autoopt" / "recommend" / "data"
+    files = [p for p in data.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(data).parts)]
+    assert any(p.name == "model.npz" for p in files) and any(p.name.startswith("runs-") for p in files)
+    for path in files:
+        package = ".".join(path.parent.relative_to(root).parts)
+        assert package in conf["packages"], f"{package} is not a listed package: {path.name} would be left out"
+        patterns = conf["package-data"].get(package, [])
+        assert any(fnmatch.fnmatch(path.name, p) for p in patterns), f"{path} matches no package-data pattern of {package}"
