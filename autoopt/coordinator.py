@@ -499,7 +499,7 @@ class StudyCoordinator:
         return retried
 
     def trial_started(self, number: int, node_id: str) -> None:
-        """A trial's worker says where it runs (sent without waiting; kept in memory only)."""
+        """A trial's worker says where it runs, before it trains (it waits for this; kept in memory only)."""
         self._nodes[number] = node_id
 
     def trial_nodes(self) -> dict[int, str]:
