@@ -23,10 +23,45 @@ PNG_ENGINE_ENV = "AUTOOPT_PNG_ENGINE"
 _kaleido_broken: str | None = None
 
 
-def _export_png_kaleido(figures: dict[str, Any], paths: list[Path]) -> None:
-    import plotly.io as pio
+#: Seconds kaleido may take for one report's PNGs. It sometimes never returns (its Chromium
+#: hangs: plotly/Kaleido#110, #134, still reported for kaleido 1.x; seen here once in a CI run,
+#: `autoopt report` stuck for 240 s): past this its process group is killed and matplotlib draws
+#: the PNGs. ``AUTOOPT_KALEIDO_TIMEOUT_S`` overrides it.
+KALEIDO_TIMEOUT_S = 60.0
+KALEIDO_TIMEOUT_ENV = "AUTOOPT_KALEIDO_TIMEOUT_S"
+# What the kaleido process runs: the figures as plotly JSON on stdin, one path per figure.
+_KALEIDO_CHILD = """
+import json, sys
+import plotly.io as pio
+job = json.load(sys.stdin)
+pio.write_images([pio.from_json(f) for f in job["figures"]], job["paths"], width=1100, height=700)
+"""
 
-    pio.write_images(list(figures.values()), [str(p) for p in paths], width=1100, height=700)
+
+def _export_png_kaleido(figures: dict[str, Any], paths: list[Path]) -> None:
+    """kaleido in a process of its own (and its Chromium in that process's group), so a hang
+    costs at most the timeout and leaves no browser behind."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    timeout = float(os.environ.get(KALEIDO_TIMEOUT_ENV, KALEIDO_TIMEOUT_S))
+    job = json.dumps({"figures": [fig.to_json() for fig in figures.values()], "paths": [str(p) for p in paths]})
+    proc = subprocess.Popen([sys.executable, "-c", _KALEIDO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(job, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise TimeoutError(f"kaleido wrote no PNG within {timeout:g} s (stopped)") from None
+    if proc.returncode != 0:
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"kaleido exited with {proc.returncode}")
     missing = [p for p in paths if not p.exists() or p.stat().st_size == 0]
     if missing:
         raise RuntimeError(f"kaleido wrote no file for {missing}")
@@ -189,4 +224,4 @@ def export_png(figures: dict[str, Any], out_dir: Path, engine: PngEngine = "auto
     return paths
 
 
-__all__ = ["PNG_ENGINE_ENV", "PngEngine", "export_png"]
+__all__ = ["KALEIDO_TIMEOUT_ENV", "PNG_ENGINE_ENV", "PngEngine", "export_png"]

@@ -153,6 +153,32 @@ def test_matplotlib_png_fallback(tmp_path):
     _assert_plots(paths)
 
 
+def test_a_kaleido_that_does_not_finish_in_time_is_stopped_and_matplotlib_draws(tmp_path, monkeypatch):
+    """kaleido's Chromium sometimes never returns (an `autoopt report` hung in CI): it runs in a
+    process of its own under a time limit; past it that process group is killed and the report
+    still gets every PNG, drawn by matplotlib."""
+    from autoopt import report_png
+
+    monkeypatch.setattr(report_png, "_kaleido_broken", None)
+    monkeypatch.setenv(report_png.KALEIDO_TIMEOUT_ENV, "0.05")  # no kaleido start is that quick
+    study = _study(tmp_path, MIXED)
+    paths = write_report(study, tmp_path / "report", png="auto")
+    _assert_plots(paths)
+    assert report_png._kaleido_broken == "TimeoutError: kaleido wrote no PNG within 0.05 s (stopped)"
+
+
+@pytest.mark.browser
+def test_kaleido_draws_the_pngs_in_its_own_process_when_chromium_is_there(tmp_path):
+    """The kaleido path itself (a report otherwise falls back to matplotlib without a word)."""
+    import shutil
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium for kaleido (install the Debian package `chromium`)")
+    study = _study(tmp_path, MIXED)
+    paths = write_report(study, tmp_path / "report", png="kaleido")  # raises if kaleido fails
+    _assert_plots(paths)
+
+
 def test_a_failing_plot_degrades_to_a_placeholder_and_is_reported(tmp_path, monkeypatch):
     """Users still get the report when one plot breaks; summary.json says which and why."""
     from autoopt import report
