@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from autoopt.recommend.sweep import BASELINES
+
 #: Normalised regret of a diverged / failed run, and the cap on every run's regret.
 CAP = 3.0
 #: How far (decades) outside a task's swept lr range a lookup still takes the edge point's value.
@@ -59,11 +61,16 @@ class TaskGrid:
     #: the grid but outside it: not in its best or median, not training data
     baselines: dict[str, Curve] = field(default_factory=dict)
 
-    def lookup(self, optimizer: str, lr: float | None) -> tuple[float, float]:
-        """(normalised, raw) regret of ``optimizer`` at ``lr`` on this task (see the module docstring)."""
+    def curve(self, optimizer: str) -> Curve:
+        """The optimizer's curve on this task: its grid's, or a baseline's."""
         curve = self.curves.get(optimizer, self.baselines.get(optimizer))
         if curve is None:
             raise KeyError(f"{self.instance} has no runs of {optimizer!r}")
+        return curve
+
+    def lookup(self, optimizer: str, lr: float | None) -> tuple[float, float]:
+        """(normalised, raw) regret of ``optimizer`` at ``lr`` on this task (see the module docstring)."""
+        curve = self.curve(optimizer)
         worst_raw = float(np.nanmax(np.concatenate([c.raw for c in self.curves.values()])))
         if lr is None or not (lr > 0) or not math.isfinite(lr):
             return CAP, worst_raw
@@ -73,7 +80,7 @@ class TaskGrid:
 
     def tuned(self, optimizer: str) -> tuple[float, float]:
         """(normalised, raw) regret of ``optimizer`` at its best grid lr."""
-        _, norm, raw = self.curves.get(optimizer, self.baselines.get(optimizer)).best
+        _, norm, raw = self.curve(optimizer).best
         return norm, raw
 
     @property
@@ -102,8 +109,6 @@ def task_grids(table: Any) -> dict[str, TaskGrid]:
 
 
 def _task_grid(instance: str, runs: Any) -> TaskGrid | None:
-    from autoopt.recommend.sweep import BASELINES
-
     first = runs.iloc[0]
     direction = str(first.get("direction") or "maximize")
     sign = 1.0 if direction == "maximize" else -1.0
@@ -113,8 +118,6 @@ def _task_grid(instance: str, runs: Any) -> TaskGrid | None:
     configs = runs.groupby(["optimizer", "_loglr"], sort=True).agg(mean=("_signed", "mean"), all_ok=("_ok", "all"))
     is_baseline = configs.index.get_level_values(0).isin(list(BASELINES))
     grid_configs = configs[~is_baseline]
-    if grid_configs.empty:
-        return None
     finished = grid_configs[grid_configs["all_ok"]]
     if finished.empty:
         return None

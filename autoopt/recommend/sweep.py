@@ -489,9 +489,9 @@ def build(
         pending_by_chunk[chunk_of(i)] = pending_by_chunk.get(chunk_of(i), 0) + 1
     if max_units is not None:
         todo = todo[:max_units]
-    swept = [o for o in plan.optimizers if o not in BASELINES]
-    extra = f" + baselines {', '.join(o for o in plan.optimizers if o in BASELINES)}" if len(swept) < len(plan.optimizers) else ""
-    log(f"zoo sweep -> {out}: {len(plan.instances)} instances x {len(swept)} optimizers x "
+    baselines = [o for o in plan.optimizers if o in BASELINES]
+    extra = f" + baselines {', '.join(baselines)}" if baselines else ""
+    log(f"zoo sweep -> {out}: {len(plan.instances)} instances x {len(plan.optimizers) - len(baselines)} optimizers x "
         f"{LR_POINTS} lrs x {len(plan.seeds)} seeds{extra} = {plan.total_runs} runs; {done_runs} done, "
         f"{plan.total_runs - done_runs} to run on {'GPU' if gpus else 'CPU'} ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
     # chunks that are complete in the journal but not sealed yet (an interrupted seal)
