@@ -365,6 +365,25 @@ def test_json_output_schema():
     assert all({"text", "rule", "sources"} <= set(n) for n in data["notes"])
 
 
+@pytest.mark.parametrize("query", [
+    {"domain": "nlp", "batch_size": 32, "n_params": 110_000_000, "dataset_size": 1_000_000},  # AlgoPerf's beta2 range, a transformer's 0.95
+    {"domain": "nlp", "batch_size": 16},
+    {"domain": "cv", "batch_size": 256, "n_params": 25_000_000},
+    {"domain": "gan", "batch_size": 64},
+    {"domain": "recsys", "batch_size": 4096, "sparse_gradients": True},
+])
+def test_every_suggested_hyperparameter_lies_in_its_range(query):
+    """A range is what a user searches next: it must hold the value suggested, whichever rules
+    gave the two (the range of one source, the value of another)."""
+    for r in recommend(TaskTraits(**query), top=None):
+        h = r.hyperparameters
+        ranged = [k[:-len("_range")] for k in h if k.endswith("_range")]
+        assert "lr" in ranged
+        for hp in ranged:
+            lo, hi = h[f"{hp}_range"]
+            assert lo <= h[hp] <= hi, (r.optimizer, hp, h[hp], (lo, hi))
+
+
 def test_table_output_lists_reasons_with_source_files():
     # a ResNet-sized model: far from the shipped (toy) studies, so the documents decide
     res = _invoke("--task", "cv", "--batch", "64", "--params", "25M", "--dataset-size", "1.2M")

@@ -925,7 +925,13 @@ class Recommender:
         )
         for hp, rng in a.ranges.items():
             if hp != "lr" and hp in values:
-                out[f"{hp}_range"] = [_round(rng[0]), _round(rng[1])]
+                lo, hi = float(rng[0]), float(rng[1])
+                v = values[hp]
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    # one rule's range, another's value (AlgoPerf fixes beta2 at 0.999, a transformer
+                    # rule says 0.95): the range to search must hold the value suggested
+                    lo, hi = min(lo, v), max(hi, v)
+                out[f"{hp}_range"] = [_round(lo), _round(hi)]
         return out, sources
 
     def _scheduler(self, t: TaskTraits, a: OptimizerAdvice, w: float) -> tuple[str, str]:
