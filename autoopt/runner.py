@@ -123,6 +123,7 @@ def run_trial(
     objective: ObjectiveFacts | None = None,
     decides: tuple[int, frozenset[int]] | None = None,
     announce: bool = False,
+    prepared: Any = None,
 ) -> dict[str, Any]:
     """What a Ray worker runs for one trial: the task's training loop or the user's objective, both
     through one :class:`~autoopt.trial.Trial`. Returns a TrialOutcome dict; never raises for bad configs.
@@ -131,7 +132,9 @@ def run_trial(
     reports at other epochs are sent without waiting for the answer (None: wait at every epoch).
     ``announce``: tell the coordinator this worker's node first (the Ray client's lost-node check),
     and wait until it knows: a trial whose node dies must not train unannounced, or the check
-    cannot find it (one round trip per trial, on the Ray client only)."""
+    cannot find it (one round trip per trial, on the Ray client only).
+    ``prepared``: a :func:`prepare_worker` result, passed so that Ray starts this trial only once
+    that worker is ready (and idle: Ray hands the next task the worker freed last)."""
     if announce:
         try:
             ray.get(coordinator.trial_started.remote(number, ray.get_runtime_context().get_node_id()), timeout=30)
@@ -196,10 +199,20 @@ def run_trial(
     return result
 
 
-def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any = None) -> None:
+def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any = None) -> str | None:
     """Make a worker process ready for trials: import what a trial needs and build the task (its
     dataset) or import the objective. On a cluster each study's first trials otherwise wait
-    seconds for new processes."""
+    seconds for new processes. Each of a study's first trials starts after one of these ended
+    (see ``_dispatch``), on the worker it made ready; a failure here shows up in the trial itself,
+    which meets it again, so it is returned (for the log), not raised."""
+    try:
+        _prepare_worker(task_ref, task_options, tracking, objective_ref)
+    except Exception as exc:  # noqa: BLE001
+        return _first_line(exc)
+    return None
+
+
+def _prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any) -> None:
     import torch
 
     import autoopt.optimizers  # noqa: F401
@@ -471,6 +484,8 @@ class StudyRunner:
         self.resource_request: dict[str, float] = {}
         self._fits_now = True
         self._decides: tuple[int, frozenset[int]] | None = None
+        #: the workers being made ready for the first trials (prepare_worker's results), one per trial
+        self._prepared: list[Any] = []
         #: opens the local MLflow store while the coordinator starts (joined before tracking begins)
         self._warming: threading.Thread | None = None
         #: tells and prepares sent without waiting: their errors surface at the next _check_sent
@@ -724,12 +739,14 @@ class StudyRunner:
         else:
             task_ref = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
         objective_ref = self.objective_facts.ref if self.objective_facts is not None else None
-        # trial workers start (imports, dataset) while the coordinator and tracking do; nobody
-        # waits for these: a failure shows up in the trials themselves
-        for _ in range(self.spec.workers):
+        # trial workers start (imports, dataset) while the coordinator and tracking do; each of
+        # the first trials starts after one of these, on its worker (_dispatch)
+        self._prepared = [
             _prepare_worker_remote.options(
                 num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
             ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
+            for _ in range(self.spec.workers)
+        ]
         if self.spec.tracking:
             from autoopt import tracking
 
@@ -914,10 +931,13 @@ class StudyRunner:
         if self.tracker is not None:
             logger = self.tracker.trial_logger(item["number"], TrialConfig.from_dict(item["config"]).flat_params(), item["config"])
         seed = (self.spec.seed or 0) + item["number"]
+        # a first trial waits for a worker made ready (imports, dataset) and takes it: started at
+        # once, it went to another process while that one was still preparing, and prepared again
+        prepared = self._prepared.pop(0) if self._prepared else None
         return _run_trial_remote.options(
             num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,
-                  threads, self.spec.eval_every_steps, self.objective_facts, self._decides, self._settle)
+                  threads, self.spec.eval_every_steps, self.objective_facts, self._decides, self._settle, prepared)
 
     def _decision_epochs(self) -> tuple[int, frozenset[int]] | None:
         """(resource, epochs at which the study's pruner can stop a trial): the worker waits for the

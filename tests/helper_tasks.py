@@ -96,3 +96,20 @@ def make_slow_task(sleep_s: float = 0.0, **kw) -> SlowTask:
 def not_a_factory(**kw):
     """A plain function: a spec naming it must be refused before it is called."""
     Path(kw["marker"]).write_text("called")
+
+
+class BuiltWhereTask(DiabetesMLP):
+    """Slow to build (a dataset that takes ``build_s``), and leaves ``built-<pid>`` and
+    ``trained-<pid>`` markers in ``marks``: which worker processes built it and trained on it."""
+
+    name = "built_where"
+
+    def __init__(self, marks: str, build_s: float = 2.0, **kw):
+        super().__init__(**kw)
+        self.marks = marks
+        time.sleep(build_s)
+        (Path(marks) / f"built-{os.getpid()}").touch()
+
+    def evaluate(self, model, loader, device):
+        (Path(self.marks) / f"trained-{os.getpid()}").touch()
+        return super().evaluate(model, loader, device)

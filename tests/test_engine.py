@@ -299,6 +299,28 @@ def test_a_study_result_is_the_studys_own_summary_read_once(ray_local, workdir):
         assert t.intermediate_values == {h["epoch"]: pytest.approx(h["val_metric"]) for h in t.user_attrs[R.HISTORY]}
 
 
+def test_a_first_trial_runs_on_the_worker_made_ready_for_it(ray_local, workdir):
+    """One worker on a two-CPU Ray: the first trial waits for the worker its study made ready
+    (imports, a dataset that takes 2 s to build) and trains there, instead of starting at once on
+    another process that builds the dataset again."""
+    import autoopt
+
+    marks = workdir / "marks"
+    marks.mkdir()
+    spec = StudySpec.from_dict(dict(
+        name="made-ready", task="helper_tasks:BuiltWhereTask", n_trials=2, workers=1, seed=0, tracking=False,
+        task_options={"marks": str(marks), "build_s": 2.0, "size": 0.25, "epochs": 1}, pruner="none",
+        space={"optimizers": ["adam"], "schedulers": ["constant"]}))
+    result = autoopt.run(spec)
+    assert result.counts["complete"] == 2
+    import os
+
+    # the driver builds it too (for the task's traits): the workers are the other processes
+    built = {p.name.split("-", 1)[1] for p in marks.glob("built-*")} - {str(os.getpid())}
+    trained = {p.name.split("-", 1)[1] for p in marks.glob("trained-*")}
+    assert len(built) == 1 and trained == built, (sorted(built), sorted(trained))
+
+
 # --- the report after the result ------------------------------------------------------------
 def test_a_study_report_written_in_the_background_ends_the_parent_run(ray_local, workdir, monkeypatch):
     import autoopt
