@@ -135,8 +135,12 @@ def _run_spec(spec: Any, as_json: bool) -> None:
 
     runner.on_progress = on_progress
     try:
-        with live:
-            runner.run()
+        try:
+            with live:
+                runner.run()
+        finally:
+            if not console.is_terminal:  # Rich ends the table with a newline on a terminal only
+                console.line()
     except KeyboardInterrupt:
         _say_interrupted(spec.name, runner.interrupt)
         raise typer.Exit(130) from None

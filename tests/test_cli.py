@@ -75,6 +75,17 @@ def test_usage_errors_exit_2_with_one_line(workdir, content, needle):
     assert "Traceback" not in r.stderr
 
 
+def test_the_progress_table_ends_its_line_in_a_log(workdir):
+    """Written to a file or a pipe (CI, ``| tee``), the progress table's last line ends: what is
+    printed next (the best configuration, an error on stderr in a combined log) starts a line of
+    its own. Rich ends a live display with a newline only on a terminal."""
+    (workdir / "gpu.yaml").write_text(SPEC)
+    r = autoopt("run", "gpu.yaml", "--gpus-per-trial", "1", cwd=workdir, timeout=180)  # no GPU here: exits at once
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "no node of the Ray cluster can run a trial" in r.stderr
+    assert "complete" in r.stdout and r.stdout.endswith("\n"), r.stdout[-300:]
+
+
 def test_missing_file_unknown_study_and_bad_flags(workdir):
     assert autoopt("run", "nope.yaml", cwd=workdir).returncode == 2
     r = autoopt("status", "nosuch", cwd=workdir)
