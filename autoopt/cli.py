@@ -144,6 +144,8 @@ def _run_spec(spec: Any, as_json: bool) -> None:
     except KeyboardInterrupt:
         _say_interrupted(spec.name, runner.interrupt)
         raise typer.Exit(130) from None
+    if runner.nothing_ran:
+        err.print(f"note: {runner.nothing_ran}", highlight=False, soft_wrap=True)
     result = summarize(spec.name, runner.storage_url, runner.progress.elapsed, runner.final_summary)
     if json_out is not None:
         json_out.write(json.dumps(result.to_dict(), default=str) + "\n")

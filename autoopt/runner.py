@@ -484,6 +484,10 @@ class StudyRunner:
         self.resource_request: dict[str, float] = {}
         self._fits_now = True
         self._decides: tuple[int, frozenset[int]] | None = None
+        #: trials this run handed to workers
+        self.dispatched = 0
+        #: set when the study's budget was used before this run began, so no trial ran: what to say
+        self.nothing_ran: str | None = None
         #: the workers being made ready for the first trials (prepare_worker's results), one per trial
         self._prepared: list[Any] = []
         #: opens the local MLflow store while the coordinator starts (joined before tracking begins)
@@ -849,6 +853,7 @@ class StudyRunner:
             self._fail_in_flight(running, stop_reason)
         self._check_sent(wait=True)
         summary = self._update_progress(0, fresh=True)
+        self.nothing_ran = self._budget_already_used(summary) if exhausted and not self.dispatched else None
         if summary.get("storage_outages"):
             import warnings
 
@@ -861,6 +866,18 @@ class StudyRunner:
         if self.on_progress:
             self.on_progress(self.progress)
         return summary
+
+    def _budget_already_used(self, summary: dict[str, Any]) -> str | None:
+        """Run again with the budget it had, a finished study ends at once; say so, and how to add trials."""
+        budget = self.spec.n_trials
+        if budget is None or summary.get("counted", 0) < budget:
+            return None
+        c = summary["counts"]
+        elsewhere = f", {c['running']} running elsewhere" if c.get("running") else ""
+        return (f"study {self.spec.name} already has its budget of {budget} trials ({c.get('complete', 0)} complete, "
+                f"{c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed{elsewhere}), so no trial ran. To add trials, "
+                f"raise the budget: autoopt resume {self.spec.name} --trials {budget + max(budget // 2, 1)} "
+                "(or n_trials in the spec)")
 
     def _fail_in_flight(self, running: dict[Any, int], reason: str) -> None:
         """The loop ended early: stop the trials in flight and record them as failed (re-run on resume)."""
@@ -934,6 +951,7 @@ class StudyRunner:
         # a first trial waits for a worker made ready (imports, dataset) and takes it: started at
         # once, it went to another process while that one was still preparing, and prepared again
         prepared = self._prepared.pop(0) if self._prepared else None
+        self.dispatched += 1
         return _run_trial_remote.options(
             num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,

@@ -221,4 +221,8 @@ def run(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callable[.
 
     runner = StudyRunner(s, on_progress=on_progress, hooks=recommender_hooks())
     runner.run()
+    if runner.nothing_ran:
+        import warnings
+
+        warnings.warn(runner.nothing_ran, stacklevel=2)
     return summarize(s.name, runner.storage_url, runner.progress.elapsed, runner.final_summary)

@@ -321,6 +321,32 @@ def test_a_first_trial_runs_on_the_worker_made_ready_for_it(ray_local, workdir):
     assert len(built) == 1 and trained == built, (sorted(built), sorted(trained))
 
 
+def test_a_study_run_again_with_its_budget_used_says_so_and_how_to_add_trials(ray_local, workdir):
+    """Running a finished study again with the same budget starts no trial: the caller is told,
+    with the command that raises the budget, instead of seeing the old result as if it were new."""
+    import warnings
+
+    import autoopt
+
+    spec = StudySpec.from_dict(dict(name="used-up", task="bench.trivial:TrivialTask", n_trials=2, workers=2, seed=0,
+                                    tracking=False, pruner="none", space={"optimizers": ["adam"], "schedulers": ["constant"]}))
+    with warnings.catch_warnings(record=True) as first:
+        warnings.simplefilter("always")
+        autoopt.run(spec)
+    assert not [w for w in first if "no trial ran" in str(w.message)]
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        result = autoopt.run(spec)
+    said = [str(w.message) for w in again if "no trial ran" in str(w.message)]
+    assert said == ["study used-up already has its budget of 2 trials (2 complete, 0 pruned, 0 failed), so no trial "
+                    "ran. To add trials, raise the budget: autoopt resume used-up --trials 3 (or n_trials in the spec)"]
+    assert result.counts["complete"] == 2
+    with warnings.catch_warnings(record=True) as more:
+        warnings.simplefilter("always")
+        result = autoopt.run(spec.model_copy(update={"search": spec.search.model_copy(update={"n_trials": 3})}))
+    assert result.counts["complete"] == 3 and not [w for w in more if "no trial ran" in str(w.message)]
+
+
 # --- the report after the result ------------------------------------------------------------
 def test_a_study_report_written_in_the_background_ends_the_parent_run(ray_local, workdir, monkeypatch):
     import autoopt
