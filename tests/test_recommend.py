@@ -23,6 +23,7 @@ from autoopt.recommend.cli import app
 from autoopt.core.traits import TaskTraits, TraitError, parse_count
 from autoopt.recommend.recommender import (
     DATA_DIR,
+    LR_BRACKET,
     CatalogView,
     CompiledModel,
     Recommender,
@@ -382,6 +383,11 @@ def test_every_suggested_hyperparameter_lies_in_its_range(query):
         for hp in ranged:
             lo, hi = h[f"{hp}_range"]
             assert lo <= h[hp] <= hi, (r.optimizer, hp, h[hp], (lo, hi))
+        # the lr's range is at least its measured error (half a decade) each side, inside the catalog's bounds
+        low, high = r.lr_bounds
+        lo, hi = h["lr_range"]
+        assert lo <= max(h["lr"] / LR_BRACKET, low) * 1.01 and hi >= min(h["lr"] * LR_BRACKET, high) / 1.01, \
+            (r.optimizer, h["lr"], (lo, hi), (low, high))
 
 
 def test_table_output_lists_reasons_with_source_files():

@@ -898,6 +898,10 @@ class Recommender:
                     values[hp], sources[hp] = v, "the zoo sweep's setting (the learned lr was measured with it)"
         if lr_hp:
             lr = _clip_hp(lr_hp, lr)
+        # never narrower than the lr's measured error on unseen task families (LR_BRACKET each
+        # side): a sharp predicted optimum, or one past the catalog's bound, gave ranges like [0.1, 0.1]
+        lo, hi = min(lo, lr / LR_BRACKET), max(hi, lr * LR_BRACKET)
+        if lr_hp:
             lo, hi = max(lo, lr_hp["low"]), min(hi, lr_hp["high"])
             lo, hi = min(lo, lr), max(hi, lr)
         values["lr"] = lr
