@@ -203,8 +203,9 @@ def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, 
     """Make a worker process ready for trials: import what a trial needs and build the task (its
     dataset) or import the objective. On a cluster each study's first trials otherwise wait
     seconds for new processes. Each of a study's first trials starts after one of these ended
-    (see ``_dispatch``), on the worker it made ready; a failure here shows up in the trial itself,
-    which meets it again, so it is returned (for the log), not raised."""
+    (see ``_dispatch``), on the worker it made ready. A failure is returned, not raised: raised,
+    it would fail that trial with the prepare's error before the trial ran; the trial meets the
+    same error itself and records it as its own reason."""
     try:
         _prepare_worker(task_ref, task_options, tracking, objective_ref)
     except Exception as exc:  # noqa: BLE001
@@ -485,7 +486,7 @@ class StudyRunner:
         self._fits_now = True
         self._decides: tuple[int, frozenset[int]] | None = None
         #: trials this run handed to workers
-        self.dispatched = 0
+        self._dispatched = 0
         #: set when the study's budget was used before this run began, so no trial ran: what to say
         self.nothing_ran: str | None = None
         #: the workers being made ready for the first trials (prepare_worker's results), one per trial
@@ -853,7 +854,7 @@ class StudyRunner:
             self._fail_in_flight(running, stop_reason)
         self._check_sent(wait=True)
         summary = self._update_progress(0, fresh=True)
-        self.nothing_ran = self._budget_already_used(summary) if exhausted and not self.dispatched else None
+        self.nothing_ran = self._budget_already_used(summary) if exhausted and not self._dispatched else None
         if summary.get("storage_outages"):
             import warnings
 
@@ -951,7 +952,7 @@ class StudyRunner:
         # a first trial waits for a worker made ready (imports, dataset) and takes it: started at
         # once, it went to another process while that one was still preparing, and prepared again
         prepared = self._prepared.pop(0) if self._prepared else None
-        self.dispatched += 1
+        self._dispatched += 1
         return _run_trial_remote.options(
             num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
         ).remote(task_ref, self.spec.task_options, item["config"], item["number"], seed, self.coordinator, logger,

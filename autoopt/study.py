@@ -10,6 +10,7 @@ Submitting a name that exists in the storage continues that study (resume).
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -188,7 +189,15 @@ class StudyHandle:
         if self._error is not None:
             raise self._error
         assert self._result is not None
+        _warn_if_nothing_ran(self._runner)
         return self._result
+
+
+def _warn_if_nothing_ran(runner: Any) -> None:
+    """A study run again with its budget used starts no trial: say so to the caller of run() or
+    wait(), with how to add trials (the CLI prints the same as a note)."""
+    if runner.nothing_ran:
+        warnings.warn(runner.nothing_ran, stacklevel=3)
 
 
 def _as_spec(spec: StudySpec | dict[str, Any] | None, overrides: dict[str, Any]) -> StudySpec:
@@ -221,8 +230,5 @@ def run(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callable[.
 
     runner = StudyRunner(s, on_progress=on_progress, hooks=recommender_hooks())
     runner.run()
-    if runner.nothing_ran:
-        import warnings
-
-        warnings.warn(runner.nothing_ran, stacklevel=2)
+    _warn_if_nothing_ran(runner)
     return summarize(s.name, runner.storage_url, runner.progress.elapsed, runner.final_summary)

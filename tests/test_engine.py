@@ -303,6 +303,8 @@ def test_a_first_trial_runs_on_the_worker_made_ready_for_it(ray_local, workdir):
     """One worker on a two-CPU Ray: the first trial waits for the worker its study made ready
     (imports, a dataset that takes 2 s to build) and trains there, instead of starting at once on
     another process that builds the dataset again."""
+    import os
+
     import autoopt
 
     marks = workdir / "marks"
@@ -313,8 +315,6 @@ def test_a_first_trial_runs_on_the_worker_made_ready_for_it(ray_local, workdir):
         space={"optimizers": ["adam"], "schedulers": ["constant"]}))
     result = autoopt.run(spec)
     assert result.counts["complete"] == 2
-    import os
-
     # the driver builds it too (for the task's traits): the workers are the other processes
     built = {p.name.split("-", 1)[1] for p in marks.glob("built-*")} - {str(os.getpid())}
     trained = {p.name.split("-", 1)[1] for p in marks.glob("trained-*")}
@@ -341,6 +341,10 @@ def test_a_study_run_again_with_its_budget_used_says_so_and_how_to_add_trials(ra
     assert said == ["study used-up already has its budget of 2 trials (2 complete, 0 pruned, 0 failed), so no trial "
                     "ran. To add trials, raise the budget: autoopt resume used-up --trials 3 (or n_trials in the spec)"]
     assert result.counts["complete"] == 2
+    with warnings.catch_warnings(record=True) as handle:  # the same through submit() and wait()
+        warnings.simplefilter("always")
+        autoopt.submit(spec).wait()
+    assert [str(w.message) for w in handle if "no trial ran" in str(w.message)] == said
     with warnings.catch_warnings(record=True) as more:
         warnings.simplefilter("always")
         result = autoopt.run(spec.model_copy(update={"search": spec.search.model_copy(update={"n_trials": 3})}))
