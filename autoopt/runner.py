@@ -499,6 +499,8 @@ class StudyRunner:
         self._futures: dict[Any, Any] = {}  # on the Ray client: each running trial's future (_finished_trials)
         self._lost: dict[Any, str] = {}  # on the Ray client: trials found on a dead node, and why
         self._lost_checked = 0.0
+        #: a lost trial's re-run was queued since the loop last looked (its budget slot is free again)
+        self._requeued = False
         self._pool_key: Any = None  # where this study's coordinator goes back to (CoordinatorPool)
         self._reopened = False  # a kept coordinator took this study (its reopen answered already)
         self._progress_write: Any = None  # the last mid-study MLflow progress write (a Future)
@@ -818,6 +820,10 @@ class StudyRunner:
                 for ref in self._finished_trials(running):
                     outcome = self._outcome(ref, running[ref])  # a lost worker, an error: recorded here
                     number = running.pop(ref)
+                    if self._requeued:
+                        # its re-run is queued: the budget that looked used up (the lost trial
+                        # still counted as running) has a slot for it again
+                        exhausted, self._requeued = False, False
                     asked = may_ask() and dispatch_next()  # the freed worker's next trial first
                     if not asked and may_ask():
                         exhausted = True
@@ -1020,18 +1026,18 @@ class StudyRunner:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - its worker is gone already
                 pass
-            ray.get(self.coordinator.fail.remote(number, lost, True))
+            self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, lost, True)))
             return self._not_told()
         try:
             outcome = future.result() if future is not None else ray.get(ref)
         except _WORKER_LOST as exc:
             reason = f"worker lost: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            ray.get(self.coordinator.fail.remote(number, reason[:500], True))
+            self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, reason[:500], True)))
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             ray.get(self.coordinator.fail.remote(number, f"error: {type(cause).__name__}: {cause}"[:500], False))
         except ray.exceptions.TaskCancelledError:
-            ray.get(self.coordinator.fail.remote(number, "cancelled", True))
+            self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, "cancelled", True)))
         else:
             if outcome.get("tracking_failed"):
                 self._mlflow_gaps = True

@@ -31,6 +31,31 @@ class CrashOnceTask(DiabetesMLP):
         return value
 
 
+class CrashLastTask(DiabetesMLP):
+    """One worker process (the first to claim ``marker``) sleeps ``delay_s`` in its first
+    evaluation and then kills itself (SIGKILL), once: the study's other trials finish before the
+    loss is noticed, so the budget looks used up when the crashed trial's re-run is queued."""
+
+    name = "crash_last"
+
+    def __init__(self, marker: str, delay_s: float = 4.0, **kw):
+        super().__init__(**kw)
+        self.marker = marker
+        self.delay_s = delay_s
+
+    def evaluate(self, model, loader, device):
+        value = super().evaluate(model, loader, device)
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return value
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        time.sleep(self.delay_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return value
+
+
 class SlowTask(DiabetesMLP):
     """Sleeps each epoch, so a test can stop things while trials are running."""
 

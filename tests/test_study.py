@@ -112,6 +112,26 @@ def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
     assert result.counts["complete"] == 4
 
 
+@pytest.mark.slow
+def test_a_trial_lost_after_the_budget_looked_used_up_is_still_rerun(ray_local, workdir):
+    """The other worker's trial ends first and finds no budget left (the lost trial still
+    counts as running); the lost trial's re-run, queued after that, must still run."""
+    from helper_tasks import CrashLastTask
+
+    marker = workdir / "crashed"
+    task = CrashLastTask(marker=str(marker), delay_s=4.0, size=0.25, epochs=2)
+    spec = StudySpec(name="crash-last", task=task, n_trials=2, workers=2, pruner="none", tracking=False, retries=1,
+                     space={"optimizers": ["adam"], "schedulers": ["constant"]})
+    result = autoopt.run(spec)
+    assert marker.exists()
+    trials = result.study.trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].user_attrs[R.RETRIED] is True
+    retry = [t for t in trials if t.user_attrs.get(R.RETRY_OF) == failed[0].number]
+    assert [t.state.name for t in retry] == ["COMPLETE"]
+    assert result.counts["complete"] == 2
+
+
 def test_diverging_trials_do_not_stop_the_study(ray_local, workdir):
     spec = small_spec("diverge", n_trials=4, pruner="none",
                       space={"optimizers": ["sgd"], "schedulers": ["constant"],
