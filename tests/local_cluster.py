@@ -53,8 +53,36 @@ class ClusterError(RuntimeError):
     """A part of the local cluster did not start; the message ends with the tail of its log."""
 
 
+#: ports for the tests' servers: above Ray's worker ports (10002-19999) and below the kernel's
+#: ephemeral range (32768 and up here), from which every bind(0) and outgoing connection (Ray's
+#: gRPC servers, other tests' clients) takes its port
+_TEST_PORTS = (20000, 32768)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing is bound to, for a server a test starts. Not one the kernel hands out for
+    bind(0): between this check and the server's own bind, such a port went to a Ray worker or a
+    connection of another test process (an MLflow server then failed with 'address already in
+    use'); outside that range only another test's free_port can pick it, rarely, and not an
+    already bound one."""
+    import random
+
+    low, high = _TEST_PORTS[0], min(_TEST_PORTS[1], _ephemeral_low())
+    for port in random.SystemRandom().sample(range(low, high), 200) if high - low > 200 else ():
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range on this machine
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from local_cluster import free_port
 from mlflow import MlflowClient
 
 from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
@@ -99,11 +99,6 @@ def test_ctrl_c_says_how_to_resume_and_leaves_nothing_running(workdir):
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"  # the same parent run, re-opened
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -116,7 +111,7 @@ def _alive(pid: int) -> bool:
 def test_sigterm_to_ui_stops_its_mlflow_server(workdir):
     store = default_tracking_uri(workdir)
     StudyTracker(TrackingConfig(tracking_uri=store, experiment_name="ui")).start("ui", {}, "tpe", "none", {})
-    port = _free_port()
+    port = free_port()
     log = open(workdir / "ui.log", "wb")  # noqa: SIM115 - the command's (and its server's) output
     ui = subprocess.Popen(_cli("ui", "--port", str(port), "--tracking-uri", store), cwd=workdir,
                           stdout=log, stderr=subprocess.STDOUT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import warnings
 
 import optuna
 import pytest
+from local_cluster import free_port
 from mlflow import MlflowClient
 
 import autoopt
@@ -22,11 +22,6 @@ from autoopt.sync import sync_study
 from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
 from autoopt.ui import start_ui, stop_ui
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(what: str, check, timeout: float = 120.0):
@@ -49,7 +44,7 @@ def test_mlflow_down_at_start_and_mid_study_loses_nothing(ray_local, workdir, mo
     monkeypatch.setenv("AUTOOPT_TRACKING_COOLDOWN_S", "1")
     store = default_tracking_uri(workdir)
     StudyTracker(TrackingConfig(tracking_uri=store, experiment_name="init")).start("init", {}, "tpe", "none", {})
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     gate = workdir / "gate"
     gate.mkdir()
