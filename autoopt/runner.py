@@ -813,7 +813,15 @@ class StudyRunner:
                     self._send(self.coordinator.prepare.remote())
                 if not running:
                     out_of_time = deadline is not None and time.time() >= deadline
-                    if out_of_time or self._stop.is_set() or not self._wait_for_foreign():
+                    if out_of_time or self._stop.is_set():
+                        break
+                    if dispatch_next():
+                        # a re-run queued after the budget looked used up: another driver's trial
+                        # reaped meanwhile (the periodic reap is not waited for) freed its slot
+                        exhausted = False
+                        self._send(self.coordinator.prepare.remote())
+                        continue
+                    if not self._wait_for_foreign():
                         break
                     exhausted = False  # a reaped trial may have been re-enqueued: ask again
                     continue

@@ -284,3 +284,51 @@ def test_a_trial_on_the_ray_client_announces_its_node_before_it_trains(ray_local
     ray.get(actor.tell.remote(number, {k: result[k] for k in ("status", "value", "history")}))
     assert ray.get(actor.trial_nodes.remote()) == {}
     ray.kill(actor)
+
+
+@pytest.mark.slow
+def test_a_rerun_queued_after_the_budget_looked_used_up_still_runs_here(ray_local, tmp_path, monkeypatch):
+    """Another driver's trial holds the study's last budget slot, so this driver's second worker
+    finds no budget. While this driver's one trial runs, the other driver goes silent: its trial
+    is reaped and queued again (by the loop's periodic reap, not waited for). That re-run must
+    run here before the study ends, not stay WAITING."""
+    import autoopt
+    import autoopt.runner
+    from helper_tasks import SlowTask
+
+    from autoopt.core import record as R
+    from autoopt.spec import StudySpec
+
+    monkeypatch.setenv("AUTOOPT_STALE_AFTER_S", "2")
+    monkeypatch.setenv("AUTOOPT_HEARTBEAT_S", "0.5")
+    monkeypatch.setattr(autoopt.runner, "REAP_EVERY_S", 0.5)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    name = f"reaped-{uuid.uuid4().hex[:6]}"
+    task = SlowTask(sleep_s=1.0, size=0.25, epochs=6)
+    space = {"optimizers": ["adam"], "schedulers": ["constant"]}
+    spec = StudySpec(name=name, task=task, n_trials=2, workers=2, pruner="none", tracking=False, storage=url,
+                     space=space)
+    other = StudyCoordinator(name, SearchSpec(task="helper_tasks:SlowTask", space=SpaceSpec(**space), n_trials=2),
+                             ExecutionSpec(storage_retry_s=30, stale_after_s=2.0, heartbeat_s=0.5),
+                             PlacesSpec(storage=url), TaskFacts(task.direction, task.traits(), max_epochs=6),
+                             session=uuid.uuid4().hex[:12])
+    held = other.ask()["number"]
+    ours_running = threading.Event()
+
+    def beat() -> None:  # the other driver is alive until this driver's trial runs, then silent
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        while not ours_running.is_set():
+            other.heartbeat()
+            if any(t.state == TrialState.RUNNING and t.number != held for t in study.get_trials(deepcopy=False)):
+                ours_running.set()
+            time.sleep(0.2)
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    result = autoopt.run(spec)
+    ours_running.set()
+    trials = result.study.trials
+    assert trials[held].state.name == "FAIL" and trials[held].user_attrs[R.REASON].startswith("abandoned")
+    rerun = [t for t in trials if t.user_attrs.get(R.RETRY_OF) == held]
+    assert [t.state.name for t in rerun] == ["COMPLETE"]
+    assert result.counts["complete"] == 2
