@@ -92,22 +92,29 @@ def test_submit_returns_a_handle(ray_local, workdir):
     assert len(df) == 6 and {"optimizer", "epochs_run", "state"} <= set(df.columns)
 
 
-@pytest.mark.slow
-def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
-    from helper_tasks import CrashOnceTask
-
-    marker = workdir / "crashed"
-    task = CrashOnceTask(marker=str(marker), size=0.25, epochs=3)
-    spec = StudySpec(name="crash", task=task, n_trials=4, workers=2, pruner="none", tracking=False, retries=1,
+def _run_with_a_lost_worker(task, marker, name: str, n_trials: int):
+    """Run a study whose task kills its worker once (``marker`` says it did): the result, its
+    failed trials, and the re-runs of the first failed one."""
+    spec = StudySpec(name=name, task=task, n_trials=n_trials, workers=2, pruner="none", tracking=False, retries=1,
                      space={"optimizers": ["adam"], "schedulers": ["constant"]})
     result = autoopt.run(spec)
     assert marker.exists()
     trials = result.study.trials
     failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed
+    return result, failed, [t for t in trials if t.user_attrs.get(R.RETRY_OF) == failed[0].number]
+
+
+@pytest.mark.slow
+def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
+    from helper_tasks import CrashOnceTask
+
+    marker = workdir / "crashed"
+    result, failed, retry = _run_with_a_lost_worker(CrashOnceTask(marker=str(marker), size=0.25, epochs=3), marker,
+                                                    "crash", 4)
     assert len(failed) == 1
     assert failed[0].user_attrs[R.REASON].startswith("worker lost")
     assert failed[0].user_attrs[R.RETRIED] is True
-    retry = [t for t in trials if t.user_attrs.get(R.RETRY_OF) == failed[0].number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed[0].params
     assert result.counts["complete"] == 4
 
@@ -119,15 +126,9 @@ def test_a_trial_lost_after_the_budget_looked_used_up_is_still_rerun(ray_local, 
     from helper_tasks import CrashLastTask
 
     marker = workdir / "crashed"
-    task = CrashLastTask(marker=str(marker), delay_s=4.0, size=0.25, epochs=2)
-    spec = StudySpec(name="crash-last", task=task, n_trials=2, workers=2, pruner="none", tracking=False, retries=1,
-                     space={"optimizers": ["adam"], "schedulers": ["constant"]})
-    result = autoopt.run(spec)
-    assert marker.exists()
-    trials = result.study.trials
-    failed = [t for t in trials if t.state.name == "FAIL"]
+    result, failed, retry = _run_with_a_lost_worker(CrashLastTask(marker=str(marker), delay_s=4.0, size=0.25, epochs=2),
+                                                    marker, "crash-last", 2)
     assert len(failed) == 1 and failed[0].user_attrs[R.RETRIED] is True
-    retry = [t for t in trials if t.user_attrs.get(R.RETRY_OF) == failed[0].number]
     assert [t.state.name for t in retry] == ["COMPLETE"]
     assert result.counts["complete"] == 2
 
