@@ -19,21 +19,23 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 
 from autoopt.core import record as R
 from autoopt.coordinator import StudyCoordinator, TaskFacts
+from autoopt.ray_session import ENV_RAY_ADDRESS, call_soon, ensure_ray
 from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.space import TrialConfig
 from autoopt.redaction import redact, redact_text
 from autoopt.spec import SpecError, StudySpec, objective_label, task_label
 from autoopt.storage import StorageError, default_storage_url, open_storage
-from autoopt.task import Task, load_task
 
-ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
+if TYPE_CHECKING:  # the task module imports torch: a driver imports it while Ray starts (StudyRunner)
+    from autoopt.task import Task
+
 REAP_EVERY_S = 15.0
 #: How many ranked recommendations a warm start looks through for configurations in the space.
 WARM_START_CANDIDATES = 64
@@ -52,6 +54,8 @@ def _cached_task(task_ref: Any, options: dict[str, Any]) -> Task:
     key = (task_ref, tuple(sorted(options.items()))) if isinstance(task_ref, str) else None
     if key is not None and key in _TASKS:
         return _TASKS[key]
+    from autoopt.task import load_task
+
     task = load_task(task_ref, **options)
     if key is not None:
         _TASKS[key] = task
@@ -342,52 +346,6 @@ def _coordinator_placement() -> Any:
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
-def _init_loopback_only(kwargs: dict[str, Any]) -> None:
-    """Start the embedded Ray with every server (GCS, raylet, object manager, workers, agents)
-    bound to 127.0.0.1: it has no authentication, so nothing off this machine may reach it.
-
-    Ray binds to all interfaces of its node IP unless it runs in its local-only mode, the one it
-    uses on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import);
-    that mode is switched on for this start only, so a later connection to a cluster in the
-    same process advertises the real node IP again.
-    """
-    from ray._private import ray_constants
-
-    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(_node_ip_address="127.0.0.1", **kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` ($AUTOOPT_RAY_ADDRESS / $RAY_ADDRESS) or start a local Ray."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
-    if address:
-        kwargs["address"] = address
-    else:  # embedded: a private local instance, quiet unless something goes wrong
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus, logging_level=logging.ERROR)
-        _init_loopback_only(kwargs)
-        return
-    attempts = 5
-    for attempt in range(attempts):
-        try:
-            ray.init(**kwargs)
-            return
-        except ConnectionAbortedError:
-            # Ray client (ray://): the head's proxy occasionally loses the per-client server to a
-            # gRPC fork race (ray#63202, "Initialization failure from server"); a new connection
-            # gets a new one.
-            if attempt == attempts - 1 or not str(address).startswith("ray://"):
-                raise
-            ray.shutdown()
-            time.sleep(2.0 * (attempt + 1))
-
-
 @dataclass
 class Progress:
     """What the live display and ``status`` show."""
@@ -428,6 +386,59 @@ class StudyHooks:
     after_study: Callable[[Any], Any] | None = None
 
 
+def _resolvable(ref: Any) -> bool:
+    """Whether a task or objective reference will likely load: an object, a reference task's name,
+    or an import path whose module's source defines the name (read, not run). Ray is started
+    early only for these, so a misspelt name fails at once instead of after a Ray start it did
+    not need (the process then waits for that start to end before it exits)."""
+    if ref is None:
+        return False
+    if not isinstance(ref, str):
+        return True
+    from autoopt.core.tasks import REFERENCE_TASKS
+
+    if ref in REFERENCE_TASKS:
+        return True
+    module, _, attr = ref.partition(":")
+    if not (module and attr):
+        return False
+    import ast
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module)
+        if found is None or not str(found.origin or "").endswith(".py"):
+            return False
+        with open(found.origin, encoding="utf-8") as source:
+            tree = ast.parse(source.read())
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return False
+    return attr in _top_level_names(tree.body)
+
+
+def _top_level_names(body: list[Any]) -> set[str]:
+    """Names a module's top level binds: classes, functions, assignments and imports, also
+    inside top-level ``if`` and ``try`` blocks."""
+    import ast
+
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+        elif isinstance(node, ast.If):
+            names |= _top_level_names(node.body) | _top_level_names(node.orelse)
+        elif isinstance(node, ast.Try):
+            names |= _top_level_names(node.body) | _top_level_names(node.orelse) | _top_level_names(node.finalbody)
+            for handler in node.handlers:
+                names |= _top_level_names(handler.body)
+    return names
+
+
 class StudyRunner:
     """Drives one study: prepares the task, the coordinator and tracking, then dispatches trials."""
 
@@ -446,6 +457,16 @@ class StudyRunner:
                 f"cluster at {redact(address)}: use a storage the cluster can reach, e.g. postgresql://user:pw@host/db"
             )
         open_storage(self.storage_url)  # fail fast (clear, redacted message) before starting Ray
+        self.gpus_per_trial = 0.0 if spec.gpus_per_trial == "auto" else float(spec.gpus_per_trial)
+        self.resource_request: dict[str, float] = {}
+        self._fits_now = True
+        #: the workers being made ready for the first trials (prepare_worker's results), one per trial
+        self._prepared: list[Any] = []
+        #: Ray's start, the resource check and the first workers' prepares, begun on the Ray
+        #: thread while this driver loads the task (torch, the dataset) and measures its traits
+        self._early: concurrent.futures.Future | None = None
+        if _resolvable(spec.objective if spec.objective is not None else spec.task):
+            self._early = call_soon(self._start_early)
         self.task: Task | None = None
         self.objective = None
         if spec.objective is not None:
@@ -459,6 +480,8 @@ class StudyRunner:
             self.direction = spec.search.direction
             self.traits = self._objective_traits()
         elif spec.task is not None:
+            from autoopt.task import load_task
+
             self.task = load_task(spec.task, **spec.task_options)
             self.metric, self.direction = self.task.metric, self.task.direction
             self.traits = self.task.traits()
@@ -481,16 +504,11 @@ class StudyRunner:
         self._unrecorded: list[int] = []
         self._sigterm_before: Any = None
         self.interrupt: dict[str, Any] | None = None
-        self.gpus_per_trial = 0.0 if spec.gpus_per_trial == "auto" else float(spec.gpus_per_trial)
-        self.resource_request: dict[str, float] = {}
-        self._fits_now = True
         self._decides: tuple[int, frozenset[int]] | None = None
         #: trials this run handed to workers
         self._dispatched = 0
         #: set when the study's budget was used before this run began, so no trial ran: what to say
         self.nothing_ran: str | None = None
-        #: the workers being made ready for the first trials (prepare_worker's results), one per trial
-        self._prepared: list[Any] = []
         #: opens the local MLflow store while the coordinator starts (joined before tracking begins)
         self._warming: threading.Thread | None = None
         #: tells and prepares sent without waiting: their errors surface at the next _check_sent
@@ -733,12 +751,36 @@ class StudyRunner:
         else:
             warnings.warn(resources.ResourcesUnavailableWarning(message), stacklevel=2)
 
-    def _run(self) -> dict[str, Any]:
+    def _start_early(self) -> None:
+        """Connect to Ray and check the resources; where the task or objective is an import path
+        (not an object this driver has yet to ship), start the first trials' workers too, so their
+        cold start (a process, torch, the dataset) overlaps this driver's own."""
         ensure_ray(self.spec.ray_address)
+        self._fit_resources()
+        if self.spec.objective is not None:
+            task_ref, objective_ref = None, self.spec.objective
+        else:
+            task_ref, objective_ref = self.spec.task, None
+        if isinstance(task_ref, str) or isinstance(objective_ref, str):
+            self._prepare_workers(task_ref, objective_ref)
+
+    def _prepare_workers(self, task_ref: Any, objective_ref: Any) -> None:
+        # each of the first trials starts after one of these, on its worker (_dispatch)
+        self._prepared = [
+            _prepare_worker_remote.options(
+                num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
+            ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
+            for _ in range(self.spec.workers)
+        ]
+
+    def _run(self) -> dict[str, Any]:
+        if self._early is not None:
+            self._early.result()  # its errors (no Ray, a request no node can run) are raised here
+        else:
+            self._start_early()
         if threading.current_thread() is threading.main_thread():
             # Ray's driver handler exits at once on SIGTERM; stop like Ctrl-C instead, recording it
             self._sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
-        self._fit_resources()
         task_ref: Any = None
         if self.objective is not None:
             ref = self.spec.objective if isinstance(self.spec.objective, str) else ray.put(self.objective)
@@ -746,14 +788,8 @@ class StudyRunner:
         else:
             task_ref = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
         objective_ref = self.objective_facts.ref if self.objective_facts is not None else None
-        # trial workers start (imports, dataset) while the coordinator and tracking do; each of
-        # the first trials starts after one of these, on its worker (_dispatch)
-        self._prepared = [
-            _prepare_worker_remote.options(
-                num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
-            ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
-            for _ in range(self.spec.workers)
-        ]
+        if not self._prepared:  # an object to ship: its workers start now, beside the coordinator
+            self._prepare_workers(task_ref, objective_ref)
         if self.spec.tracking:
             from autoopt import tracking
 

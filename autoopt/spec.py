@@ -244,7 +244,7 @@ class SearchSpec(BaseModel):
     @field_validator("task")
     @classmethod
     def _task(cls, v: Any) -> Any:
-        from autoopt.task import REFERENCE_TASKS
+        from autoopt.core.tasks import REFERENCE_TASKS
 
         if isinstance(v, str) and v not in REFERENCE_TASKS and ":" not in v:
             raise ValueError(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from autoopt.core.tasks import REFERENCE_TASKS
 from autoopt.core.traits import MEASURED, TaskTraits
 
 
@@ -190,13 +191,6 @@ class FunctionTask(Task):
         return super().evaluate(model, loader, device)
 
 
-#: Reference task names -> import paths (the modules in the top-level ``tasks/`` folder).
-REFERENCE_TASKS: dict[str, str] = {
-    "cv": "autoopt.tasks.cv:DigitsCNN",
-    "tabular": "autoopt.tasks.tabular:DiabetesMLP",
-    "nlp": "autoopt.tasks.nlp:ZipfTextClassification",
-    "recsys": "autoopt.tasks.recsys:ImplicitMF",
-}
 
 
 class TaskNotFound(ValueError):

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +75,42 @@ def test_usage_errors_exit_2_with_one_line(workdir, content, needle):
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert needle in r.stderr and "hunter2" not in r.stderr + r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_a_task_error_found_while_ray_starts_exits_2_and_leaves_no_ray(workdir):
+    """A task path whose module defines the name is loaded while Ray starts (the two overlap);
+    when the name then turns out not to be a task, the run still ends with one line and exit code
+    2, and the Ray it started does not outlive it."""
+    from local_cluster import session_pids
+
+    from autoopt.runner import _resolvable
+
+    assert _resolvable("helper_tasks:not_a_factory")  # so Ray starts before the refusal below
+    (workdir / "bad.yaml").write_text(SPEC.replace("task: tabular", "task: helper_tasks:not_a_factory"))
+    proc = subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", "bad.yaml"], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2, err[-2000:]
+    assert "helper_tasks:not_a_factory" in err and "Traceback" not in err, err[-2000:]
+    left = session_pids(proc.pid)
+    for _ in range(50):  # Ray's processes end with the process that started them
+        if not left:
+            break
+        time.sleep(0.2)
+        left = session_pids(proc.pid)
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left if Path(f"/proc/{p}").exists()]
+
+
+@pytest.mark.parametrize("ref, early", [
+    ("tabular", True), ("helper_tasks:GatedTask", True), ("helper_tasks:make_slow_task", True),
+    ("helper_tasks:NoSuchTask", False), ("no_such_module:Task", False), ("vision", False), ("os:system", False),
+])
+def test_ray_starts_beside_the_task_load_only_for_a_name_that_exists(ref, early):
+    """A misspelt task name or module fails before Ray starts (read from the module's source, not
+    run); ``os:system`` is bound by a star import, which reading cannot see: no early start."""
+    from autoopt.runner import _resolvable
+
+    assert _resolvable(ref) is early
 
 
 def test_the_progress_table_ends_its_line_in_a_log(workdir):

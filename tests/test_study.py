@@ -3,6 +3,8 @@ resume, a killed worker, Optuna's own tools reading the result."""
 
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 
@@ -90,6 +92,32 @@ def test_submit_returns_a_handle(ray_local, workdir):
     assert final["best_value"] == pytest.approx(result.best_value) and handle.best_value == final["best_value"]
     df = handle.trials_dataframe()
     assert len(df) == 6 and {"optimizer", "epochs_run", "state"} <= set(df.columns)
+
+
+FIRST_CALL_SUBMIT = """
+import time, autoopt
+spec = dict(name="first", task="tabular", task_options={"size": 0.25, "epochs": 1}, n_trials=1, workers=1,
+            pruner="none", tracking=False, space={"optimizers": ["adam"], "schedulers": ["constant"]})
+print("first", autoopt.submit(spec).wait(timeout=120).counts["complete"], flush=True)
+time.sleep(2)  # the study's thread has ended
+spec["name"] = "second"
+print("second", autoopt.run(spec).counts["complete"], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ray_started_by_a_submitted_study_outlives_its_thread(tmp_path):
+    """``autoopt.submit`` as a process's first Ray call (a notebook's first cell): the embedded
+    Ray it starts must outlive the study's thread. Started on that thread, Linux ended Ray's
+    processes with it, and the next study waited 60 s for them, then Ray ended the process."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTOOPT_RAY_ADDRESS", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL_SUBMIT], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["first", "1", "second", "1"], (done.stdout, done.stderr[-3000:])
 
 
 def _run_with_a_lost_worker(task, marker, name: str, n_trials: int):

@@ -1,0 +1,159 @@
+"""The driver's Ray (embedded or a cluster), connected from one thread that lives as long as the process.
+
+Why a thread of its own: on Linux, the processes ``ray.init`` starts for an embedded Ray (GCS,
+raylet, agents) are tied to the *thread* that started them (``PR_SET_PDEATHSIG``): they are
+killed when that thread ends. A study started with ``autoopt.submit`` as a process's first Ray
+call ran ``ray.init`` on its study thread, so Ray died with that study, and the process's next
+study waited 60 s for a GCS that was gone, after which Ray ended the process. Here every
+connection is made on one daemon thread that is never ended, so Ray lives exactly as long as the
+process. The same thread lets a study connect while it loads its task (:func:`call_soon`): the
+two overlap instead of one waiting for the other.
+
+Not a ``ThreadPoolExecutor``: its thread is joined, and so ended, before ``atexit`` handlers
+run, which would kill the embedded Ray before Ray's own exit handler shuts it down cleanly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import ray
+
+#: Where to find the Ray cluster (``ray://host:10001`` or a GCS address); unset: an embedded Ray.
+ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
+#: How long a process that is exiting waits for a Ray start still in flight, so it can shut it down.
+EXIT_WAIT_S = 60.0
+
+_jobs: "queue.SimpleQueue[tuple[Future, Callable[[], Any]]]" = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_thread_lock = threading.Lock()
+_busy = threading.Event()  # a job is running on the Ray thread
+
+
+def _serve() -> None:
+    while True:
+        future, fn = _jobs.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        _busy.set()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(exc)
+        finally:
+            _busy.clear()
+
+
+def _on_ray_thread() -> bool:
+    return _thread is not None and threading.current_thread() is _thread
+
+
+def call_soon(fn: Callable[[], Any]) -> Future:
+    """Run ``fn`` on the Ray thread (after what was queued before it); its result or error comes
+    back through the returned future. Called from the Ray thread itself, ``fn`` runs at once."""
+    global _thread
+    future: Future = Future()
+    if _on_ray_thread():
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001
+            future.set_exception(exc)
+        return future
+    with _thread_lock:
+        if _thread is None:
+            _thread = threading.Thread(target=_serve, name="autoopt-ray", daemon=True)
+            _thread.start()
+            atexit.register(_settle_at_exit)
+    _jobs.put((future, fn))
+    return future
+
+
+def _settle_at_exit() -> None:
+    """A process ending while Ray still starts (a spec error found meanwhile): let the start end,
+    then shut Ray down, instead of leaving it half made while the interpreter goes away."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while (_busy.is_set() or not _jobs.empty()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` ($AUTOOPT_RAY_ADDRESS / $RAY_ADDRESS) or start a local Ray, on the
+    Ray thread; returns once connected (its errors are raised here)."""
+    if ray.is_initialized():
+        return
+    call_soon(lambda: _connect(address, num_cpus)).result()
+
+
+def _connect(address: str | None, num_cpus: int | None) -> None:
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+    with _no_sigterm_note():
+        if not address:  # embedded: a private local instance, quiet unless something goes wrong
+            kwargs.update(include_dashboard=False, num_cpus=num_cpus, logging_level=logging.ERROR)
+            _init_loopback_only(kwargs)
+            return
+        kwargs["address"] = address
+        attempts = 5
+        for attempt in range(attempts):
+            try:
+                ray.init(**kwargs)
+                return
+            except ConnectionAbortedError:
+                # Ray client (ray://): the head's proxy occasionally loses the per-client server to a
+                # gRPC fork race (ray#63202, "Initialization failure from server"); a new connection
+                # gets a new one.
+                if attempt == attempts - 1 or not str(address).startswith("ray://"):
+                    raise
+                ray.shutdown()
+                time.sleep(2.0 * (attempt + 1))
+
+
+def _init_loopback_only(kwargs: dict[str, Any]) -> None:
+    """Start the embedded Ray with every server (GCS, raylet, object manager, workers, agents)
+    bound to 127.0.0.1: it has no authentication, so nothing off this machine may reach it.
+
+    Ray binds to all interfaces of its node IP unless it runs in its local-only mode, the one it
+    uses on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import);
+    that mode is switched on for this start only, so a later connection to a cluster in the
+    same process advertises the real node IP again.
+    """
+    from ray._private import ray_constants
+
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+class _DropSigtermNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class _no_sigterm_note:
+    """Ray notes that it sets no SIGTERM handler off the main thread; a study sets its own while
+    it runs (``StudyRunner._run``), so the note would only puzzle the user."""
+
+    def __enter__(self) -> None:
+        self._filter = _DropSigtermNote()
+        logging.getLogger("ray._private.worker").addFilter(self._filter)
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("ray._private.worker").removeFilter(self._filter)
+
+
+__all__ = ["ENV_RAY_ADDRESS", "call_soon", "ensure_ray"]
