@@ -56,6 +56,49 @@ class CrashLastTask(DiabetesMLP):
         return value
 
 
+def _claim(path: str) -> bool:
+    """True for the one process that creates ``path`` first."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+class CrashBesideLongTask(DiabetesMLP):
+    """Three trials at once, whichever processes they land on: the first to evaluate (claims
+    ``long_marker``) runs on ``long_s`` seconds after the quick one has ended; the second (claims
+    ``marker``) kills its worker (SIGKILL) ``delay_s`` seconds after the quick one has ended; the
+    third is quick and says so (``marker`` + ".quick"). The crash thus comes after the quick
+    trial found the budget used up, while the long trial still runs. Re-runs are quick."""
+
+    name = "crash_beside_long"
+
+    def __init__(self, marker: str, long_marker: str, delay_s: float = 2.0, long_s: float = 10.0, **kw):
+        super().__init__(**kw)
+        self.marker, self.long_marker = marker, long_marker
+        self.delay_s, self.long_s = delay_s, long_s
+
+    def _after_the_quick_one(self, seconds: float) -> None:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(self.marker + ".quick") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(seconds)
+
+    def evaluate(self, model, loader, device):
+        value = super().evaluate(model, loader, device)
+        if _claim(self.long_marker):
+            self._after_the_quick_one(self.long_s)
+        elif _claim(self.marker):
+            self._after_the_quick_one(self.delay_s)
+            os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            Path(self.marker + ".quick").touch()
+        return value
+
+
 class SlowTask(DiabetesMLP):
     """Sleeps each epoch, so a test can stop things while trials are running."""
 

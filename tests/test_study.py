@@ -120,11 +120,12 @@ def test_ray_started_by_a_submitted_study_outlives_its_thread(tmp_path):
     assert done.stdout.split() == ["first", "1", "second", "1"], (done.stdout, done.stderr[-3000:])
 
 
-def _run_with_a_lost_worker(task, marker, name: str, n_trials: int):
+def _run_with_a_lost_worker(task, marker, name: str, n_trials: int, workers: int = 2):
     """Run a study whose task kills its worker once (``marker`` says it did): the result, its
-    failed trials, and the re-runs of the first failed one."""
-    spec = StudySpec(name=name, task=task, n_trials=n_trials, workers=2, pruner="none", tracking=False, retries=1,
-                     space={"optimizers": ["adam"], "schedulers": ["constant"]})
+    failed trials, and the re-runs of the first failed one. Each trial takes 2 / ``workers`` of
+    the session's 2 CPUs."""
+    spec = StudySpec(name=name, task=task, n_trials=n_trials, workers=workers, cpus_per_trial=2 / workers,
+                     pruner="none", tracking=False, retries=1, space={"optimizers": ["adam"], "schedulers": ["constant"]})
     result = autoopt.run(spec)
     assert marker.exists()
     trials = result.study.trials
@@ -159,6 +160,25 @@ def test_a_trial_lost_after_the_budget_looked_used_up_is_still_rerun(ray_local, 
     assert len(failed) == 1 and failed[0].user_attrs[R.RETRIED] is True
     assert [t.state.name for t in retry] == ["COMPLETE"]
     assert result.counts["complete"] == 2
+
+
+@pytest.mark.slow
+def test_a_lost_trials_rerun_starts_while_other_trials_still_run(ray_local, workdir):
+    """Three workers: one trial ends first and finds no budget left, then another kills its
+    worker while the third runs on for seconds. The lost trial's re-run takes the freed slot at
+    once; it does not wait for the long trial to end (which the study's last ask alone would do)."""
+    from helper_tasks import CrashBesideLongTask
+
+    marker, long_marker = workdir / "crashed", workdir / "long"
+    task = CrashBesideLongTask(marker=str(marker), long_marker=str(long_marker), delay_s=2.0, long_s=10.0,
+                               size=0.25, epochs=1)
+    result, failed, retry = _run_with_a_lost_worker(task, marker, "crash-beside-long", 3, workers=3)
+    assert long_marker.exists() and len(failed) == 1 and [t.state.name for t in retry] == ["COMPLETE"]
+    others = [t for t in result.study.trials if t.state.name == "COMPLETE" and t not in retry]
+    long_trial = max(others, key=lambda t: t.datetime_complete - t.datetime_start)
+    assert (long_trial.datetime_complete - long_trial.datetime_start).total_seconds() >= 10
+    assert retry[0].datetime_start < long_trial.datetime_complete, (retry[0].datetime_start, long_trial.datetime_complete)
+    assert result.counts["complete"] == 3
 
 
 def test_diverging_trials_do_not_stop_the_study(ray_local, workdir):
