@@ -69,33 +69,36 @@ def _claim(path: str) -> bool:
 
 class CrashBesideLongTask(DiabetesMLP):
     """Three trials at once, whichever processes they land on: the first to evaluate (claims
-    ``long_marker``) runs on ``long_s`` seconds after the quick one has ended; the second (claims
-    ``marker``) kills its worker (SIGKILL) ``delay_s`` seconds after the quick one has ended; the
-    third is quick and says so (``marker`` + ".quick"). The crash thus comes after the quick
-    trial found the budget used up, while the long trial still runs. Re-runs are quick."""
+    ``long_marker``) runs on after the quick one has ended until a re-run has evaluated too (at
+    most ``long_s`` seconds); the second (claims ``marker``) kills its worker (SIGKILL)
+    ``delay_s`` seconds after the quick one has ended; the third is quick and says so (``marker``
+    + ".quick"). The crash thus comes after the quick trial found the budget used up, while the
+    long trial still runs. A re-run is quick and says so (``marker`` + ".rerun")."""
 
     name = "crash_beside_long"
 
-    def __init__(self, marker: str, long_marker: str, delay_s: float = 2.0, long_s: float = 10.0, **kw):
+    def __init__(self, marker: str, long_marker: str, delay_s: float = 2.0, long_s: float = 30.0, **kw):
         super().__init__(**kw)
         self.marker, self.long_marker = marker, long_marker
         self.delay_s, self.long_s = delay_s, long_s
 
-    def _after_the_quick_one(self, seconds: float) -> None:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(self.marker + ".quick") and time.monotonic() < deadline:
+    def _wait_for(self, suffix: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not os.path.exists(self.marker + suffix) and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(seconds)
 
     def evaluate(self, model, loader, device):
         value = super().evaluate(model, loader, device)
         if _claim(self.long_marker):
-            self._after_the_quick_one(self.long_s)
+            self._wait_for(".quick", 120)
+            self._wait_for(".rerun", self.long_s)
         elif _claim(self.marker):
-            self._after_the_quick_one(self.delay_s)
+            self._wait_for(".quick", 120)
+            time.sleep(self.delay_s)
             os.kill(os.getpid(), signal.SIGKILL)
         else:
-            Path(self.marker + ".quick").touch()
+            quick = Path(self.marker + ".quick")
+            (Path(self.marker + ".rerun") if quick.exists() else quick).touch()
         return value
 
 
