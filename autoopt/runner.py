@@ -779,7 +779,8 @@ class StudyRunner:
         else:
             self._start_early()
         if threading.current_thread() is threading.main_thread():
-            # Ray's driver handler exits at once on SIGTERM; stop like Ctrl-C instead, recording it
+            # SIGTERM stops the study like Ctrl-C, recorded (Ray, connected on its own thread, sets
+            # no handler; started on this thread, its handler exited at once)
             self._sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
         task_ref: Any = None
         if self.objective is not None:
