@@ -10,6 +10,17 @@ from pathlib import Path
 from autoopt.tasks.tabular import DiabetesMLP
 
 
+def _claim(path: str) -> bool:
+    """True for the one process that creates ``path`` first."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 class CrashOnceTask(DiabetesMLP):
     """Kills its own worker process (SIGKILL) in the first trial's second epoch, once.
 
@@ -45,26 +56,10 @@ class CrashLastTask(DiabetesMLP):
 
     def evaluate(self, model, loader, device):
         value = super().evaluate(model, loader, device)
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return value
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        time.sleep(self.delay_s)
-        os.kill(os.getpid(), signal.SIGKILL)
+        if _claim(self.marker):
+            time.sleep(self.delay_s)
+            os.kill(os.getpid(), signal.SIGKILL)
         return value
-
-
-def _claim(path: str) -> bool:
-    """True for the one process that creates ``path`` first."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    return True
 
 
 class CrashBesideLongTask(DiabetesMLP):
