@@ -16,13 +16,14 @@ run, which would kill the embedded Ray before Ray's own exit handler shuts it do
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable
+from concurrent.futures import Future, wait
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -34,21 +35,22 @@ EXIT_WAIT_S = 60.0
 _jobs: "queue.SimpleQueue[tuple[Future, Callable[[], Any]]]" = queue.SimpleQueue()
 _thread: threading.Thread | None = None
 _thread_lock = threading.Lock()
-_busy = threading.Event()  # a job is running on the Ray thread
+#: the job queued last: jobs run in order, so once it is done all of them are
+_last: Future | None = None
+
+
+def _run_into(future: Future, fn: Callable[[], Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+        future.set_exception(exc)
 
 
 def _serve() -> None:
     while True:
-        future, fn = _jobs.get()
-        if not future.set_running_or_notify_cancel():
-            continue
-        _busy.set()
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-            future.set_exception(exc)
-        finally:
-            _busy.clear()
+        _run_into(*_jobs.get())
 
 
 def _on_ray_thread() -> bool:
@@ -58,30 +60,26 @@ def _on_ray_thread() -> bool:
 def call_soon(fn: Callable[[], Any]) -> Future:
     """Run ``fn`` on the Ray thread (after what was queued before it); its result or error comes
     back through the returned future. Called from the Ray thread itself, ``fn`` runs at once."""
-    global _thread
+    global _thread, _last
     future: Future = Future()
     if _on_ray_thread():
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # noqa: BLE001
-            future.set_exception(exc)
+        _run_into(future, fn)
         return future
     with _thread_lock:
         if _thread is None:
             _thread = threading.Thread(target=_serve, name="autoopt-ray", daemon=True)
             _thread.start()
             atexit.register(_settle_at_exit)
-    _jobs.put((future, fn))
+        _last = future
+        _jobs.put((future, fn))
     return future
 
 
 def _settle_at_exit() -> None:
     """A process ending while Ray still starts (a spec error found meanwhile): let the start end,
     then shut Ray down, instead of leaving it half made while the interpreter goes away."""
-    deadline = time.monotonic() + EXIT_WAIT_S
-    while (_busy.is_set() or not _jobs.empty()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if _last is not None:
+        wait([_last], timeout=EXIT_WAIT_S)
     if ray.is_initialized():
         ray.shutdown()
 
@@ -139,21 +137,17 @@ def _init_loopback_only(kwargs: dict[str, Any]) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
-class _DropSigtermNote(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
-
-
-class _no_sigterm_note:
+@contextlib.contextmanager
+def _no_sigterm_note() -> Iterator[None]:
     """Ray notes that it sets no SIGTERM handler off the main thread; a study sets its own while
     it runs (``StudyRunner._run``), so the note would only puzzle the user."""
-
-    def __enter__(self) -> None:
-        self._filter = _DropSigtermNote()
-        logging.getLogger("ray._private.worker").addFilter(self._filter)
-
-    def __exit__(self, *exc: Any) -> None:
-        logging.getLogger("ray._private.worker").removeFilter(self._filter)
+    ray_log = logging.getLogger("ray._private.worker")
+    drop = lambda record: "SIGTERM handler is not set" not in record.getMessage()  # noqa: E731
+    ray_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        ray_log.removeFilter(drop)
 
 
 __all__ = ["ENV_RAY_ADDRESS", "call_soon", "ensure_ray"]

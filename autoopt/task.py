@@ -191,8 +191,6 @@ class FunctionTask(Task):
         return super().evaluate(model, loader, device)
 
 
-
-
 class TaskNotFound(ValueError):
     pass
 
