@@ -124,7 +124,8 @@ def _run_spec(spec: Any, as_json: bool) -> None:
 
     json_out = _claim_stdout() if as_json else None
     console = err if as_json else out
-    runner = StudyRunner(spec, hooks=recommender_hooks())
+    # this process ends after the study: its report is drawn here, not in one more process
+    runner = StudyRunner(spec, hooks=recommender_hooks(), report_here=True)
     live = Live(_progress_table(spec.name, runner.progress), console=console, refresh_per_second=4, transient=False)
     last = [0.0]
 

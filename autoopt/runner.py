@@ -443,8 +443,12 @@ class StudyRunner:
     """Drives one study: prepares the task, the coordinator and tracking, then dispatches trials."""
 
     def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None,
-                 hooks: StudyHooks | None = None):
+                 hooks: StudyHooks | None = None, report_here: bool = False):
+        """``report_here``: draw the end-of-study report in this process, for a process that runs
+        one study and exits (the CLI). Otherwise a process of its own draws it, so that this
+        process's next study does not wait for the plots' CPU."""
         self.spec = spec
+        self.report_here = report_here
         self.hooks = hooks or StudyHooks()
         if spec.search.warm_start.enabled and (self.hooks.suggest_configs is None or self.hooks.top_optimizers is None):
             raise SpecError("warm_start needs the recommender: run the study with autoopt.run/submit, "
@@ -580,6 +584,7 @@ class StudyRunner:
         self.tracker = tracking.StudyTracker(config)
         # the study's plots are drawn after run() returns (its results are stored and logged first)
         self.tracker.report_in_background = tracking.report_in_background_default()
+        self.tracker.report_in_own_process = not self.report_here
         existing = None
         try:
             import optuna

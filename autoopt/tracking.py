@@ -728,6 +728,9 @@ class StudyTracker:
         self.traits: dict[str, Any] = {}
         #: write the end-of-study plots in a thread (a study run sets it; see :meth:`finish`)
         self.report_in_background = False
+        #: draw that report in a new process (:meth:`_report_elsewhere`); off where this process
+        #: runs nothing after the study (the CLI), which saves that process's start and imports
+        self.report_in_own_process = True
         self._start_writes: Any = None  # the parent run's params and spec, written in the background
 
     @property
@@ -918,8 +921,8 @@ class StudyTracker:
 
     def finish(self, study: Any) -> None:
         """Best value/params/config, counts, pruning savings and plots; ends the parent run.
-        With ``report_in_background`` the plots and the run's end follow in another process,
-        watched by a thread (:func:`wait_for_reports`)."""
+        With ``report_in_background`` the plots and the run's end follow on a thread
+        (:func:`wait_for_reports`), in another process unless ``report_in_own_process`` is off."""
         if self._parent_run_id is None:
             return
         self._wait_for_start_writes()
@@ -933,7 +936,8 @@ class StudyTracker:
         if self.report_in_background:
             # the plots take seconds (more with many trials): the study's results are stored and
             # logged already, so the caller gets them now; the process waits for this at exit
-            thread = threading.Thread(target=self._report_elsewhere, args=(study, state), daemon=False,
+            draw = self._report_elsewhere if self.report_in_own_process else self._report_and_end
+            thread = threading.Thread(target=draw, args=(study, state), daemon=False,
                                       name=f"autoopt-report-{self.study_name}")
             with _state_lock:
                 _REPORTS[:] = [t for t in _REPORTS if t.is_alive()] + [thread]

@@ -373,6 +373,31 @@ def test_a_study_report_written_in_the_background_ends_the_parent_run(ray_local,
     assert {f"{n}.html" for n in PLOT_NAMES} <= plots
 
 
+def test_a_one_study_process_draws_its_report_itself(ray_local, workdir, monkeypatch):
+    """The CLI runs one study per process (``report_here``): a report process would only add its
+    own start and imports (about 4 CPU-s), so the study's thread draws the report, still after the
+    result is returned, and the parent run gets its plots and ends."""
+    import autoopt.report_process
+    from autoopt.report import PLOT_NAMES
+    from autoopt.runner import StudyRunner
+    from autoopt.tracking import wait_for_reports
+
+    monkeypatch.setenv("AUTOOPT_REPORT_IN_BACKGROUND", "1")
+    processes = []
+    monkeypatch.setattr(autoopt.report_process, "draw_in_process", lambda payload, **kw: processes.append(payload))
+    spec = StudySpec.from_dict(dict(name="report-here", task="tabular", task_options={"size": 0.1, "epochs": 2},
+                                    n_trials=2, workers=2, seed=0, space={"optimizers": ["adamw"]}))
+    runner = StudyRunner(spec, report_here=True)
+    runner.run()
+    assert wait_for_reports(timeout=300)
+    assert processes == []
+    client = MlflowClient(runner.tracker.config.tracking_uri)
+    parent = client.get_run(runner.parent_run_id)
+    assert parent.info.status == "FINISHED" and "best_value" in parent.data.metrics
+    plots = {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {f"{n}.html" for n in PLOT_NAMES} <= plots
+
+
 def test_a_report_process_that_fails_leaves_the_report_to_the_driver(workdir, monkeypatch):
     """The report's own process could not draw it (here: it cannot import autoopt): the
     driver's thread draws it, so the parent run still gets its plots and ends."""
