@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset
 
+from autoopt.tasks import bundled
 from autoopt.tasks.batching import BatchedTask, TensorBatches
 
 N_CLASSES = 10
@@ -69,9 +69,9 @@ class DigitsCNN(BatchedTask):
         )
 
     def make_datasets(self) -> tuple[Dataset, Dataset]:
-        digits = load_digits()
-        images = (digits.images / 16.0).astype(np.float32)
-        labels = digits.target.astype(np.int64)
+        digits = bundled.load("load_digits", ("images", "target"))
+        images = (digits["images"] / 16.0).astype(np.float32)
+        labels = digits["target"].astype(np.int64)
         rng = np.random.default_rng([self.seed, 1])
         order = rng.permutation(len(images))
         val_idx, pool_idx = order[:N_VAL], order[N_VAL:]

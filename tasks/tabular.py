@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.datasets import load_diabetes
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from autoopt.tasks import bundled
 from autoopt.tasks.batching import BatchedTask, TensorBatches
 
 VAL_FRACTION = 0.2
@@ -55,7 +55,8 @@ class DiabetesMLP(BatchedTask):
         )
 
     def make_datasets(self) -> tuple[Dataset, Dataset]:
-        x, y = load_diabetes(return_X_y=True, scaled=False)
+        data = bundled.load("load_diabetes", ("data", "target"), scaled=False)
+        x, y = data["data"], data["target"]
         rng = np.random.default_rng([self.seed, 2])
         order = rng.permutation(len(x))
         n_val = round(len(x) * VAL_FRACTION)

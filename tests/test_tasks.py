@@ -220,3 +220,41 @@ def test_user_function_task_trains():
     assert (traits.n_params, traits.dataset_size, traits.batch_size) == (12, 500, 20)
     assert traits.grad_sparsity < 0.2
     assert fit(task, adam(0.05), epochs=task.epochs) > 0.9
+
+
+@pytest.mark.parametrize("loader, fields, options", [
+    ("load_diabetes", ("data", "target"), {"scaled": False}),
+    ("load_digits", ("images", "target"), {}),
+])
+def test_bundled_data_comes_from_a_cache_that_holds_sklearns_arrays(tmp_path, monkeypatch, loader, fields, options):
+    """The reference tasks' scikit-learn data is read once and then from .npz files: equal to what
+    scikit-learn returns, read without importing it, and made again when a file is cut short."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import sklearn.datasets
+
+    from autoopt.tasks import bundled
+
+    monkeypatch.setenv("AUTOOPT_CACHE_DIR", str(tmp_path))
+    first = bundled.load(loader, fields, **options)
+    path = bundled._path(loader, options)
+    assert path.is_file()
+    fresh = getattr(sklearn.datasets, loader)(**options)
+    for f in fields:
+        np.testing.assert_array_equal(first[f], fresh[f])
+    # another process (a trial worker) reads the file and never imports scikit-learn
+    probe = (f"import sys, json; from autoopt.tasks import bundled; a = bundled.load({loader!r}, {fields!r}, **{options!r}); "
+             "print(json.dumps([float(a[f].sum()) for f in a] + ['sklearn' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "AUTOOPT_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    *sums, imported = json.loads(out.stdout)
+    assert sums == [float(fresh[f].sum()) for f in fields] and imported is False
+    path.write_bytes(path.read_bytes()[:100])  # cut short (a full disk, a killed writer)
+    again = bundled.load(loader, fields, **options)
+    for f in fields:
+        np.testing.assert_array_equal(again[f], fresh[f])
+    assert np.load(path)[fields[0]].shape == fresh[fields[0]].shape  # and written whole again
