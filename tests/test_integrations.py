@@ -4,6 +4,8 @@ lands in storage and MLflow exactly like a Task study."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -14,8 +16,10 @@ from autoopt.trial import Trial
 from helper_objectives import PRUNE_BELOW, SPACE
 from test_objective import CONFIG, check_like_a_task_study
 
-pytest.importorskip("lightning")
-pytest.importorskip("transformers")
+# found, not imported: importing Lightning takes about 3 s, and every pytest process collects this
+# file while only the one that runs it needs Lightning
+_MISSING = [name for name in ("lightning", "transformers") if importlib.util.find_spec(name) is None]
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"not installed: {', '.join(_MISSING)}")
 
 
 def test_lightning_study_prunes_through_the_callback(ray_local, workdir):
