@@ -41,7 +41,13 @@ def spec_file(workdir):
 
 @pytest.mark.slow
 def test_run_json_then_status_best_list_resume(workdir, spec_file):
-    r = autoopt("run", str(spec_file), "--json", "--workers", "2", cwd=workdir)
+    from mlflow import MlflowClient
+
+    from autoopt.report import PLOT_NAMES
+
+    # as a user runs it: the report is drawn after the result is printed, on the driver's own
+    # thread (the suite draws it before run() returns elsewhere), and the command waits for it
+    r = autoopt("run", str(spec_file), "--json", "--workers", "2", cwd=workdir, env={"AUTOOPT_REPORT_IN_BACKGROUND": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["study_name"] == "clidemo"
@@ -49,6 +55,11 @@ def test_run_json_then_status_best_list_resume(workdir, spec_file):
     assert summary["best_value"] is not None and "optimizer" in summary["best_params"]
     assert summary["storage_url"].endswith("autoopt-studies.db")
     assert summary["mlflow_parent_run_id"]
+    client = MlflowClient(summary["tracking_uri"])
+    parent = client.get_run(summary["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED", r.stderr[-3000:]
+    plots = {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {f"{n}.html" for n in PLOT_NAMES} <= plots
 
     st = json.loads(autoopt("status", "clidemo", "--json", cwd=workdir).stdout)
     assert st["counts"] == summary["counts"]
