@@ -444,9 +444,9 @@ class StudyRunner:
 
     def __init__(self, spec: StudySpec, *, on_progress: Callable[[Progress], None] | None = None,
                  hooks: StudyHooks | None = None, report_here: bool = False):
-        """``report_here``: draw the end-of-study report in this process, for a process that runs
-        one study and exits (the CLI). Otherwise a process of its own draws it, so that this
-        process's next study does not wait for the plots' CPU."""
+        """``report_here``: draw the end-of-study report (after ``run`` returns, by default) in
+        this process, for a process that runs one study and exits (the CLI). Otherwise a process
+        of its own draws it, so that this process's next study does not wait for the plots' CPU."""
         self.spec = spec
         self.report_here = report_here
         self.hooks = hooks or StudyHooks()
