@@ -38,6 +38,18 @@ import signal  # noqa: E402
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+CLUSTER_TESTS = "tests/test_cluster.py"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``make test``'s cluster phase runs CLUSTER_TESTS alone (collecting every file only to
+    deselect them took 8 CPU-s of imports): a cluster test anywhere else would never run there."""
+    strays = [item.nodeid for item in items
+              if item.get_closest_marker("cluster") and item.nodeid.split("::")[0] != CLUSTER_TESTS]
+    if strays:
+        raise pytest.UsageError(f"cluster tests belong in {CLUSTER_TESTS} (the Makefile runs that file alone): {strays}")
+
+
 PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
