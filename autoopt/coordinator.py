@@ -525,32 +525,37 @@ class StudyCoordinator:
         Queued, the trial is not counted against the budget and not RUNNING: a driver that dies
         leaves it for the next run (or another driver) to take, like an enqueued configuration."""
         with budget_lock(self.storage, self.storage_url, self.study_id):
-            if self._unqueued is not None:
-                # asked before an outage stopped its sampling or its WAITING write (it is RUNNING,
-                # with no worker): finish queueing it rather than leave it to the reaper
-                trial, config = self._unqueued
-            else:
+            # a trial asked before an outage stopped its sampling or its WAITING write (it is
+            # RUNNING, with no worker) is queued first, rather than left to the reaper
+            if self._unqueued is None:
                 # one count for both: a queued trial (any driver's, or enqueued) is taken first, and
                 # queued trials will use the budget when they run, so none is queued beyond it
                 waiting, counted = self._budget()
                 if waiting or (self.n_trials is not None and counted >= self.n_trials):
                     return None
-                trial, config = self.study.ask(), None
+                trial = self.study.ask()
                 trial.storage = DeferredParams(self.storage)
                 self._unqueued = (trial, None)
-            if config is None:
-                try:
-                    config = self.space.sample(trial)  # the sampler's work; the params are stored with the trial
-                except Exception as exc:
-                    if is_connection_error(exc):
-                        raise  # retried: the params suggested so far are kept on the trial
-                    self._unqueued = None
-                    self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
-                    return None
-                self._unqueued = (trial, config)
-            # the params and RUNNING -> WAITING in one transaction: Optuna's next ask takes it
-            write_trial(self.storage, trial._trial_id, {}, TrialState.WAITING, params=trial_params(trial))
-            self._unqueued = None
+            return self._queue_unqueued()
+
+    def _queue_unqueued(self) -> int | None:
+        """Sample the asked trial (unless that was done before an outage) and queue it; its
+        number, or None when sampling failed (the trial is then recorded FAIL with why)."""
+        assert self._unqueued is not None
+        trial, config = self._unqueued
+        if config is None:
+            try:
+                config = self.space.sample(trial)  # the sampler's work; the params are stored with the trial
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise  # retried: the params suggested so far are kept on the trial
+                self._unqueued = None
+                self._finish(trial.number, TrialState.FAIL, None, R.failure_attrs(f"sampling failed: {exc}"))
+                return None
+            self._unqueued = (trial, config)
+        # the params and RUNNING -> WAITING in one transaction: Optuna's next ask takes it
+        write_trial(self.storage, trial._trial_id, {}, TrialState.WAITING, params=trial_params(trial))
+        self._unqueued = None
         self._prepared[trial.number] = (config, dict(trial.params))
         self._waiting.add(trial.number)
         self._count("waiting", +1)
@@ -558,11 +563,20 @@ class StudyCoordinator:
 
     @_survives_storage_outage
     def fail_running(self, reason: str) -> list[int]:
-        """Fail (and queue to re-run) every trial of this driver still RUNNING: the study stopped."""
+        """Fail (and queue to re-run) every trial of this driver still RUNNING: the study stopped.
+        A trial sampled ahead whose WAITING write the stop's cause cut short (a full disk, an
+        outage) is RUNNING with no worker: it is queued now, as ``prepare`` would have, so a
+        resume takes it first instead of reaping it as abandoned."""
         mine = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if t.user_attrs.get(R.SESSION) == self.session]
         for number in mine:
             self.fail(number, reason, True)
+        if self._unqueued is not None:
+            try:
+                with budget_lock(self.storage, self.storage_url, self.study_id):
+                    self._queue_unqueued()
+            except Exception as exc:  # noqa: BLE001 - best effort: a resume reaps it as abandoned
+                _log.debug("autoopt: the trial sampled ahead could not be queued at the stop: %s", exc)
         return mine
 
     def _trial_id(self, number: int) -> int:

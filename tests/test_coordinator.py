@@ -136,3 +136,43 @@ def test_a_trial_created_by_another_driver_is_not_reaped_before_it_has_a_session
     assert c.reap_stale() == [other.number]  # gone quiet for longer than stale_after_s: abandoned
     frozen = c.study.get_trials(deepcopy=False)[other.number]
     assert frozen.state == TrialState.FAIL and frozen.user_attrs[R.REASON].startswith("abandoned")
+
+
+def test_a_trial_sampled_ahead_when_the_disk_filled_is_queued_when_the_study_stops(tmp_path):
+    """``prepare`` samples the next trial ahead: Optuna's ask (RUNNING), then its params and
+    WAITING in one more write. When the disk fills between the two (here SQLite's own error,
+    raised at that write's first statement), the study stops, and the stop queues that trial
+    with its params (a resume takes it first) instead of leaving it RUNNING with no worker. Seen
+    in a real run: tests/test_disk_full.py found it RUNNING after the stop (CI, 2026-12-06)."""
+    import sqlite3
+
+    import pytest
+
+    from autoopt.coordinator import StorageFullError
+
+    c = coordinator(f"sqlite:///{tmp_path / 'studies.db'}")
+    fired = []
+
+    def disk_full(conn, cursor, sql, params, context, executemany):  # noqa: ANN001
+        if not fired and sql.lstrip().upper().startswith("INSERT INTO TRIAL_PARAMS"):
+            fired.append(sql)
+            raise sqlite3.OperationalError("database or disk is full")
+
+    event.listen(c.storage.engine, "before_cursor_execute", disk_full)
+    try:
+        with pytest.raises(StorageFullError):
+            c.prepare()
+    finally:
+        event.remove(c.storage.engine, "before_cursor_execute", disk_full)
+    assert fired and c.full is not None
+    (ahead,) = c.study.get_trials(deepcopy=False)
+    assert ahead.state == TrialState.RUNNING and ahead.params == {}  # asked, its WAITING write cut short
+
+    assert c.fail_running(f"stopped: {c.full}") == []  # no worker ran it: nothing to fail
+    (queued,) = c.study.get_trials(deepcopy=False)
+    assert queued.number == ahead.number and queued.state == TrialState.WAITING
+    assert queued.params and queued.params["optimizer"] == "adamw"
+    # what a resume's first ask hands out, with the params sampled before the stop
+    c.full = None
+    item = c.ask()
+    assert item["number"] == ahead.number and item["params"] == queued.params
