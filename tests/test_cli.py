@@ -88,6 +88,7 @@ def test_usage_errors_exit_2_with_one_line(workdir, content, needle):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # a CLI process that starts its own Ray
 def test_a_task_error_found_while_ray_starts_exits_2_and_leaves_no_ray(workdir):
     """A task path whose module defines the name is loaded while Ray starts (the two overlap);
     when the name then turns out not to be a task, the run still ends with one line and exit code
@@ -124,6 +125,7 @@ def test_ray_starts_beside_the_task_load_only_for_a_name_that_exists(ref, early)
     assert _resolvable(ref) is early
 
 
+@pytest.mark.slow  # a CLI process that starts its own Ray
 def test_the_progress_table_ends_its_line_in_a_log(workdir):
     """Written to a file or a pipe (CI, ``| tee``), the progress table's last line ends: what is
     printed next (the best configuration, an error on stderr in a combined log) starts a line of

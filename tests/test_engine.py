@@ -201,6 +201,7 @@ def test_the_budget_is_counted_in_one_query_as_a_scan_counts_it(tmp_path):
     assert budget_counts(c.storage, c.study_id, R.RETRIED) == scan == (1, 4)
 
 
+@pytest.mark.slow  # a study of 1-s trials run until its timeout
 def test_a_study_stopped_by_its_timeout_leaves_its_prepared_trial_queued(ray_local, workdir):
     import autoopt
 

@@ -108,6 +108,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow  # a CLI process and the MLflow server it starts
 def test_sigterm_to_ui_stops_its_mlflow_server(workdir):
     store = default_tracking_uri(workdir)
     StudyTracker(TrackingConfig(tracking_uri=store, experiment_name="ui")).start("ui", {}, "tpe", "none", {})
