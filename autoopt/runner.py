@@ -584,7 +584,7 @@ class StudyRunner:
         self.tracker = tracking.StudyTracker(config)
         # the study's plots are drawn after run() returns (its results are stored and logged first)
         self.tracker.report_in_background = tracking.report_in_background_default()
-        self.tracker.report_in_own_process = not self.report_here
+        self.tracker.report_here = self.report_here
         existing = None
         try:
             import optuna

@@ -728,9 +728,9 @@ class StudyTracker:
         self.traits: dict[str, Any] = {}
         #: write the end-of-study plots in a thread (a study run sets it; see :meth:`finish`)
         self.report_in_background = False
-        #: draw that report in a new process (:meth:`_report_elsewhere`); off where this process
-        #: runs nothing after the study (the CLI), which saves that process's start and imports
-        self.report_in_own_process = True
+        #: draw that report in this process, not a new one (:meth:`_report_elsewhere`): where the
+        #: process runs nothing after the study (the CLI), which saves that process's start and imports
+        self.report_here = False
         self._start_writes: Any = None  # the parent run's params and spec, written in the background
 
     @property
@@ -922,7 +922,7 @@ class StudyTracker:
     def finish(self, study: Any) -> None:
         """Best value/params/config, counts, pruning savings and plots; ends the parent run.
         With ``report_in_background`` the plots and the run's end follow on a thread
-        (:func:`wait_for_reports`), in another process unless ``report_in_own_process`` is off."""
+        (:func:`wait_for_reports`), in another process unless ``report_here``."""
         if self._parent_run_id is None:
             return
         self._wait_for_start_writes()
@@ -936,7 +936,7 @@ class StudyTracker:
         if self.report_in_background:
             # the plots take seconds (more with many trials): the study's results are stored and
             # logged already, so the caller gets them now; the process waits for this at exit
-            draw = self._report_elsewhere if self.report_in_own_process else self._report_and_end
+            draw = self._report_and_end if self.report_here else self._report_elsewhere
             thread = threading.Thread(target=draw, args=(study, state), daemon=False,
                                       name=f"autoopt-report-{self.study_name}")
             with _state_lock:
