@@ -5,7 +5,7 @@ the worker) and to the command's end, for this checkout and for a baseline check
 (``--baseline``: a folder holding another version's ``autoopt/``, put first on ``PYTHONPATH``),
 in interleaved pairs so both see the same machine load.
 
-    git worktree add /tmp/base <commit>
+    git worktree add /tmp/base <commit> && ln -s ../tasks /tmp/base/autoopt/tasks
     python -m bench.cold_cli --baseline /tmp/base --pairs 5 --out bench/results/cold-cli
 
 The study: the reference ``tabular`` task (size 0.25, 2 epochs), 4 trials, 2 workers, Adam with a
@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="folder for results.jsonl")
     args = ap.parse_args(argv)
     arms = {"this": REPO, "baseline": Path(args.baseline).resolve()}
+    tasks = arms["baseline"] / "autoopt" / "tasks"
+    if (arms["baseline"] / "tasks").is_dir() and not tasks.exists():
+        # the editable install maps autoopt.tasks to this checkout's tasks/: the baseline would
+        # run this checkout's reference tasks, not its own
+        ap.error(f"{tasks} is missing, so the baseline would import this checkout's tasks: "
+                 f"ln -s ../tasks {tasks}")
     out = Path(args.out) / "results.jsonl" if args.out else None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
