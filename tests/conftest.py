@@ -27,6 +27,9 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 # tests read a study's MLflow parent run (plots, final status) right after run() returns: the
 # end-of-study report is written before it returns here (tests/test_engine.py covers the default)
 os.environ["AUTOOPT_REPORT_IN_BACKGROUND"] = "0"
+# a report's PNGs come from matplotlib: kaleido starts a Chromium for every report (about 4 CPU-s against
+# 0.9 on 2 cores, where CI has Chromium); tests/test_report.py covers the kaleido path itself
+os.environ["AUTOOPT_PNG_ENGINE"] = "matplotlib"
 
 # A test run started in the background of a non-interactive shell (`make test &`, `nohup ... &`)
 # inherits SIGINT ignored, and so would every `autoopt run` a test starts: the Ctrl-C tests'

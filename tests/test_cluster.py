@@ -113,6 +113,7 @@ def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOOPT_", "RAY_", "MLFLOW_"))}
     env.update(cluster.client_env())  # ray://: the host of a compose stack, outside the cluster
     env["AUTOOPT_RECOMMEND_DIR"] = os.environ["AUTOOPT_RECOMMEND_DIR"]
+    env["AUTOOPT_PNG_ENGINE"] = os.environ["AUTOOPT_PNG_ENGINE"]  # conftest: no Chromium per report
     env["AUTOOPT_TRUSTED_TASKS"] = "helper_tasks"  # `resume` imports the stored task path only if trusted
     env["PYTHONFAULTHANDLER"] = "1"  # a client stuck at a test's end shows its threads (_no_client_outlives_its_test)
     env.update(extra)

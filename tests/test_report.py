@@ -160,6 +160,7 @@ def test_a_kaleido_that_does_not_finish_in_time_is_stopped_and_matplotlib_draws(
     from autoopt import report_png
 
     monkeypatch.setattr(report_png, "_kaleido_broken", None)
+    monkeypatch.delenv(report_png.PNG_ENGINE_ENV)  # conftest: matplotlib for the other tests
     monkeypatch.setenv(report_png.KALEIDO_TIMEOUT_ENV, "0.05")  # no kaleido start is that quick
     study = _study(tmp_path, MIXED)
     paths = write_report(study, tmp_path / "report", png="auto")
@@ -168,13 +169,16 @@ def test_a_kaleido_that_does_not_finish_in_time_is_stopped_and_matplotlib_draws(
 
 
 @pytest.mark.browser
-def test_kaleido_draws_the_pngs_in_its_own_process_when_chromium_is_there(tmp_path):
+def test_kaleido_draws_the_pngs_in_its_own_process_when_chromium_is_there(tmp_path, monkeypatch):
     """The kaleido path itself (a report otherwise falls back to matplotlib without a word)."""
     import shutil
+
+    from autoopt import report_png
 
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chromium for kaleido (install the Debian package `chromium`)")
     study = _study(tmp_path, MIXED)
+    monkeypatch.delenv(report_png.PNG_ENGINE_ENV)  # conftest: matplotlib for the other tests
     paths = write_report(study, tmp_path / "report", png="kaleido")  # raises if kaleido fails
     _assert_plots(paths)
 
