@@ -17,16 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-#: Where empty stores are kept (one per MLflow version); ``AUTOOPT_CACHE_DIR`` overrides it.
-ENV_CACHE_DIR = "AUTOOPT_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get(ENV_CACHE_DIR)
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "autoopt"
+from autoopt.cache import cache_dir
 
 
 def _template() -> Path:

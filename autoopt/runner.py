@@ -27,6 +27,7 @@ from autoopt.core import record as R
 from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.ray_session import ENV_RAY_ADDRESS, call_soon, ensure_ray
 from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.core.tasks import resolvable
 from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.space import TrialConfig
 from autoopt.redaction import redact, redact_text
@@ -386,59 +387,6 @@ class StudyHooks:
     after_study: Callable[[Any], Any] | None = None
 
 
-def _resolvable(ref: Any) -> bool:
-    """Whether a task or objective reference will likely load: an object, a reference task's name,
-    or an import path whose module's source defines the name (read, not run). Ray is started
-    early only for these, so a misspelt name fails at once instead of after a Ray start it did
-    not need (the process then waits for that start to end before it exits)."""
-    if ref is None:
-        return False
-    if not isinstance(ref, str):
-        return True
-    from autoopt.core.tasks import REFERENCE_TASKS
-
-    if ref in REFERENCE_TASKS:
-        return True
-    module, _, attr = ref.partition(":")
-    if not (module and attr):
-        return False
-    import ast
-    import importlib.util
-
-    try:
-        found = importlib.util.find_spec(module)
-        if found is None or not str(found.origin or "").endswith(".py"):
-            return False
-        with open(found.origin, encoding="utf-8") as source:
-            tree = ast.parse(source.read())
-    except (ImportError, ValueError, OSError, SyntaxError):
-        return False
-    return attr in _top_level_names(tree.body)
-
-
-def _top_level_names(body: list[Any]) -> set[str]:
-    """Names a module's top level binds: classes, functions, assignments and imports, also
-    inside top-level ``if`` and ``try`` blocks."""
-    import ast
-
-    names: set[str] = set()
-    for node in body:
-        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
-        elif isinstance(node, ast.If):
-            names |= _top_level_names(node.body) | _top_level_names(node.orelse)
-        elif isinstance(node, ast.Try):
-            names |= _top_level_names(node.body) | _top_level_names(node.orelse) | _top_level_names(node.finalbody)
-            for handler in node.handlers:
-                names |= _top_level_names(handler.body)
-    return names
-
-
 class StudyRunner:
     """Drives one study: prepares the task, the coordinator and tracking, then dispatches trials."""
 
@@ -469,7 +417,7 @@ class StudyRunner:
         #: Ray's start, the resource check and the first workers' prepares, begun on the Ray
         #: thread while this driver loads the task (torch, the dataset) and measures its traits
         self._early: concurrent.futures.Future | None = None
-        if _resolvable(spec.objective if spec.objective is not None else spec.task):
+        if resolvable(spec.objective if spec.objective is not None else spec.task):
             self._early = call_soon(self._start_early)
         self.task: Task | None = None
         self.objective = None
@@ -762,12 +710,17 @@ class StudyRunner:
         cold start (a process, torch, the dataset) overlaps this driver's own."""
         ensure_ray(self.spec.ray_address)
         self._fit_resources()
-        if self.spec.objective is not None:
-            task_ref, objective_ref = None, self.spec.objective
-        else:
-            task_ref, objective_ref = self.spec.task, None
-        if isinstance(task_ref, str) or isinstance(objective_ref, str):
+        task_ref, objective_ref = self._named_refs()
+        if task_ref is not None or objective_ref is not None:
             self._prepare_workers(task_ref, objective_ref)
+
+    def _named_refs(self) -> tuple[str | None, str | None]:
+        """``(task, objective)`` as the spec names them where a worker loads it by name (an import
+        path or a reference task); None for an object this driver has to ship (``_run``), and for
+        the one of the two the study does not use."""
+        if self.spec.objective is not None:
+            return None, self.spec.objective if isinstance(self.spec.objective, str) else None
+        return self.spec.task if isinstance(self.spec.task, str) else None, None
 
     def _prepare_workers(self, task_ref: Any, objective_ref: Any) -> None:
         # each of the first trials starts after one of these, on its worker (_dispatch)
@@ -787,13 +740,13 @@ class StudyRunner:
             # SIGTERM stops the study like Ctrl-C, recorded (Ray, connected on its own thread, sets
             # no handler; started on this thread, its handler exited at once)
             self._sigterm_before = signal.signal(signal.SIGTERM, _interrupt)
-        task_ref: Any = None
+        task_ref, objective_ref = self._named_refs()
         if self.objective is not None:
-            ref = self.spec.objective if isinstance(self.spec.objective, str) else ray.put(self.objective)
-            self.objective_facts = ObjectiveFacts(ref, self.metric, self.direction, self.spec.search.max_reports)
+            objective_ref = objective_ref or ray.put(self.objective)
+            self.objective_facts = ObjectiveFacts(objective_ref, self.metric, self.direction,
+                                                  self.spec.search.max_reports)
         else:
-            task_ref = self.spec.task if isinstance(self.spec.task, str) else ray.put(self.task)
-        objective_ref = self.objective_facts.ref if self.objective_facts is not None else None
+            task_ref = task_ref or ray.put(self.task)
         if not self._prepared:  # an object to ship: its workers start now, beside the coordinator
             self._prepare_workers(task_ref, objective_ref)
         if self.spec.tracking:

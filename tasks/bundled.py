@@ -3,7 +3,7 @@
 The reference tasks train on data that ships with scikit-learn (digits, diabetes). Importing
 ``sklearn.datasets`` costs about 1 CPU-second (SciPy, pandas), and every trial worker process
 that builds such a task paid it for a few kilobytes of numbers. The arrays are kept as ``.npz``
-under :func:`autoopt.local_store.cache_dir`, one file per scikit-learn version and loader call;
+under :func:`autoopt.cache.cache_dir`, one file per scikit-learn version and loader call;
 a missing or unreadable file is made again from scikit-learn.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from autoopt.local_store import cache_dir
+from autoopt.cache import cache_dir
 
 
 def _path(loader: str, options: dict[str, Any]) -> Path:

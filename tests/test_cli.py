@@ -95,9 +95,9 @@ def test_a_task_error_found_while_ray_starts_exits_2_and_leaves_no_ray(workdir):
     2, and the Ray it started does not outlive it."""
     from local_cluster import session_pids
 
-    from autoopt.runner import _resolvable
+    from autoopt.core.tasks import resolvable
 
-    assert _resolvable("helper_tasks:not_a_factory")  # so Ray starts before the refusal below
+    assert resolvable("helper_tasks:not_a_factory")  # so Ray starts before the refusal below
     (workdir / "bad.yaml").write_text(SPEC.replace("task: tabular", "task: helper_tasks:not_a_factory"))
     proc = subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", "bad.yaml"], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -120,9 +120,9 @@ def test_a_task_error_found_while_ray_starts_exits_2_and_leaves_no_ray(workdir):
 def test_ray_starts_beside_the_task_load_only_for_a_name_that_exists(ref, early):
     """A misspelt task name or module fails before Ray starts (read from the module's source, not
     run); ``os:system`` is bound by a star import, which reading cannot see: no early start."""
-    from autoopt.runner import _resolvable
+    from autoopt.core.tasks import resolvable
 
-    assert _resolvable(ref) is early
+    assert resolvable(ref) is early
 
 
 @pytest.mark.slow  # a CLI process that starts its own Ray
