@@ -31,6 +31,13 @@ import ray
 ENV_RAY_ADDRESS = "AUTOOPT_RAY_ADDRESS"
 #: How long a process that is exiting waits for a Ray start still in flight, so it can shut it down.
 EXIT_WAIT_S = 60.0
+#: Starts of an embedded Ray tried. Ray gives its raylet a fixed 30 s to register with the GCS
+#: (``ray._private.node``); on a loaded machine that once ran out (a CI run's `autoopt run`), and
+#: the next start went through. The failed start's processes are ended before the next one.
+START_ATTEMPTS = 2
+_STARTUP_TIMED_OUT = "The current node timed out during startup"
+
+_log = logging.getLogger(__name__)
 
 _jobs: "queue.SimpleQueue[tuple[Future, Callable[[], Any]]]" = queue.SimpleQueue()
 _thread: threading.Thread | None = None
@@ -132,9 +139,46 @@ def _init_loopback_only(kwargs: dict[str, Any]) -> None:
     cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            started = time.time()
+            try:
+                ray.init(_node_ip_address="127.0.0.1", **kwargs)
+                return
+            except Exception as exc:
+                if attempt == START_ATTEMPTS or _STARTUP_TIMED_OUT not in str(exc):
+                    raise
+                left = _ray_processes(since=started)
+                _log.warning("autoopt: the local Ray did not start (its raylet did not register within Ray's "
+                             "30 s; a busy machine?): ending its %d processes and starting it again", len(left))
+                _end(left)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+def _ray_processes(since: float) -> list[Any]:
+    """This process's descendants started since ``since`` that belong to a Ray node (its
+    binaries, its Python scripts, its workers): what an embedded start that failed left running."""
+    import psutil  # Ray's own copy (ray/thirdparty_files), on the path once ray is imported
+
+    ray_dir = os.path.dirname(ray.__file__)
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline, created = proc.cmdline(), proc.create_time()
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+        if created >= since - 1.0 and any(part.startswith((ray_dir, "ray::")) for part in cmdline[:3]):
+            found.append(proc)
+    return found
+
+
+def _end(procs: list[Any]) -> None:
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # SIGKILL: a stopped or hung process ends too
+    psutil.wait_procs(procs, timeout=10)
 
 
 @contextlib.contextmanager
