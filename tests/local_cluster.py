@@ -44,9 +44,10 @@ MLFLOW_ALLOWED_HOSTS = "mlflow,mlflow:*,localhost,localhost:*,127.0.0.1,127.0.0.
 
 
 #: Head settings of docker-compose.yml's ``ray-head`` service beyond token authentication: Ray's
-#: client proxy sometimes loses a per-client server to a gRPC fork race (ray#63202); the client
-#: retries, and learns of the loss after this many seconds instead of 30.
-HEAD_ENV = {"RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "10"}
+#: client proxy sometimes loses a per-client server to a gRPC fork race (ray#63202), which gRPC's
+#: fork handlers cause (off here, as in compose); if it happens anyway the client retries, and
+#: learns of the loss after this many seconds instead of 30.
+HEAD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "10"}
 
 
 class ClusterError(RuntimeError):

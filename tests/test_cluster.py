@@ -169,10 +169,6 @@ def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def study_exists(url: str, name: str) -> bool:
-    return name in optuna.get_all_study_names(storage=open_storage(url))
-
-
 def ran(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     """The trials that ran: not the one a stopped study leaves queued (sampled ahead, WAITING for a resume)."""
     return [t for t in trials(url, name) if t.state != TrialState.WAITING]
@@ -255,11 +251,6 @@ def two_clients(cluster, tmp_path_factory):
     api = subprocess.Popen([sys.executable, "-c", API_SCRIPT.format(
         task={**TASK, "epochs": CLIENT_EPOCHS}, budget=BUDGET_S, space=SPACE_B, other="cli-study", until=2),
         "api-study"], cwd=work, env=client_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # the CLI connects once the API client has (its study exists): two clients connecting to Ray's
-    # client proxy in the same second sometimes lose one per-client server to its gRPC fork race
-    # (ray#63202), which both clients survive by retrying, but which cost this fixture about 40 s
-    # in 2 of 6 runs on 2026-12-06; the studies still run at the same time (the gate below)
-    wait_for("the API client connected", lambda: study_exists(cluster.optuna_url, "api-study"), 240, api)
     cli = start_cli(cluster, write_spec(work / "cli.yaml", "cli-study", 4, epochs=CLIENT_EPOCHS, gate=gate), work)
     # both studies are under way at once, however long each client took to connect
     wait_for("both studies under way", lambda: (

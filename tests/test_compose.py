@@ -21,7 +21,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from local_cluster import CLIENT_ENV, MLFLOW_ALLOWED_HOSTS
+from local_cluster import CLIENT_ENV, HEAD_ENV, MLFLOW_ALLOWED_HOSTS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -223,6 +223,13 @@ def test_ray_token_authentication_is_on(compose, env):
     assert env["RAY_AUTH_MODE"] == "token"  # and for clients on the host
     head = compose["services"]["ray-head"]["command"]
     assert flag(head, "--num-cpus") == "0", "trials must run on workers, not on the head"
+
+
+def test_the_head_has_the_settings_the_cluster_tests_run_with(compose):
+    """tests/local_cluster.py starts its head with HEAD_ENV (gRPC's fork handlers off, ray#63202):
+    what the cluster tests pass with is what compose runs."""
+    head = environment(compose["services"]["ray-head"])
+    assert {k: head.get(k) for k in HEAD_ENV} == HEAD_ENV
 
 
 def test_mlflow_and_dashboard_use_the_postgres_databases(compose):
