@@ -363,15 +363,18 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                 if o not in per_sys:
                     continue
                 a, b = runs[(tname, mine)], runs[(tname, o)]
-                rr, ww = [], []
+                rr, ww, lost = [], [], 0
                 for k in sorted(set(a) & set(b)):
                     ta, tb = a[k].reach(tgt)[0], b[k].reach(tgt)[0]
                     if ta is not None:  # not reached by the other: its whole wall (a lower bound)
                         rr.append((tb if tb is not None else b[k].wall_s) / ta)
+                    elif tb is not None:  # reached by the other only: a loss, ranked below every ratio
+                        rr.append(0.0)
+                        lost += 1
                     ww.append(b[k].wall_s / a[k].wall_s)
                 ratios[f"{o} / {mine}"] = {"time_to_target": spread(rr), "wall": spread(ww),
                                            "time_to_target_interval": median_interval(rr),
-                                           "autoopt_faster_seeds": sum(x > 1 for x in rr)}
+                                           "autoopt_faster_seeds": sum(x > 1 for x in rr), "only_other_reached": lost}
         summary[f"{tname}/{pairing[0]}"] = {"best_known": best_known, "target": tgt, "direction": direction, "ratios": ratios,
                           "n_trials": t["n_trials"], "task_options": t["task_options"]}
         lines.append(f"**{tname}**, {pairing[0].split('_')[1].upper()} pairing (`{t['task']}` {t['task_options']}, {t['n_trials']} trials, {direction}; best known "
@@ -384,7 +387,9 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                                        "seeds autoopt reached it sooner", "study wall (median, min-max)"],
                                       [[k, f'{fmt_spread(v["time_to_target"], 3)}, {v["time_to_target"]["n"]} seeds',
                                         fmt_interval(v["time_to_target_interval"]),
-                                        f'{v["autoopt_faster_seeds"]} of {v["time_to_target"]["n"]}' if v["time_to_target"]["n"] else "-",
+                                        (f'{v["autoopt_faster_seeds"]} of {v["time_to_target"]["n"]}'
+                                         + (f' ({v["only_other_reached"]} reached by the other only, counted as 0)'
+                                            if v["only_other_reached"] else "")) if v["time_to_target"]["n"] else "-",
                                         f'{fmt_spread(v["wall"], 3)}, {v["wall"]["n"]} seeds']
                                        for k, v in ratios.items()]))
         lines.append("")
