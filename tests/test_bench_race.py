@@ -1,0 +1,48 @@
+"""The race report's per-seed ratios (bench/race.py): how a seed that only one system brought to
+the target is counted decides a headline number, so the rule is tested on hand-made runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.common import median_interval
+from bench.race import race_report
+from bench.systems import SystemRun, TrialEvent
+
+
+def _write(out: Path, system: str, seed: int, reach_at: float | None, wall: float) -> None:
+    """A cv-big run whose only good trial (value 1.0) ends at ``reach_at`` (None: never good)."""
+    events = [TrialEvent(0, 0.5, 0.5, "complete", 6)]
+    if reach_at is not None:
+        events.append(TrialEvent(1, reach_at, 1.0, "complete", 6))
+    run = SystemRun(system, "cv", seed, 2, 10, "maximize", wall, events)
+    d = run.to_dict()
+    d.update(part="race", task_name="cv-big", started_utc="-", load_before={"loadavg": [1.0, 1.0, 1.0]},
+             load_after={"loadavg": [1.0, 1.0, 1.0]})
+    (out / "race").mkdir(parents=True, exist_ok=True)
+    (out / "race" / f"{system}__cv-big__{seed}.json").write_text(json.dumps(d))
+
+
+def test_a_seed_only_the_other_system_reached_counts_as_a_loss(tmp_path):
+    #            seed: autoopt reach, Tune reach (wall 5 s each)
+    for seed, (mine, tune) in enumerate([(2.0, 4.0),     # both: Tune / autoopt = 2
+                                         (None, 3.0),    # only Tune: a loss, ratio 0
+                                         (1.0, None),    # only autoopt: Tune's wall 5 s / 1 s = 5
+                                         (None, None)]): # neither: no ratio
+        _write(tmp_path, "autoopt_sh", seed, mine, 5.0)
+        _write(tmp_path, "tune_asha", seed, tune, 5.0)
+    text, summary = race_report(tmp_path, 0.01)
+    ratio = summary["cv-big/autoopt_sh"]["ratios"]["tune_asha / autoopt_sh"]
+    assert ratio["time_to_target"] == {"median": 2.0, "min": 0.0, "max": 5.0, "n": 3}
+    assert ratio["only_other_reached"] == 1 and ratio["autoopt_faster_seeds"] == 2
+    assert "2 of 3 (1 reached by the other only, counted as 0)" in text
+
+
+def test_the_median_interval_is_seeded_and_inside_the_values():
+    values = [0.5, 0.9, 1.0, 1.1, 1.2, 1.3, 2.0, 3.0, 1.05, 0.95, 1.15, 1.25, 0.8, 1.4, 1.6]
+    a, b = median_interval(values), median_interval(list(reversed(values)))
+    assert a == b  # seeded: the same values give the same interval
+    assert min(values) <= a["lo"] <= 1.15 <= a["hi"] <= max(values)  # 1.15 is the median
+    assert a["q1"] < 1.15 < a["q3"] and a["n"] == 15
+    assert median_interval([1.0])["lo"] is None  # one seed has no interval
