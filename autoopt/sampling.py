@@ -9,6 +9,7 @@ value is still allowed.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -126,15 +127,37 @@ class ChoiceRestrictingSampler(BaseSampler):
         self.base.reseed_rng()
 
 
-def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSampler:
-    """An Optuna sampler by name, with Optuna 5 defaults (TPE is multivariate + constant liar)."""
-    factories: dict[str, Callable[..., BaseSampler]] = {
+def _sampler_factories() -> dict[str, Callable[..., BaseSampler]]:
+    return {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
         "gp": optuna.samplers.GPSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
         "qmc": optuna.samplers.QMCSampler,
     }
+
+
+def check_sampler_options(name: str, options: dict[str, Any]) -> None:
+    """Raise :class:`SpecError` naming any of ``options`` the sampler does not take (read off its
+    constructor, without building it: building some samplers imports their numerical stack)."""
+    factories = _sampler_factories()
+    if name not in factories:
+        raise SpecError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    if "seed" in options:
+        raise SpecError(f"sampler_options for {name}: seed is the spec's own `seed` field")
+    params = inspect.signature(factories[name].__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(k for k in params if k not in ("self", "seed"))
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise SpecError(f"sampler_options for {name}: unknown option(s) {', '.join(unknown)}; "
+                        f"allowed: {', '.join(accepted)}")
+
+
+def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSampler:
+    """An Optuna sampler by name, with Optuna 5 defaults (TPE is multivariate + constant liar)."""
+    factories = _sampler_factories()
     if name not in factories:
         raise SpecError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     try:

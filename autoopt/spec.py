@@ -283,6 +283,31 @@ class SearchSpec(BaseModel):
             LearningCurveOptions.model_validate(self.pruner_options)
         return self
 
+    @field_validator("sampler_options", "pruner_options")
+    @classmethod
+    def _options_fit(cls, v: dict[str, Any], info: Any) -> dict[str, Any]:
+        """A misspelt or wrong option fails when the spec is read, naming it; otherwise it fails
+        only once Ray has started and the study's coordinator builds the pruner or sampler."""
+        import copy
+        import warnings
+
+        from autoopt.sampling import check_sampler_options, make_pruner
+
+        kind = "sampler" if info.field_name == "sampler_options" else "pruner"
+        name = info.data.get(kind)
+        if name is None:  # its own name was invalid: that error is reported already
+            return v
+        try:
+            if kind == "sampler":
+                check_sampler_options(name, v)
+            elif name != "learning_curve":  # checked with its own model below
+                with warnings.catch_warnings():  # e.g. PatientPruner's ExperimentalWarning: said when the study runs
+                    warnings.simplefilter("ignore")
+                    make_pruner(name, None, **copy.deepcopy(v))
+        except SpecError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return v
+
     @field_validator("sampler", "pruner")
     @classmethod
     def _known_name(cls, v: str, info: Any) -> str:

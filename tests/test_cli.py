@@ -75,6 +75,9 @@ def test_run_json_then_status_best_list_resume(workdir, spec_file):
     [
         (SPEC.replace("task: tabular", "task: vision"), "unknown task 'vision'"),
         (SPEC.replace("[adam, momentum]", "[adam, adamz]"), "unknown optimizer 'adamz'"),
+        # found when the spec is read, not by the coordinator once Ray has started
+        (SPEC + "pruner: successive_halving\npruner_options: {min_resourc: 2}\n",
+         "pruner_options: SuccessiveHalvingPruner.__init__() got an unexpected keyword argument 'min_resourc'"),
         (SPEC + "storage: postgresql://me:hunter2@127.0.0.1:1/x\n", "me:***@127.0.0.1:1"),
         ("name: [oops\n", "not valid YAML"),
     ],

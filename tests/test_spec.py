@@ -43,12 +43,26 @@ def test_bad_space_names_field_and_allowed_values(space, needle):
         ({"n_trials": None, "timeout_s": None}, "set a budget"),
         ({"name": "bad name!"}, "name must be"),
         ({"workerz": 3}, "workerz"),
+        ({"pruner_options": {"min_resourc": 2}}, "pruner_options: SuccessiveHalvingPruner.__init__() got an "
+                                                  "unexpected keyword argument 'min_resourc'"),
+        ({"pruner": "median", "pruner_options": {"n_startup": 2}}, "unexpected keyword argument 'n_startup'"),
+        ({"pruner": "patient", "pruner_options": {"wrapped": "median", "wrapped_options": {"warmup": 1}}},
+         "unexpected keyword argument 'warmup'"),
+        ({"sampler_options": {"n_startup": 3}}, "sampler_options: unknown option(s) n_startup; allowed: "),
+        ({"sampler": "random", "sampler_options": {"seed": 3}}, "seed is the spec's own `seed` field"),
     ],
 )
 def test_bad_study_fields(kw, needle):
     with pytest.raises(SpecError) as e:
         spec(**kw)
     assert needle in str(e.value)
+
+
+def test_good_pruner_and_sampler_options_pass():
+    spec(pruner="hyperband", pruner_options={"reduction_factor": 4}, sampler="tpe",
+         sampler_options={"n_startup_trials": 5, "multivariate": False})
+    spec(pruner="patient", pruner_options={"patience": 2, "wrapped": "median", "wrapped_options": {"n_startup_trials": 2}})
+    spec(pruner="learning_curve", pruner_options={"quantile": 0.5, "similar_tasks": True})
 
 
 def test_yaml_errors(tmp_path):
