@@ -195,6 +195,10 @@ class TaskNotFound(ValueError):
     pass
 
 
+class TaskOptionsError(TaskNotFound):
+    """``task_options`` the task does not take: bad input, reported in one line (exit code 2)."""
+
+
 def _import_path(path: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not attr:
@@ -234,7 +238,26 @@ def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
         _check_importable_task(ref, target)
     else:
         target = ref
-    task = target(**kwargs) if callable(target) else target
+    if callable(target):
+        try:
+            signature = inspect.signature(target)
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            takes = [n for n, p in signature.parameters.items()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            raise TaskOptionsError(f"task_options for task {ref!r}: {exc}; it takes: "
+                                   f"{', '.join(takes) or 'no options'}") from None
+        except ValueError:  # no signature to read (a builtin): the call below decides
+            pass
+        try:
+            task = target(**kwargs)
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            # a task that passes **kwargs on (to Task.__init__) rejects the name only there
+            raise TaskOptionsError(f"task_options for task {ref!r}: {exc}") from None
+    else:
+        task = target
     if not isinstance(task, Task):
         raise TaskNotFound(f"{ref!r} did not produce an autoopt.task.Task (got {type(task).__name__})")
     return task

@@ -92,21 +92,28 @@ def test_usage_errors_exit_2_with_one_line(workdir, content, needle):
 
 
 @pytest.mark.slow  # a CLI process that starts its own Ray
-def test_a_task_error_found_while_ray_starts_exits_2_and_leaves_no_ray(workdir):
+@pytest.mark.parametrize("line, bad_line, needle", [
+    ("task: tabular", "task: helper_tasks:not_a_factory", "helper_tasks:not_a_factory"),
+    # options the task does not take: once a Rich traceback and exit code 1
+    ("task_options: {size: 0.25, epochs: 4}", "task_options: {sizee: 0.25}",
+     "task_options for task 'tabular': got an unexpected keyword argument 'sizee'; it takes: size"),
+])
+def test_a_task_error_found_while_ray_starts_exits_2_and_leaves_no_ray(workdir, line, bad_line, needle):
     """A task path whose module defines the name is loaded while Ray starts (the two overlap);
-    when the name then turns out not to be a task, the run still ends with one line and exit code
-    2, and the Ray it started does not outlive it."""
+    when the name then turns out not to be a task, or not to take the spec's task_options, the
+    run still ends with one line and exit code 2, and the Ray it started does not outlive it."""
     from local_cluster import session_pids
 
     from autoopt.core.tasks import resolvable
 
-    assert resolvable("helper_tasks:not_a_factory")  # so Ray starts before the refusal below
-    (workdir / "bad.yaml").write_text(SPEC.replace("task: tabular", "task: helper_tasks:not_a_factory"))
+    bad = SPEC.replace(line, bad_line)
+    assert resolvable(bad.split("task: ", 1)[1].split()[0])  # so Ray starts before the refusal below
+    (workdir / "bad.yaml").write_text(bad)
     proc = subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", "bad.yaml"], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 2, err[-2000:]
-    assert "helper_tasks:not_a_factory" in err and "Traceback" not in err, err[-2000:]
+    assert needle in err and "Traceback" not in err, err[-2000:]
     left = session_pids(proc.pid)
     for _ in range(50):  # Ray's processes end with the process that started them
         if not left:

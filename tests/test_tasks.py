@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoopt.core.traits import TaskTraits
-from autoopt.task import REFERENCE_TASKS, FunctionTask, Task, TaskNotFound, load_task
+from autoopt.task import REFERENCE_TASKS, FunctionTask, Task, TaskNotFound, TaskOptionsError, load_task
 from autoopt.tasks.cv import DigitsCNN
 from autoopt.tasks.nlp import ZipfTextClassification
 from autoopt.tasks.recsys import ImplicitMF
@@ -188,6 +188,28 @@ def test_load_task_by_name_and_options():
         load_task("vision")
     with pytest.raises(ValueError, match="size must be > 0"):
         load_task("cv", size=0)
+
+
+class _PassesOptionsOn(DiabetesMLP):
+    def __init__(self, **kw):
+        super().__init__(**kw)  # an unknown name is refused only by Task.__init__
+
+
+class _BrokenInside(DiabetesMLP):
+    def __init__(self, size: float = 1.0):
+        super().__init__(size=size)
+        len(5)  # a TypeError of the task's own: not the user's options
+
+
+def test_task_options_the_task_does_not_take_are_named(monkeypatch):
+    with pytest.raises(TaskOptionsError, match="task_options for task 'cv': got an unexpected keyword argument "
+                                              "'sizee'; it takes: size, seed, batch_size, epochs"):
+        load_task("cv", sizee=1.0)
+    with pytest.raises(TaskOptionsError, match="unexpected keyword argument 'sizee'"):
+        load_task(_PassesOptionsOn, sizee=1.0)
+    assert isinstance(TaskOptionsError("x"), TaskNotFound)  # the CLI's one-line, exit-2 errors
+    with pytest.raises(TypeError, match="has no len"):  # the task's own bug is not blamed on its options
+        load_task(_BrokenInside, size=0.5)
 
 
 def test_tabular_chance_level_is_the_mean_predictor():
