@@ -107,12 +107,14 @@ class SpaceSpec(BaseModel):
 
     @field_validator("optimizers", "exclude")
     @classmethod
-    def _known_optimizers(cls, names: list[str] | None) -> list[str] | None:
+    def _known_optimizers(cls, names: list[str] | None, info: Any) -> list[str] | None:
         if names is None:
             return None
         from autoopt.core.catalog import CATALOG
 
-        if not names and names is not None:
+        if not names:
+            if info.field_name == "optimizers":  # [] once searched the whole catalog, as if left out
+                raise ValueError("optimizers must name at least one optimizer (leave it out to search the catalog)")
             return names
         unknown = [n for n in names if n not in CATALOG]
         if unknown:

@@ -24,6 +24,7 @@ def spec(**kw):
         ({"schedulers": ["cosine", "warp"]}, "unknown scheduler 'warp'; allowed: constant"),
         ({"warmup": 1.5}, "warmup is a fraction of total steps in [0, 1)"),
         ({"families": ["quantum"]}, "unknown family 'quantum'"),
+        ({"optimizers": []}, "space.optimizers: optimizers must name at least one optimizer"),
     ],
 )
 def test_bad_space_names_field_and_allowed_values(space, needle):
