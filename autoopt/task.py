@@ -241,14 +241,16 @@ def load_task(ref: str | Task | Callable[..., Task], **kwargs: Any) -> Task:
     if callable(target):
         try:
             signature = inspect.signature(target)
-            signature.bind(**kwargs)
-        except TypeError as exc:
-            takes = [n for n, p in signature.parameters.items()
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-            raise TaskOptionsError(f"task_options for task {ref!r}: {exc}; it takes: "
-                                   f"{', '.join(takes) or 'no options'}") from None
-        except ValueError:  # no signature to read (a builtin): the call below decides
-            pass
+        except (TypeError, ValueError):  # no signature to read (a builtin): the call below decides
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**kwargs)
+            except TypeError as exc:
+                takes = [n for n, p in signature.parameters.items()
+                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+                raise TaskOptionsError(f"task_options for task {ref!r}: {exc}; it takes: "
+                                       f"{', '.join(takes) or 'no options'}") from None
         try:
             task = target(**kwargs)
         except TypeError as exc:

@@ -201,7 +201,7 @@ class _BrokenInside(DiabetesMLP):
         len(5)  # a TypeError of the task's own: not the user's options
 
 
-def test_task_options_the_task_does_not_take_are_named(monkeypatch):
+def test_task_options_the_task_does_not_take_are_named():
     with pytest.raises(TaskOptionsError, match="task_options for task 'cv': got an unexpected keyword argument "
                                               "'sizee'; it takes: size, seed, batch_size, epochs"):
         load_task("cv", sizee=1.0)
