@@ -21,17 +21,14 @@ ARMS = (("cold", 0), ("warm3", 3), ("warm1", 1))
 
 
 def best_value(study) -> float | None:
-    vals = []
-    for t in study.trials:
-        if t.state.name == "COMPLETE":
-            vals.append(t.value)
-        elif t.intermediate_values:
-            vals.append(min(t.intermediate_values.values()) if study.direction.name == "MINIMIZE"
-                        else max(t.intermediate_values.values()))
-    vals = [v for v in vals if v is not None]
+    """The study's best value as the other bench comparisons count it (a pruned trial by its best report)."""
+    from bench.systems import _events_from_study
+
+    direction = "maximize" if study.direction.name == "MAXIMIZE" else "minimize"
+    vals = [e.value for e in _events_from_study(study, 0.0, direction) if e.value is not None]
     if not vals:
         return None
-    return min(vals) if study.direction.name == "MINIMIZE" else max(vals)
+    return max(vals) if direction == "maximize" else min(vals)
 
 
 def main(argv: list[str] | None = None) -> int:
