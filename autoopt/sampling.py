@@ -127,20 +127,20 @@ class ChoiceRestrictingSampler(BaseSampler):
         self.base.reseed_rng()
 
 
-def _sampler_factories() -> dict[str, Callable[..., BaseSampler]]:
-    return {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "gp": optuna.samplers.GPSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "qmc": optuna.samplers.QMCSampler,
-    }
+#: the samplers a spec can name (their classes: reading these attributes builds nothing)
+SAMPLER_FACTORIES: dict[str, Callable[..., BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+}
 
 
 def check_sampler_options(name: str, options: dict[str, Any]) -> None:
     """Raise :class:`SpecError` naming any of ``options`` the sampler does not take (read off its
     constructor, without building it: building some samplers imports their numerical stack)."""
-    factories = _sampler_factories()
+    factories = SAMPLER_FACTORIES
     if name not in factories:
         raise SpecError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if "seed" in options:
@@ -157,7 +157,7 @@ def check_sampler_options(name: str, options: dict[str, Any]) -> None:
 
 def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSampler:
     """An Optuna sampler by name, with Optuna 5 defaults (TPE is multivariate + constant liar)."""
-    factories = _sampler_factories()
+    factories = SAMPLER_FACTORIES
     if name not in factories:
         raise SpecError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     try:
