@@ -387,13 +387,20 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                                        "seeds autoopt reached it sooner", "study wall (median, min-max)"],
                                       [[k, f'{fmt_spread(v["time_to_target"], 3)}, {v["time_to_target"]["n"]} seeds',
                                         fmt_interval(v["time_to_target_interval"]),
-                                        (f'{v["autoopt_faster_seeds"]} of {v["time_to_target"]["n"]}'
-                                         + (f' ({v["only_other_reached"]} reached by the other only, counted as 0)'
-                                            if v["only_other_reached"] else "")) if v["time_to_target"]["n"] else "-",
+                                        _seeds_won(v),
                                         f'{fmt_spread(v["wall"], 3)}, {v["wall"]["n"]} seeds']
                                        for k, v in ratios.items()]))
         lines.append("")
     return "\n".join(lines), summary
+
+
+def _seeds_won(ratio: dict[str, Any]) -> str:
+    """In how many seeds autoopt reached the target sooner, and how many only the other reached."""
+    n = ratio["time_to_target"]["n"]
+    if not n:
+        return "-"
+    lost = ratio["only_other_reached"]
+    return f'{ratio["autoopt_faster_seeds"]} of {n}' + (f" ({lost} reached by the other only, counted as 0)" if lost else "")
 
 
 def shortfall(pruned: float, full: float, direction: str) -> float:
