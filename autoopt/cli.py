@@ -244,22 +244,32 @@ def run(
                   f"and `autoopt logs {spec.name}`")
 
 
+def _load_study(name: str, storage: str | None) -> Any:
+    """A stored study, for a command that only reads or continues it: a storage that does not
+    exist yet is an error, never created (an empty SQLite file left behind would hide the typo)."""
+    import optuna
+
+    from autoopt.storage import StorageMissing, default_storage_url, open_storage
+
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url(), create=False))
+    except KeyError:
+        raise UsageError(f"no study named {name!r} in this storage") from None
+    except StorageMissing as exc:
+        raise UsageError(f"no study named {name!r}: {exc}") from None
+
+
 def _load_spec_of(name: str, storage: str | None, trusted: list[str] | None = None) -> Any:
     """The spec stored with a study, made runnable here: its task path must be trusted (importing
     it runs code someone with write access to the storage chose), and its URLs, stored without
     their passwords, are completed from this user's own settings."""
-    import optuna
-
     from autoopt.redaction import is_redacted, restore
     from autoopt.spec import StudySpec
-    from autoopt.storage import default_storage_url, open_storage
+    from autoopt.storage import default_storage_url
     from autoopt.trust import check_trusted
 
     url = storage or default_storage_url()
-    try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url, create=False))
-    except KeyError:
-        raise UsageError(f"no study named {name!r} in this storage") from None
+    study = _load_study(name, url)
     data = study.user_attrs.get(R.SPEC)
     if not isinstance(data, dict) or not data:
         raise UsageError(f"study {name!r} was not created by autoopt (no spec stored)")
@@ -479,15 +489,9 @@ def report(
     log: bool = typer.Option(True, "--log/--no-log", help="also log the plots to the study's MLflow parent run"),
 ) -> None:
     """Regenerate a study's plots (HTML + PNG) and log them to MLflow."""
-    import optuna
-
     from autoopt import report as report_mod
-    from autoopt.storage import default_storage_url, open_storage
 
-    try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url(), create=False))
-    except KeyError:
-        raise UsageError(f"no study named {name!r} in this storage") from None
+    study = _load_study(name, storage)
     try:
         folder = report_mod.report_folder(out_dir, study.study_name)
     except ValueError as exc:
@@ -505,20 +509,14 @@ def report(
 @_guard
 def sync(
     name: str,
-    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOOPT_STORAGE"),
+    storage: Optional[str] = STORAGE_OPTION,
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default: the study's)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Log to MLflow what an outage kept out of it (runs, curves, states, best config), from the storage."""
-    import optuna
-
-    from autoopt.storage import default_storage_url, open_storage
     from autoopt.sync import sync_study
 
-    try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage or default_storage_url()))
-    except KeyError:
-        raise UsageError(f"no study named {name!r} in this storage") from None
+    study = _load_study(name, storage)
     report = sync_study(study, tracking_uri)
     if as_json:
         print(json.dumps(report, default=str))

@@ -366,6 +366,7 @@ def test_json_stdout_is_only_the_json_when_a_worker_dies(crashing_run):
     (["best", "nosuch", "--json"], "no study named 'nosuch'"),
     (["report", "nosuch"], "no storage at"),
     (["resume", "nosuch"], "no storage at"),
+    (["sync", "nosuch"], "no storage at"),
 ])
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, args, needle):
     (tmp_path / "spec.yaml").write_text("name: s\ntask: tabular\nn_trials: 1\n")
