@@ -231,6 +231,24 @@ def _uses_budget(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state != TrialState.WAITING and not trial.user_attrs.get(R.RETRIED)
 
 
+def objective_change(stored: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """How a run's objective differs from the one a stored study of the same name measured (None:
+    the same, or not known). Its trials would then rank values of another task, metric or data
+    side by side, and ``best`` would answer across them; a changed space, sampler, pruner or budget
+    is a study continued, not another objective."""
+    changes = []
+    for key, what in ((R.TASK, "task"), (R.METRIC, "metric")):
+        old, now = stored.get(key), new.get(key)
+        if old is not None and now is not None and old != now:
+            changes.append(f"{what} {old!r} (this run: {now!r})")
+    old_spec, new_spec = stored.get(R.SPEC), new.get(R.SPEC)
+    if isinstance(old_spec, dict) and isinstance(new_spec, dict) and not changes:
+        old, now = old_spec.get("task_options") or {}, new_spec.get("task_options") or {}
+        if old != now:
+            changes.append(f"task_options {old} (this run: {now})")
+    return "; ".join(changes) or None
+
+
 @dataclass(frozen=True)
 class TaskFacts:
     """What the driver measured about the task that the coordinator needs (it never loads the task)."""
@@ -295,10 +313,16 @@ class StudyCoordinator:
                 f"study {name!r} exists with direction {self.study.direction.name.lower()}, "
                 f"but this task's metric is {task.direction}d"
             )
+        attrs = self.study.user_attrs
+        changed = objective_change(attrs, study_attrs or {})
+        if changed:
+            raise SpecError(
+                f"study {name!r} exists in this storage with {changed}: its trials measured another "
+                "objective; give this run another name (or use another storage)"
+            )
         # the study's rows are read and written through this storage's public API by number and
         # id (an optuna.Study exposes neither its storage nor its id)
         self.study_id = self.storage.get_study_id_from_name(name)
-        attrs = self.study.user_attrs
         for key, value in (study_attrs or {}).items():
             if key not in attrs or key in (R.SPEC, R.SPACE, R.PRUNER_PRIOR_CURVES):
                 self.study.set_user_attr(key, value)

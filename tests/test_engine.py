@@ -508,3 +508,31 @@ def test_write_trial_stores_a_whole_event_in_a_few_statements(backend, tmp_path,
     with pytest.raises(ValueError):
         write_trial(storage, second._trial_id, {}, params=[("opt", 0, CategoricalDistribution(["adam", "lion"]))])
     assert storage.get_trial(second._trial_id).params == {}  # the event's transaction was rolled back
+
+
+# --- a study name already used for another objective -------------------------------------------
+def test_a_stored_study_of_another_objective_is_refused_and_a_changed_space_is_not(tmp_path):
+    url, name = f"sqlite:///{tmp_path}/s.db", f"s-{uuid.uuid4().hex[:6]}"
+
+    def open_with(task="tabular", metric="accuracy", task_options=None, optimizers=("adamw",)):
+        spec = {"task": task, "task_options": task_options or {}, "space": {"optimizers": list(optimizers)}}
+        return StudyCoordinator(
+            name, SearchSpec(task=task, space=SpaceSpec(optimizers=list(optimizers)), n_trials=None),
+            ExecutionSpec(), PlacesSpec(storage=url), TaskFacts("maximize", TRAITS, max_epochs=3),
+            study_attrs={R.SPEC: spec, R.TASK: task, R.METRIC: metric})
+
+    first = open_with(task_options={"size": 0.25})
+    first.tell(first.ask()["number"], outcome("complete", 0.5, 3))
+    # how the study searches may change between runs: it is continued
+    again = open_with(task_options={"size": 0.25}, optimizers=("adamw", "sgd"))
+    assert again.study.user_attrs[R.SPEC]["space"]["optimizers"] == ["adamw", "sgd"]
+    for kwargs, needle in (({"task": "cv", "task_options": {"size": 0.25}}, "task 'tabular' (this run: 'cv')"),
+                           ({"metric": "loss", "task_options": {"size": 0.25}}, "metric 'accuracy' (this run: 'loss')"),
+                           ({"task_options": {"size": 0.5}}, "task_options {'size': 0.25} (this run: {'size': 0.5})"),
+                           ({}, "task_options {'size': 0.25} (this run: {})")):
+        with pytest.raises(SpecError, match=rf"study '{name}' exists in this storage with") as caught:
+            open_with(**kwargs)
+        assert needle in str(caught.value), str(caught.value)
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(study.trials) == 1 and study.user_attrs[R.TASK] == "tabular"  # nothing of the refused runs written
+    assert study.user_attrs[R.SPEC]["task_options"] == {"size": 0.25}

@@ -66,6 +66,10 @@ def test_study_on_sqlite_prunes_and_resumes(ray_local, workdir):
             assert t.user_attrs[R.TORCH_LINE] == (plain_torch_line(t.user_attrs[R.CONFIG]) or "")
         else:
             assert R.TORCH_LINE not in t.user_attrs
+    # the same name with another objective (here: a smaller dataset) is refused, not mixed in
+    with pytest.raises(autoopt.SpecError, match=r"study 'sq' exists in this storage with task_options"):
+        autoopt.run(small_spec("sq", n_trials=20, task_options={**FAST, "size": 0.2}))
+    assert len(optuna.load_study(study_name="sq", storage=f"sqlite:///{workdir}/autoopt-studies.db").trials) == 18
     del study
 
 
