@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,26 @@ def store_uri_problem(uri: str) -> str | None:
         return None
     return (f"tracking URI {redact(uri)!r} has the unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, "
             f"{', '.join(e + '://...' for e in DATABASE_ENGINES if e != 'sqlite')}, file:///path or http(s)://server")
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port``; None if it can. Checked before the server
+    starts: with the port taken, ``/health`` could be answered by whatever holds it (an earlier
+    ``autoopt ui`` on another store), and the UI shown would not be this store's."""
+    if not 0 < port < 65536:
+        return f"--port {port} is not a TCP port (1-65535)"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"--host {host!r} does not resolve ({exc.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return (f"cannot listen on {host}:{port} ({exc.strerror}): another server (an earlier `autoopt ui`?) "
+                    "holds it; stop it or pass --port")
+    return None
 
 
 def ui_url(host: str = "127.0.0.1", port: int = 5000) -> str:
@@ -58,6 +79,9 @@ def start_ui(
     path = sqlite_path(tracking_uri)
     if path is not None and not path.exists():
         raise FileNotFoundError(f"no MLflow store at {path}; run a study first or pass another tracking_uri")
+    problem = port_problem(host, port)
+    if problem:
+        raise RuntimeError(problem)
     # the store URI (it may carry a password) goes through the environment, not the command line
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers)]
     root = local_artifact_root(tracking_uri)
@@ -122,4 +146,4 @@ def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-__all__ = ["experiment_url", "run_url", "start_ui", "stop_ui", "ui_url"]
+__all__ = ["experiment_url", "port_problem", "run_url", "start_ui", "stop_ui", "ui_url"]

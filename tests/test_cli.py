@@ -67,6 +67,14 @@ def test_run_json_then_status_best_list_resume(workdir, spec_file):
     assert best["best_value"] == summary["best_value"] and best["best_config"]["optimizer"] in ("adam", "momentum")
     listed = json.loads(autoopt("list", "--json", cwd=workdir).stdout)
     assert [s["name"] for s in listed] == ["clidemo"] and listed[0]["trials"] == 5
+    # the same name with another objective: one line naming what differs, exit 2, nothing added
+    spec_file.write_text(SPEC.replace("size: 0.25", "size: 0.2").replace("n_trials: 5", "n_trials: 7"))
+    r = autoopt("run", str(spec_file), cwd=workdir)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip() == ("error: study 'clidemo' exists in this storage with task_options {'size': 0.25, "
+                                "'epochs': 4} (this run: {'size': 0.2, 'epochs': 4}): its trials measured another "
+                                "objective; give this run another name (or use another storage)"), r.stderr
+    assert json.loads(autoopt("status", "clidemo", "--json", cwd=workdir).stdout)["counts"] == summary["counts"]
     # `autoopt resume` (with a new budget) runs in test_killed_driver_is_resumed
 
 
@@ -152,6 +160,23 @@ def test_missing_file_unknown_study_and_bad_flags(workdir):
     r = autoopt("status", "nosuch", cwd=workdir)
     assert r.returncode == 2 and "no study named 'nosuch'" in r.stderr
     assert autoopt("run", "x.yaml", "--workers", "0", cwd=workdir).returncode == 2
+
+
+def test_ui_on_a_port_another_server_holds_is_one_line_exit_2(workdir):
+    import socket
+
+    (workdir / "mlflow.db").touch()  # a store to serve: the port is what is wrong
+    with socket.socket() as holder:  # e.g. an earlier `autoopt ui`, whose /health would answer
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = autoopt("ui", "--port", str(port), "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", cwd=workdir,
+                    timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "MLflow UI on" not in r.stdout
+    r = autoopt("ui", "--port", "70000", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", cwd=workdir, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --port 70000 is not a TCP port (1-65535)", r.stderr
 
 
 def test_catalog_and_tasks_listings(workdir):
