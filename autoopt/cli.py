@@ -171,6 +171,15 @@ def _say_interrupted(name: str, what: dict[str, Any] | None) -> None:
         f"Continue with: autoopt resume {name}", highlight=False, soft_wrap=True)
 
 
+def _print_failures(result: Any) -> None:
+    """Why trials failed, a line per kind with one trial's reason, so nobody has to open MLflow to learn it."""
+    for kind, f in result.failures.items():
+        shown = ", ".join(map(str, f["trials"][:5])) + (", ..." if len(f["trials"]) > 5 else "")
+        example = f["example"].split(":", 1)[1].strip() if f["example"].startswith(f"{kind}:") else f["example"]
+        said = f", e.g. {example}" if example != kind else ""
+        out.print(f"  {f['count']} failed: {kind} (trial{'s' if f['count'] > 1 else ''} {shown}){said}", highlight=False)
+
+
 def _print_best(result: Any) -> None:
     from autoopt.redaction import redact
 
@@ -180,6 +189,7 @@ def _print_best(result: Any) -> None:
     c = result.counts
     out.print(f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
               f"epochs trained {result.epochs_run} of {result.epochs_budget} without pruning")
+    _print_failures(result)
     if result.best_config is None:
         out.print("no completed trial yet")
         return
@@ -355,6 +365,7 @@ def status(
     c = r.counts
     out.print(f"{name}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed, "
               f"{c['running']} running, {c['waiting']} waiting; best {r.metric} {_fmt(r.best_value)}")
+    _print_failures(r)
 
 
 @app.command()

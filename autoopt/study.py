@@ -45,6 +45,8 @@ class StudyResult:
     epochs_budget: int = 0
     elapsed_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: why trials failed, by kind: {kind: {count, trials, example}} (``R.failure_kinds``)
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def study(self) -> optuna.Study:
@@ -68,6 +70,7 @@ class StudyResult:
             "epochs_run": self.epochs_run,
             "epochs_budget": self.epochs_budget,
             "elapsed_s": round(self.elapsed_s, 2),
+            "failures": self.failures,
         }
 
 
@@ -119,6 +122,7 @@ def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float 
         epochs_run=summary.epochs_run,
         epochs_budget=summary.epochs_budget,
         elapsed_s=elapsed_s,
+        failures=summary.failures,
     )
 
 

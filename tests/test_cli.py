@@ -179,6 +179,38 @@ def test_ui_on_a_port_another_server_holds_is_one_line_exit_2(workdir):
     assert r.returncode == 2 and r.stderr.strip() == "error: --port 70000 is not a TCP port (1-65535)", r.stderr
 
 
+def test_status_and_best_say_why_trials_failed(workdir):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    url = f"sqlite:///{workdir}/failing.db"
+    study = optuna.create_study(study_name="failing", storage=url, direction="minimize")
+    reasons = ["diverged: training loss exploded to 1e+22 at epoch 1, step 3", "worker lost: NodeDiedError: gone",
+               "diverged: loss is nan at epoch 2, step 1", None,
+               "error during training: RuntimeError: connecting to postgresql://me:hunter2@db/x failed"]
+    for reason in reasons:
+        study.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0.5},
+                                     distributions={"x": FloatDistribution(0, 1)},
+                                     user_attrs={R.REASON: reason} if reason else {}))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.25, params={"x": 0.5},
+                                 distributions={"x": FloatDistribution(0, 1)}))
+    r = autoopt("status", "failing", "--storage", url, cwd=workdir, env={"COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[1:] == [  # the most frequent kind first, then in the order they first failed
+        "  2 failed: diverged (trials 0, 2), e.g. training loss exploded to 1e+22 at epoch 1, step 3",
+        "  1 failed: worker lost (trial 1), e.g. NodeDiedError: gone",
+        "  1 failed: no reason recorded (trial 3)",
+        "  1 failed: error during training (trial 4), e.g. RuntimeError: connecting to postgresql://me:***@db/x failed",
+    ], r.stdout
+    data = json.loads(autoopt("status", "failing", "--storage", url, "--json", cwd=workdir).stdout)
+    assert data["failures"]["diverged"] == {"count": 2, "trials": [0, 2], "example": reasons[0]}
+    assert "hunter2" not in json.dumps(data)
+    r = autoopt("best", "failing", "--storage", url, cwd=workdir, env={"COLUMNS": "250"})
+    assert "  2 failed: diverged (trials 0, 2)" in r.stdout and "hunter2" not in r.stdout, r.stdout
+
+
 def test_catalog_and_tasks_listings(workdir):
     opts = json.loads(autoopt("optimizers", "--json", cwd=workdir).stdout)
     assert len(opts) >= 25

@@ -132,6 +132,8 @@ def test_report_of_mixed_study(tmp_path):
     assert summary["epochs_saved"] == summary["epochs_budget"] - summary["epochs_run"]
     assert summary["best_value"] == pytest.approx(study.best_value)
     assert summary["best_trial"] == study.best_trial.number
+    failed = [t.number for t in study.trials if t.state == TrialState.FAIL]
+    assert summary["failures"] == {"loss is nan": {"count": 1, "trials": failed, "example": "loss is nan"}}
 
     best = json.loads((tmp_path / "report" / "best_config.json").read_text())
     assert best["config"] == study.best_trial.user_attrs[R.CONFIG]

@@ -194,6 +194,7 @@ def test_diverging_trials_do_not_stop_the_study(ray_local, workdir):
     assert result.counts["failed"] == 4
     reasons = [t.user_attrs[R.REASON] for t in result.study.trials]
     assert all(r.startswith("diverged") for r in reasons)
+    assert result.failures["diverged"]["count"] == 4 and result.to_dict()["failures"] == result.failures
 
 
 def test_unreachable_storage_is_redacted():

@@ -235,6 +235,8 @@ class StudySummary:
     epochs_budget: int
     compute_seconds: float
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: Why trials failed, by kind (:func:`failure_kinds`), so a study whose trials all fail says why.
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def n_trials(self) -> int:
@@ -267,6 +269,7 @@ class StudySummary:
             "pruning_saved_fraction": (saved / self.epochs_budget) if self.epochs_budget else 0.0,
             "compute_seconds": self.compute_seconds,
             "est_seconds_saved": (self.compute_seconds / self.epochs_run * saved) if self.epochs_run else 0.0,
+            "failures": self.failures,
         }
 
 
@@ -305,6 +308,24 @@ class StudySnapshot:
         return getattr(self._study, name)
 
 
+def failure_kinds(trials: list[FrozenTrial]) -> dict[str, dict[str, Any]]:
+    """Failed trials grouped by the kind of their reason (its words before the first colon:
+    'diverged', 'error during training', 'worker lost', 'interrupted', ...), most frequent first:
+    kind -> {count, trials (numbers), example (the first one's whole reason)}."""
+    from autoopt.redaction import redact_text  # a reason may quote a URL (a storage that went away)
+
+    kinds: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        if t.state.name != "FAIL":
+            continue
+        reason = str(t.user_attrs.get(REASON) or "no reason recorded").strip()
+        kind = reason.split(":", 1)[0].strip() or reason
+        entry = kinds.setdefault(kind, {"count": 0, "trials": [], "example": redact_text(reason)[:300]})
+        entry["count"] += 1
+        entry["trials"].append(t.number)
+    return dict(sorted(kinds.items(), key=lambda kv: (-kv[1]["count"], kv[1]["trials"][0])))
+
+
 def summarize(study: optuna.Study) -> StudySummary:
     """The one summary of a stored study.
 
@@ -339,4 +360,5 @@ def summarize(study: optuna.Study) -> StudySummary:
         epochs_budget=budget,
         compute_seconds=seconds,
         attrs=attrs,
+        failures=failure_kinds(trials),
     )
