@@ -3,12 +3,15 @@
     import autoopt
     result = autoopt.run(autoopt.StudySpec(name="digits", task="cv", n_trials=20))
     print(result.best_value, result.best_config)
+    result = autoopt.run("studies/quickstart.yaml", n_trials=10)  # a spec file, as the CLI runs it
 
-Submitting a name that exists in the storage continues that study (resume).
+Submitting a name that exists in the storage continues that study (resume), if it is the same
+objective: another task, metric or task_options is refused.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -204,15 +207,19 @@ def _warn_if_nothing_ran(runner: Any) -> None:
         warnings.warn(runner.nothing_ran, stacklevel=3)
 
 
-def _as_spec(spec: StudySpec | dict[str, Any] | None, overrides: dict[str, Any]) -> StudySpec:
+def _as_spec(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None, overrides: dict[str, Any]) -> StudySpec:
+    if isinstance(spec, (str, os.PathLike)):
+        spec = StudySpec.from_yaml(spec)
     if spec is None:
         return StudySpec(**overrides)
     if isinstance(spec, dict):
         return StudySpec.from_dict({**spec, **overrides})
+    if not isinstance(spec, StudySpec):
+        raise TypeError(f"spec: a StudySpec, a dict or the path of a YAML spec file, not {type(spec).__name__}")
     return spec.replace(**overrides) if overrides else spec
 
 
-def submit(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callable[..., Any] | str | None = None,
+def submit(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None = None, *, objective: Callable[..., Any] | str | None = None,
            on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyHandle:
     """Start a study in the background and return its handle (non-blocking); ``objective`` as in :func:`run`."""
     if objective is not None:
@@ -220,10 +227,12 @@ def submit(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callabl
     return StudyHandle(_as_spec(spec, overrides), on_progress=on_progress)
 
 
-def run(spec: StudySpec | dict[str, Any] | None = None, *, objective: Callable[..., Any] | str | None = None,
+def run(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None = None, *, objective: Callable[..., Any] | str | None = None,
         on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyResult:
     """Run a study to completion (blocking) and return its result.
 
+    ``spec``: a :class:`StudySpec`, its dict, or the path of a YAML spec file (``overrides`` such
+    as ``n_trials=10`` apply on top, as the CLI's flags do).
     ``objective``: the user's own training loop, ``def objective(trial: autoopt.Trial) -> float``
     (or its import path), instead of the spec's task.
     """

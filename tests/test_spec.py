@@ -94,3 +94,20 @@ def test_good_space_round_trips():
     again = StudySpec.from_dict(s.to_dict())
     assert again.space == s.space
     assert isinstance(SpaceSpec().warmup.low, float)
+
+
+def test_the_python_api_takes_a_spec_file_as_the_cli_does(tmp_path):
+    from pathlib import Path
+
+    import autoopt
+    from autoopt.study import _as_spec
+
+    shipped = Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"
+    for given in (str(shipped), shipped):
+        spec = _as_spec(given, {"n_trials": 3, "workers": 1})
+        assert spec.name == "quickstart" and spec.n_trials == 3 and spec.workers == 1
+        assert spec.space == StudySpec.from_yaml(shipped).space
+    with pytest.raises(SpecError, match="spec file not found"):  # before anything starts
+        autoopt.run(str(tmp_path / "nope.yaml"))
+    with pytest.raises(TypeError, match="spec: a StudySpec, a dict or the path of a YAML spec file, not int"):
+        autoopt.run(42)
