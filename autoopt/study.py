@@ -211,7 +211,7 @@ def _as_spec(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None, o
     if isinstance(spec, (str, os.PathLike)):
         spec = StudySpec.from_yaml(spec)
     if spec is None:
-        return StudySpec(**overrides)
+        return StudySpec.from_dict(overrides)  # a SpecError naming the field, as for a dict or a file
     if isinstance(spec, dict):
         return StudySpec.from_dict({**spec, **overrides})
     if not isinstance(spec, StudySpec):

@@ -111,3 +111,5 @@ def test_the_python_api_takes_a_spec_file_as_the_cli_does(tmp_path):
         autoopt.run(str(tmp_path / "nope.yaml"))
     with pytest.raises(TypeError, match="spec: a StudySpec, a dict or the path of a YAML spec file, not int"):
         autoopt.run(42)
+    with pytest.raises(SpecError, match="spec: name: Field required"):  # keywords only: named as in a file
+        autoopt.run(objective="pkg.module:objective", n_trials=2)
