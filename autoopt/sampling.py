@@ -180,6 +180,10 @@ def make_pruner(name: str, max_epochs: int | None, *, prior_curves: Any = None,
             # reduction factor 4 (rungs 1, 4, 16): the setting that met "3x fewer epochs at the same best
             # value" on both 20-epoch tasks in docs/benchmarks.md section 3 (3 missed it on best value)
             return optuna.pruners.SuccessiveHalvingPruner(**{"min_resource": 1, "reduction_factor": 4, **options})
+        if name == "asha":
+            from autoopt.pruners import AshaPruner
+
+            return AshaPruner(**{"min_resource": 1, "reduction_factor": 4, **options})
         if name == "learning_curve":
             from autoopt.pruners import LearningCurvePruner
             from autoopt.spec import LearningCurveOptions

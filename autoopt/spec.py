@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc")
-PRUNERS = ("hyperband", "median", "percentile", "successive_halving", "learning_curve", "patient", "threshold", "none")
+PRUNERS = ("hyperband", "median", "percentile", "successive_halving", "asha", "learning_curve", "patient", "threshold",
+           "none")
 
 #: Constraints each hyperparameter must satisfy whatever the optimizer: name -> (low, high, high_open).
 _HP_BOUNDS: dict[str, tuple[float, float, bool]] = {

@@ -59,6 +59,8 @@ RACE_SYSTEMS = {
     "autoopt_hb": ("autoopt", "hyperband"),
     "tune_ahb": ("tune", "hyperband"),
     "optuna_hb": ("optuna", "hyperband"),
+    # successive halving with Tune's ASHA rung rule (autoopt's `asha`), in the successive-halving pairing
+    "autoopt_asha": ("autoopt", "asha"),
 }
 #: pruning variants, all through plain Optuna (the pruner objects autoopt's make_pruner builds)
 PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -66,6 +68,8 @@ PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "hyperband": ("hyperband", {}),
     "sh": ("successive_halving", {"reduction_factor": 3}),
     "sh_rf4": ("successive_halving", {"reduction_factor": 4}),
+    "asha": ("asha", {"reduction_factor": 3}),  # the same rungs as sh, Tune's rule for who goes on
+    "asha_rf4": ("asha", {"reduction_factor": 4}),
     "learning_curve": ("learning_curve", {}),
     "lc_q50": ("learning_curve", {"quantile": 0.5}),
     # the learning-curve pruner matching, besides its own, the finished curves of one earlier
@@ -79,6 +83,7 @@ HISTORY_SEED = 99
 MIN_RESOURCE, REDUCTION = 1, 3
 #: the race's rungs, spelled out (the default successive_halving has since become reduction factor 4)
 RUNG_OPTIONS = {"successive_halving": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION},
+                "asha": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION},
                 "hyperband": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION}}
 SAME_VALUE = 0.005
 TRIALS_OVERRIDE: int | None = None  # smoke tests only
@@ -332,7 +337,7 @@ def target_of(best_known: float, direction: str, tol: float) -> float:
 def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
-    pairings = (("autoopt_sh", "tune_asha", "optuna_sh"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
+    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
         # must not move the target of one already reported
@@ -356,7 +361,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                          fmt_spread(spread([rs[k].epochs for k in rs])),
                          fmt_spread(spread([rs[k].extra["load_before"]["loadavg"][0] for k in rs]), 2)])
         ratios = {}
-        for mine, others in (("autoopt_sh", ("tune_asha", "optuna_sh")), ("autoopt_hb", ("tune_ahb", "optuna_hb"))):
+        for mine, others in (("autoopt_sh", ("tune_asha", "optuna_sh")), ("autoopt_hb", ("tune_ahb", "optuna_hb")),
+                             ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh"))):
             if mine not in per_sys:
                 continue
             for o in others:

@@ -207,3 +207,38 @@ def test_real_study_matches_the_curves_of_a_similar_earlier_study(ray_local, wor
     # without the option the meta-dataset is not read, and nothing says it was
     plain = autoopt.run(StudySpec.from_dict(dict(base, name="third", n_trials=2, seed=0, pruner="learning_curve")))
     assert R.PRUNER_PRIOR_CURVES not in plain.study.user_attrs
+
+
+# --- successive halving with ASHA's rung rule -----------------------------------------------------
+def rung_decisions(pruner, firsts: list[float], direction: str = "maximize") -> list[bool]:
+    """Trials reaching the first rung (epoch 1) one after another with these values: pruned?"""
+    study = optuna.create_study(direction=direction, pruner=pruner)
+    out = []
+    for v in firsts:
+        t = study.ask()
+        t.report(v, 1)
+        out.append(t.should_prune())
+        study.tell(t, state=optuna.trial.TrialState.PRUNED) if out[-1] else study.tell(t, v)
+    return out
+
+
+def test_asha_keeps_a_trial_above_the_quantile_of_those_before_it_as_tune_does():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from autoopt.pruners import AshaPruner
+
+    values = [0.5, 0.9, 0.8, 0.6, 0.85, 0.95, 0.7, 0.88]
+    asha = rung_decisions(AshaPruner(min_resource=1, reduction_factor=3), values)
+    assert asha == [False, False, False, True, False, False, True, False]
+    # Ray Tune's own bracket (grace period 1, reduction factor 3), on the same values at epoch 1
+    bracket = _Bracket(min_t=1, max_t=9, reduction_factor=3, s=0)
+    tune = [bracket.on_result(SimpleNamespace(trial_id=str(i)), 1, v) == "STOP" for i, v in enumerate(values)]
+    assert asha == tune
+    # Optuna's rule: the 3rd trial must beat both before it (0.8 < 0.9), the 5th all four before it
+    sh = rung_decisions(optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), values)
+    assert sh == [False, False, True, True, True, False, True, True]  # the 8th: the best 8 // 3 = 2 only
+    # minimizing mirrors it: the 1/3 quantile of the values before
+    assert rung_decisions(AshaPruner(min_resource=1, reduction_factor=3), [-v for v in values], "minimize") == asha
+    assert make_pruner("asha", 16)._reduction_factor == 4 and isinstance(make_pruner("asha", 16), AshaPruner)
