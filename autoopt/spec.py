@@ -238,7 +238,9 @@ class SearchSpec(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0)
     sampler: str = "tpe"
     sampler_options: dict[str, Any] = Field(default_factory=dict)
-    pruner: str = "successive_halving"  # reduction factor 4: chosen from the 20-epoch measurement (docs/benchmarks.md, section 3)
+    # successive halving with ASHA's rung rule, reduction factor 4: chosen from the 20-epoch
+    # measurement and the tabular race (docs/benchmarks.md, sections 1 and 3)
+    pruner: str = "asha"
     pruner_options: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = 0
     eval_every_steps: int | None = Field(default=None, ge=1, description="validate every N steps instead of every epoch")
