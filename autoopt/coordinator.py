@@ -275,9 +275,26 @@ class StudyCoordinator:
         study_attrs: dict[str, Any] | None = None,
         session: str | None = None,
         prior_curves: list[tuple[list[int], list[float]]] | None = None,
+        keep_refusal: bool = False,
     ) -> None:
         """``prior_curves``: similar tasks' finished curves, which the driver read from its
-        meta-dataset for ``learning_curve`` with ``similar_tasks: true``."""
+        meta-dataset for ``learning_curve`` with ``similar_tasks: true``. ``keep_refusal``: as a
+        Ray actor, a refusal of its own (a spec that does not fit the stored study, an
+        unreachable storage) is kept and raised by :meth:`summary`, the driver's first call: an
+        actor whose constructor raises is dead, and the driver gets only its formatted text (a
+        Ray traceback), while a method's error reaches it as the exception itself."""
+        self._refusal: Exception | None = None
+        try:
+            self._open(name, search, execution, places, task, study_attrs=study_attrs, session=session,
+                       prior_curves=prior_curves)
+        except (SpecError, StorageError) as exc:
+            if not keep_refusal:
+                raise
+            self._refusal = exc
+
+    def _open(self, name: str, search: SearchSpec, execution: ExecutionSpec, places: PlacesSpec, task: TaskFacts, *,
+              study_attrs: dict[str, Any] | None, session: str | None,
+              prior_curves: list[tuple[list[int], list[float]]] | None) -> None:
         if not places.storage:
             raise SpecError("the coordinator needs the storage URL the driver resolved (places.storage)")
         self.session = session or uuid.uuid4().hex[:12]
@@ -752,6 +769,8 @@ class StudyCoordinator:
     def summary(self, fresh: bool = False) -> dict[str, Any]:
         """Counts by state, the best trial, and this driver's bookkeeping (budget used, outages).
         From the tally, recounted from the storage when ``fresh`` or every ``TALLY_REFRESH_S``."""
+        if self._refusal is not None:
+            raise self._refusal
         if fresh or not self._tally or time.monotonic() - self._tally_at >= TALLY_REFRESH_S:
             self._refresh_tally()
         t = self._tally

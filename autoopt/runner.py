@@ -242,26 +242,7 @@ def _prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool,
 
 _run_trial_remote = ray.remote(max_retries=0)(run_trial)
 _prepare_worker_remote = ray.remote(max_retries=0)(prepare_worker)
-class _RemoteCoordinator(StudyCoordinator):
-    """The coordinator as a Ray actor. A constructor that raises kills the actor, and the driver
-    then gets only the formatted text of a dead actor (a Ray traceback, not the exception), so a
-    refusal of its own (a spec that does not fit the stored study, an unreachable storage) is
-    kept and raised by the driver's first call, which Ray hands over as the exception itself."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._refusal: Exception | None = None
-        try:
-            super().__init__(*args, **kwargs)
-        except (SpecError, StorageError) as exc:
-            self._refusal = exc
-
-    def summary(self, fresh: bool = False) -> dict[str, Any]:
-        if self._refusal is not None:
-            raise self._refusal
-        return super().summary(fresh)
-
-
-_Coordinator = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=0)(_RemoteCoordinator)
+_Coordinator = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=0)(StudyCoordinator)
 
 
 class CoordinatorPool:
@@ -653,14 +634,14 @@ class StudyRunner:
         kept = COORDINATORS.take(self._pool_key) if self._pool_key is not None else None
         if kept is not None:
             try:
-                ray.get(kept.reopen.remote(*args, **kwargs))
+                ray.get(kept.reopen.remote(*args, keep_refusal=True, **kwargs))
                 self._reopened = True
                 return kept
             except ray.exceptions.RayActorError:
                 pass  # it died while idle: start a new one
             except ray.exceptions.RayTaskError as exc:  # the new study's own error (a bad spec, storage)
                 raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
-        return _Coordinator.options(scheduling_strategy=placement).remote(*args, **kwargs)
+        return _Coordinator.options(scheduling_strategy=placement).remote(*args, keep_refusal=True, **kwargs)
 
     def _similar_curves(self) -> list[tuple[list[int], list[float]]] | None:
         """For ``learning_curve`` with ``similar_tasks: true``: the finished curves of the nearest
@@ -778,7 +759,7 @@ class StudyRunner:
         try:
             if not self._reopened:  # a new actor: its constructor's error surfaces here
                 ray.get(self.coordinator.summary.remote())
-        except ray.exceptions.RayTaskError as exc:  # a refusal the constructor kept (_RemoteCoordinator)
+        except ray.exceptions.RayTaskError as exc:  # a refusal the constructor kept (keep_refusal)
             ray.kill(self.coordinator)
             self.coordinator = None
             raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None

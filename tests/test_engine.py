@@ -533,6 +533,13 @@ def test_a_stored_study_of_another_objective_is_refused_and_a_changed_space_is_n
         with pytest.raises(SpecError, match=rf"study '{name}' exists in this storage with") as caught:
             open_with(**kwargs)
         assert needle in str(caught.value), str(caught.value)
+    # as a Ray actor: the refusal is kept and raised by the driver's first call, summary()
+    kept = StudyCoordinator(
+        name, SearchSpec(task="cv", space=SpaceSpec(optimizers=["adamw"]), n_trials=None), ExecutionSpec(),
+        PlacesSpec(storage=url), TaskFacts("maximize", TRAITS, max_epochs=3),
+        study_attrs={R.SPEC: {"task": "cv"}, R.TASK: "cv", R.METRIC: "accuracy"}, keep_refusal=True)
+    with pytest.raises(SpecError, match="task 'tabular' \\(this run: 'cv'\\)"):
+        kept.summary()
     study = optuna.load_study(study_name=name, storage=url)
     assert len(study.trials) == 1 and study.user_attrs[R.TASK] == "tabular"  # nothing of the refused runs written
     assert study.user_attrs[R.SPEC]["task_options"] == {"size": 0.25}
