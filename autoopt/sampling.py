@@ -144,15 +144,16 @@ def check_sampler_options(name: str, options: dict[str, Any]) -> None:
     if name not in factories:
         raise SpecError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if "seed" in options:
-        raise SpecError(f"sampler_options for {name}: seed is the spec's own `seed` field")
+        detail = "seed is the spec's own `seed` field"
+        raise SpecError(f"sampler_options for {name}: {detail}", detail=detail)
     params = inspect.signature(factories[name].__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = sorted(k for k in params if k not in ("self", "seed"))
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise SpecError(f"sampler_options for {name}: unknown option(s) {', '.join(unknown)}; "
-                        f"allowed: {', '.join(accepted)}")
+        detail = f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(accepted)}"
+        raise SpecError(f"sampler_options for {name}: {detail}", detail=detail)
 
 
 def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSampler:
@@ -163,7 +164,7 @@ def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSamp
     try:
         return factories[name](seed=seed, **options)
     except TypeError as exc:
-        raise SpecError(f"sampler_options for {name}: {exc}") from None
+        raise SpecError(f"sampler_options for {name}: {exc}", detail=str(exc)) from None
 
 
 def make_pruner(name: str, max_epochs: int | None, *, prior_curves: Any = None,
@@ -205,7 +206,7 @@ def make_pruner(name: str, max_epochs: int | None, *, prior_curves: Any = None,
         if name == "none":
             return optuna.pruners.NopPruner()
     except (TypeError, ValueError) as exc:
-        raise SpecError(f"pruner_options for {name}: {exc}") from None
+        raise SpecError(f"pruner_options for {name}: {exc}", detail=str(exc)) from None
     raise SpecError(f"unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
 
 

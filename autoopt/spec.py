@@ -39,7 +39,12 @@ URL_FIELDS = ("storage", "tracking_uri", "ray_address")
 
 
 class SpecError(ValueError):
-    """A spec that cannot run; the message names the field and what is allowed."""
+    """A spec that cannot run; the message names the field and what is allowed. ``detail``: what
+    is wrong without the field's name, for a validator that names the field itself."""
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = message if detail is None else detail
 
 
 class Range(BaseModel):
@@ -310,7 +315,7 @@ class SearchSpec(BaseModel):
                     warnings.simplefilter("ignore")
                     make_pruner(name, None, **copy.deepcopy(v))
         except SpecError as exc:
-            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+            raise ValueError(exc.detail) from None
         return v
 
     @field_validator("sampler", "pruner")
