@@ -319,15 +319,10 @@ def resume(
 
 
 def _summary(name: str, storage: str | None) -> Any:
-    from autoopt.storage import StorageMissing
+    from autoopt.core.record import summarize as read_summary
     from autoopt.study import summarize
 
-    try:
-        return summarize(name, storage)
-    except KeyError:
-        raise UsageError(f"no study named {name!r} in this storage") from None
-    except StorageMissing as exc:
-        raise UsageError(f"no study named {name!r}: {exc}") from None
+    return summarize(name, storage, summary=read_summary(_load_study(name, storage)))
 
 
 @app.command()

@@ -33,7 +33,8 @@ from typing import Sequence
 import numpy as np
 import optuna
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
-from optuna.pruners._successive_halving import _completed_rung_key, _get_current_rung
+from optuna.pruners._successive_halving import (_completed_rung_key, _estimate_min_resource, _get_competing_values,
+                                                _get_current_rung)
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -190,23 +191,24 @@ class AshaPruner(SuccessiveHalvingPruner):
         maximize = study.direction == StudyDirection.MAXIMIZE
         trials: list[FrozenTrial] | None = None
         while True:
-            if self._min_resource is None:  # "auto": a hundredth of the longest finished trial
+            if self._min_resource is None:  # "auto": Optuna's estimate from the finished trials
                 trials = study.get_trials(deepcopy=False) if trials is None else trials
-                done = [t.last_step for t in trials if t.state == TrialState.COMPLETE and t.last_step is not None]
-                if not done:
+                self._min_resource = _estimate_min_resource(trials)
+                if self._min_resource is None:
                     return False
-                self._min_resource = max(max(done) // 100, 1)
             if step < self._min_resource * self._reduction_factor ** (self._min_early_stopping_rate + rung):
                 return False
             if math.isnan(value):
                 return True
             trials = study.get_trials(deepcopy=False) if trials is None else trials
             key = _completed_rung_key(rung)
-            # the values recorded before this one (the list was read before this trial's own write)
-            before = [t.system_attrs[key] for t in trials if key in t.system_attrs and t.number != trial.number]
             study._storage.set_trial_system_attr(trial._trial_id, key, value)
-            if len(before) + 1 <= self._bootstrap_count:
+            # Optuna's list of the values at the rung, this one last (``trials`` was read before
+            # this trial's own write): the rule compares it with those before it
+            competing = _get_competing_values(trials, value, key)
+            if len(competing) <= self._bootstrap_count:
                 return True
+            before = competing[:-1]
             finite_before = [v for v in before if v is not None and not math.isnan(v)]
             if finite_before:
                 q = 100.0 * (1.0 - 1.0 / self._reduction_factor) if maximize else 100.0 / self._reduction_factor

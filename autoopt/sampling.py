@@ -140,13 +140,12 @@ SAMPLER_FACTORIES: dict[str, Callable[..., BaseSampler]] = {
 def check_sampler_options(name: str, options: dict[str, Any]) -> None:
     """Raise :class:`SpecError` naming any of ``options`` the sampler does not take (read off its
     constructor, without building it: building some samplers imports their numerical stack)."""
-    factories = SAMPLER_FACTORIES
-    if name not in factories:
+    if name not in SAMPLER_FACTORIES:
         raise SpecError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     if "seed" in options:
         detail = "seed is the spec's own `seed` field"
         raise SpecError(f"sampler_options for {name}: {detail}", detail=detail)
-    params = inspect.signature(factories[name].__init__).parameters
+    params = inspect.signature(SAMPLER_FACTORIES[name].__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = sorted(k for k in params if k not in ("self", "seed"))
@@ -158,11 +157,10 @@ def check_sampler_options(name: str, options: dict[str, Any]) -> None:
 
 def make_sampler(name: str, seed: int | None = None, **options: Any) -> BaseSampler:
     """An Optuna sampler by name, with Optuna 5 defaults (TPE is multivariate + constant liar)."""
-    factories = SAMPLER_FACTORIES
-    if name not in factories:
+    if name not in SAMPLER_FACTORIES:
         raise SpecError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     try:
-        return factories[name](seed=seed, **options)
+        return SAMPLER_FACTORIES[name](seed=seed, **options)
     except TypeError as exc:
         raise SpecError(f"sampler_options for {name}: {exc}", detail=str(exc)) from None
 

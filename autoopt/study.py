@@ -15,7 +15,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import optuna
 
@@ -207,7 +207,11 @@ def _warn_if_nothing_ran(runner: Any) -> None:
         warnings.warn(runner.nothing_ran, stacklevel=3)
 
 
-def _as_spec(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None, overrides: dict[str, Any]) -> StudySpec:
+#: what run and submit take as a spec: the object, its dict, or the path of its YAML file (as the CLI)
+SpecLike = Union[StudySpec, dict[str, Any], str, "os.PathLike[str]", None]
+
+
+def _as_spec(spec: SpecLike, overrides: dict[str, Any]) -> StudySpec:
     if isinstance(spec, (str, os.PathLike)):
         spec = StudySpec.from_yaml(spec)
     if spec is None:
@@ -219,7 +223,7 @@ def _as_spec(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None, o
     return spec.replace(**overrides) if overrides else spec
 
 
-def submit(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None = None, *, objective: Callable[..., Any] | str | None = None,
+def submit(spec: SpecLike = None, *, objective: Callable[..., Any] | str | None = None,
            on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyHandle:
     """Start a study in the background and return its handle (non-blocking); ``objective`` as in :func:`run`."""
     if objective is not None:
@@ -227,7 +231,7 @@ def submit(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None = No
     return StudyHandle(_as_spec(spec, overrides), on_progress=on_progress)
 
 
-def run(spec: StudySpec | dict[str, Any] | str | os.PathLike[str] | None = None, *, objective: Callable[..., Any] | str | None = None,
+def run(spec: SpecLike = None, *, objective: Callable[..., Any] | str | None = None,
         on_progress: Callable[[Progress], None] | None = None, **overrides: Any) -> StudyResult:
     """Run a study to completion (blocking) and return its result.
 
