@@ -61,7 +61,12 @@ RACE_SYSTEMS = {
     "optuna_hb": ("optuna", "hyperband"),
     # successive halving with Tune's ASHA rung rule (autoopt's `asha`), in the successive-halving pairing
     "autoopt_asha": ("autoopt", "asha"),
+    # the same with the recommender's warm start on (its first pick at its lr and half a decade
+    # either side run first): autoopt as a user who turns it on runs it; Tune has no counterpart
+    "autoopt_asha_warm": ("autoopt", "asha"),
 }
+#: race systems that start from the recommender's suggestions
+WARM_SYSTEMS = {"autoopt_asha_warm"}
 #: pruning variants, all through plain Optuna (the pruner objects autoopt's make_pruner builds)
 PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
@@ -239,7 +244,8 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int) 
             work = out / "work"
             work.mkdir(parents=True, exist_ok=True)
             run = run_autoopt(t["task"], t["task_options"], space, storage=f"sqlite:///{(work / 'autoopt.db').resolve()}",
-                              tracking_uri=None, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], system=system, **kw)
+                              tracking_uri=None, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], system=system,
+                              warm_start=system in WARM_SYSTEMS, **kw)
         elif runner == "tune":
             run = run_tune_fair(t["task"], t["task_options"], space, workdir=out / "work", pruner=pruner, **kw)
         else:
@@ -337,7 +343,7 @@ def target_of(best_known: float, direction: str, tol: float) -> float:
 def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
-    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
+    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
         # must not move the target of one already reported
@@ -362,7 +368,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                          fmt_spread(spread([rs[k].extra["load_before"]["loadavg"][0] for k in rs]), 2)])
         ratios = {}
         for mine, others in (("autoopt_sh", ("tune_asha", "optuna_sh")), ("autoopt_hb", ("tune_ahb", "optuna_hb")),
-                             ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh"))):
+                             ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh")),
+                             ("autoopt_asha_warm", ("tune_asha", "autoopt_asha"))):
             if mine not in per_sys:
                 continue
             for o in others:

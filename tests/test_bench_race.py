@@ -46,3 +46,17 @@ def test_the_median_interval_is_seeded_and_inside_the_values():
     assert min(values) <= a["lo"] <= 1.15 <= a["hi"] <= max(values)  # 1.15 is the median
     assert a["q1"] < 1.15 < a["q3"] and a["n"] == 15
     assert median_interval([1.0])["lo"] is None  # one seed has no interval
+
+
+def test_the_warm_started_arm_is_paired_with_tune_and_the_cold_arm(tmp_path):
+    from bench.race import RACE_SYSTEMS, WARM_SYSTEMS
+
+    assert WARM_SYSTEMS <= set(RACE_SYSTEMS) and RACE_SYSTEMS["autoopt_asha_warm"] == RACE_SYSTEMS["autoopt_asha"]
+    for seed, (warm, cold, tune) in enumerate([(1.0, 2.0, 3.0), (2.0, 2.0, 8.0), (None, 1.0, 1.0)]):
+        _write(tmp_path, "autoopt_asha_warm", seed, warm, 5.0)
+        _write(tmp_path, "autoopt_asha", seed, cold, 5.0)
+        _write(tmp_path, "tune_asha", seed, tune, 5.0)
+    _, summary = race_report(tmp_path, 0.01)
+    ratios = summary["cv-big/autoopt_sh"]["ratios"]
+    assert ratios["tune_asha / autoopt_asha_warm"]["time_to_target"] == {"median": 3.0, "min": 0.0, "max": 4.0, "n": 3}
+    assert ratios["autoopt_asha / autoopt_asha_warm"]["time_to_target"]["median"] == 1.0
