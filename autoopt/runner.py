@@ -317,12 +317,19 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:300]}"
 
 
+def _task_error_cause(exc: ray.exceptions.RayTaskError) -> Exception | None:
+    """The exception a Ray task or actor method raised (a SpecError, a StorageError...), so the
+    user reads that one line rather than Ray's wrapped traceback; None when Ray kept none."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, Exception) else None
+
+
 def _stop_reason(exc: BaseException) -> str:
     """What the trials in flight are failed with when the loop ends on ``exc``: the real reason
     when the storage's disk is full, else that the study was stopped."""
     from autoopt.coordinator import StorageFullError
 
-    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    cause = _task_error_cause(exc) if isinstance(exc, ray.exceptions.RayTaskError) else exc
     if isinstance(cause, StorageFullError):
         return f"stopped: {str(cause).split(';')[0]}"
     return INTERRUPTED
@@ -640,7 +647,7 @@ class StudyRunner:
             except ray.exceptions.RayActorError:
                 pass  # it died while idle: start a new one
             except ray.exceptions.RayTaskError as exc:  # the new study's own error (a bad spec, storage)
-                raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+                raise (_task_error_cause(exc) or exc) from None
         return _Coordinator.options(scheduling_strategy=placement).remote(*args, keep_refusal=True, **kwargs)
 
     def _similar_curves(self) -> list[tuple[list[int], list[float]]] | None:
@@ -671,8 +678,9 @@ class StudyRunner:
             raise
         except ray.exceptions.RayTaskError as exc:
             # the coordinator gave up on an unreachable storage: say so in one line, not a Ray traceback
-            if isinstance(getattr(exc, "cause", None), StorageError):
-                raise StorageError(str(exc.cause)) from None
+            cause = _task_error_cause(exc)
+            if isinstance(cause, StorageError):
+                raise StorageError(str(cause)) from None
             raise
         finally:
             if self._sigterm_before is not None:
@@ -762,7 +770,7 @@ class StudyRunner:
         except ray.exceptions.RayTaskError as exc:  # a refusal the constructor kept (keep_refusal)
             ray.kill(self.coordinator)
             self.coordinator = None
-            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+            raise (_task_error_cause(exc) or exc) from None
         except ray.exceptions.RayActorError as exc:
             cause = exc.__cause__ or exc
             raise SpecError(str(getattr(cause, "args", [cause])[0] if getattr(cause, "args", None) else cause)) from None
@@ -1041,7 +1049,7 @@ class StudyRunner:
             reason = f"worker lost: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, reason[:500], True)))
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            cause = getattr(exc, "cause", None) or exc  # any BaseException the trial raised, named
             ray.get(self.coordinator.fail.remote(number, f"error: {type(cause).__name__}: {cause}"[:500], False))
         except ray.exceptions.TaskCancelledError:
             self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, "cancelled", True)))
