@@ -194,7 +194,10 @@ def _print_best(result: Any) -> None:
         out.print("no completed trial yet")
         return
     cfg = result.best_config
-    out.print(f"best {result.metric} = {_fmt(result.best_value)} ({result.direction})")
+    source = ""
+    if result.best_trial is not None:  # say where the best came from: the recommender, or the search
+        source = f", trial {result.best_trial}" + (", the recommender's suggestion" if result.best_from_warm_start else "")
+    out.print(f"best {result.metric} = {_fmt(result.best_value)} ({result.direction}{source})")
     out.print(f"  optimizer: {cfg['optimizer']} {json.dumps(cfg['optimizer_params'], default=str)}")
     out.print(f"  scheduler: {cfg['scheduler']} {json.dumps(cfg['scheduler_params'], default=str)}, "
               f"warmup {_fmt(cfg['warmup_fraction'])}, grad_clip {_fmt(cfg['grad_clip'])}, batch {_fmt(cfg['batch_size'])}")
@@ -217,7 +220,9 @@ def run(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", envvar="AUTOOPT_TRACKING_URI", help="MLflow tracking URI"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="AUTOOPT_RAY_ADDRESS", help="Ray cluster address"),
     name: Optional[str] = typer.Option(None, "--name", help="study name (default: the spec's)"),
-    warm_start: Optional[bool] = typer.Option(None, "--warm-start/--no-warm-start", help="start from the recommender"),
+    warm_start: Optional[bool] = typer.Option(None, "--warm-start/--no-warm-start",
+                                              help="start from the recommender's suggestions "
+                                                   "(default: on for a task's study, off for an objective)"),
     as_json: bool = typer.Option(False, "--json", help="print a machine-readable summary"),
     submit: bool = typer.Option(False, "--submit", help="run the study as a Ray job on the cluster (ships this "
                                 "directory, returns the job id at once)"),

@@ -405,7 +405,8 @@ class StudyRunner:
         self.spec = spec
         self.report_here = report_here
         self.hooks = hooks or StudyHooks()
-        if spec.search.warm_start.enabled and (self.hooks.suggest_configs is None or self.hooks.top_optimizers is None):
+        has_recommender = self.hooks.suggest_configs is not None and self.hooks.top_optimizers is not None
+        if spec.search.warm_start.enabled and not has_recommender:
             raise SpecError("warm_start needs the recommender: run the study with autoopt.run/submit, "
                             "or pass StudyHooks with suggest_configs and top_optimizers")
         self.storage_url = spec.storage or default_storage_url()
@@ -446,6 +447,9 @@ class StudyRunner:
             self.traits = self.task.traits()
         else:
             raise SpecError(f"study {spec.name!r} names neither a task nor an objective: set task: or objective:")
+        #: whether the recommender's suggestions run first (``warm_start.enabled``; unset: for a task's study)
+        self.warm_start = (spec.search.warm_start.enabled if spec.search.warm_start.enabled is not None
+                           else self.task is not None and has_recommender)
         self.on_progress = on_progress
         self.progress = Progress(target=spec.n_trials)
         self.session = uuid.uuid4().hex[:12]
@@ -610,17 +614,40 @@ class StudyRunner:
         return report
 
     def _warm_start(self) -> int:
+        """Queue the recommender's suggestions as the study's first trials; how many were queued."""
         ws = self.spec.warm_start
-        if not ws.enabled or ws.n_trials == 0:
+        if not self.warm_start or ws.n_trials == 0:
             return 0
-        # the whole ranking (a few dozen optimizers at most): suggestions outside this study's
-        # space are skipped, and a narrow space may hold only the lower-ranked ones
-        configs = self.hooks.suggest_configs(self.traits, max(ws.n_trials * 4, WARM_START_CANDIDATES))
-        return int(ray.get(self.coordinator.enqueue.remote(configs, ws.n_trials)))
+        if ws.enabled is None:  # by default a study starts from the recommender once, not again on resume
+            counts = ray.get(self.coordinator.summary.remote())["counts"]
+            if any(counts.get(k) for k in ("complete", "pruned", "failed", "running")):
+                return 0
+        configs = self._warm_start_configs()
+        # never more than the budget: a suggestion queued past it would stay WAITING ahead of the
+        # re-runs of lost trials, which then never run
+        limit = ws.n_trials if self.spec.n_trials is None else min(ws.n_trials, self.spec.n_trials)
+        return int(ray.get(self.coordinator.enqueue.remote(configs, limit))) if configs else 0
+
+    def _warm_start_configs(self) -> list[dict[str, Any]]:
+        """The recommender's ranking for this task (a few dozen configurations at most: those
+        outside the study's space are skipped, and a narrow space may hold only the lower-ranked
+        ones). A failure fails the study where the user asked for the warm start; where it is the
+        default, it is a warning and the study starts cold."""
+        ws = self.spec.warm_start
+        try:
+            return self.hooks.suggest_configs(self.traits, max(ws.n_trials * 4, WARM_START_CANDIDATES))
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            if ws.enabled:
+                raise
+            import warnings
+
+            warnings.warn(f"autoopt: no warm start for study {self.spec.name!r}, the recommender failed "
+                          f"({type(exc).__name__}: {exc}); set warm_start: {{enabled: false}} to skip it", stacklevel=2)
+            return []
 
     def _make_coordinator(self) -> Any:
         space = self.spec.space
-        if self.spec.warm_start.enabled and self.spec.warm_start.narrow_to:
+        if self.warm_start and self.spec.warm_start.narrow_to:
             top = self.hooks.top_optimizers(self.traits, self.spec.warm_start.narrow_to)
             allowed = [o for o in top if not space.optimizers or o in space.optimizers]
             if allowed:

@@ -214,7 +214,10 @@ class WarmStartSpec(BaseModel):
     """Start from the recommender: enqueue its top suggestions and optionally narrow the optimizers."""
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = False
+    #: None (the default): on for a study of a task, whose traits are measured, when the
+    #: recommender is at hand (autoopt.run/submit, the CLI); off for a user's own objective,
+    #: whose traits the recommender cannot see. True or False decide.
+    enabled: bool | None = None
     n_trials: int = Field(default=3, ge=0)
     narrow_to: int | None = Field(default=None, ge=1, description="keep only the top-N recommended optimizers")
 

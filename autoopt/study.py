@@ -50,6 +50,9 @@ class StudyResult:
     extra: dict[str, Any] = field(default_factory=dict)
     #: why trials failed, by kind: {kind: {count, trials, example}} (``R.failure_kinds``)
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the best trial's number, and whether it was one of the recommender's suggestions (warm start)
+    best_trial: int | None = None
+    best_from_warm_start: bool | None = None
 
     @property
     def study(self) -> optuna.Study:
@@ -64,6 +67,8 @@ class StudyResult:
             "storage_url": redact(self.storage_url),
             "counts": self.counts,
             "best_value": self.best_value,
+            "best_trial": self.best_trial,
+            "best_from_warm_start": self.best_from_warm_start,
             "best_params": self.best_params,
             "best_config": self.best_config,
             "metric": self.metric,
@@ -126,6 +131,8 @@ def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float 
         epochs_budget=summary.epochs_budget,
         elapsed_s=elapsed_s,
         failures=summary.failures,
+        best_trial=best.number if best else None,
+        best_from_warm_start=bool(best.user_attrs.get(R.WARM_START)) if best else None,
     )
 
 

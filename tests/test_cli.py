@@ -55,6 +55,12 @@ def test_run_json_then_status_best_list_resume(workdir, spec_file):
     assert summary["best_value"] is not None and "optimizer" in summary["best_params"]
     assert summary["storage_url"].endswith("autoopt-studies.db")
     assert summary["mlflow_parent_run_id"]
+    import optuna
+
+    trials = optuna.load_study(study_name="clidemo", storage=f"sqlite:///{workdir}/autoopt-studies.db").trials
+    warm = [t.number for t in trials if t.user_attrs.get(R.WARM_START)]
+    assert warm == [0, 1, 2]  # a task's study starts from the recommender's suggestions by default
+    assert summary["best_from_warm_start"] is (summary["best_trial"] in warm)
     client = MlflowClient(summary["tracking_uri"])
     parent = client.get_run(summary["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED", r.stderr[-3000:]
@@ -193,8 +199,11 @@ def test_status_and_best_say_why_trials_failed(workdir):
         study.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0.5},
                                      distributions={"x": FloatDistribution(0, 1)},
                                      user_attrs={R.REASON: reason} if reason else {}))
+    config = {"optimizer": "adamw", "optimizer_params": {"lr": 0.003}, "scheduler": "cosine", "scheduler_params": {},
+              "warmup_fraction": 0.0, "grad_clip": None, "batch_size": None}
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.25, params={"x": 0.5},
-                                 distributions={"x": FloatDistribution(0, 1)}))
+                                 distributions={"x": FloatDistribution(0, 1)},
+                                 user_attrs={R.CONFIG: config, R.WARM_START: True}))
     r = autoopt("status", "failing", "--storage", url, cwd=workdir, env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
@@ -209,6 +218,7 @@ def test_status_and_best_say_why_trials_failed(workdir):
     assert "hunter2" not in json.dumps(data)
     r = autoopt("best", "failing", "--storage", url, cwd=workdir, env={"COLUMNS": "250"})
     assert "  2 failed: diverged (trials 0, 2)" in r.stdout and "hunter2" not in r.stdout, r.stdout
+    assert "= 0.25 (minimize, trial 5, the recommender's suggestion)\n" in r.stdout, r.stdout  # where the best came from
 
 
 def test_catalog_and_tasks_listings(workdir):

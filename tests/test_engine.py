@@ -207,7 +207,8 @@ def test_a_study_stopped_by_its_timeout_leaves_its_prepared_trial_queued(ray_loc
 
     spec = StudySpec.from_dict(dict(name="ahead-timeout", task="bench.trivial:SleepTask",
                                     task_options={"sleep_s": 1.0}, n_trials=50, workers=1, seed=0,
-                                    timeout_s=4, tracking=False, space={"optimizers": ["adamw"]}))
+                                    timeout_s=4, tracking=False, space={"optimizers": ["adamw"]},
+                                    warm_start={"enabled": False}))  # only the sampler's trial ahead is queued
     result = autoopt.run(spec)
     trials = optuna.load_study(study_name="ahead-timeout", storage=open_storage(None)).get_trials(deepcopy=False)
     states = [t.state for t in trials]

@@ -275,9 +275,36 @@ def test_warm_start_without_the_recommender_hooks_is_a_clear_error(workdir):
         StudyRunner(small_spec("cold", warm_start={"enabled": True}))
 
 
+def test_warm_start_is_on_by_default_for_a_tasks_study_and_off_for_an_objective(workdir):
+    from autoopt.runner import StudyHooks, StudyRunner
+
+    hooks = StudyHooks(lambda traits, k: [], lambda traits, k: [])
+    objective = dict(task=None, objective="helper_objectives:objective", direction="maximize")
+    assert StudyRunner(small_spec("task"), hooks=hooks).warm_start is True  # measured traits, a recommender
+    assert StudyRunner(small_spec("task")).warm_start is False  # no recommender at hand: cold, no error
+    assert StudyRunner(small_spec("off", warm_start={"enabled": False}), hooks=hooks).warm_start is False
+    assert StudyRunner(small_spec("obj", **objective), hooks=hooks).warm_start is False  # traits unknown
+    assert StudyRunner(small_spec("obj_on", warm_start={"enabled": True}, **objective), hooks=hooks).warm_start is True
+
+
+def test_a_default_warm_start_whose_recommender_fails_warns_and_goes_on_cold(workdir):
+    from autoopt.runner import StudyHooks, StudyRunner
+
+    def broken(traits, k):
+        raise OSError("model.npz is unreadable")
+
+    hooks = StudyHooks(broken, lambda traits, k: [])
+    runner = StudyRunner(small_spec("auto"), hooks=hooks)
+    with pytest.warns(UserWarning, match="no warm start for study 'auto', the recommender failed .*OSError: model.npz"):
+        assert runner._warm_start_configs() == []  # nothing to queue: the study starts cold
+    asked = StudyRunner(small_spec("asked", warm_start={"enabled": True}), hooks=hooks)
+    with pytest.raises(OSError, match="model.npz"):  # the user asked for it: their study does not start cold
+        asked._warm_start_configs()
+
+
 @pytest.mark.slow
 def test_warm_start_enqueues_recommendations_first(ray_local, workdir):
-    spec = small_spec("warm", n_trials=5, warm_start={"enabled": True, "n_trials": 2},
+    spec = small_spec("warm", n_trials=5, warm_start={"n_trials": 2},  # on by default for a task's study
                       space={"optimizers": ["adamw", "radam", "momentum", "nesterov", "lion"]})
     result = autoopt.run(spec)
     trials = result.study.trials
@@ -289,5 +316,23 @@ def test_warm_start_enqueues_recommendations_first(ray_local, workdir):
 
     expected = [c["optimizer"] for c in suggest_configs(result.study.user_attrs[R.TRAITS], WARM_START_CANDIDATES)]
     assert [t.params["optimizer"] for t in warm] == [o for o in expected if o in spec.space.optimizers][:2]
+    assert result.best_from_warm_start is (result.best_trial in (0, 1))
+    # run on with a larger budget, where the recommender would now answer otherwise (the user's
+    # meta-dataset grew): by default a study starts from it once, not again on every run
+    import copy
+
+    from autoopt.runner import StudyHooks, StudyRunner
+
+    def moved(traits, k):
+        first = suggest_configs(traits, k)[0]
+        nearby = [copy.deepcopy(first) for _ in range(2)]
+        nearby[0]["optimizer_params"]["lr"] *= 1.01
+        nearby[1]["optimizer_params"]["lr"] *= 0.99  # one of the two is inside any lr range of the space
+        return nearby
+
+    StudyRunner(spec.model_copy(update={"search": spec.search.model_copy(update={"n_trials": 7})}),
+                hooks=StudyHooks(moved, lambda traits, k: [])).run()
+    trials = optuna.load_study(study_name="warm", storage=open_storage(None)).trials
+    assert len(trials) == 7 and [t.number for t in trials if t.user_attrs.get(R.WARM_START)] == [0, 1]
     narrowed = autoopt.run(small_spec("narrow", n_trials=4, warm_start={"enabled": True, "n_trials": 0, "narrow_to": 2}))
     assert len({t.params["optimizer"] for t in narrowed.study.trials}) <= 2

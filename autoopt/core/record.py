@@ -261,6 +261,7 @@ class StudySummary:
             "n_running": self.counts["running"] + self.counts["waiting"],
             "best_value": best.value if best else None,
             "best_trial": best.number if best else None,
+            "best_from_warm_start": bool(best.user_attrs.get(WARM_START)) if best else None,
             "best_params": dict(best.params) if best else None,
             "best_config": self.best_config,
             "epochs_run": self.epochs_run,
