@@ -83,7 +83,7 @@ class StudyResult:
 
 
 def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
-    """Optuna's dataframe plus autoopt's status, reason and epochs per trial."""
+    """Optuna's dataframe plus autoopt's status, reason, epochs and source (warm start) per trial."""
     import pandas as pd
 
     df = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
@@ -99,6 +99,7 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
                 "reason": t.user_attrs.get(R.REASON),
                 "host": t.user_attrs.get(R.HOST),
                 "device": t.user_attrs.get(R.DEVICE),
+                "warm_start": bool(t.user_attrs.get(R.WARM_START)),  # one of the recommender's suggestions
             }
             for t in study.get_trials(deepcopy=False)
         ]

@@ -60,7 +60,7 @@ def run_autoopt(address: str, storage: str, tracking_uri: str) -> dict[str, Any]
     # the same task, space, sampler (TPE), seed and pruner (none: one-epoch trials) as plain Optuna's
     spec = autoopt.StudySpec(name=name, task=SLEEP, task_options={"sleep_s": 1.0}, n_trials=N_TRIALS, workers=WORKERS,
                              storage=storage, tracking=True, tracking_uri=tracking_uri, seed=0, ray_address=address,
-                             space=SPACE, sampler="tpe", pruner="none")
+                             space=SPACE, sampler="tpe", pruner="none", warm_start={"enabled": False})
     t0 = time.time()
     autoopt.run(spec)
     out = _timeline(storage, name, t0, time.time() - t0)

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     def spec(name, n):
         return autoopt.StudySpec(name=name, task="bench.trivial:SleepTask", task_options={"sleep_s": args.sleep},
                                  n_trials=n, workers=args.workers, storage=f"sqlite:///{work}/s.db",
-                                 tracking_uri=f"sqlite:///{work}/mlflow.db")
+                                 tracking_uri=f"sqlite:///{work}/mlflow.db",
+                                 warm_start={"enabled": False})  # the engine's path, as before the default
 
     autoopt.run(spec("warm-up", 2 * args.workers))  # workers import torch/MLflow outside the timing
     phases.clear()

@@ -96,6 +96,8 @@ def test_submit_returns_a_handle(ray_local, workdir):
     assert final["best_value"] == pytest.approx(result.best_value) and handle.best_value == final["best_value"]
     df = handle.trials_dataframe()
     assert len(df) == 6 and {"optimizer", "epochs_run", "state"} <= set(df.columns)
+    warm = [t.user_attrs.get(R.WARM_START, False) for t in result.study.trials]
+    assert any(warm) and df["warm_start"].tolist() == warm  # which trials the recommender suggested
 
 
 FIRST_CALL_SUBMIT = """
