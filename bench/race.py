@@ -64,6 +64,8 @@ RACE_SYSTEMS = {
     # the same with the recommender's warm start on (its first pick at its lr and half a decade
     # either side run first): autoopt as a user who turns it on runs it; Tune has no counterpart
     "autoopt_asha_warm": ("autoopt", "asha"),
+    # no pruning at all: what a cheap, noisy task gives up to successive halving
+    "autoopt_none": ("autoopt", "none"),
 }
 #: race systems that start from the recommender's suggestions
 WARM_SYSTEMS = {"autoopt_asha_warm"}
@@ -89,7 +91,8 @@ MIN_RESOURCE, REDUCTION = 1, 3
 #: the race's rungs, spelled out (the default successive_halving has since become reduction factor 4)
 RUNG_OPTIONS = {"successive_halving": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION},
                 "asha": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION},
-                "hyperband": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION}}
+                "hyperband": {"min_resource": MIN_RESOURCE, "reduction_factor": REDUCTION},
+                "none": {}}
 SAME_VALUE = 0.005
 TRIALS_OVERRIDE: int | None = None  # smoke tests only
 
@@ -343,7 +346,7 @@ def target_of(best_known: float, direction: str, tol: float) -> float:
 def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
-    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
+    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
         # must not move the target of one already reported
@@ -369,7 +372,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
         ratios = {}
         for mine, others in (("autoopt_sh", ("tune_asha", "optuna_sh")), ("autoopt_hb", ("tune_ahb", "optuna_hb")),
                              ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh")),
-                             ("autoopt_asha_warm", ("tune_asha", "autoopt_asha"))):
+                             ("autoopt_asha_warm", ("tune_asha", "autoopt_asha")),
+                             ("autoopt_none", ("tune_asha", "autoopt_asha"))):
             if mine not in per_sys:
                 continue
             for o in others:
