@@ -345,6 +345,7 @@ class StudyCoordinator:
                 self.study.set_user_attr(key, value)
         self._live: dict[int, optuna.Trial] = {}
         self._waiting: set[int] = set()  # WAITING trial numbers as of the last tally refresh
+        self._warm: set[int] = set()  # those of them queued from the recommender (warm start)
         self._asking: optuna.Trial | None = None
         self._trial_ids: dict[int, int] = {}  # number -> storage id
         self._configs: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # running here: config, params
@@ -421,7 +422,9 @@ class StudyCoordinator:
         self._count("running", +1, counted=+1, waiting=trial.number in self._waiting)
         self._waiting.discard(trial.number)
         cfg, params = self._configs[trial.number]
-        return {"number": trial.number, "config": cfg, "params": params}
+        warm = trial.number in self._warm
+        self._warm.discard(trial.number)
+        return {"number": trial.number, "config": cfg, "params": params, "warm_start": warm}
 
     def _start_attrs(self, config: Any) -> dict[str, Any]:
         return {R.CONFIG: config.to_dict(), R.SESSION: self.session, R.MAX_EPOCHS: self.max_epochs}
@@ -672,6 +675,7 @@ class StudyCoordinator:
         bt = R.best_trial(self.study, trials)
         best = {"number": bt.number, "value": bt.value, "config": bt.user_attrs.get(R.CONFIG), "params": bt.params} if bt else None
         self._waiting = {t.number for t in trials if t.state == TrialState.WAITING}
+        self._warm = {t.number for t in trials if t.state == TrialState.WAITING and t.user_attrs.get(R.WARM_START)}
         self._tally = {"counts": counts, "best": best, "counted": counted}
         self._tally_at = time.monotonic()
 

@@ -995,7 +995,8 @@ class StudyRunner:
         if self.tracker is not None and self.tracker.parent_run_id is None:
             self._mlflow_gaps = True  # MLflow is away: this trial runs untracked until the study's end syncs it
         if self.tracker is not None:
-            logger = self.tracker.trial_logger(item["number"], TrialConfig.from_dict(item["config"]).flat_params(), item["config"])
+            logger = self.tracker.trial_logger(item["number"], TrialConfig.from_dict(item["config"]).flat_params(), item["config"],
+                                               warm_start=bool(item.get("warm_start")))
         seed = (self.spec.seed or 0) + item["number"]
         # a first trial waits for a worker made ready (imports, dataset) and takes it: started at
         # once, it went to another process while that one was still preparing, and prepared again

@@ -142,7 +142,8 @@ def sync_study(
                     and run.data.tags.get(A + "epochs_logged") == str(len(outcome.history))):
                 report["unchanged"] += 1
                 continue
-            logger = tracker.trial_logger(trial.number, dict(trial.params), R.trial_config(trial))
+            logger = tracker.trial_logger(trial.number, dict(trial.params), R.trial_config(trial),
+                                          warm_start=bool(trial.user_attrs.get(R.WARM_START)))
             if run is None:
                 if logger.start(outcome.host, outcome.device) is None:
                     return report

@@ -415,6 +415,8 @@ class TrialLogger:
     trial_config: dict[str, Any]
     metric_name: str = "val_metric"
     traits: dict[str, Any] = field(default_factory=dict)
+    #: one of the recommender's suggestions (the run is tagged ``autoopt.warm_start``)
+    warm_start: bool = False
     run_id: str | None = field(default=None, init=False)
     #: the run is being created on the tracking thread (``start(background=True)``)
     _starting: bool = field(default=False, init=False, repr=False)
@@ -482,6 +484,7 @@ class TrialLogger:
             "autoopt.host": host or socket.gethostname(),
             "autoopt.device": device or "cpu",
             "autoopt.optuna_params": json.dumps(self.params, default=str),
+            "autoopt.warm_start": "true" if self.warm_start else None,  # the recommender's suggestion
             **{f"autoopt.trait.{k}": v for k, v in self.traits.items()},
         }
         tags = {k: str(v) for k, v in tags.items() if v is not None}
@@ -848,8 +851,10 @@ class StudyTracker:
             log_params_and_spec()
         return self._parent_run_id
 
-    def trial_logger(self, trial_number: int, params: dict[str, Any], config: dict[str, Any]) -> TrialLogger:
-        """A picklable logger for one trial (a no-op one if the parent run could not be made)."""
+    def trial_logger(self, trial_number: int, params: dict[str, Any], config: dict[str, Any], *,
+                     warm_start: bool = False) -> TrialLogger:
+        """A picklable logger for one trial (a no-op one if the parent run could not be made);
+        ``warm_start``: the trial is one of the recommender's suggestions (tagged so in MLflow)."""
         enabled = self.config.enabled and self._parent_run_id is not None
         return TrialLogger(
             config=self.config if enabled else replace(self.config, enabled=False),
@@ -861,6 +866,7 @@ class StudyTracker:
             trial_config=dict(config),
             metric_name=self.metric_name,
             traits=self.traits,
+            warm_start=warm_start,
         )
 
     # --- study-level results -------------------------------------------------------------------

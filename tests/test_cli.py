@@ -64,6 +64,9 @@ def test_run_json_then_status_best_list_resume(workdir, spec_file):
     client = MlflowClient(summary["tracking_uri"])
     parent = client.get_run(summary["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED", r.stderr[-3000:]
+    runs = client.search_runs([parent.info.experiment_id], "tags.`autoopt.role` = 'trial'")
+    tagged = sorted(int(r.data.tags["autoopt.trial_number"]) for r in runs if r.data.tags.get("autoopt.warm_start") == "true")
+    assert tagged == warm, tagged  # the MLflow UI can tell the recommender's suggestions from the search's
     plots = {a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {f"{n}.html" for n in PLOT_NAMES} <= plots
 

@@ -176,3 +176,31 @@ def test_a_trial_sampled_ahead_when_the_disk_filled_is_queued_when_the_study_sto
     c.full = None
     item = c.ask()
     assert item["number"] == ahead.number and item["params"] == queued.params
+
+
+def test_a_trial_queued_from_the_recommender_is_asked_for_as_one(tmp_path):
+    """The driver tags the trial's MLflow run from what ``ask`` says; a coordinator opened on a
+    study with suggestions still queued (a resume) knows them too."""
+    import copy
+    import math
+
+    url = f"sqlite:///{tmp_path / 'warm.db'}"
+    c = coordinator(url)
+    a, b = c.ask(), c.ask()  # two sampled adamw configurations: one between them is in the space too
+    assert not a["warm_start"] and not b["warm_start"]
+
+    def between(x: dict, lr: float) -> dict:
+        config = copy.deepcopy(x["config"])
+        config["optimizer_params"]["lr"] = math.sqrt(config["optimizer_params"]["lr"] * lr)
+        return config
+
+    lr_b = b["config"]["optimizer_params"]["lr"]
+    c.enqueue([between(a, lr_b)], limit=1)
+    queued, sampled = c.ask(), c.ask()
+    assert queued["number"] == 2 and queued["warm_start"] is True and sampled["warm_start"] is False
+    c.enqueue([between(queued, lr_b)], limit=1)
+    reopened = StudyCoordinator(c.study_name, SearchSpec(task="tabular", space=SpaceSpec(optimizers=["adamw"]), n_trials=None),
+                                ExecutionSpec(storage_retry_s=30), PlacesSpec(storage=url),
+                                TaskFacts("maximize", TRAITS, max_epochs=3))
+    again = reopened.ask()
+    assert again["number"] == 4 and again["warm_start"] is True
