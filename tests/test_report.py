@@ -132,6 +132,7 @@ def test_report_of_mixed_study(tmp_path):
     assert summary["epochs_saved"] == summary["epochs_budget"] - summary["epochs_run"]
     assert summary["best_value"] == pytest.approx(study.best_value)
     assert summary["best_trial"] == study.best_trial.number
+    assert summary["best_from_warm_start"] is False  # sampled by the search, not suggested by the recommender
     failed = [t.number for t in study.trials if t.state == TrialState.FAIL]
     assert summary["failures"] == {"loss is nan": {"count": 1, "trials": failed, "example": "loss is nan"}}
 
@@ -208,7 +209,7 @@ def test_report_without_completed_trials(tmp_path, statuses):
     _assert_plots(paths)
     assert not (tmp_path / "report" / "best_config.py").exists()
     summary = R.summarize(study).as_dict()
-    assert summary["best_value"] is None and summary["n_complete"] == 0
+    assert summary["best_value"] is None and summary["n_complete"] == 0 and summary["best_from_warm_start"] is None
     assert summary["n_pruned"] == sum(s == "pruned" for s, _ in statuses)
 
 
