@@ -484,6 +484,8 @@ class StudyRunner:
         self._requeued = False
         self._pool_key: Any = None  # where this study's coordinator goes back to (CoordinatorPool)
         self._reopened = False  # a kept coordinator took this study (its reopen answered already)
+        #: the study's counts when its coordinator opened it (reopen's or the first summary's answer)
+        self._opened_counts: dict[str, int] = {}
         self._progress_write: Any = None  # the last mid-study MLflow progress write (a Future)
         #: the study as it ended (set by a run that ended normally): the result needs no new read
         self.final_summary: R.StudySummary | None = None
@@ -619,8 +621,7 @@ class StudyRunner:
         if not self.warm_start or ws.n_trials == 0:
             return 0
         if ws.enabled is None:  # by default a study starts from the recommender once, not again on resume
-            counts = ray.get(self.coordinator.summary.remote())["counts"]
-            if any(counts.get(k) for k in ("complete", "pruned", "failed", "running")):
+            if any(self._opened_counts.get(k) for k in ("complete", "pruned", "failed", "running")):
                 return 0
         configs = self._warm_start_configs()
         # never more than the budget: a suggestion queued past it would stay WAITING ahead of the
@@ -668,7 +669,7 @@ class StudyRunner:
         kept = COORDINATORS.take(self._pool_key) if self._pool_key is not None else None
         if kept is not None:
             try:
-                ray.get(kept.reopen.remote(*args, keep_refusal=True, **kwargs))
+                self._opened_counts = ray.get(kept.reopen.remote(*args, keep_refusal=True, **kwargs))["counts"]
                 self._reopened = True
                 return kept
             except ray.exceptions.RayActorError:
@@ -793,7 +794,7 @@ class StudyRunner:
         self.coordinator = self._make_coordinator()
         try:
             if not self._reopened:  # a new actor: its constructor's error surfaces here
-                ray.get(self.coordinator.summary.remote())
+                self._opened_counts = ray.get(self.coordinator.summary.remote())["counts"]
         except ray.exceptions.RayTaskError as exc:  # a refusal the constructor kept (keep_refusal)
             ray.kill(self.coordinator)
             self.coordinator = None

@@ -133,7 +133,7 @@ def summarize(study_name: str, storage_url: str | None = None, elapsed_s: float 
         elapsed_s=elapsed_s,
         failures=summary.failures,
         best_trial=best.number if best else None,
-        best_from_warm_start=bool(best.user_attrs.get(R.WARM_START)) if best else None,
+        best_from_warm_start=summary.best_from_warm_start,
     )
 
 

@@ -346,7 +346,8 @@ def target_of(best_known: float, direction: str, tol: float) -> float:
 def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
-    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none"), ("autoopt_hb", "tune_ahb", "optuna_hb"))
+    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none"),
+                ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
         # must not move the target of one already reported

@@ -246,6 +246,11 @@ class StudySummary:
     def best_config(self) -> dict[str, Any] | None:
         return trial_config(self.best) if self.best else None
 
+    @property
+    def best_from_warm_start(self) -> bool | None:
+        """Whether the best trial was one of the recommender's suggestions (None: no best yet)."""
+        return bool(self.best.user_attrs.get(WARM_START)) if self.best else None
+
     def as_dict(self) -> dict[str, Any]:
         """The report's ``summary.json`` (also logged to the MLflow parent run)."""
         saved = self.epochs_budget - self.epochs_run
@@ -261,7 +266,7 @@ class StudySummary:
             "n_running": self.counts["running"] + self.counts["waiting"],
             "best_value": best.value if best else None,
             "best_trial": best.number if best else None,
-            "best_from_warm_start": bool(best.user_attrs.get(WARM_START)) if best else None,
+            "best_from_warm_start": self.best_from_warm_start,
             "best_params": dict(best.params) if best else None,
             "best_config": self.best_config,
             "epochs_run": self.epochs_run,
