@@ -69,6 +69,11 @@ RACE_SYSTEMS = {
 }
 #: race systems that start from the recommender's suggestions
 WARM_SYSTEMS = {"autoopt_asha_warm"}
+#: the same systems with each study in a driver process of its own, as a user's `autoopt run` or
+#: a new Tune script starts: a new Ray job, so its trial workers, actors, imports and data start
+#: cold (the other arms run every study in one driver, where autoopt's trial workers stay warm
+#: from the untimed warm-up and the earlier studies while each `Tuner.fit` starts new actors)
+FRESH_SYSTEMS = {"autoopt_asha_fresh": "autoopt_asha", "tune_asha_fresh": "tune_asha"}
 #: pruning variants, all through plain Optuna (the pruner objects autoopt's make_pruner builds)
 PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
@@ -231,10 +236,12 @@ def history_curves(tname: str, out: Path, workers: int) -> list[tuple[list[int],
     return [(s, v) for s, v in json.loads(path.read_text())["extra"]["curves"]]
 
 
-def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int) -> None:
+def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int, *, in_own_driver: bool = False) -> None:
     path = out / part / f"{system}__{tname}__{seed}.json"
     if path.exists():
         return
+    if system in FRESH_SYSTEMS and not in_own_driver:
+        return _one_in_own_driver(system, tname, seed, out, workers)
     from bench.systems import run_autoopt
 
     t = (RACE_TASKS if part == "race" else PRUNE_TASKS)[tname]
@@ -242,7 +249,7 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int) 
     kw = dict(seed=seed, n_trials=TRIALS_OVERRIDE or t["n_trials"], workers=workers)
     before, started = _load(), time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     if part == "race":
-        runner, pruner = RACE_SYSTEMS[system]
+        runner, pruner = RACE_SYSTEMS[FRESH_SYSTEMS.get(system, system)]
         if runner == "autoopt":
             work = out / "work"
             work.mkdir(parents=True, exist_ok=True)
@@ -266,6 +273,32 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int) 
     path.write_text(json.dumps(d, indent=1, default=str))
     print(f"[{time.strftime('%H:%M:%S')}] {part} {system} {tname} seed {seed}: wall {run.wall_s:.1f} s, "
           f"best {run.best()}, {len(run.events)} trials, {run.epochs} epochs, load {before['loadavg'][0]:.1f}", flush=True)
+
+
+def _one_in_own_driver(system: str, tname: str, seed: int, out: Path, workers: int) -> None:
+    """Run one study of a FRESH_SYSTEMS arm in a new driver process on this invocation's Ray
+    (its timing starts at the system's entry call there, after the process's own imports)."""
+    import ray
+
+    cmd = [sys.executable, "-m", "bench.race", "study", "--out", str(out), "--system", system, "--task", tname,
+           "--seed", str(seed), "--workers", str(workers), "--address", ray.get_runtime_context().gcs_address]
+    if TRIALS_OVERRIDE:
+        cmd += ["--trials", str(TRIALS_OVERRIDE)]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    sys.stdout.write(done.stdout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{system} {tname} seed {seed} in its own driver: exit {done.returncode}\n{done.stderr[-3000:]}")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """One study of a FRESH_SYSTEMS arm, in this new driver process (see ``_one_in_own_driver``)."""
+    import ray
+
+    global TRIALS_OVERRIDE
+    TRIALS_OVERRIDE = args.trials
+    ray.init(address=args.address, log_to_driver=False)
+    one("race", args.system, args.task, args.seed, args.out.resolve(), args.workers, in_own_driver=True)
+    return 0
 
 
 def jobs(part: str, seeds: list[int], race_systems: list[str], prune_systems: list[str]) -> list[tuple[str, str, str, int]]:
@@ -346,7 +379,8 @@ def target_of(best_known: float, direction: str, tol: float) -> float:
 def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
-    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none"),
+    pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none",
+                 "autoopt_asha_fresh", "tune_asha_fresh"),
                 ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
@@ -374,7 +408,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
         for mine, others in (("autoopt_sh", ("tune_asha", "optuna_sh")), ("autoopt_hb", ("tune_ahb", "optuna_hb")),
                              ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh")),
                              ("autoopt_asha_warm", ("tune_asha", "autoopt_asha")),
-                             ("autoopt_none", ("tune_asha", "autoopt_asha"))):
+                             ("autoopt_none", ("tune_asha", "autoopt_asha")),
+                             ("autoopt_asha_fresh", ("tune_asha_fresh", "autoopt_asha"))):
             if mine not in per_sys:
                 continue
             for o in others:
@@ -486,8 +521,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--budget-s", type=float, default=None, help="start no study after this many seconds")
     q = sub.add_parser("report")
     q.add_argument("--out", type=Path, default=Path("bench/results/race"))
+    o = sub.add_parser("study", help="internal: one study of a FRESH_SYSTEMS arm in its own driver")
+    o.add_argument("--out", type=Path, required=True)
+    o.add_argument("--system", choices=sorted(FRESH_SYSTEMS), required=True)
+    o.add_argument("--task", choices=sorted(RACE_TASKS), required=True)
+    o.add_argument("--seed", type=int, required=True)
+    o.add_argument("--workers", type=int, default=2)
+    o.add_argument("--address", required=True)
+    o.add_argument("--trials", type=int, default=None)
     args = p.parse_args(argv)
-    return cmd_run(args) if args.cmd == "run" else cmd_report(args)
+    return {"run": cmd_run, "report": cmd_report, "study": cmd_study}[args.cmd](args)
 
 
 if __name__ == "__main__":
