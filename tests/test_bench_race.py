@@ -60,3 +60,25 @@ def test_the_warm_started_arm_is_paired_with_tune_and_the_cold_arm(tmp_path):
     ratios = summary["cv-big/autoopt_sh"]["ratios"]
     assert ratios["tune_asha / autoopt_asha_warm"]["time_to_target"] == {"median": 3.0, "min": 0.0, "max": 4.0, "n": 3}
     assert ratios["autoopt_asha / autoopt_asha_warm"]["time_to_target"]["median"] == 1.0
+
+
+def test_the_own_driver_arms_are_paired_with_each_other_and_run_their_base_system(tmp_path):
+    from bench.race import FRESH_SYSTEMS, RACE_SYSTEMS, WARM_SYSTEMS, main
+
+    # each own-driver arm runs the same system as its one-driver twin, never warm-started
+    assert set(FRESH_SYSTEMS.values()) <= set(RACE_SYSTEMS) and not set(FRESH_SYSTEMS.values()) & WARM_SYSTEMS
+    for seed, (mine, tune, kept) in enumerate([(2.0, 3.0, 1.0), (4.0, 4.0, 2.0), (1.0, None, 1.0)]):
+        _write(tmp_path, "autoopt_asha_fresh", seed, mine, 5.0)
+        _write(tmp_path, "tune_asha_fresh", seed, tune, 5.0)
+        _write(tmp_path, "autoopt_asha", seed, kept, 5.0)
+    _, summary = race_report(tmp_path, 0.01)
+    ratios = summary["cv-big/autoopt_sh"]["ratios"]
+    assert ratios["tune_asha_fresh / autoopt_asha_fresh"]["time_to_target"] == {"median": 1.5, "min": 1.0, "max": 5.0, "n": 3}
+    assert ratios["autoopt_asha / autoopt_asha_fresh"]["time_to_target"]["median"] == 0.5
+    # the internal per-study command takes only those arms
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--out", str(tmp_path), "--system", "autoopt_asha", "--task", "cv-big", "--seed", "0",
+              "--address", "127.0.0.1:1"])
+    assert exc.value.code == 2
