@@ -73,7 +73,8 @@ WARM_SYSTEMS = {"autoopt_asha_warm"}
 #: a new Tune script starts: a new Ray job, so its trial workers, actors, imports and data start
 #: cold (the other arms run every study in one driver, where autoopt's trial workers stay warm
 #: from the untimed warm-up and the earlier studies while each `Tuner.fit` starts new actors)
-FRESH_SYSTEMS = {"autoopt_asha_fresh": "autoopt_asha", "tune_asha_fresh": "tune_asha"}
+FRESH_SYSTEMS = {"autoopt_asha_fresh": "autoopt_asha", "tune_asha_fresh": "tune_asha",
+                 "autoopt_asha_warm_fresh": "autoopt_asha_warm"}
 #: pruning variants, all through plain Optuna (the pruner objects autoopt's make_pruner builds)
 PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
@@ -255,7 +256,7 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int, 
             work.mkdir(parents=True, exist_ok=True)
             run = run_autoopt(t["task"], t["task_options"], space, storage=f"sqlite:///{(work / 'autoopt.db').resolve()}",
                               tracking_uri=None, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], system=system,
-                              warm_start=system in WARM_SYSTEMS, **kw)
+                              warm_start=FRESH_SYSTEMS.get(system, system) in WARM_SYSTEMS, **kw)
         elif runner == "tune":
             run = run_tune_fair(t["task"], t["task_options"], space, workdir=out / "work", pruner=pruner, **kw)
         else:
@@ -380,7 +381,7 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
     pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none",
-                 "autoopt_asha_fresh", "tune_asha_fresh"),
+                 "autoopt_asha_fresh", "tune_asha_fresh", "autoopt_asha_warm_fresh"),
                 ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
@@ -409,7 +410,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                              ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh")),
                              ("autoopt_asha_warm", ("tune_asha", "autoopt_asha")),
                              ("autoopt_none", ("tune_asha", "autoopt_asha")),
-                             ("autoopt_asha_fresh", ("tune_asha_fresh", "autoopt_asha"))):
+                             ("autoopt_asha_fresh", ("tune_asha_fresh", "autoopt_asha")),
+                             ("autoopt_asha_warm_fresh", ("tune_asha_fresh", "autoopt_asha_fresh"))):
             if mine not in per_sys:
                 continue
             for o in others:
