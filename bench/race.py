@@ -7,6 +7,11 @@ UTC start time and the load average before and after), so an interrupted run res
 stopped. ``python -m bench.race report --out bench/results/race`` turns the files into the
 tables of docs/benchmarks.md (``<out>/race.md``).
 
+All studies of one invocation run in its driver process on one Ray, so autoopt's trial workers
+stay warm from study to study while each Tune ``fit`` starts new actors. The ``*_fresh`` arms
+(``FRESH_SYSTEMS``) run each study in a driver process of its own instead (``python -m bench.race
+study``, started by ``run``), as ``autoopt run`` or a new Tune script would: everything starts cold.
+
 The race pairs each autoopt pruner with its counterpart in the other systems, same settings:
 
 * autoopt ``successive_halving`` (Optuna's asynchronous SH) -- Tune ``ASHAScheduler`` -- plain
