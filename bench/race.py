@@ -79,7 +79,7 @@ WARM_SYSTEMS = {"autoopt_asha_warm"}
 #: cold (the other arms run every study in one driver, where autoopt's trial workers stay warm
 #: from the untimed warm-up and the earlier studies while each `Tuner.fit` starts new actors)
 FRESH_SYSTEMS = {"autoopt_asha_fresh": "autoopt_asha", "tune_asha_fresh": "tune_asha",
-                 "autoopt_asha_warm_fresh": "autoopt_asha_warm"}
+                 "autoopt_asha_warm_fresh": "autoopt_asha_warm", "autoopt_none_fresh": "autoopt_none"}
 #: pruning variants, all through plain Optuna (the pruner objects autoopt's make_pruner builds)
 PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
@@ -386,7 +386,7 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
     pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none",
-                 "autoopt_asha_fresh", "tune_asha_fresh", "autoopt_asha_warm_fresh"),
+                 "autoopt_asha_fresh", "tune_asha_fresh", "autoopt_asha_warm_fresh", "autoopt_none_fresh"),
                 ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
@@ -416,7 +416,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                              ("autoopt_asha_warm", ("tune_asha", "autoopt_asha")),
                              ("autoopt_none", ("tune_asha", "autoopt_asha")),
                              ("autoopt_asha_fresh", ("tune_asha_fresh", "autoopt_asha")),
-                             ("autoopt_asha_warm_fresh", ("tune_asha_fresh", "autoopt_asha_fresh"))):
+                             ("autoopt_asha_warm_fresh", ("tune_asha_fresh", "autoopt_asha_fresh")),
+                             ("autoopt_none_fresh", ("tune_asha_fresh",))):
             if mine not in per_sys:
                 continue
             for o in others:
