@@ -255,13 +255,14 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int, 
     kw = dict(seed=seed, n_trials=TRIALS_OVERRIDE or t["n_trials"], workers=workers)
     before, started = _load(), time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     if part == "race":
-        runner, pruner = RACE_SYSTEMS[FRESH_SYSTEMS.get(system, system)]
+        base = FRESH_SYSTEMS.get(system, system)  # an own-driver arm runs its one-driver twin's system
+        runner, pruner = RACE_SYSTEMS[base]
         if runner == "autoopt":
             work = out / "work"
             work.mkdir(parents=True, exist_ok=True)
             run = run_autoopt(t["task"], t["task_options"], space, storage=f"sqlite:///{(work / 'autoopt.db').resolve()}",
                               tracking_uri=None, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], system=system,
-                              warm_start=FRESH_SYSTEMS.get(system, system) in WARM_SYSTEMS, **kw)
+                              warm_start=base in WARM_SYSTEMS, **kw)
         elif runner == "tune":
             run = run_tune_fair(t["task"], t["task_options"], space, workdir=out / "work", pruner=pruner, **kw)
         else:
