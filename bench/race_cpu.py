@@ -1,0 +1,177 @@
+"""Where the CPU goes in the race's own-driver studies: autoopt against Ray Tune (issue #13).
+
+The own-driver race (``bench.race``'s ``*_fresh`` arms) found autoopt and Tune tied on cv-big,
+each study in a new driver. This asks why: while each study runs, a sampler process reads every
+process's CPU time (user + system) every 0.2 s and charges the difference to the process's title
+(trial workers, autoopt's coordinator, the driver, Ray's own daemons, the rest). On a machine whose
+cores the trial workers fill, a system can only be faster by spending less CPU outside training,
+or by training less.
+
+    python -m bench.race_cpu run --out bench/results/race-cpu --seeds 4
+    python -m bench.race_cpu report --out bench/results/race-cpu
+
+The studies are ``bench.race``'s own (``race.one``: the same task, space, seeds, TPE and rungs),
+written under ``OUT/race/`` as there; ``OUT/cpu-<system>-<seed>.json`` holds each study's CPU
+seconds by process title. A diagnosis, not a timing benchmark: the sampler costs about 3% of a
+core itself, in both arms alike.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SYSTEMS = ("autoopt_asha_fresh", "tune_asha_fresh")
+#: process titles, by what they are in the study (first match wins; a gone driver keeps "python")
+CATEGORIES = (
+    ("trial workers", ("ray::IDLE", "ray::TrialWorker", "ray::Implicit")),
+    ("coordinator", ("ray::StudyCoord",)),
+    ("driver", ("-m bench.race study",)),
+    ("Ray daemons", ("raylet", "gcs_server", "log_monitor", "ray::DashboardAgent", "dashboard.py", "runtime_env")),
+    ("this benchmark", ("bench.race_cpu",)),
+)
+
+
+def category(title: str) -> str:
+    if title.strip() == "python":  # the driver, read after it exited (its command line is gone)
+        return "driver"
+    for name, marks in CATEGORIES:
+        if any(m in title for m in marks):
+            return name
+    return "other"
+
+
+def sample(out: Path, stop: Path, every_s: float = 0.2) -> None:
+    """CPU seconds each process spends from now until ``stop`` exists, summed by its last title."""
+    import ray  # noqa: F401 - puts Ray's own psutil on the path
+    import psutil
+
+    base: dict = {}
+    last: dict = {}
+    title: dict = {}
+
+    def scan(first: bool) -> None:
+        for p in psutil.process_iter(["pid", "name", "cmdline", "cpu_times", "create_time"]):
+            ct = p.info["cpu_times"]
+            if ct is None:
+                continue
+            key = (p.info["pid"], p.info["create_time"])
+            cpu = ct.user + ct.system
+            if first:
+                base[key] = cpu
+            last[key] = cpu
+            title[key] = " ".join(p.info["cmdline"] or [])[:120] or (p.info["name"] or "?")
+
+    scan(True)
+    while not stop.exists():
+        time.sleep(every_s)
+        scan(False)
+    by_title: dict[str, float] = collections.defaultdict(float)
+    for key, cpu in last.items():
+        if cpu - base.get(key, 0.0) >= 0.01:
+            by_title[title[key]] += cpu - base.get(key, 0.0)
+    out.write_text(json.dumps(sorted(by_title.items(), key=lambda kv: -kv[1]), indent=0))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import bench.race as race
+    from bench.common import start_ray
+    from bench.systems import run_autoopt
+
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")  # as bench.race run sets it
+    out = args.out.resolve()
+    os.environ["AUTOOPT_RECOMMEND_DIR"] = str(out / "work" / "recommend")
+    (out / "work").mkdir(parents=True, exist_ok=True)
+    start_ray(num_cpus=max(os.cpu_count() or 2, 4))  # as bench.race run starts it, warm-up included
+    run_autoopt("bench.trivial:TrivialTask", {}, {}, seed=0, n_trials=4, workers=2,
+                storage=f"sqlite:///{(out / 'work' / 'warm-up.db').resolve()}", tracking_uri=None, system="warm-up")
+    for seed in range(args.seeds):
+        for system in SYSTEMS if seed % 2 == 0 else SYSTEMS[::-1]:  # neither always first
+            cpu = out / f"cpu-{system}-{seed}.json"
+            if cpu.exists():
+                continue
+            stop = out / "work" / f"stop-{system}-{seed}"
+            stop.unlink(missing_ok=True)
+            sampler = subprocess.Popen([sys.executable, "-m", "bench.race_cpu", "sample", str(cpu), str(stop)],
+                                       env={**os.environ, "PYTHONPATH": str(race.REPO)})
+            time.sleep(1.5)  # its first scan is the baseline
+            (out / "race" / f"{system}__{args.task}__{seed}.json").unlink(missing_ok=True)
+            race.one("race", system, args.task, seed, out, args.workers)
+            stop.touch()
+            sampler.wait()
+    return 0
+
+
+def summarize(out: Path, task: str) -> tuple[str, dict]:
+    rows: dict[int, dict[str, dict[str, float]]] = collections.defaultdict(dict)
+    for path in sorted(out.glob("cpu-*.json")):
+        system, seed = path.stem[len("cpu-"):].rsplit("-", 1)
+        run = out / "race" / f"{system}__{task}__{seed}.json"
+        if not run.exists():
+            continue
+        cats: dict[str, float] = collections.defaultdict(float)
+        for title, cpu in json.loads(path.read_text()):
+            cats[category(title)] += cpu
+        cats["wall"] = json.loads(run.read_text())["wall_s"]
+        rows[int(seed)][system] = dict(cats)
+    cols = ["wall", "trial workers", "coordinator", "driver", "Ray daemons", "other"]
+    lines = ["| seed | system | study wall (s) | " + " | ".join(f"{c} (CPU-s)" for c in cols[1:]) + " |",
+             "|---:|---|---:|" + "---:|" * (len(cols) - 1)]
+    ratios: dict[str, list[float]] = collections.defaultdict(list)
+    for seed in sorted(rows):
+        for system in SYSTEMS:
+            if system in rows[seed]:
+                r = rows[seed][system]
+                lines.append(f"| {seed} | {system} | " + " | ".join(f"{r.get(c, 0.0):.1f}" for c in cols) + " |")
+        if all(s in rows[seed] for s in SYSTEMS):
+            a, t = (rows[seed][s] for s in SYSTEMS)
+            for c in ("wall", "trial workers"):
+                ratios[c].append(a.get(c, 0.0) / t[c])
+            outside = [sum(r.get(c, 0.0) for c in cols[2:]) for r in (a, t)]
+            ratios["outside trial workers"].append(outside[0] / outside[1])
+    summary = {c: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+               for c, v in ratios.items()}
+    lines += ["", "autoopt / Tune, per seed (median, range): " + "; ".join(
+        f"{c} {s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}, {s['n']} seeds)" for c, s in summary.items())]
+    return "\n".join(lines) + "\n", {"rows": rows, "ratios": summary}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    text, data = summarize(args.out, args.task)
+    (args.out / "summary.md").write_text(text)
+    (args.out / "summary.json").write_text(json.dumps(data, indent=1))
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.race_cpu", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the own-driver studies with the sampler beside each")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--seeds", type=int, default=4)
+    r.add_argument("--task", default="cv-big")
+    r.add_argument("--workers", type=int, default=2)
+    rep = sub.add_parser("report", help="CPU seconds by kind of process, per study")
+    rep.add_argument("--out", type=Path, required=True)
+    rep.add_argument("--task", default="cv-big")
+    s = sub.add_parser("sample", help=argparse.SUPPRESS)
+    s.add_argument("out", type=Path)
+    s.add_argument("stop", type=Path)
+    args = p.parse_args(argv)
+    if args.cmd == "sample":
+        sample(args.out, args.stop)
+        return 0
+    return {"run": cmd_run, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
