@@ -61,6 +61,8 @@ RACE_SYSTEMS = {
     "autoopt_sh": ("autoopt", "successive_halving"),
     "tune_asha": ("tune", "successive_halving"),
     "optuna_sh": ("optuna", "successive_halving"),
+    # plain Optuna with autoopt's `asha` pruner object (Tune's rung rule), the `autoopt_asha` pairing
+    "optuna_asha": ("optuna", "asha"),
     "autoopt_hb": ("autoopt", "hyperband"),
     "tune_ahb": ("tune", "hyperband"),
     "optuna_hb": ("optuna", "hyperband"),
@@ -79,7 +81,10 @@ WARM_SYSTEMS = {"autoopt_asha_warm"}
 #: cold (the other arms run every study in one driver, where autoopt's trial workers stay warm
 #: from the untimed warm-up and the earlier studies while each `Tuner.fit` starts new actors)
 FRESH_SYSTEMS = {"autoopt_asha_fresh": "autoopt_asha", "tune_asha_fresh": "tune_asha",
-                 "autoopt_asha_warm_fresh": "autoopt_asha_warm", "autoopt_none_fresh": "autoopt_none"}
+                 "autoopt_asha_warm_fresh": "autoopt_asha_warm", "autoopt_none_fresh": "autoopt_none",
+                 # plain Optuna as a new script runs it: its clock starts before it imports torch
+                 # and loads the data, as autoopt's driver and new workers do under theirs
+                 "optuna_asha_fresh": "optuna_asha"}
 #: pruning variants, all through plain Optuna (the pruner objects autoopt's make_pruner builds)
 PRUNE_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
@@ -179,8 +184,11 @@ def run_tune_fair(task: str, task_options: dict[str, Any], space: dict[str, Any]
 
 def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, Any], *, seed: int, n_trials: int,
                     workers: int, pruner: str, pruner_options: dict[str, Any] | None = None,
-                    prior_curves: list[tuple[list[int], list[float]]] | None = None):
-    """Plain Optuna: one in-memory study, one seeded TPE sampler, ``workers`` threads, autoopt's pruner."""
+                    prior_curves: list[tuple[list[int], list[float]]] | None = None, cold: bool = False):
+    """Plain Optuna: one in-memory study, one seeded TPE sampler, ``workers`` threads, autoopt's pruner.
+    ``cold``: the clock starts at this call, before torch, the task and its data are loaded (a new
+    process's study); otherwise after them (as a driver's warm workers hold them)."""
+    t_call = time.time()
     import optuna
     import torch
 
@@ -196,7 +204,7 @@ def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, An
     sp = build_space(task, task_options, space)
     the_task = load_task(task, **task_options)
     the_task.datasets()  # as the other systems' workers hold it cached
-    t0 = time.time()
+    t0 = t_call if cold else time.time()
     study = optuna.create_study(direction=info["direction"], sampler=build_sampler("tpe", seed, sp),
                                 pruner=make_pruner(pruner, info["epochs"], **(pruner_options or {}),
                                                    prior_curves=prior_curves))
@@ -266,7 +274,8 @@ def one(part: str, system: str, tname: str, seed: int, out: Path, workers: int, 
         elif runner == "tune":
             run = run_tune_fair(t["task"], t["task_options"], space, workdir=out / "work", pruner=pruner, **kw)
         else:
-            run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner], **kw)
+            run = run_optuna_fair(t["task"], t["task_options"], space, pruner=pruner, pruner_options=RUNG_OPTIONS[pruner],
+                                  cold=in_own_driver, **kw)
     else:
         pruner, opts = PRUNE_SYSTEMS[system]
         prior = history_curves(tname, out, workers) if opts.get("similar_tasks") else None
@@ -303,7 +312,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     global TRIALS_OVERRIDE
     TRIALS_OVERRIDE = args.trials
-    ray.init(address=args.address, log_to_driver=False)
+    if RACE_SYSTEMS[FRESH_SYSTEMS[args.system]][0] != "optuna":  # plain Optuna uses no Ray
+        ray.init(address=args.address, log_to_driver=False)
     one("race", args.system, args.task, args.seed, args.out.resolve(), args.workers, in_own_driver=True)
     return 0
 
@@ -387,7 +397,8 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
     runs = _runs(out, "race")
     lines, summary = [], {}
     pairings = (("autoopt_sh", "tune_asha", "optuna_sh", "autoopt_asha", "autoopt_asha_warm", "autoopt_none",
-                 "autoopt_asha_fresh", "tune_asha_fresh", "autoopt_asha_warm_fresh", "autoopt_none_fresh"),
+                 "autoopt_asha_fresh", "tune_asha_fresh", "autoopt_asha_warm_fresh", "autoopt_none_fresh",
+                 "optuna_asha", "optuna_asha_fresh"),
                 ("autoopt_hb", "tune_ahb", "optuna_hb"))
     for (tname, t), pairing in ((x, p) for p in pairings for x in RACE_TASKS.items()):
         # the best known value (and so the target) is per pruner pairing: a later pairing's runs
@@ -413,11 +424,11 @@ def race_report(out: Path, tol: float) -> tuple[str, dict[str, Any]]:
                          fmt_spread(spread([rs[k].extra["load_before"]["loadavg"][0] for k in rs]), 2)])
         ratios = {}
         for mine, others in (("autoopt_sh", ("tune_asha", "optuna_sh")), ("autoopt_hb", ("tune_ahb", "optuna_hb")),
-                             ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh")),
+                             ("autoopt_asha", ("tune_asha", "optuna_sh", "autoopt_sh", "optuna_asha")),
                              ("autoopt_asha_warm", ("tune_asha", "autoopt_asha")),
                              ("autoopt_none", ("tune_asha", "autoopt_asha")),
-                             ("autoopt_asha_fresh", ("tune_asha_fresh", "autoopt_asha")),
-                             ("autoopt_asha_warm_fresh", ("tune_asha_fresh", "autoopt_asha_fresh")),
+                             ("autoopt_asha_fresh", ("tune_asha_fresh", "autoopt_asha", "optuna_asha_fresh")),
+                             ("autoopt_asha_warm_fresh", ("tune_asha_fresh", "autoopt_asha_fresh", "optuna_asha_fresh")),
                              ("autoopt_none_fresh", ("tune_asha_fresh",))):
             if mine not in per_sys:
                 continue

@@ -83,3 +83,24 @@ def test_the_own_driver_arms_are_paired_with_each_other_and_run_their_base_syste
         main(["study", "--out", str(tmp_path), "--system", "autoopt_asha", "--task", "cv-big", "--seed", "0",
               "--address", "127.0.0.1:1"])
     assert exc.value.code == 2
+
+
+def test_plain_optuna_in_a_process_of_its_own_runs_without_ray_and_is_paired(tmp_path):
+    """The ``optuna_asha_fresh`` arm: the per-study command runs plain Optuna with no Ray (the
+    address given is nobody's), its clock started before the data is loaded, and the report pairs
+    it with autoopt's own-driver arm."""
+    from bench.race import main
+
+    assert main(["study", "--out", str(tmp_path), "--system", "optuna_asha_fresh", "--task", "tabular",
+                 "--seed", "0", "--address", "127.0.0.1:1", "--trials", "2"]) == 0
+    run = json.loads((tmp_path / "race" / "optuna_asha_fresh__tabular__0.json").read_text())
+    assert run["system"] == "optuna_asha_fresh" and len(run["events"]) == 2
+    assert run["extra"]["pruner"] == "asha"
+    # the cold clock: the first trial ends after the task's data were loaded under it
+    assert min(e["t_end"] for e in run["events"]) < run["wall_s"]
+    for seed, (mine, other) in enumerate([(2.0, 3.0), (4.0, 2.0)]):
+        _write(tmp_path, "autoopt_asha_fresh", seed, mine, 5.0)
+        _write(tmp_path, "optuna_asha_fresh", seed, other, 5.0)
+    _, summary = race_report(tmp_path, 0.01)
+    ratio = summary["cv-big/autoopt_sh"]["ratios"]["optuna_asha_fresh / autoopt_asha_fresh"]
+    assert ratio["time_to_target"]["median"] == 1.0 and ratio["autoopt_faster_seeds"] == 1
