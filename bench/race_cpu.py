@@ -33,7 +33,7 @@ SAMPLER_LEAD_S = 1.5  # the sampler starts this long before the study's call
 START_S = 16  # the report's timeline: the first seconds, where both cold starts are
 #: process titles, by what they are in the study (first match wins; a gone driver keeps "python")
 CATEGORIES = (
-    ("trial workers", ("ray::IDLE", "ray::TrialWorker", "ray::Implicit")),
+    ("trial workers", ("ray::IDLE", "ray::run_trial", "ray::prepare_worker", "ray::Implicit")),
     ("coordinator", ("ray::StudyCoord",)),
     ("driver", ("-m bench.race study",)),
     ("Ray daemons", ("raylet", "gcs_server", "log_monitor", "ray::DashboardAgent", "dashboard.py", "runtime_env")),

@@ -13,7 +13,7 @@ from bench.race_cpu import category, sample, summarize
 
 
 def test_process_titles_map_to_what_they_are_in_the_study():
-    assert category("ray::IDLE") == category("ray::ImplicitFunc.train") == "trial workers"
+    assert category("ray::IDLE") == category("ray::ImplicitFunc.train") == category("ray::run_trial") == "trial workers"
     assert category("ray::StudyCoordinator.ask") == "coordinator"
     assert category("/x/.venv/bin/python -m bench.race study --out o --system tune_asha_fresh") == "driver"
     assert category("python") == "driver"  # the driver read after it exited
