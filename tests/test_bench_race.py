@@ -89,10 +89,15 @@ def test_plain_optuna_in_a_process_of_its_own_runs_without_ray_and_is_paired(tmp
     """The ``optuna_asha_fresh`` arm: the per-study command runs plain Optuna with no Ray (the
     address given is nobody's), its clock started before the data is loaded, and the report pairs
     it with autoopt's own-driver arm."""
-    from bench.race import main
+    import subprocess
+    import sys
 
-    assert main(["study", "--out", str(tmp_path), "--system", "optuna_asha_fresh", "--task", "tabular",
-                 "--seed", "0", "--address", "127.0.0.1:1", "--trials", "2"]) == 0
+    # in a process of its own, as bench.race runs it (it sets torch's threads and the module's trial count)
+    done = subprocess.run([sys.executable, "-m", "bench.race", "study", "--out", str(tmp_path), "--system",
+                           "optuna_asha_fresh", "--task", "tabular", "--seed", "0", "--address", "127.0.0.1:1",
+                           "--trials", "2"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((tmp_path / "race" / "optuna_asha_fresh__tabular__0.json").read_text())
     assert run["system"] == "optuna_asha_fresh" and len(run["events"]) == 2
     assert run["extra"]["pruner"] == "asha"
