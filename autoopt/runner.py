@@ -536,7 +536,7 @@ class StudyRunner:
         from autoopt import tracking
 
         if self._warming is not None:
-            self._warming.join(timeout=60)  # the store opened while Ray and the coordinator started
+            self._warming.join(timeout=60)  # the store opened while the coordinator started
 
         config = tracking.TrackingConfig(
             tracking_uri=tracking.resolve_tracking_uri(self.spec.tracking_uri),
@@ -768,12 +768,6 @@ class StudyRunner:
         ]
 
     def _run(self) -> dict[str, Any]:
-        if self.spec.tracking:  # MLflow's import and a local store open while Ray starts, not after it
-            from autoopt import tracking
-
-            self._warming = threading.Thread(target=tracking.warm_store, daemon=True,
-                                             args=(tracking.resolve_tracking_uri(self.spec.tracking_uri),))
-            self._warming.start()
         if self._early is not None:
             self._early.result()  # its errors (no Ray, a request no node can run) are raised here
         else:
@@ -791,6 +785,12 @@ class StudyRunner:
             task_ref = task_ref or ray.put(self.task)
         if not self._prepared:  # an object to ship: its workers start now, beside the coordinator
             self._prepare_workers(task_ref, objective_ref)
+        if self.spec.tracking:
+            from autoopt import tracking
+
+            self._warming = threading.Thread(target=tracking.warm_store, daemon=True,
+                                             args=(tracking.resolve_tracking_uri(self.spec.tracking_uri),))
+            self._warming.start()
         self.coordinator = self._make_coordinator()
         try:
             if not self._reopened:  # a new actor: its constructor's error surfaces here
