@@ -333,12 +333,29 @@ def jobs(part: str, seeds: list[int], race_systems: list[str], prune_systems: li
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def race_environment(out: Path) -> None:
+    """The environment every race study runs in (also ``bench.race_cpu``'s): warnings off, Tune's
+    loggers off, its actor-reuse wait long enough, the recommender's user data inside ``out``."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # a stopped function trainable's thread finishes its epoch before the actor is reused; the
     # default 2 s wait is shorter than a cv-big epoch, which would make Tune start a new actor
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
+    os.environ["AUTOOPT_RECOMMEND_DIR"] = str(out / "work" / "recommend")
+
+
+def start_race_ray(out: Path) -> None:
+    """One local Ray for the invocation, then an untimed warm-up study (Ray workers import torch once)."""
+    from bench.common import start_ray
+    from bench.systems import run_autoopt
+
+    start_ray(num_cpus=max(os.cpu_count() or 2, 4))
+    (out / "work").mkdir(parents=True, exist_ok=True)
+    run_autoopt("bench.trivial:TrivialTask", {}, {}, seed=0, n_trials=4, workers=2,
+                storage=f"sqlite:///{(out / 'work' / 'warm-up.db').resolve()}", tracking_uri=None, system="warm-up")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     global TRIALS_OVERRIDE
     TRIALS_OVERRIDE = args.trials
     out = args.out.resolve()
@@ -349,15 +366,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{len(todo)} studies to run", flush=True)
     if not todo:
         return 0
-    os.environ["AUTOOPT_RECOMMEND_DIR"] = str(out / "work" / "recommend")
+    race_environment(out)
     if any(j[0] == "race" for j in todo):
-        from bench.common import start_ray
-        from bench.systems import run_autoopt
-
-        start_ray(num_cpus=max(os.cpu_count() or 2, 4))
-        (out / "work").mkdir(parents=True, exist_ok=True)  # untimed warm-up: Ray workers import torch once
-        run_autoopt("bench.trivial:TrivialTask", {}, {}, seed=0, n_trials=4, workers=2,
-                    storage=f"sqlite:///{(out / 'work' / 'warm-up.db').resolve()}", tracking_uri=None, system="warm-up")
+        start_race_ray(out)
     deadline = time.time() + args.budget_s if args.budget_s else None
     for part, system, tname, seed in todo:
         if deadline and time.time() > deadline:

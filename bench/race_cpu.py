@@ -91,18 +91,10 @@ def sample(out: Path, stop: Path, every_s: float = 0.2) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import bench.race as race
-    from bench.common import start_ray
-    from bench.systems import run_autoopt
 
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")  # as bench.race run sets it
     out = args.out.resolve()
-    os.environ["AUTOOPT_RECOMMEND_DIR"] = str(out / "work" / "recommend")
-    (out / "work").mkdir(parents=True, exist_ok=True)
-    start_ray(num_cpus=max(os.cpu_count() or 2, 4))  # as bench.race run starts it, warm-up included
-    run_autoopt("bench.trivial:TrivialTask", {}, {}, seed=0, n_trials=4, workers=2,
-                storage=f"sqlite:///{(out / 'work' / 'warm-up.db').resolve()}", tracking_uri=None, system="warm-up")
+    race.race_environment(out)  # as `bench.race run` runs its studies, warm-up included
+    race.start_race_ray(out)
     systems = tuple(args.systems)
     for seed in range(args.seeds):
         k = seed % len(systems)  # none always first
