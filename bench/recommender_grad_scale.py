@@ -20,6 +20,13 @@ families out as ``autoopt meta evaluate`` does:
     PYTHONPATH=. python -m bench.recommender_grad_scale --out bench/results/recommender-grad-scale
 
 Writes ``probes.jsonl`` (resumable), ``results.json`` and ``summary.md``.
+
+``--reference`` checks the shipped answer outside the zoo instead: on each reference task (cv,
+tabular, nlp, recsys: none of them a zoo instance), SGD with momentum trained at a
+half-decade lr grid (the zoo's schedule policy, 2 seeds, the task's own epochs), then the shipped
+recommender's momentum lr with the task's measured traits, with and without its gradient scale,
+looked up on that grid (0 = the grid's best momentum run, 1 = its median). Writes
+``reference.json`` and ``reference.md`` (resumable per task).
 """
 
 from __future__ import annotations
@@ -171,10 +178,86 @@ def markdown(summary: Mapping[str, Any]) -> str:
             + "\n".join(lines) + "\n")
 
 
+#: The out-of-zoo check's momentum lr grid (log10; half-decade steps, as the zoo's).
+REFERENCE_LOG_LRS = tuple(x / 2 for x in range(-8, 2))
+REFERENCE_SEEDS = (0, 1)
+
+
+def reference_task(name: str) -> dict[str, Any]:
+    """Momentum's grid on one reference task and the shipped recommender's lrs for it."""
+    import torch
+
+    from autoopt.recommend.recommender import Recommender
+    from autoopt.recommend.regret import interpolate
+    from autoopt.recommend.sweep import trial_config
+    from autoopt.task import load_task
+    from autoopt.train import train
+
+    torch.set_num_threads(1)
+    task = load_task(name)
+    traits = task.traits()
+    rec = Recommender.default()
+    lrs = {}
+    for label, t in (("with_grad_scale", traits), ("without", traits.replace(grad_rms=None))):
+        ranked = {r.optimizer: r for r in rec.rank(t, top=None)}
+        if "momentum" not in ranked:
+            return {"task": name, "skipped": "the recommender does not offer momentum for this task"}
+        lrs[label] = ranked["momentum"].hyperparameters["lr"]
+    sign = 1.0 if task.direction == "maximize" else -1.0
+    grid = []
+    for x in REFERENCE_LOG_LRS:
+        values = []
+        for seed in REFERENCE_SEEDS:
+            outcome = train(task, trial_config("momentum", 10 ** x), seed=seed)
+            ok = outcome.status == "complete" and outcome.value is not None and math.isfinite(outcome.value)
+            values.append(sign * outcome.value if ok else math.nan)
+        grid.append({"log10_lr": x, "values": values})
+    means = np.array([np.mean(g["values"]) if all(math.isfinite(v) for v in g["values"]) else np.nan for g in grid])
+    best = float(np.nanmax(means))
+    median = float(np.median(np.where(np.isfinite(means), means, -np.inf)))
+    span = best - median if best > median else max(abs(best), 1.0) * 1e-3
+    regret = np.where(np.isfinite(means), np.clip((best - means) / span, 0, 3), 3.0)
+    x = np.array(REFERENCE_LOG_LRS)
+    return {"task": name, "grad_rms": traits.grad_rms, "best_lr": float(10 ** x[int(np.nanargmax(means))]), "grid": grid,
+            "lr": lrs, "regret": {k: float(interpolate(x, regret, math.log10(v))) for k, v in lrs.items()}}
+
+
+def reference(out: Path) -> dict[str, Any]:
+    from autoopt.core.tasks import REFERENCE_TASKS
+
+    path = out / "reference.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    for name in REFERENCE_TASKS:
+        if name not in done:
+            started = time.time()
+            done[name] = reference_task(name)
+            path.write_text(json.dumps(done, indent=1))
+            print(f"{name}: {time.time() - started:.0f} s", flush=True)
+    lines = ["| task | grad RMS | best momentum lr (grid) | lr with the gradient scale | regret | lr without | regret |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    done_ok = {k: r for k, r in done.items() if "skipped" not in r}
+    for name, r in done.items():
+        if "skipped" in r:
+            lines.append(f"| {name} | {r['skipped']} | | | | | |")
+            continue
+        lines.append(f"| {name} | {r['grad_rms']:.3g} | {r['best_lr']:.3g} | {r['lr']['with_grad_scale']:.3g} | "
+                     f"{r['regret']['with_grad_scale']:.3f} | {r['lr']['without']:.3g} | {r['regret']['without']:.3f} |")
+    lines.append(f"| **mean** | | | | {np.mean([r['regret']['with_grad_scale'] for r in done_ok.values()]):.3f} | | "
+                 f"{np.mean([r['regret']['without'] for r in done_ok.values()]):.3f} |")
+    (out / "reference.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reference", action="store_true", help="the out-of-zoo check on the reference tasks")
     args = parser.parse_args(argv)
+    if args.reference:
+        args.out.mkdir(parents=True, exist_ok=True)
+        reference(args.out)
+        return 0
     from autoopt.recommend.meta import grids_from
 
     args.out.mkdir(parents=True, exist_ok=True)
