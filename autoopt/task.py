@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import typing
 from abc import ABC, abstractmethod
 from typing import Any, Callable
@@ -55,7 +56,7 @@ class Task(ABC):
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
         self._data: tuple[Dataset, Dataset] | None = None
-        self._measured_sparsity: float | None = None
+        self._measured_gradients: tuple[float, float] | None = None
 
     # --- what subclasses provide -------------------------------------------------------
     @abstractmethod
@@ -107,32 +108,49 @@ class Task(ABC):
 
     def measure_grad_sparsity(self, n_batches: int = 5) -> float:
         """Fraction of exactly-zero gradient entries over the first batches (dense grads)."""
-        if self._measured_sparsity is not None:
-            return self._measured_sparsity
+        return self._measure_gradients(n_batches)[0]
+
+    def measure_grad_rms(self, n_batches: int = 5) -> float:
+        """RMS gradient entry at initialisation over the first batches: the scale SGD's step
+        ``lr * g`` is taken in (a trait, :attr:`TaskTraits.grad_rms`)."""
+        return self._measure_gradients(n_batches)[1]
+
+    def _measure_gradients(self, n_batches: int = 5) -> tuple[float, float]:
+        """(sparsity, RMS entry) of the initial model's gradients, from the same backward passes."""
+        if self._measured_gradients is not None:
+            return self._measured_gradients
         torch.manual_seed(self.seed)
         model = self.build_model()
         device = torch.device("cpu")
         train_loader, _ = self.loaders()
         zeros = total = 0
+        squares: list[float] = []
         for i, batch in enumerate(train_loader):
             if i >= n_batches:
                 break
             model.zero_grad(set_to_none=False)
             output, target = self.forward(model, batch, device)
             self.loss(output, target).backward()
+            square = 0.0
+            entries = 0
             for p in model.parameters():
                 if p.grad is None:
                     continue
                 g = p.grad.to_dense() if p.grad.is_sparse else p.grad
                 zeros += int((g == 0).sum().item())
                 total += g.numel()
-        self._measured_sparsity = zeros / total if total else 0.0
-        return self._measured_sparsity
+                square += float(g.double().pow(2).sum())
+                entries += g.numel()
+            if entries:
+                squares.append(square / entries)
+        rms = math.sqrt(sum(squares) / len(squares)) if squares else 0.0
+        self._measured_gradients = (zeros / total if total else 0.0, rms)
+        return self._measured_gradients
 
     def traits(self, measure: bool = True) -> TaskTraits:
         """Traits with sparsity measured from real gradients (``measure=False`` gives 0.0)."""
         train, _ = self.datasets()
-        sparsity = self.measure_grad_sparsity() if measure else 0.0
+        sparsity, rms = self._measure_gradients() if measure else (0.0, 0.0)
         return TaskTraits(
             domain=self.domain,
             batch_size=self.batch_size,
@@ -142,6 +160,7 @@ class Task(ABC):
             metric=self.metric,
             direction=self.direction,
             sparse_gradients=self.supports_sparse_gradients,
+            grad_rms=float(f"{rms:.4g}") if rms > 0 and math.isfinite(rms) else None,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -143,6 +143,11 @@ def test_evaluation_never_sees_the_held_out_family(world):
                                    "tuned_top1_at_most_tuned_adamw"}
     # in this world the lr is the whole game and the model learns it: as suggested beats AdamW at 1e-3
     assert rec["top1"] < res["overall"]["adamw_1e-3"]["top1"]
+    # every optimizer at the lr suggested for it, never better than at its best grid lr
+    swept = {o for g in grids.values() for o in g.curves}
+    assert set(res["lr_as_suggested"]) == swept
+    for o, v in res["lr_as_suggested"].items():
+        assert v["tuned"] - 1e-9 <= v["as_suggested"] <= CAP and set(v["per_family"]) == set(families), o
 
 
 def test_meta_evaluate_cli_writes_results(tmp_path):

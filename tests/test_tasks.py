@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from autoopt.core.traits import TaskTraits
+from autoopt.core.traits import MEASURED, TaskTraits
 from autoopt.task import REFERENCE_TASKS, FunctionTask, Task, TaskNotFound, TaskOptionsError, load_task
 from autoopt.tasks.cv import DigitsCNN
 from autoopt.tasks.nlp import ZipfTextClassification
@@ -242,6 +242,37 @@ def test_user_function_task_trains():
     assert (traits.n_params, traits.dataset_size, traits.batch_size) == (12, 500, 20)
     assert traits.grad_sparsity < 0.2
     assert fit(task, adam(0.05), epochs=task.epochs) > 0.9
+
+
+def test_the_gradient_scale_at_init_is_measured_from_real_backward_passes():
+    """``grad_rms``: the RMS gradient entry of the initial model over its first batches. A loss ten
+    times larger has gradients ten times larger; nothing is declared."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(200, 4)).astype(np.float32))
+    y = torch.from_numpy(rng.normal(size=(200, 1)).astype(np.float32))
+    data = TensorDataset(x, y)
+
+    def task(scale: float) -> FunctionTask:
+        return FunctionTask(name=f"scaled_{scale}", build_model=lambda: nn.Linear(4, 1), make_datasets=lambda: (data, data),
+                            domain="tabular", batch_size=20, metric="val_loss", direction="minimize",
+                            loss=lambda out, target: scale * nn.functional.mse_loss(out, target))
+
+    one, ten = task(1.0).traits(), task(10.0).traits()
+    assert one.grad_rms > 0 and ten.grad_rms == pytest.approx(10 * one.grad_rms, rel=1e-3)
+    # by hand: the same seed, model and first five batches
+    t = task(1.0)
+    torch.manual_seed(t.seed)
+    model = t.build_model()
+    squares = []
+    for i, (xb, yb) in enumerate(t.loaders()[0]):
+        if i == 5:
+            break
+        model.zero_grad()
+        nn.functional.mse_loss(model(xb), yb).backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        squares.append(float(g.double().pow(2).mean()))
+    assert one.grad_rms == pytest.approx(math.sqrt(sum(squares) / len(squares)), rel=1e-3)
+    assert "grad_rms" in one.to_dict(MEASURED)
 
 
 @pytest.mark.parametrize("loader, fields, options", [

@@ -60,6 +60,7 @@ def test_traits_are_measured_from_real_gradients():
     assert sparse["grad_sparsity"] > 0.5 and bag["grad_sparsity"] > 0.5
     assert sparse["sparse_gradients"] and not dense["sparse_gradients"]
     assert dense["grad_sparsity"] < 0.1
+    assert dense["grad_rms"] > 0 and sparse["grad_rms"] > 0  # the gradient scale, from the same passes
     task = load_instance("tab_cls-00")
     assert dense["n_params"] == sum(p.numel() for p in task.build_model().parameters())
     # a wider net of the same family has more parameters: counted, not declared
@@ -157,6 +158,15 @@ def test_build_resumes_without_rerunning(ray_local, tmp_path):
     # the metric tells lrs apart: the grid's best and worst ok runs differ
     ok = table[table.status == "ok"]
     assert ok.groupby("optimizer")["value"].agg(lambda v: v.max() - v.min()).min() > 0.01
+
+    # an instances file from before the gradient-scale trait: the next build measures it, runs nothing
+    measured = sweep.read_instances(tmp_path / sweep.INSTANCES)[0]["grad_rms"]
+    assert measured == pytest.approx(load_instance("tab_reg-00").traits().grad_rms, rel=1e-3) and measured > 0
+    text = (tmp_path / sweep.INSTANCES).read_text().splitlines()
+    (tmp_path / sweep.INSTANCES).write_text("\n".join(line.rsplit(",", 1)[0] for line in text) + "\n")
+    assert sweep.read_instances(tmp_path / sweep.INSTANCES)[0]["grad_rms"] is None
+    again = sweep.build(tmp_path, **kwargs)
+    assert again["ran"] == 0 and sweep.read_instances(tmp_path / sweep.INSTANCES)[0]["grad_rms"] == measured
 
     # a baseline added later (Prodigy at its fixed lr) runs alone and reseals the chunk
     fourth = sweep.build(tmp_path, **{**kwargs, "optimizers": ["sgd", "adam", "prodigy"]})

@@ -43,11 +43,12 @@ SPARSE_THRESHOLD = 0.5
 #: What a task measures about itself: the traits a study stores (``autoopt.traits``).
 MEASURED: tuple[str, ...] = (
     "domain", "batch_size", "grad_sparsity", "n_params", "dataset_size", "metric", "direction", "sparse_gradients",
+    "grad_rms",
 )
 #: What a recommender query holds (``autoopt recommend --json`` prints these).
 QUERY: tuple[str, ...] = (
     "domain", "batch_size", "grad_sparsity", "sparse_gradients", "n_params", "dataset_size",
-    "memory_limited", "goal", "flags",
+    "memory_limited", "goal", "flags", "grad_rms",
 )
 
 
@@ -113,6 +114,11 @@ class TaskTraits:
     memory_limited: bool = False
     goal: str | None = None
     flags: frozenset[str] = field(default_factory=frozenset)
+    #: RMS gradient entry at initialisation (measured by a Task, never asked of a person): the
+    #: scale SGD's step ``lr * g`` is taken in. Recorded with every zoo task and study; no answer
+    #: uses it yet (placing momentum's lr by it won leaving zoo families out and lost on the
+    #: reference tasks: docs/benchmarks.md, section 5)
+    grad_rms: float | None = None
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
@@ -128,6 +134,12 @@ class TaskTraits:
             if not 0.0 <= g <= 1.0:
                 raise TraitError("grad_sparsity", f"is the fraction of zero gradients, in [0, 1]; got {self.grad_sparsity!r}")
             object.__setattr__(self, "grad_sparsity", g)
+        if self.grad_rms is not None:
+            r = float(self.grad_rms)
+            if not (math.isfinite(r) and r > 0):
+                raise TraitError("grad_rms", "is the RMS gradient entry at initialisation, a positive number; "
+                                             f"got {self.grad_rms!r}")
+            object.__setattr__(self, "grad_rms", r)
         for name in ("n_params", "dataset_size"):
             v = getattr(self, name)
             if v is not None:

@@ -122,6 +122,7 @@ def render(answer: Any, console: Any = None) -> None:
         ("sparsity", t.grad_sparsity),
         ("params", human_count(t.n_params) if t.n_params else None),
         ("data", human_count(t.dataset_size) if t.dataset_size else None),
+        ("grad RMS", f"{t.grad_rms:.3g}" if t.grad_rms else None),
         ("goal", t.goal),
     ):
         if value is not None:

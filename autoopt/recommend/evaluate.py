@@ -48,7 +48,7 @@ def traits_of(grid: TaskGrid) -> TaskTraits:
     t = grid.traits
     return TaskTraits(domain=t["domain"], batch_size=t.get("batch_size"), grad_sparsity=t.get("grad_sparsity"),
                       n_params=t.get("n_params"), dataset_size=t.get("dataset_size"),
-                      sparse_gradients=bool(t.get("sparse_gradients")))
+                      sparse_gradients=bool(t.get("sparse_gradients")), grad_rms=t.get("grad_rms"))
 
 
 def default_fit(train: Mapping[str, TaskGrid]) -> Any:
@@ -111,6 +111,7 @@ def evaluate(
     overall_by_family = {s: _mean_of_means([by_family[f][s] for f in held_out]) for s in strategies}
     missing = {f: f"{FIXED[f][0]} is not in the sweep" for f in FIXED if FIXED[f][0] not in _swept(evaluated)}
     return {
+        "lr_as_suggested": _by_optimizer(per_task, held_out),
         "families": by_family,
         "overall": overall,
         "overall_family_mean": overall_by_family,
@@ -158,6 +159,9 @@ def _judge(g: TaskGrid, rec: Any, rules_only: Any, model: Any) -> dict[str, Any]
     out["recommender"]["top3_ranked"] = out["recommender"]["top3"]
     out["recommender"]["top3"] = min(g.lookup(o, lr)[0] for o, lr in warm)
     out["recommender"]["warm_start"] = [[o, float(f"{lr:.3g}")] for o, lr in warm]
+    # every optimizer at the lr the recommender suggests for it (what a user who picks it gets)
+    out["recommender"]["by_optimizer"] = {
+        r.optimizer: [g.lookup(r.optimizer, r.hyperparameters["lr"])[0], g.tuned(r.optimizer)[0]] for r in ranked}
     return out
 
 
@@ -211,6 +215,21 @@ def _mean(items: list[Mapping[str, Any]]) -> dict[str, Any]:
         vals = [float(i[k]) for i in items if k in i and i[k] is not None and not math.isnan(float(i[k]))]
         if vals:
             out[k] = round(float(np.mean(vals)), 4)
+    return out
+
+
+def _by_optimizer(per_task: Mapping[str, Mapping[str, Any]], families: Sequence[str]) -> dict[str, Any]:
+    """Per optimizer: mean normalised regret at the recommender's lr for it, over the held-out
+    tasks and per held-out family, and its mean tuned regret (the lr's share is the difference)."""
+    out: dict[str, Any] = {}
+    names = sorted({o for r in per_task.values() for o in r["recommender"].get("by_optimizer", {})})
+    for o in names:
+        got = [(r["family"], r["recommender"]["by_optimizer"][o]) for r in per_task.values()
+               if o in r["recommender"].get("by_optimizer", {})]
+        out[o] = {"as_suggested": round(float(np.mean([v[0] for _, v in got])), 4),
+                  "tuned": round(float(np.mean([v[1] for _, v in got])), 4),
+                  "per_family": {f: round(float(np.mean([v[0] for g, v in got if g == f])), 4)
+                                 for f in families if any(g == f for g, _ in got)}}
     return out
 
 
@@ -273,6 +292,13 @@ def markdown(result: Mapping[str, Any]) -> str:
         for name, r in rows:
             cells = [f"{r[s][metric]:.3f}" if s in r and metric in r[s] else "-" for s in cols]
             out.append(f"| {name} | {r['tasks']} | " + " | ".join(cells) + " |")
+    if result.get("lr_as_suggested"):
+        out.append("\n**Each optimizer at the lr the recommender suggests for it: mean normalised regret over the "
+                   "held-out tasks** (what a user who picks that optimizer gets)\n")
+        out.append("| optimizer | as suggested | tuned (its best grid lr) |")
+        out.append("|---|---:|---:|")
+        for o, v in result["lr_as_suggested"].items():
+            out.append(f"| {o} | {v['as_suggested']:.3f} | {v['tuned']:.3f} |")
     out.append("\n**Targets**\n")
     for k, v in result["targets"].items():
         out.append(f"- {k}: {v['value']} vs {v['target']} -> {'met' if v['met'] else 'MISSED'}")

@@ -38,7 +38,7 @@ STUDIES_FILE = "studies.csv"
 #: Columns of the users' study runs (a zoo run's columns plus its task's traits).
 STUDY_COLUMNS: tuple[str, ...] = (
     "instance", "family", "domain", "batch_size", "n_params", "dataset_size", "grad_sparsity", "sparse_gradients",
-    "metric", "direction", "optimizer", "lr", "seed", "status", "value", "created", "curve",
+    "metric", "direction", "optimizer", "lr", "seed", "status", "value", "created", "curve", "grad_rms",
 )
 
 
@@ -78,7 +78,8 @@ def study_runs(study: Any) -> list[dict[str, Any]]:
             "domain": traits.get("domain"), "batch_size": cfg.get("batch_size") or traits.get("batch_size"),
             "n_params": traits.get("n_params"), "dataset_size": traits.get("dataset_size"),
             "grad_sparsity": traits.get("grad_sparsity"), "sparse_gradients": bool(traits.get("sparse_gradients")),
-            "metric": attrs.get(R.METRIC), "direction": direction, "optimizer": cfg["optimizer"], "lr": lr,
+            "grad_rms": traits.get("grad_rms"), "metric": attrs.get(R.METRIC), "direction": direction,
+            "optimizer": cfg["optimizer"], "lr": lr,
             "seed": t.number, "status": "ok" if ok else ("pruned" if t.state == TrialState.PRUNED else "failed"),
             "value": value if ok else math.nan, "created": created, "curve": _curve_of(t),
         })
@@ -131,6 +132,8 @@ def read_studies(path: str | Path) -> list[dict[str, Any]]:
                 row[k] = int(float(raw[k])) if raw.get(k) not in (None, "") else None
             for k in ("grad_sparsity", "lr", "value"):
                 row[k] = float(raw[k]) if raw.get(k) not in (None, "") else math.nan
+            # a column added 2026-12-06: files written before have none
+            row["grad_rms"] = float(raw["grad_rms"]) if raw.get("grad_rms") not in (None, "") else None
             row["sparse_gradients"] = str(raw.get("sparse_gradients", "")).lower() in ("1", "true", "yes")
             row["curve"] = _parse_curve(raw.get("curve"))  # files written before curves were kept: None
             rows.append(row)

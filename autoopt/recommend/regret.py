@@ -27,7 +27,8 @@ CAP = 3.0
 #: How far (decades) outside a task's swept lr range a lookup still takes the edge point's value.
 EDGE_DECADES = 0.5
 #: Trait columns of a task (the model's inputs besides optimizer and lr).
-TRAIT_COLUMNS: tuple[str, ...] = ("domain", "batch_size", "grad_sparsity", "n_params", "dataset_size", "sparse_gradients")
+TRAIT_COLUMNS: tuple[str, ...] = ("domain", "batch_size", "grad_sparsity", "n_params", "dataset_size", "sparse_gradients",
+                                  "grad_rms")
 
 
 @dataclass

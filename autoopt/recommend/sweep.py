@@ -70,7 +70,7 @@ RUN_COLUMNS: tuple[str, ...] = (
 )
 INSTANCE_COLUMNS: tuple[str, ...] = (
     "instance", "family", "domain", "knobs", "batch_size", "n_params", "dataset_size", "grad_sparsity",
-    "sparse_gradients", "metric", "direction", "steps",
+    "sparse_gradients", "metric", "direction", "steps", "grad_rms",
 )
 MANIFEST = "MANIFEST.json"
 INSTANCES = "instances.csv"
@@ -174,6 +174,8 @@ def describe_instance(instance_id: str) -> dict[str, Any]:
 
 # ============================================================================ files
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
@@ -188,7 +190,7 @@ def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([_fmt(r[c]) for c in columns])
+        w.writerow([_fmt(r.get(c)) for c in columns])  # a column added later: empty
     return buf.getvalue()
 
 
@@ -239,6 +241,8 @@ def read_instances(path: Path) -> list[dict[str, Any]]:
                 "n_params": int(raw["n_params"]), "dataset_size": int(raw["dataset_size"]),
                 "grad_sparsity": float(raw["grad_sparsity"]), "sparse_gradients": raw["sparse_gradients"] == "true",
                 "steps": int(raw["steps"]),
+                # added 2026-12-06; an instances file written before has no such column
+                "grad_rms": float(raw["grad_rms"]) if raw.get("grad_rms") not in (None, "") else None,
             })
         return rows
 
@@ -472,8 +476,8 @@ def build(
     remote_unit = ray.remote(max_retries=2)(run_unit).options(**opts)
     remote_describe = ray.remote(max_retries=2)(describe_instance).options(**opts)
 
-    # 1. traits of instances not described yet (in parallel)
-    missing = [i for i in plan.instances if i not in store.instances]
+    # 1. traits of instances not described yet, or described before a trait was added (in parallel)
+    missing = [i for i in plan.instances if i not in store.instances or store.instances[i].get("grad_rms") is None]
     if missing:
         log(f"measuring traits of {len(missing)} instance(s)")
         for row in ray.get([remote_describe.remote(i) for i in missing]):

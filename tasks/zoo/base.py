@@ -128,6 +128,7 @@ class ZooTask(Task):
             "metric": self.metric,
             "direction": self.direction,
             "steps": self.steps,
+            "grad_rms": traits.grad_rms,
         }
 
 
