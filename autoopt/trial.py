@@ -178,8 +178,9 @@ class Trial:
 
     def traits(self, model: Any, example_batch: Any, loss_fn: Callable[..., Any] | None = None, *,
                domain: str = "other", dataset_size: int | None = None) -> TaskTraits:
-        """Measure the task's traits (parameters, batch size, gradient sparsity from one backward
-        pass) and store them with the study, so the recommender learns about this model.
+        """Measure the task's traits (parameters, batch size, gradient sparsity and RMS gradient
+        entry from one backward pass: call it before training, as a Task measures them at init)
+        and store them with the study, so the recommender learns about this model.
 
         ``example_batch``: ``(inputs..., target)`` with ``loss_fn(output, target)``; without
         ``loss_fn``, the model's call on the batch (a dict is passed as keywords) must give a
@@ -318,6 +319,7 @@ def measure_traits(model: Any, example_batch: Any, loss_fn: Callable[..., Any] |
                          "with example_batch = (inputs..., target)")
     loss.backward()
     zeros = total = 0
+    square = 0.0
     sparse = False
     for p in model.parameters():
         if p.grad is None:
@@ -326,12 +328,15 @@ def measure_traits(model: Any, example_batch: Any, loss_fn: Callable[..., Any] |
         g = p.grad.to_dense() if p.grad.is_sparse else p.grad
         zeros += int((g == 0).sum().item())
         total += g.numel()
+        square += float(g.double().pow(2).sum())
     model.zero_grad(set_to_none=True)
+    rms = math.sqrt(square / total) if total else 0.0
     batch_size = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim > 0 else None
     return TaskTraits(
         domain=domain, batch_size=batch_size, grad_sparsity=round(zeros / total, 4) if total else 0.0,
         n_params=sum(p.numel() for p in model.parameters()), dataset_size=dataset_size,
         metric=metric, direction=direction, sparse_gradients=sparse,
+        grad_rms=float(f"{rms:.4g}") if rms > 0 and math.isfinite(rms) else None,
     )
 
 

@@ -71,7 +71,7 @@ def test_objective_study_runs_on_ray_with_pruning_and_nested_runs(ray_local, wor
     # trial.traits measured the user's model on the worker: the recommender learns about it
     traits = study.user_attrs[R.TRAITS]
     assert traits["n_params"] == sum(p.numel() for p in mlp().parameters())
-    assert traits["domain"] == "tabular" and traits["dataset_size"] == 512
+    assert traits["domain"] == "tabular" and traits["dataset_size"] == 512 and traits["grad_rms"] > 0
     assert study.user_attrs[R.SPEC]["objective"] == "helper_objectives:objective"
     assert study.user_attrs[R.SPEC]["task"] is None
     # resume reads the objective path back from storage: with the user's trust it runs on, and
@@ -152,6 +152,11 @@ def test_trial_traits_from_one_backward_pass():
     assert traits.batch_size == 8 and traits.n_params == 50 * 4 + 12 * 2 + 2
     unused_rows = 50 - len(set(batch[0].flatten().tolist()))  # only looked-up embedding rows get gradients
     assert unused_rows * 4 / traits.n_params <= traits.grad_sparsity < 1.0
+    # the RMS gradient entry over every parameter, by hand from the same backward pass
+    torch.nn.functional.cross_entropy(model(batch[0]), batch[1]).backward()
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert traits.grad_rms == pytest.approx(float(g.double().pow(2).mean().sqrt()), rel=1e-3)
+    model.zero_grad(set_to_none=True)
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="no loss"):
         Trial.fixed(CONFIG).traits(model, batch[0])
