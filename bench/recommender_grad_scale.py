@@ -71,7 +71,7 @@ def probe(instance_id: str, batches: int = PROBE_BATCHES) -> dict[str, Any]:
                           for g, p in zip(grads, params)])
         squares += float(flat.pow(2).mean())
         mean = flat if mean is None else mean + flat
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         seen += 1
     return {"instance": instance_id, "grad_rms": math.sqrt(squares / seen), "grad_norm": float((mean / seen).norm()),
             "loss0": float(np.mean(losses)), "n_params": int(sum(p.numel() for p in params))}
