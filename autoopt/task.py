@@ -148,7 +148,8 @@ class Task(ABC):
         return self._measured_gradients
 
     def traits(self, measure: bool = True) -> TaskTraits:
-        """Traits with sparsity measured from real gradients (``measure=False`` gives 0.0)."""
+        """Traits with the gradient's sparsity and RMS entry measured from real backward passes at
+        initialisation (``measure=False`` gives sparsity 0.0 and no ``grad_rms``)."""
         train, _ = self.datasets()
         sparsity, rms = self._measure_gradients() if measure else (0.0, 0.0)
         return TaskTraits(
