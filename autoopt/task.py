@@ -110,11 +110,6 @@ class Task(ABC):
         """Fraction of exactly-zero gradient entries over the first batches (dense grads)."""
         return self._measure_gradients(n_batches)[0]
 
-    def measure_grad_rms(self, n_batches: int = 5) -> float:
-        """RMS gradient entry at initialisation over the first batches: the scale SGD's step
-        ``lr * g`` is taken in (a trait, :attr:`TaskTraits.grad_rms`)."""
-        return self._measure_gradients(n_batches)[1]
-
     def _measure_gradients(self, n_batches: int = 5) -> tuple[float, float]:
         """(sparsity, RMS entry) of the initial model's gradients, from the same backward passes."""
         if self._measured_gradients is not None:
@@ -131,16 +126,9 @@ class Task(ABC):
             model.zero_grad(set_to_none=False)
             output, target = self.forward(model, batch, device)
             self.loss(output, target).backward()
-            square = 0.0
-            entries = 0
-            for p in model.parameters():
-                if p.grad is None:
-                    continue
-                g = p.grad.to_dense() if p.grad.is_sparse else p.grad
-                zeros += int((g == 0).sum().item())
-                total += g.numel()
-                square += float(g.double().pow(2).sum())
-                entries += g.numel()
+            batch_zeros, entries, square, _ = gradient_stats(model)
+            zeros += batch_zeros
+            total += entries
             if entries:
                 squares.append(square / entries)
         rms = math.sqrt(sum(squares) / len(squares)) if squares else 0.0
@@ -161,7 +149,7 @@ class Task(ABC):
             metric=self.metric,
             direction=self.direction,
             sparse_gradients=self.supports_sparse_gradients,
-            grad_rms=float(f"{rms:.4g}") if rms > 0 and math.isfinite(rms) else None,
+            grad_rms=rms_trait(rms),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -172,6 +160,29 @@ class Task(ABC):
             "chance_level": self.chance_level,
             **self.traits().to_dict(MEASURED),
         }
+
+
+def gradient_stats(model: nn.Module) -> tuple[int, int, float, bool]:
+    """(exactly-zero entries, entries, sum of squared entries, whether any is sparse) of the
+    gradients ``model`` holds now: the traits' sparsity and RMS entry, from whatever backward
+    passes the caller ran (a Task's first batches, ``trial.traits``'s one batch)."""
+    zeros = total = 0
+    square = 0.0
+    sparse = False
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        sparse = sparse or p.grad.is_sparse
+        g = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        zeros += int((g == 0).sum().item())
+        total += g.numel()
+        square += float(g.double().pow(2).sum())
+    return zeros, total, square, sparse
+
+
+def rms_trait(rms: float) -> float | None:
+    """``grad_rms`` as stored (4 significant digits); None where no gradient was measured."""
+    return float(f"{rms:.4g}") if rms > 0 and math.isfinite(rms) else None
 
 
 class FunctionTask(Task):

@@ -29,6 +29,7 @@ from autoopt.core.traits import TaskTraits
 from autoopt.optimizers import build_optimizer
 from autoopt.schedulers import LRSchedule, build_schedule
 from autoopt.space import TrialConfig
+from autoopt.task import gradient_stats, rms_trait
 
 #: Is this pruning step the trial's last word? ``report(step, value)`` -> True: stop the trial.
 PrunerCall = Callable[[int, float], bool]
@@ -318,17 +319,7 @@ def measure_traits(model: Any, example_batch: Any, loss_fn: Callable[..., Any] |
         raise ValueError("trial.traits: the model's output on example_batch has no loss; pass loss_fn(output, target) "
                          "with example_batch = (inputs..., target)")
     loss.backward()
-    zeros = total = 0
-    square = 0.0
-    sparse = False
-    for p in model.parameters():
-        if p.grad is None:
-            continue
-        sparse = sparse or p.grad.is_sparse
-        g = p.grad.to_dense() if p.grad.is_sparse else p.grad
-        zeros += int((g == 0).sum().item())
-        total += g.numel()
-        square += float(g.double().pow(2).sum())
+    zeros, total, square, sparse = gradient_stats(model)
     model.zero_grad(set_to_none=True)
     rms = math.sqrt(square / total) if total else 0.0
     batch_size = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim > 0 else None
@@ -336,7 +327,7 @@ def measure_traits(model: Any, example_batch: Any, loss_fn: Callable[..., Any] |
         domain=domain, batch_size=batch_size, grad_sparsity=round(zeros / total, 4) if total else 0.0,
         n_params=sum(p.numel() for p in model.parameters()), dataset_size=dataset_size,
         metric=metric, direction=direction, sparse_gradients=sparse,
-        grad_rms=float(f"{rms:.4g}") if rms > 0 and math.isfinite(rms) else None,
+        grad_rms=rms_trait(rms),
     )
 
 

@@ -476,8 +476,9 @@ def build(
     remote_unit = ray.remote(max_retries=2)(run_unit).options(**opts)
     remote_describe = ray.remote(max_retries=2)(describe_instance).options(**opts)
 
-    # 1. traits of instances not described yet, or described before a trait was added (in parallel)
-    missing = [i for i in plan.instances if i not in store.instances or store.instances[i].get("grad_rms") is None]
+    # 1. traits of instances not described yet, or described before a column was added (in parallel)
+    missing = [i for i in plan.instances
+               if i not in store.instances or any(store.instances[i].get(c) is None for c in INSTANCE_COLUMNS)]
     if missing:
         log(f"measuring traits of {len(missing)} instance(s)")
         for row in ray.get([remote_describe.remote(i) for i in missing]):
