@@ -36,11 +36,13 @@ def prior_scenarios(prior_regret: np.ndarray, families: Sequence[str], n: int, s
     return np.asarray(prior_regret)[None, :] * np.exp(log_noise - 0.5 * (PRIOR_FAMILY_SIGMA**2 + PRIOR_OWN_SIGMA**2))
 
 
-def greedy(point: np.ndarray, scenarios: np.ndarray, k: int, first: int | None = None) -> tuple[list[int], list[float]]:
+def greedy(point: np.ndarray, scenarios: np.ndarray, k: int, first: int | None = None,
+           eligible: tuple[int, set[int]] | None = None) -> tuple[list[int], list[float]]:
     """(the indices of the first k picks, the expected best-of regret after each pick).
 
     ``point``: (n,) expected regret per candidate (decides the first pick and ties);
-    ``scenarios``: (n_scenarios, n) regret per scenario and candidate; ``first``: a fixed first pick.
+    ``scenarios``: (n_scenarios, n) regret per scenario and candidate; ``first``: a fixed first pick;
+    ``eligible``: ``(m, allowed)``: the first m picks come from ``allowed`` only (while it has any left).
     """
     point = np.asarray(point, dtype=float)
     scenarios = np.asarray(scenarios, dtype=float)
@@ -53,6 +55,8 @@ def greedy(point: np.ndarray, scenarios: np.ndarray, k: int, first: int | None =
     current = scenarios[:, first].copy()
     while len(picks) < min(k, n):
         rest = [i for i in range(n) if i not in picks]
+        if eligible is not None and len(picks) < eligible[0]:
+            rest = [i for i in rest if i in eligible[1]] or rest
         value = np.array([np.minimum(current, scenarios[:, i]).mean() for i in rest])
         i = rest[int(np.lexsort((np.arange(len(rest)), point[rest], np.round(value, 9)))[0])]
         picks.append(i)

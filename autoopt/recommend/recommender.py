@@ -15,9 +15,11 @@ configuration, 1 = the median of its lr x optimizer grid):
            there is a lot; ``score`` = 1 / (1 + blended regret).
 
 The answer is a portfolio (portfolio.py): the first pick has the lowest expected regret, each next
-pick most lowers the expected best-of. Where the data moves a rule's favourite out of first place
-or out of the top 3, the answer says which rule and on what evidence (``overrides``: the rule, the
-optimizer it favours, the picks that took its place, ``displaced_by``, and their predicted regrets).
+pick most lowers the expected best-of. The data may move a rule's favourite out of first place
+or out of the top 3 only with strong evidence near the traits (for first place, also a clear
+margin); then the answer says which rule and on what evidence (``overrides``: the rule, the
+optimizer it favours, the picks that took its place, ``displaced_by``, and their predicted
+regrets), and the pick that took the place gives the reason.
 Hyperparameters: the rules' values (each with the rule behind it); the learned lr blended in log
 space with weight w; the schedule from rule votes blended with the policy the zoo measured.
 
@@ -77,6 +79,10 @@ DEFAULT_LR_K = 0.25
 RULE_LR_K = 0.25
 #: How reasons that come from the data cite it.
 ZOO_SOURCE = "zoo meta-dataset (autoopt/recommend/data/zoo)"
+#: The top positions the rules hold unless the data is strong near the traits (an optimizer the
+#: rules alone would not put there enters only with STRONG_EVIDENCE_WEIGHT); an override of them
+#: is named in the answer.
+OVERRIDE_DEPTH = 3
 #: Portfolio positions chosen greedily when every optimizer is asked for (the rest by expected regret).
 PORTFOLIO_DEPTH = 5
 #: A warm start runs the first pick at its lr and at lr / LR_BRACKET and lr * LR_BRACKET before
@@ -605,9 +611,14 @@ class Recommender:
         k = PORTFOLIO_DEPTH if top is None else top
         order, best_of = self._portfolio(recs, k)
         ruled, _ = self._portfolio(recs, k, prior_only=True)
-        if order and order[0] != ruled[0] and not self._data_is_sure(t, recs, order[0], ruled[0]):
-            # the guidance keeps first place unless the data near these traits is strong and clear
-            order, best_of = self._portfolio(recs, k, first=ruled[0])
+        if order:
+            # the guidance keeps first place unless the data near these traits is strong and clear,
+            # and its top OVERRIDE_DEPTH unless the data is strong near the traits for each newcomer
+            first = order[0] if order[0] == ruled[0] or self._data_is_sure(t, recs, order[0], ruled[0]) else ruled[0]
+            depth = min(OVERRIDE_DEPTH, k)
+            allowed = set(ruled[:depth]) | {i for i, r in enumerate(recs) if self._strong_evidence(t, r)}
+            if first != order[0] or not set(order[:depth]) <= allowed:
+                order, best_of = self._portfolio(recs, k, first=first, eligible=(depth, allowed))
         recs = [recs[i] for i in order]
         for i, r in enumerate(recs, 1):
             r.rank = i
@@ -627,12 +638,16 @@ class Recommender:
                             f"{best_of[i - 2]:.3f} to {best_of[i - 1]:.3f} (it does well where the ones before it may not).",
                 })
         overrides_found = self._overrides(advice, recs, [r.optimizer for r in recs], self._names(ruled, feasible))
-        if overrides_found and recs:
-            recs[0].reasons.insert(0, {
-                "rule": "data-override", "text": _override_text(overrides_found),
-                "sources": [ZOO_SOURCE], "source_ids": [], "weight": 0.0,
-                "overrides": [o["rule"] for o in overrides_found],
-            })
+        by_taker: dict[str, list[dict[str, Any]]] = {}
+        for o in overrides_found:  # the reason goes with the pick that took the rule's place
+            by_taker.setdefault(o["instead"], []).append(o)
+        for r in recs:
+            if r.optimizer in by_taker:
+                r.reasons.insert(0, {
+                    "rule": "data-override", "text": _override_text(by_taker[r.optimizer]),
+                    "sources": [ZOO_SOURCE], "source_ids": [], "weight": 0.0,
+                    "overrides": [o["rule"] for o in by_taker[r.optimizer]],
+                })
         notes = [{"text": note, "rule": rule.id, "sources": self.rules.source_files(rule)} for note, rule in advice.notes]
         if extrapolating:
             what = "; ".join(f"{e['trait']} {e['value']:.4g} (meta-dataset {e['range'][0]:.3g}-{e['range'][1]:.3g})"
@@ -677,17 +692,24 @@ class Recommender:
         near the traits (learned weight, and a query that says its model or data size) and a clear
         margin: it beats the favourite in at least OVERRIDE_CONFIDENCE of the scenarios (a near tie
         keeps the documents' answer)."""
-        if recs[mine].learned_weight < STRONG_EVIDENCE_WEIGHT:
+        if not self._strong_evidence(traits, recs[mine]):
             return False
-        if traits.n_params is None and traits.dataset_size is None:
-            return False  # the zoo's tasks are small: a query that does not say its size is not near them
         scenarios = self._scenarios(recs)
         return float(np.mean(scenarios[:, mine] < scenarios[:, ruled])) >= OVERRIDE_CONFIDENCE
+
+    @staticmethod
+    def _strong_evidence(traits: TaskTraits, rec: Recommendation) -> bool:
+        """Is the data strong enough near the traits to put ``rec`` where the rules would not?"""
+        if rec.learned_weight < STRONG_EVIDENCE_WEIGHT:
+            return False
+        # the zoo's tasks are small: a query that does not say its size is not near them
+        return traits.n_params is not None or traits.dataset_size is not None
 
     def _scenarios(self, recs: list[Recommendation], prior_only: bool = False) -> np.ndarray:
         """(scenarios, len(recs)) regret: the learned scenarios blended with the rule prior's, per learned weight."""
         prior = np.array([_prior_regret(r.prior_score) for r in recs])
-        n = self.model.n_trees if self.model is not None else DEFAULT_SCENARIOS
+        # the rules' own portfolio is the one the rules alone give (with or without a model)
+        n = self.model.n_trees if self.model is not None and not prior_only else DEFAULT_SCENARIOS
         scenarios = prior_scenarios(prior, [r.family or r.optimizer for r in recs], n)
         if not prior_only:
             w = np.array([r.learned_weight for r in recs])
@@ -696,14 +718,14 @@ class Recommender:
         return scenarios
 
     def _portfolio(self, recs: list[Recommendation], k: int, prior_only: bool = False,
-                   first: int | None = None) -> tuple[list[int], list[float]]:
+                   first: int | None = None, eligible: tuple[int, set[int]] | None = None) -> tuple[list[int], list[float]]:
         """Indices of ``recs`` in portfolio order (the first ``k`` greedy, the rest by expected regret)."""
         if not recs:
             return [], []
         scenarios = self._scenarios(recs, prior_only)
         point = (np.array([_prior_regret(r.prior_score) for r in recs]) if prior_only
                  else np.array([r.predicted_regret for r in recs]))
-        picks, best_of = greedy(point, scenarios, k, first=first)
+        picks, best_of = greedy(point, scenarios, k, first=first, eligible=eligible)
         rest = sorted((i for i in range(len(recs)) if i not in picks), key=lambda i: (point[i], recs[i].optimizer))
         return picks + rest, best_of
 
@@ -731,7 +753,7 @@ class Recommender:
             for c in a.contributions:
                 weights.setdefault(c.rule.id, {})[name] = c.weight
         out = []
-        k = min(3, len(final))
+        k = min(OVERRIDE_DEPTH, len(final))
         for rule in advice.fired:
             w = {o: v for o, v in weights.get(rule.id, {}).items() if v > 0 and o in by_name}
             if not w:
