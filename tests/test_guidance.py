@@ -146,6 +146,13 @@ def test_without_strong_evidence_the_top_3_are_the_rules_own(shipped, query):
     assert q.n_params is None or all(r.learned_weight < STRONG_EVIDENCE_WEIGHT for r in ans)
     assert set(ans.optimizers[:3]) == set(ruled[:3]) and ans.optimizers[0] == ruled[0]
     assert not ans.overrides and not [r for r in ans if r.reasons[0]["rule"] == "data-override"]
+    # and it says what the data alone would have put there, and what would let the data decide
+    held = next(n for n in ans.notes if n["rule"] == "data-held-back")
+    assert "schedulefree_adamw" in held["text"] and "schedulefree_adamw" not in ans.optimizers[:3]
+    assert ("--params" in held["text"]) == (q.n_params is None)
+    assert ("outside the traits" in held["text"]) == (q.n_params is not None)
+    assert not [n for n in shipped.rank(TaskTraits(domain="cv", batch_size=256, dataset_size=1000), top=5).notes
+                if n["rule"] == "data-held-back"]  # strong evidence: nothing held back
 
 
 def test_a_query_without_the_models_size_is_told_where_the_learned_lr_comes_from(shipped):

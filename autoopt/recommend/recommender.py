@@ -611,6 +611,7 @@ class Recommender:
         k = PORTFOLIO_DEPTH if top is None else top
         order, best_of = self._portfolio(recs, k)
         ruled, _ = self._portfolio(recs, k, prior_only=True)
+        held: dict[str, Any] | None = None
         if order:
             # the guidance keeps first place unless the data near these traits is strong and clear,
             # and its top OVERRIDE_DEPTH unless the data is strong near the traits for each newcomer
@@ -618,7 +619,9 @@ class Recommender:
             depth = min(OVERRIDE_DEPTH, k)
             allowed = set(ruled[:depth]) | {i for i, r in enumerate(recs) if self._strong_evidence(t, r)}
             if first != order[0] or not set(order[:depth]) <= allowed:
+                wanted = order
                 order, best_of = self._portfolio(recs, k, first=first, eligible=(depth, allowed))
+                held = self._held_back_note(t, recs, wanted, order, depth, bool(extrapolating))
         recs = [recs[i] for i in order]
         for i, r in enumerate(recs, 1):
             r.rank = i
@@ -649,6 +652,8 @@ class Recommender:
                     "overrides": [o["rule"] for o in by_taker[r.optimizer]],
                 })
         notes = [{"text": note, "rule": rule.id, "sources": self.rules.source_files(rule)} for note, rule in advice.notes]
+        if held:
+            notes.insert(0, held)
         if extrapolating:
             what = "; ".join(f"{e['trait']} {e['value']:.4g} (meta-dataset {e['range'][0]:.3g}-{e['range'][1]:.3g})"
                              for e in extrapolating)
@@ -728,6 +733,30 @@ class Recommender:
         picks, best_of = greedy(point, scenarios, k, first=first, eligible=eligible)
         rest = sorted((i for i in range(len(recs)) if i not in picks), key=lambda i: (point[i], recs[i].optimizer))
         return picks + rest, best_of
+
+    @staticmethod
+    def _held_back_note(t: TaskTraits, recs: list[Recommendation], wanted: list[int], final: list[int], depth: int,
+                        extrapolating: bool) -> dict[str, Any] | None:
+        """What the data alone would have ranked higher and the guidance kept out, and why: the
+        user learns what to tell the recommender (the model's size) to let the data decide."""
+        first = wanted[0] != final[0]
+        newcomers = [i for i in wanted[:depth] if i not in final[:depth]] or ([wanted[0]] if first else [])
+        if not newcomers:
+            return None
+        said = ", ".join(f"{recs[i].optimizer} (predicted regret {recs[i].predicted_regret:.2f} at lr "
+                         f"{recs[i].hyperparameters['lr']:.3g})" for i in newcomers)
+        where = "first" if first and newcomers == [wanted[0]] else f"in the top {depth}"
+        if extrapolating:
+            why = "the query lies outside the traits of the zoo's tasks"
+        elif t.n_params is None and t.dataset_size is None:
+            why = ("the query does not give the model's or the data's size, and the zoo's tasks are small "
+                   "(give --params or --dataset-size to let measured evidence decide)")
+        else:
+            w = max(recs[i].learned_weight for i in newcomers)
+            why = (f"the evidence near these traits is weak (learned weight {w:.2f}, below {STRONG_EVIDENCE_WEIGHT})"
+                   if w < STRONG_EVIDENCE_WEIGHT else "the data's pick does not beat the guidance's clearly enough")
+        return {"text": f"Guidance kept: the zoo's data alone would put {said} {where}; it does not override the "
+                        f"documents here because {why}.", "rule": "data-held-back", "sources": [ZOO_SOURCE]}
 
     def _unsized_note(self, t: TaskTraits, recs: list[Recommendation]) -> dict[str, Any] | None:
         """A query without the model's size gets learned lrs of the zoo's small models: say so, since
