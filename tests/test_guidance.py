@@ -9,6 +9,8 @@ very rule (``overrides``, with its evidence): data may override a rule, but neve
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from autoopt.core.traits import TaskTraits, parse_count
@@ -148,7 +150,10 @@ def test_without_strong_evidence_the_top_3_are_the_rules_own(shipped, query):
     assert not ans.overrides and not [r for r in ans if r.reasons[0]["rule"] == "data-override"]
     # and it says what the data alone would have put there, and what would let the data decide
     held = next(n for n in ans.notes if n["rule"] == "data-held-back")
-    assert "schedulefree_adamw" in held["text"] and "schedulefree_adamw" not in ans.optimizers[:3]
+    named = [r.optimizer for r in shipped.rank(q, top=None)
+             if re.search(rf"(?<!\w){r.optimizer} \(predicted regret", held["text"])]
+    assert named and all(o not in ans.optimizers[:3] or (o != ans.optimizers[0] and "first" in held["text"])
+                         for o in named), (named, ans.optimizers, held["text"])
     assert ("--params" in held["text"]) == (q.n_params is None)
     assert ("outside the traits" in held["text"]) == (q.n_params is not None)
     assert not [n for n in shipped.rank(TaskTraits(domain="cv", batch_size=256, dataset_size=1000), top=5).notes
@@ -169,3 +174,19 @@ def test_a_query_without_the_models_size_is_told_where_the_learned_lr_comes_from
         assert "model-size-unstated" not in [n["rule"] for n in sized.notes]
     big = shipped.rank(TaskTraits(domain="nlp", batch_size=16, n_params=100_000_000), top=3)
     assert big[0].hyperparameters["lr"] < 0.005 and big.notes[0]["rule"] == "extrapolation"
+
+
+def test_every_top_3_pick_is_backed_by_a_rule_or_by_the_data(shipped):
+    """Over the queries a user types (every domain, batch 8 to 65536, sparse or not), each of the
+    top 3 has a rule that recommends it or zoo evidence behind it. The portfolio once put ASGD
+    second for `--task rl --batch 256` (no rule names it, no zoo run) on a best-of gain of 0.0005,
+    below what its scenarios can tell apart: 30 of these 144 queries had such a pick."""
+    import itertools
+
+    for domain, batch, sparse in itertools.product(["cv", "nlp", "tabular", "recsys", "speech", "other", "gan", "rl"],
+                                                   [8, 16, 32, 64, 128, 256, 1024, 4096, 65536], [False, True]):
+        for rec in (shipped, Recommender(model=None)):
+            ans = rec.rank(TaskTraits(domain=domain, batch_size=batch, sparse_gradients=sparse), top=3)
+            for r in ans:
+                backed = r.learned_weight > 0 or any(x.get("weight", 0) > 0 for x in r.reasons)
+                assert backed, (domain, batch, sparse, r.optimizer, ans.optimizers)

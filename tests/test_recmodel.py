@@ -167,6 +167,17 @@ def test_portfolio_greedy_best_of_and_family_spread():
     scen = np.array([[0.1, 0.12, 1.0], [1.0, 1.05, 0.1]] * 5)
     picks, best_of = greedy(np.array([0.55, 0.58, 0.56]), scen, 3)
     assert picks[:2] == [0, 2] and best_of[1] == pytest.approx(0.1) and best_of == sorted(best_of, reverse=True)
+    # a best-of gain the scenarios cannot tell from another's is a tie: the lower expected regret wins
+    rng = np.random.default_rng(0)
+    first = rng.uniform(0.2, 0.4, 64)
+    near_copy = first * 1.5  # never lowers the best-of, but a good configuration on its own
+    far = np.full(64, 2.0)
+    far[0] = first[0] - 0.01  # lowers the best-of once by 0.01: noise, not a hedge
+    picks, _ = greedy(np.array([0.3, 0.45, 2.0]), np.stack([first, near_copy, far], axis=1), 2)
+    assert picks == [0, 1]
+    far[:32] = first[:32] - 0.1  # half the time much better: a real hedge, taken
+    picks, _ = greedy(np.array([0.3, 0.45, 2.0]), np.stack([first, near_copy, far], axis=1), 2)
+    assert picks == [0, 2]
     # prior scenarios: same family moves together, others independently; the mean is kept
     s = prior_scenarios(np.array([0.5, 0.5, 0.5]), ["adam", "adam", "sgd"], 4000)
     assert np.corrcoef(np.log(s[:, 0]), np.log(s[:, 1]))[0, 1] > 0.7

@@ -23,6 +23,9 @@ PRIOR_FAMILY_SIGMA = 0.6
 PRIOR_OWN_SIGMA = 0.3
 #: Scenarios drawn when no learned model gives any.
 DEFAULT_SCENARIOS = 64
+#: A pick's lower expected best-of counts only beyond this many standard errors (paired over the
+#: scenarios) of the difference; within it the candidates tie and the lower expected regret wins.
+TIE_Z = 2.0
 
 
 def prior_scenarios(prior_regret: np.ndarray, families: Sequence[str], n: int, seed: int = 0) -> np.ndarray:
@@ -57,9 +60,23 @@ def greedy(point: np.ndarray, scenarios: np.ndarray, k: int, first: int | None =
         rest = [i for i in range(n) if i not in picks]
         if eligible is not None and len(picks) < eligible[0]:
             rest = [i for i in rest if i in eligible[1]] or rest
-        value = np.array([np.minimum(current, scenarios[:, i]).mean() for i in rest])
-        i = rest[int(np.lexsort((np.arange(len(rest)), point[rest], np.round(value, 9)))[0])]
+        i = _next_pick(point, scenarios, current, rest)
         picks.append(i)
         current = np.minimum(current, scenarios[:, i])
         best_of.append(float(current.mean()))
     return picks, best_of
+
+
+def _next_pick(point: np.ndarray, scenarios: np.ndarray, current: np.ndarray, rest: list[int]) -> int:
+    """The candidate that most lowers the expected best-of; a candidate whose best-of is not lower
+    than that by more than TIE_Z standard errors (a difference the scenarios cannot tell) ties with
+    it, and of the tied ones the one with the lowest expected regret wins: a near-copy of the
+    first pick rather than an optimizer nobody recommends, when the scenarios barely differ."""
+    best_of = np.minimum(current[:, None], scenarios[:, rest])  # (scenarios, len(rest))
+    value = best_of.mean(axis=0)
+    leader = int(np.lexsort((np.arange(len(rest)), point[rest], np.round(value, 9)))[0])
+    diff = best_of - best_of[:, [leader]]  # >= 0 on average: how much worse than the leader
+    n = diff.shape[0]
+    se = diff.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(rest))
+    tied = [j for j in range(len(rest)) if diff[:, j].mean() <= TIE_Z * se[j]]
+    return rest[min(tied, key=lambda j: (point[rest[j]], value[j], j))]
