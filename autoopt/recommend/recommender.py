@@ -276,9 +276,14 @@ class CompiledModel:
         return float(kernel_weights(d, self.bandwidth).sum()), idx, d
 
     def extrapolating(self, traits: Any) -> list[dict[str, Any]]:
-        """The query's traits that lie outside the meta-dataset's range (by more than a margin)."""
+        """The query's traits that lie outside the meta-dataset's range (by more than a margin), and
+        a domain none of its tasks has: its kernel evidence is only the zoo's size seen from afar
+        (every task at about two bandwidths), not tasks like it, so the rules decide there."""
         q = numeric_row(traits)
         out = []
+        domains = sorted(set(self.instance_domain))
+        if _domain(traits) not in domains:
+            out.append({"trait": "domain", "value": _domain(traits), "range": domains})
         for col, margin in EXTRAPOLATION_MARGIN.items():
             if not np.isfinite(q[col]):
                 continue
@@ -655,7 +660,8 @@ class Recommender:
         if held:
             notes.insert(0, held)
         if extrapolating:
-            what = "; ".join(f"{e['trait']} {e['value']:.4g} (meta-dataset {e['range'][0]:.3g}-{e['range'][1]:.3g})"
+            what = "; ".join(f"domain {e['value']} (meta-dataset: {', '.join(e['range'])})" if e["trait"] == "domain" else
+                             f"{e['trait']} {e['value']:.4g} (meta-dataset {e['range'][0]:.3g}-{e['range'][1]:.3g})"
                              for e in extrapolating)
             notes.insert(0, {"text": f"Extrapolating: {what} lies outside the tasks the model learned from, "
                                      "so the rules decide (the learned model's weight is cut to "
