@@ -37,12 +37,15 @@ def best_config_code(config: dict[str, Any], fmt: str = "torch", *, study_name: 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     lines = _header(config, study_name, metric, value, trial_number, fmt)
+    schedule_free = _schedule_free(config)
     if fmt == "torch":
         lines += [
             "",
             "def optimizer_and_scheduler(model, total_steps):",
             '    """The optimizer and its LR schedule (warmup included): call scheduler.step() after every',
             "    optimizer.step(), and clip_gradients(model) between loss.backward() and optimizer.step().",
+            *(["    Schedule-free: call optimizer.eval() before evaluating or saving the model (its averaged",
+               "    weights) and optimizer.train() before training again."] if schedule_free else []),
             '    """',
             "    best = autoopt.Trial.fixed(CONFIG)",
             "    optimizer = best.optimizer(model)",
@@ -58,6 +61,7 @@ def best_config_code(config: dict[str, Any], fmt: str = "torch", *, study_name: 
     elif fmt == "lightning":
         lines += [
             "from autoopt.integrations import lightning as autoopt_lightning",
+            *(["from autoopt.optimizers import set_optimizer_mode"] if schedule_free else []),
             "",
             "",
             "class BestOptimizer:",
@@ -67,6 +71,15 @@ def best_config_code(config: dict[str, Any], fmt: str = "torch", *, study_name: 
             "",
             "    def configure_optimizers(self):",
             "        return autoopt_lightning.configure_optimizers(autoopt.Trial.fixed(CONFIG), self)",
+            *(["",
+               "    # schedule-free: validate at the averaged weights (Lightning does not switch them)",
+               "    def on_validation_start(self):",
+               "        for optimizer in self.trainer.optimizers:",
+               "            set_optimizer_mode(optimizer, training=False)",
+               "",
+               "    def on_validation_end(self):",
+               "        for optimizer in self.trainer.optimizers:",
+               "            set_optimizer_mode(optimizer, training=True)"] if schedule_free else []),
             "",
             "",
             f"GRADIENT_CLIP_VAL = {config.get('grad_clip')!r}",
@@ -87,6 +100,14 @@ def best_config_code(config: dict[str, Any], fmt: str = "torch", *, study_name: 
             "    return autoopt_hf.training_arguments(autoopt.Trial.fixed(CONFIG), **kwargs)",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _schedule_free(config: dict[str, Any]) -> bool:
+    """Does the configuration's optimizer evaluate at averaged weights (``optimizer.eval()``)?"""
+    from autoopt.core.catalog import CATALOG
+
+    spec = CATALOG.get(str(config.get("optimizer")))
+    return spec is not None and spec.family == "schedule_free"
 
 
 __all__ = ["FORMATS", "best_config_code"]

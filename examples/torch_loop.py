@@ -41,7 +41,7 @@ def objective(trial: autoopt.Trial) -> float:
             trial.clip_gradients(model)  # to trial.grad_clip, when the study searches clipping
             optimizer.step()
             scheduler.step()
-        with torch.no_grad():
+        with torch.no_grad(), trial.evaluating():  # a schedule-free optimizer's averaged weights
             logits = model(x_val)
             accuracy = (logits.argmax(-1) == y_val).float().mean().item()
         trial.log_metrics({"val_loss": nn.functional.cross_entropy(logits, y_val).item()}, step=epoch)

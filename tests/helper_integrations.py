@@ -15,6 +15,8 @@ import autoopt
 from helper_objectives import data, mlp
 
 EPOCHS = 3
+#: (stage, the optimizer's schedule-free train_mode or None) seen in each step, for the tests in this process
+MODES: list[tuple[str, object]] = []
 
 
 def lightning_objective(trial: autoopt.Trial) -> float:
@@ -28,12 +30,15 @@ def lightning_objective(trial: autoopt.Trial) -> float:
             self.net = mlp()
 
         def training_step(self, batch, _):
+            MODES.append(("train", self.trainer.optimizers[0].param_groups[0].get("train_mode")))
             x, y = batch
             loss = nn.functional.cross_entropy(self.net(x), y)
             self.log("train_loss", loss, on_step=False, on_epoch=True)
             return loss
 
         def validation_step(self, batch, _):
+            MODES.append(("val", self.trainer.optimizers[0].param_groups[0].get("train_mode")
+                          if self.trainer.optimizers else None))
             x, y = batch
             self.log("val_acc", (self.net(x).argmax(-1) == y).float().mean())
 

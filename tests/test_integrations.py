@@ -65,3 +65,17 @@ def test_hf_scheduler_is_stepped_by_the_trainer():
     (sched,) = trial._schedulers
     assert sched.schedule.steps_taken == 3 * 256 // 32  # one step per optimizer step: warmup and decay ran
     assert sched.get_last_lr()[0] < 0.01 and isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+
+
+def test_lightning_validates_a_schedule_free_optimizer_at_its_averaged_weights():
+    """Lightning never calls a schedule-free optimizer's eval(): the callback does, around each
+    validation, and training goes on in train mode."""
+    from helper_integrations import MODES, lightning_objective
+    from test_objective import SCHEDULE_FREE
+
+    MODES.clear()
+    outcome = Trial.fixed({**SCHEDULE_FREE, "batch_size": None}).run(lightning_objective)
+    assert outcome.status == "complete" and len(outcome.history) == 3
+    seen = {stage: {mode for s, mode in MODES if s == stage} for stage in ("train", "val")}
+    assert seen["train"] == {True}
+    assert False in seen["val"] and True not in seen["val"]  # None: the sanity check before any optimizer

@@ -270,3 +270,38 @@ def test_submit_refuses_what_the_cluster_cannot_use(workdir, monkeypatch, pg_url
     monkeypatch.chdir(workdir / "sub")  # the spec must travel with the shipped directory
     outside = CliRunner().invoke(app, ["run", str(workdir / "s.yaml"), "--submit", "--storage", pg_url])
     assert outside.exit_code == 2 and "must be inside it" in outside.output
+
+
+SCHEDULE_FREE = {**CONFIG, "optimizer": "schedulefree_adamw", "scheduler": "constant", "warmup_fraction": 0.0,
+                 "optimizer_params": {"lr": 0.05, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8}}
+
+
+@pytest.mark.parametrize("config", [SCHEDULE_FREE, CONFIG], ids=["schedulefree_adamw", "adamw"])
+def test_evaluating_holds_a_schedule_free_optimizers_averaged_weights(config):
+    """A user's own loop evaluates inside ``with trial.evaluating():``. Schedule-Free AdamW trains at
+    interpolated weights; without the switch a study would score it at those, below its averaged
+    ones. Every other optimizer is left as it is."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    trial = Trial.fixed(config)
+    opt = trial.optimizer(model)
+    for _ in range(20):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    training = [p.detach().clone() for p in model.parameters()]
+    with trial.evaluating():
+        evaluated = [p.detach().clone() for p in model.parameters()]
+        mode = opt.param_groups[0].get("train_mode")
+    after = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after, training))  # back to training
+    if config is SCHEDULE_FREE:
+        assert mode is False and opt.param_groups[0]["train_mode"] is True
+        assert not all(torch.allclose(a, b) for a, b in zip(evaluated, training))
+        # the averaged weights are what the optimizer's own eval() gives
+        opt.eval()
+        assert all(torch.allclose(a, p) for a, p in zip(evaluated, model.parameters()))
+        opt.train()
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(evaluated, training))

@@ -307,3 +307,18 @@ def test_best_config_py_uses_the_line_the_trials_worker_recorded(tmp_path):
     older.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={R.CONFIG: config}))
     write_best_config(older, tmp_path / "b")
     assert plain_torch_line(config) in (tmp_path / "b" / "best_config.py").read_text()
+
+
+def test_best_config_code_tells_a_schedule_free_optimizer_to_evaluate_at_its_averaged_weights():
+    from autoopt.export import best_config_code
+
+    base = {"optimizer_params": {"lr": 0.01}, "scheduler": "constant", "scheduler_params": {}, "warmup_fraction": 0.0,
+            "grad_clip": None, "batch_size": None}
+    free = {**base, "optimizer": "schedulefree_adamw"}
+    torch_code, lightning_code = best_config_code(free, "torch"), best_config_code(free, "lightning")
+    assert "optimizer.eval() before evaluating" in torch_code and "optimizer.train()" in torch_code
+    assert "def on_validation_start(self):" in lightning_code and "set_optimizer_mode" in lightning_code
+    for fmt in ("torch", "lightning", "hf"):
+        compile(best_config_code(free, fmt), fmt, "exec")
+        plain = best_config_code({**base, "optimizer": "adamw"}, fmt)
+        assert "eval()" not in plain and "on_validation_start" not in plain

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - the older package name
     except ImportError as exc:
         raise ImportError("autoopt.integrations.lightning needs PyTorch Lightning: pip install 'autoopt[lightning]'") from exc
 
+from autoopt.optimizers import set_optimizer_mode
 from autoopt.trial import Trial
 
 
@@ -47,6 +48,8 @@ def configure_optimizers(trial: Trial, module: Any, total_steps: int | None = No
 class TrialCallback(pl.Callback):
     """Reports ``monitor`` to the trial after every validation and stops the fit with
     :class:`autoopt.TrialPruned` when the pruner says so; clips gradients to the trial's ``grad_clip``.
+    A schedule-free optimizer is validated at its averaged weights (Lightning does not switch it;
+    the Hugging Face Trainer does).
 
     The report's step is the epoch (1, 2, ...), or the global step with ``step="global_step"``
     (for validation every N steps).
@@ -67,7 +70,13 @@ class TrialCallback(pl.Callback):
         if loss is not None and hasattr(loss, "detach"):
             self._losses.append(float(loss.detach()))
 
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        for optimizer in trainer.optimizers:
+            set_optimizer_mode(optimizer, training=False)
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        for optimizer in trainer.optimizers:
+            set_optimizer_mode(optimizer, training=True)
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.monitor)
