@@ -158,6 +158,11 @@ def test_without_strong_evidence_the_top_3_are_the_rules_own(shipped, query):
     assert ("outside the traits" in held["text"]) == (q.n_params is not None)
     assert not [n for n in shipped.rank(TaskTraits(domain="cv", batch_size=256, dataset_size=1000), top=5).notes
                 if n["rule"] == "data-held-back"]  # strong evidence: nothing held back
+    # a pick the zoo never ran (SparseAdam) that the gate keeps out of the top 3 is no data held back
+    recsys = shipped.rank(TaskTraits(domain="recsys", batch_size=128, n_params=65_000, dataset_size=56_000,
+                                     grad_sparsity=0.88, sparse_gradients=True), top=5)
+    assert "sparse_adam" not in recsys.optimizers[:3]
+    assert not [n for n in recsys.notes if n["rule"] == "data-held-back" and "sparse_adam" in n["text"]]
 
 
 def test_a_query_without_the_models_size_is_told_where_the_learned_lr_comes_from(shipped):

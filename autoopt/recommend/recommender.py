@@ -747,6 +747,8 @@ class Recommender:
         user learns what to tell the recommender (the model's size) to let the data decide."""
         first = wanted[0] != final[0]
         newcomers = [i for i in wanted[:depth] if i not in final[:depth]] or ([wanted[0]] if first else [])
+        # only what the data measured: a pick the zoo never ran got its place from the prior's spread
+        newcomers = [i for i in newcomers if recs[i].learned_weight > 0]
         if not newcomers:
             return None
         said = ", ".join(f"{recs[i].optimizer} (predicted regret {recs[i].predicted_regret:.2f} at lr "
@@ -761,7 +763,7 @@ class Recommender:
             w = max(recs[i].learned_weight for i in newcomers)
             why = (f"the evidence near these traits is weak (learned weight {w:.2f}, below {STRONG_EVIDENCE_WEIGHT})"
                    if w < STRONG_EVIDENCE_WEIGHT else "the data's pick does not beat the guidance's clearly enough")
-        return {"text": f"Guidance kept: the zoo's data alone would put {said} {where}; it does not override the "
+        return {"text": f"Guidance kept: the zoo's data would put {said} {where}; it does not override the "
                         f"documents here because {why}.", "rule": "data-held-back", "sources": [ZOO_SOURCE]}
 
     def _unsized_note(self, t: TaskTraits, recs: list[Recommendation]) -> dict[str, Any] | None:
