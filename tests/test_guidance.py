@@ -185,11 +185,12 @@ def test_every_top_3_pick_is_backed_by_a_rule_or_by_the_data(shipped):
     """Over the queries a user types (every domain, batch 8 to 65536, sparse or not), each of the
     top 3 has a rule that recommends it or zoo evidence behind it. The portfolio once put ASGD
     second for `--task rl --batch 256` (no rule names it, no zoo run) on a best-of gain of 0.0005,
-    below what its scenarios can tell apart: 30 of these 144 queries had such a pick."""
+    below what its scenarios can tell apart: with the tie rule off (`TIE_Z = 0`), 15 of these 64
+    queries have such a pick."""
     import itertools
 
     for domain, batch, sparse in itertools.product(["cv", "nlp", "tabular", "recsys", "speech", "other", "gan", "rl"],
-                                                   [8, 16, 32, 64, 128, 256, 1024, 4096, 65536], [False, True]):
+                                                   [8, 32, 256, 65536], [False, True]):
         for rec in (shipped, Recommender(model=None)):
             ans = rec.rank(TaskTraits(domain=domain, batch_size=batch, sparse_gradients=sparse), top=3)
             for r in ans:
