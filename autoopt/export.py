@@ -107,7 +107,7 @@ def _schedule_free(config: dict[str, Any]) -> bool:
     from autoopt.core.catalog import CATALOG
 
     spec = CATALOG.get(str(config.get("optimizer")))
-    return spec is not None and spec.family == "schedule_free"
+    return spec is not None and spec.needs_train_eval_mode
 
 
 __all__ = ["FORMATS", "best_config_code"]

@@ -8,8 +8,9 @@ from weight decay via ``pytorch_optimizer.get_optimizer_parameters``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -273,6 +274,19 @@ def set_optimizer_mode(optimizer: torch.optim.Optimizer, training: bool) -> None
         opt = getattr(opt, "optimizer", None)
 
 
+@contextlib.contextmanager
+def evaluation_mode(*optimizers: torch.optim.Optimizer) -> Iterator[None]:
+    """Inside the block, schedule-free optimizers hold their averaged weights (the ones to evaluate
+    and save), after it their training weights again; other optimizers are left alone."""
+    for optimizer in optimizers:
+        set_optimizer_mode(optimizer, training=False)
+    try:
+        yield
+    finally:
+        for optimizer in optimizers:
+            set_optimizer_mode(optimizer, training=True)
+
+
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
@@ -319,6 +333,7 @@ __all__ = [
     "NO_DECAY_PATTERNS",
     "SparseDenseAdam",
     "build_optimizer",
+    "evaluation_mode",
     "hidden_matrix_params",
     "optimizer_state_bytes",
     "parameter_groups",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from autoopt.core.catalog import get_optimizer
-from autoopt.optimizers import build_optimizer, optimizer_state_bytes, set_optimizer_mode
+from autoopt.optimizers import build_optimizer, evaluation_mode, optimizer_state_bytes, set_optimizer_mode
 from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.schedulers import build_schedule
 from autoopt.space import TrialConfig
@@ -114,9 +114,8 @@ def train(
     def evaluate(epoch: int, global_step: int) -> bool:
         """Validate, record, report; True when the pruner says stop."""
         nonlocal best
-        set_optimizer_mode(optimizer, training=False)  # schedule-free: evaluate averaged weights
-        metric = float(task.evaluate(model, val_loader, dev))
-        set_optimizer_mode(optimizer, training=True)
+        with evaluation_mode(optimizer):  # schedule-free: evaluate averaged weights
+            metric = float(task.evaluate(model, val_loader, dev))
         if not math.isfinite(metric):
             raise Diverged(f"non-finite validation {task.metric} ({metric}) at epoch {epoch}")
         if dev.type == "cuda":

@@ -19,7 +19,7 @@ import math
 import re
 import socket
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from torch.optim import lr_scheduler
 
 from autoopt.core.record import EpochRecord, TrialOutcome
 from autoopt.core.traits import TaskTraits
-from autoopt.optimizers import build_optimizer, set_optimizer_mode
+from autoopt.optimizers import build_optimizer, evaluation_mode
 from autoopt.schedulers import LRSchedule, build_schedule
 from autoopt.space import TrialConfig
 from autoopt.task import gradient_stats, rms_trait
@@ -141,20 +141,13 @@ class Trial:
         dense = [p for p in params if p.grad is not None and not p.grad.is_sparse]
         torch.nn.utils.clip_grad_norm_(dense, self.grad_clip)
 
-    @contextlib.contextmanager
-    def evaluating(self) -> Iterator[None]:
+    def evaluating(self) -> contextlib.AbstractContextManager[None]:
         """Evaluate (and save weights) inside ``with trial.evaluating():``. A schedule-free
-        optimizer (Schedule-Free AdamW and SGD, which a study may sample and the recommender often
-        ranks first) trains at interpolated weights and must be evaluated at its averaged ones:
-        this switches the trial's optimizers to them and back to training after the block, as
+        optimizer (Schedule-Free AdamW, which a study may sample and the recommender often ranks
+        first) trains at interpolated weights and must be evaluated at its averaged ones: this
+        switches the trial's optimizers to them and back to training after the block, as
         autoopt's own loop does; for every other optimizer it does nothing."""
-        for optimizer in self._optimizers:
-            set_optimizer_mode(optimizer, training=False)
-        try:
-            yield
-        finally:
-            for optimizer in self._optimizers:
-                set_optimizer_mode(optimizer, training=True)
+        return evaluation_mode(*self._optimizers)
 
     # --- talking to the study ---------------------------------------------------------------
     def report(self, value: float, step: int | None = None, *, train_loss: float | None = None) -> None:
