@@ -5,6 +5,10 @@ Each study: 12 trials, 2 workers, TPE with the study's seed, the default pruner,
 driver with Ray started once; the two ranges alternate per seed so neither runs on a warmer
 machine. Resumable (one JSON per study). Rule and verdict: docs/benchmarks.md, section 5.
 
+The run had lion's catalog range widened to 0.0316 (`bench/results/lion-range/catalog.diff`); the
+verdict reverted it, so against the shipped catalog both arms are the same range: apply that diff
+first to repeat the run.
+
     PYTHONPATH=. python -m bench.lion_range --out bench/results/lion-range [--seeds 3]
 """
 
