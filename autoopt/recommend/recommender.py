@@ -68,6 +68,11 @@ STATE_BYTES = 4
 #: weight (n_near / (n_near + k)): strong evidence near the queried traits (with the default
 #: evidence_k of 0.5, two or more tasks' worth of kernel weight).
 STRONG_EVIDENCE_WEIGHT = 0.8
+#: ... and at least this many of the query's own domain's tasks that ran the optimizer lie within
+#: SIMILAR_BANDWIDTHS of its traits: the kernel evidence adds every task, other domains' too (a
+#: recsys query with a few hundred examples gathered 6-11 tasks' worth from cv and tabular tasks
+#: with none of its own domain nearby), so the weight alone does not say the evidence is near.
+MIN_SIMILAR_TASKS = 2
 #: ... and only when its pick beats the rules' favourite in at least this share of the scenarios
 #: (0.8 kept the rules first where the data was right: leaving families out, top-1 0.256 vs 0.179 at 0.6).
 OVERRIDE_CONFIDENCE = 0.6
@@ -645,7 +650,7 @@ class Recommender:
                     "text": f"Portfolio pick: with it the expected regret of the best of the first {i} falls from "
                             f"{best_of[i - 2]:.3f} to {best_of[i - 1]:.3f} (it does well where the ones before it may not).",
                 })
-        overrides_found = self._overrides(advice, recs, [r.optimizer for r in recs], self._names(ruled, feasible))
+        overrides_found = self._overrides(t, advice, recs, [r.optimizer for r in recs], self._names(ruled, feasible))
         by_taker: dict[str, list[dict[str, Any]]] = {}
         for o in overrides_found:  # the reason goes with the pick that took the rule's place
             by_taker.setdefault(o["instead"], []).append(o)
@@ -713,6 +718,8 @@ class Recommender:
         """Is the data strong enough near the traits to put ``rec`` where the rules would not?"""
         if rec.learned_weight < STRONG_EVIDENCE_WEIGHT:
             return False
+        if rec.evidence.get("similar_studies", 0) < MIN_SIMILAR_TASKS:  # the weight came from afar
+            return False
         # the zoo's tasks are small: a query that does not say its size is not near them
         return traits.n_params is not None or traits.dataset_size is not None
 
@@ -761,8 +768,14 @@ class Recommender:
                    "(give --params or --dataset-size to let measured evidence decide)")
         else:
             w = max(recs[i].learned_weight for i in newcomers)
-            why = (f"the evidence near these traits is weak (learned weight {w:.2f}, below {STRONG_EVIDENCE_WEIGHT})"
-                   if w < STRONG_EVIDENCE_WEIGHT else "the data's pick does not beat the guidance's clearly enough")
+            similar = max(recs[i].evidence.get("similar_studies", 0) for i in newcomers)
+            if w < STRONG_EVIDENCE_WEIGHT:
+                why = f"the evidence near these traits is weak (learned weight {w:.2f}, below {STRONG_EVIDENCE_WEIGHT})"
+            elif similar < MIN_SIMILAR_TASKS:
+                why = (f"{similar or 'none'} of the zoo's {t.domain} tasks {'is' if similar == 1 else 'are'} near these "
+                       f"traits (at least {MIN_SIMILAR_TASKS} needed; the rest of its evidence comes from other domains' tasks)")
+            else:
+                why = "the data's pick does not beat the guidance's clearly enough"
         return {"text": f"Guidance kept: the zoo's data would put {said} {where}; it does not override the "
                         f"documents here because {why}.", "rule": "data-held-back", "sources": [ZOO_SOURCE]}
 
@@ -780,7 +793,8 @@ class Recommender:
                         "For a larger model give it (`--params 100M`; traits n_params): outside that range the "
                         "rules set the lr.", "rule": "model-size-unstated", "sources": [ZOO_SOURCE]}
 
-    def _overrides(self, advice: Advice, recs: list[Recommendation], final: list[str], ruled: list[str]) -> list[dict[str, Any]]:
+    def _overrides(self, t: TaskTraits, advice: Advice, recs: list[Recommendation], final: list[str],
+                   ruled: list[str]) -> list[dict[str, Any]]:
         """Rules whose favourite the rules alone would put first (or in the top 3) and the data moved out."""
         if self.model is None or not final:
             return []
@@ -805,7 +819,8 @@ class Recommender:
             # who took its place: the first pick, or the top-k picks the rules alone would not have made
             took = [final[0]] if first_lost else [o for o in final[:k] if o not in ruled[:k]] or [final[0]]
             near = by_name[took[0]].evidence.get("n_near", 0.0)
-            evidence = f"on the zoo's tasks near these traits (evidence {near:.1f} tasks)"
+            similar = by_name[took[0]].evidence.get("similar_studies", 0)
+            evidence = f"on the zoo's tasks near these traits (evidence {near:.1f} tasks, {similar} of them {t.domain} tasks like it)"
             if first_lost:
                 lr = by_name[took[0]].hyperparameters["lr"]
                 why = (f"{evidence} {took[0]} at lr {lr:.3g} is predicted at regret {_regret(by_name[took[0]])} "
