@@ -216,3 +216,28 @@ def test_a_domain_the_zoo_never_ran_is_an_extrapolation_and_the_rules_decide(shi
     assert first.hyperparameters["lr"] <= 1e-3 if query["domain"] == "gan" else first.hyperparameters["lr"] <= 3e-3
     if query["domain"] == "gan":
         assert first.hyperparameters["beta1"] == 0.5
+
+
+def test_strong_evidence_needs_tasks_of_the_querys_own_domain_nearby(shipped):
+    """A recsys query with a few hundred examples lies inside every trait range of the zoo, and the
+    kernel evidence added 11 tasks' worth from cv and tabular tasks (learned weight 0.96), so
+    Schedule-Free AdamW and NAdam took the top 3 from the rules' Adam family with none of the
+    zoo's recsys tasks near it. Strong evidence needs MIN_SIMILAR_TASKS of the query's own domain
+    within SIMILAR_BANDWIDTHS; a cv query where the zoo's cv tasks are dense still overrides, and
+    says how many of its evidence tasks are cv tasks."""
+    from autoopt.recommend.recommender import MIN_SIMILAR_TASKS
+
+    sparse_here = TaskTraits(domain="recsys", batch_size=535, n_params=10_719, dataset_size=598)
+    ans = shipped.rank(sparse_here, top=3)
+    wanted = [r for r in shipped.rank(sparse_here, top=None) if r.learned_weight >= 0.8]
+    assert wanted and max(r.learned_weight for r in wanted) > 0.9  # the weight alone called it strong
+    assert not ans.overrides and not [r for r in ans if r.reasons[0]["rule"] == "data-override"]
+    assert set(ans.optimizers[:3]) == set(Recommender(model=None).rank(sparse_here, top=3).optimizers[:3])
+    assert "schedulefree_adamw" not in ans.optimizers[:3]
+    held = next(n for n in ans.notes if n["rule"] == "data-held-back")
+    assert "schedulefree_adamw" in held["text"] and "recsys tasks" in held["text"] and "needed" in held["text"]
+
+    dense = shipped.rank(TaskTraits(domain="cv", batch_size=256, n_params=300_000, dataset_size=20_000), top=3)
+    assert dense.overrides and dense[0].optimizer == "schedulefree_adamw"
+    assert all("cv tasks like it" in o["text"] and o["evidence"]["similar_tasks"] >= MIN_SIMILAR_TASKS
+               for o in dense.overrides)
