@@ -241,3 +241,23 @@ def test_strong_evidence_needs_tasks_of_the_querys_own_domain_nearby(shipped):
     assert dense.overrides and dense[0].optimizer == "schedulefree_adamw"
     assert all("cv tasks like it" in o["text"] and o["evidence"]["similar_tasks"] >= MIN_SIMILAR_TASKS
                for o in dense.overrides)
+
+
+def test_a_pick_the_guidance_kept_does_not_claim_a_portfolio_gain(shipped):
+    """`autoopt recommend --task nlp --batch 16` (no size, so the rules keep their top 3) put SGD
+    third with the reason "Portfolio pick: ... falls from 0.221 to 0.221 (it does well where the
+    ones before it may not)": the data gave it no gain, the guidance kept it. Such a pick says so;
+    a pick the portfolio chose keeps its portfolio reason."""
+    ans = shipped.rank(TaskTraits(domain="nlp", batch_size=16), top=5)
+    held = next(n for n in ans.notes if n["rule"] == "data-held-back")
+    for r in ans.recommendations[:3]:
+        rules = [x["rule"] for x in r.reasons]
+        assert "portfolio" not in rules and "guidance-kept" in rules, (r.optimizer, rules)
+        assert not re.search(rf"(?<!\w){r.optimizer} \(predicted regret", held["text"])  # the data's are others
+    assert "portfolio" in [x["rule"] for x in ans.recommendations[3].reasons]
+    sgd = next(r for r in ans if r.optimizer == "sgd")
+    kept = next(x["text"] for x in sgd.reasons if x["rule"] == "guidance-kept")
+    assert "falls" not in kept and "0.221 to 0.221" in kept
+    # where the data decides (the size given, evidence near), no pick is said to be the guidance's
+    sized = shipped.rank(TaskTraits(domain="cv", batch_size=256, n_params=300_000, dataset_size=20_000), top=5)
+    assert not [x for r in sized for x in r.reasons if x["rule"] == "guidance-kept"]
