@@ -168,19 +168,36 @@ def test_a_stalled_driver_takes_its_reaped_trial_back(url):
 @pytest.mark.slow
 def test_two_autoopt_run_processes_share_one_budget(url, tmp_path):
     """Two real `autoopt run` drivers (each with its own Ray) on one study: exactly n_trials
-    trials, all complete, none re-run, and neither driver reaps the other's live trials."""
+    trials, all complete, none re-run, and neither driver reaps the other's live trials.
+
+    Each trial is held at its first evaluation until both drivers have one in a worker (one
+    worker each: two held trials at once are one per driver), so both take part however the
+    machine's load orders their start-ups; with the plain tabular task, a driver that started
+    a few seconds sooner sometimes ran all six trials before the other had its worker."""
     import os
     import subprocess
     import sys
 
     name = f"shared-{uuid.uuid4().hex[:6]}"
+    gate = tmp_path / "gate"
+    gate.mkdir()
     spec = tmp_path / "shared.yaml"
-    spec.write_text(f"name: {name}\ntask: tabular\ntask_options: {{size: 0.25, epochs: 2}}\nn_trials: 6\n"
-                    "workers: 1\npruner: none\ntracking: false\nspace: {optimizers: [adam], schedulers: [constant]}\n")
+    spec.write_text(f"name: {name}\ntask: helper_tasks:GatedTask\ntask_options: {{gate: {gate}, size: 0.25, epochs: 2}}\n"
+                    "n_trials: 6\nworkers: 1\npruner: none\ntracking: false\n"
+                    "space: {optimizers: [adam], schedulers: [constant]}\n")
     env = {**os.environ, "AUTOOPT_STORAGE": url, "AUTOOPT_HEARTBEAT_S": "1", "AUTOOPT_STALE_AFTER_S": "10"}
     drivers = [subprocess.Popen([sys.executable, "-m", "autoopt.cli", "run", str(spec), "--json"], cwd=tmp_path,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
+    deadline = time.monotonic() + 300
+    while len({p.name.split("-")[1] for p in gate.glob("held-*")}) < 2:  # two worker processes
+        if time.monotonic() > deadline or any(d.poll() is not None for d in drivers):
+            for d in drivers:
+                d.kill()
+            pytest.fail("the two drivers never had a trial in a worker at once: "
+                        + " | ".join(d.communicate()[1][-1500:] for d in drivers))
+        time.sleep(0.2)
+    (gate / "open").touch()
     for d in drivers:
         _, err = d.communicate(timeout=400)
         assert d.returncode == 0, err[-3000:]
