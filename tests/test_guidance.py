@@ -261,3 +261,42 @@ def test_a_pick_the_guidance_kept_does_not_claim_a_portfolio_gain(shipped):
     # where the data decides (the size given, evidence near), no pick is said to be the guidance's
     sized = shipped.rank(TaskTraits(domain="cv", batch_size=256, n_params=300_000, dataset_size=20_000), top=5)
     assert not [x for r in sized for x in r.reasons if x["rule"] == "guidance-kept"]
+
+
+def test_any_query_gets_a_consistent_answer(shipped):
+    """Property test over the queries a user may type (any domain the CLI takes, batch 1 to 10^6,
+    sizes given or not, sparse or not): an answer, every float hyperparameter inside its catalog
+    range, best-of non-increasing down the portfolio, a data override only where the query's own
+    domain has MIN_SIMILAR_TASKS zoo tasks near it, and no pick both kept by the guidance and
+    claiming a portfolio gain."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from autoopt.recommend.recommender import MIN_SIMILAR_TASKS, CatalogView
+
+    catalog = CatalogView.current()
+    queries = st.fixed_dictionaries(
+        {"domain": st.sampled_from(["cv", "nlp", "tabular", "recsys", "speech", "other", "gan", "rl"]),
+         "batch_size": st.integers(1, 10**6)},
+        optional={"n_params": st.integers(100, 10**11), "dataset_size": st.integers(10, 10**9),
+                  "sparse_gradients": st.booleans()})
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(queries)
+    def check(query):
+        ans = shipped.rank(TaskTraits(**query), top=5)
+        assert len(ans.recommendations) == 5
+        takers = {o for ov in ans.overrides for o in ov["displaced_by"]}
+        best_of = [r.portfolio_best_of for r in ans if r.portfolio_best_of is not None]
+        assert all(b <= a + 1e-9 for a, b in zip(best_of, best_of[1:])), best_of
+        for r in ans:
+            for name, value in r.hyperparameters.items():
+                hp = catalog.hyperparam(r.optimizer, name)
+                if hp and hp["kind"] == "float" and isinstance(value, float) and not (hp["allow_zero"] and value == 0):
+                    assert hp["low"] * (1 - 1e-9) <= value <= hp["high"] * (1 + 1e-9), (r.optimizer, name, value)
+            if r.optimizer in takers:
+                assert r.evidence.get("similar_studies", 0) >= MIN_SIMILAR_TASKS, (query, r.optimizer, r.evidence)
+            rules = {x["rule"] for x in r.reasons}
+            assert not {"guidance-kept", "portfolio"} <= rules, (query, r.optimizer)
+
+    check()
