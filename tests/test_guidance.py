@@ -261,6 +261,16 @@ def test_a_pick_the_guidance_kept_does_not_claim_a_portfolio_gain(shipped):
     # where the data decides (the size given, evidence near), no pick is said to be the guidance's
     sized = shipped.rank(TaskTraits(domain="cv", batch_size=256, n_params=300_000, dataset_size=20_000), top=5)
     assert not [x for r in sized for x in r.reasons if x["rule"] == "guidance-kept"]
+    # and the table's caption says which order it shows
+    from typer.testing import CliRunner
+
+    from autoopt.cli import app
+
+    out = CliRunner().invoke(app, ["recommend", "--task", "nlp", "--batch", "16"], terminal_width=400).output
+    assert "the guidance kept 3 of the top 3" in out and "portfolio order (each pick" not in out
+    out = CliRunner().invoke(app, ["recommend", "--task", "cv", "--batch", "256", "--params", "300k",
+                                   "--dataset-size", "20k"], terminal_width=400).output
+    assert "portfolio order (each pick most lowers the expected best-of)" in out and "guidance kept" not in out
 
 
 def test_any_query_gets_a_consistent_answer(shipped):

@@ -136,10 +136,12 @@ def render(answer: Any, console: Any = None) -> None:
     m = answer.model
     evidence = (f"learned model on {m['tasks']} zoo tasks of {m['families']} families" if m["fitted"]
                 else "no learned model (rules only)")
+    kept = sum(1 for r in answer.recommendations if any(x["rule"] == "guidance-kept" for x in r.reasons))
+    order = ("portfolio order (each pick most lowers the expected best-of)" if not kept else
+             f"the guidance kept {kept} of the top 3 (see the notes), the rest in portfolio order")
     table = Table(
         title=f"Optimizers for {', '.join(desc)}",
-        caption=f"rule prior + {evidence}; portfolio order (each pick most lowers the expected best-of); "
-        f"regret {REGRET_SCALE}",
+        caption=f"rule prior + {evidence}; {order}; regret {REGRET_SCALE}",
         box=box.SIMPLE_HEAD, pad_edge=False,
     )
     for col, kw in (
