@@ -120,6 +120,14 @@ def run(ctx: Context) -> dict[str, Any]:
 
     long["optuna_memory"] = _optuna_loop(None, n_long)
     long["optuna_sqlite"] = _optuna_loop(open_storage(ctx.sqlite(f"engine-long-{uuid.uuid4().hex[:6]}")), n_long)
+    # issue #13: "the same on PostgreSQL": autoopt and plain Optuna each on a PostgreSQL database
+    if ctx.postgres():
+        try:
+            r = _one(ctx, "autoopt", TRIVIAL, {}, n_long, 2, "postgresql")
+            long["autoopt_postgresql"] = {**rates(r), **_per_trial([e.t_end for e in r.events])}
+        except Exception as exc:  # noqa: BLE001
+            long["autoopt_postgresql"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        long["optuna_postgresql"] = _optuna_loop(open_storage(ctx.postgres()), n_long)
     res["long"] = long
     for k, v in long.items():
         ctx.note(f"  engine {n_long} trials, {k}: wall {fmt(v.get('wall_s'))} s, per trial first 100 "
@@ -158,7 +166,8 @@ def markdown(res: dict[str, Any]) -> str:
                          f"{fmt(o['teardown_s'])} s, {fmt(o['overhead_per_trial_s'])} s per trial)\n")
     lrows = [[k, v.get("wall_s", v.get("error")), v.get("first_s"), v.get("last_s"), v.get("ratio")]
              for k, v in res["long"].items()]
-    parts.append(f"{res['n_long']} trivial trials (autoopt: 2 workers, SQLite, MLflow on; Optuna: one process):\n")
+    parts.append(f"{res['n_long']} trivial trials (autoopt: 2 workers, MLflow on, SQLite unless the row says "
+                 "PostgreSQL; Optuna: one process):\n")
     parts.append(table(["system", "wall s", "s/trial, first 100", "s/trial, last 100", "last / first (target ≤ 1.2)"],
                        lrows))
     return "\n".join(parts)
