@@ -312,6 +312,8 @@ class StudyCoordinator:
         self.traits = task.traits
         self.space = SearchSpace(search.space, self.traits, has_matrix_params=task.has_matrix_params)
         self.storage = open_storage(self.storage_url)
+        #: the study's stored distribution per param name (write_trial's check reads each name once)
+        self._distributions: dict[str, str] = {}
         _keep_reserve(self.storage_url)
         base = make_sampler(search.sampler, seed=search.seed, **search.sampler_options)
         self.study = optuna.create_study(
@@ -413,7 +415,8 @@ class StudyCoordinator:
             return self.ask()
         if not written:  # one transaction for the trial's attributes (Optuna's set_user_attr commits each key)
             write_trial(self.storage, trial._trial_id, self._start_attrs(config),
-                        params=trial_params(trial) if prepared is None else None)
+                        params=trial_params(trial) if prepared is None else None,
+                        known_distributions=self._distributions)
         trial.storage = self.storage
         self._asking = None
         self._live[trial.number] = trial
@@ -598,7 +601,8 @@ class StudyCoordinator:
                 return None
             self._unqueued = (trial, config)
         # the params and RUNNING -> WAITING in one transaction: Optuna's next ask takes it
-        write_trial(self.storage, trial._trial_id, {}, TrialState.WAITING, params=trial_params(trial))
+        write_trial(self.storage, trial._trial_id, {}, TrialState.WAITING, params=trial_params(trial),
+                    known_distributions=self._distributions)
         self._unqueued = None
         self._prepared[trial.number] = (config, dict(trial.params))
         self._waiting.add(trial.number)

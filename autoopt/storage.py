@@ -203,7 +203,8 @@ def trial_params(trial: optuna.Trial) -> list[tuple[str, float, Any]]:
 def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs: dict[str, Any],
                 state: TrialState | None = None, values: list[float] | None = None,
                 params: list[tuple[str, float, Any]] | None = None, started: Any = None,
-                intermediate: dict[int, float] | None = None) -> None:
+                intermediate: dict[int, float] | None = None,
+                known_distributions: dict[str, str] | None = None) -> None:
     """Set a trial's user attributes (and ``params``, see :class:`DeferredParams`) and, with
     ``state``, move it on or close it: one transaction on an RDB storage, so a trial event costs
     one commit instead of one per key (Optuna's public API commits each ``set_trial_user_attr``
@@ -211,7 +212,9 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
     finished trial raises ``UpdateFinishedTrialError`` as Optuna's calls do. ``started`` (a
     datetime, RDB storages only): when the trial's worker started it (Optuna's start is when the
     coordinator handed it out). ``intermediate``: reported values ({step: value}) written before
-    the state, as ``set_trial_intermediate_value`` would."""
+    the state, as ``set_trial_intermediate_value`` would. ``known_distributions``: the study's
+    stored distribution per param name, as far as the caller has seen them (see :func:`_add_params`;
+    filled in here)."""
     rdb = _rdb_backend(storage)
     if rdb is None:
         stored = storage.get_trial(trial_id).params if params else {}
@@ -234,7 +237,7 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=state is not None)
         rdb.check_trial_is_updatable(trial_id, trial.state)
         if params:
-            _add_params(session, trial, params)
+            _add_params(session, trial, params, known_distributions)
         _upsert_user_attrs(rdb, session, trial_id, user_attrs)
         for step, v in (intermediate or {}).items():
             rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, v)
@@ -248,27 +251,39 @@ def write_trial(storage: optuna.storages.BaseStorage, trial_id: int, user_attrs:
             trial.datetime_start = started
 
 
-def _add_params(session: Any, trial: Any, params: list[tuple[str, float, Any]]) -> None:
+def _add_params(session: Any, trial: Any, params: list[tuple[str, float, Any]],
+                known: dict[str, str] | None = None) -> None:
     """Insert the params the trial does not have yet (a retried call's are there), each checked
     against the distribution the study's earlier trials stored under its name, as Optuna's
-    ``set_trial_param`` does: two reads for all of them instead of two per param."""
+    ``set_trial_param`` does: two reads for all of them instead of two per param.
+
+    ``known`` ({name: distribution JSON}, kept by the caller for one study) spares the second read
+    for names already seen: it scans every param of the study under those names, so it grew with
+    the study (on PostgreSQL 1.6 ms a trial at 100 trials, 16 ms at 1000). A stored distribution
+    never changes, and every later one was checked against it, so one seen is as good as the
+    first."""
     from optuna import distributions as D
     from optuna.storages._rdb import models
 
+    known = {} if known is None else known
     P = models.TrialParamModel
     stored = {name for (name,) in session.query(P.param_name).filter(P.trial_id == trial.trial_id)}
     todo = [p for p in params if p[0] not in stored]
     if not todo:
         return
-    first = (session.query(sqlalchemy.func.min(P.param_id)).join(models.TrialModel)
-             .filter(models.TrialModel.study_id == trial.study_id, P.param_name.in_([n for n, _, _ in todo]))
-             .group_by(P.param_name))
-    earlier = dict(session.query(P.param_name, P.distribution_json).filter(P.param_id.in_(first.scalar_subquery())))
+    unseen = [n for n, _, _ in todo if n not in known]
+    if unseen:
+        first = (session.query(sqlalchemy.func.min(P.param_id)).join(models.TrialModel)
+                 .filter(models.TrialModel.study_id == trial.study_id, P.param_name.in_(unseen))
+                 .group_by(P.param_name))
+        known.update(session.query(P.param_name, P.distribution_json).filter(P.param_id.in_(first.scalar_subquery())))
     for name, value, distribution in todo:
-        if name in earlier:
-            D.check_distribution_compatibility(D.json_to_distribution(earlier[name]), distribution)
+        if name in known:
+            D.check_distribution_compatibility(D.json_to_distribution(known[name]), distribution)
     session.add_all([P(trial_id=trial.trial_id, param_name=name, param_value=value,
                        distribution_json=D.distribution_to_json(distribution)) for name, value, distribution in todo])
+    for name, _, distribution in todo:
+        known.setdefault(name, D.distribution_to_json(distribution))
 
 
 def _upsert_user_attrs(rdb: Any, session: Any, trial_id: int, user_attrs: dict[str, Any]) -> None:
