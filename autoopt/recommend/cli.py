@@ -112,7 +112,7 @@ def render(answer: Any, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from autoopt.recommend.recommender import REGRET_SCALE
+    from autoopt.recommend.recommender import OVERRIDE_DEPTH, REGRET_SCALE
 
     console = console or Console(width=None if sys.stdout.isatty() else 130)
     t = answer.traits
@@ -138,7 +138,8 @@ def render(answer: Any, console: Any = None) -> None:
                 else "no learned model (rules only)")
     kept = sum(1 for r in answer.recommendations if any(x["rule"] == "guidance-kept" for x in r.reasons))
     order = ("portfolio order (each pick most lowers the expected best-of)" if not kept else
-             f"the guidance kept {kept} of the top 3 (see the notes), the rest in portfolio order")
+             f"the guidance kept {kept} of the top {min(OVERRIDE_DEPTH, len(answer.recommendations))} "
+             "(see the notes), the rest in portfolio order")
     table = Table(
         title=f"Optimizers for {', '.join(desc)}",
         caption=f"rule prior + {evidence}; {order}; regret {REGRET_SCALE}",

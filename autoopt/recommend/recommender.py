@@ -622,7 +622,7 @@ class Recommender:
         order, best_of = self._portfolio(recs, k)
         ruled, _ = self._portfolio(recs, k, prior_only=True)
         held: dict[str, Any] | None = None
-        kept: set[int] = set()  # top picks the guidance kept where the data alone would not have put them
+        kept: set[str] = set()  # top picks the guidance kept where the data alone would not have put them
         if order:
             # the guidance keeps first place unless the data near these traits is strong and clear,
             # and its top OVERRIDE_DEPTH unless the data is strong near the traits for each newcomer
@@ -633,8 +633,7 @@ class Recommender:
                 wanted = order
                 order, best_of = self._portfolio(recs, k, first=first, eligible=(depth, allowed))
                 held = self._held_back_note(t, recs, wanted, order, depth, bool(extrapolating))
-                kept = {i for i in order[:depth] if i not in wanted[:depth]}
-        kept_names = {recs[i].optimizer for i in kept}
+                kept = {recs[i].optimizer for i in order[:depth] if i not in wanted[:depth]}
         recs = [recs[i] for i in order]
         for i, r in enumerate(recs, 1):
             r.rank = i
@@ -646,7 +645,7 @@ class Recommender:
                             f"weight {r.learned_weight:.2f}) predict regret {r.predicted_regret:.2f} at lr "
                             f"{r.hyperparameters['lr']:.3g} ({REGRET_SCALE}).",
                 })
-            if r.optimizer in kept_names and i <= len(best_of):
+            if r.optimizer in kept and i <= len(best_of):
                 # not chosen for its gain: saying "it does well where the ones before it may not" would be false
                 change = (f"with it the expected regret of the best of the first {i} goes from {best_of[i - 2]:.3f} "
                           f"to {best_of[i - 1]:.3f}" if i > 1 else f"its expected regret is {best_of[0]:.3f}")
