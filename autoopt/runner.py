@@ -487,6 +487,9 @@ class StudyRunner:
         #: the study's counts when its coordinator opened it (reopen's or the first summary's answer)
         self._opened_counts: dict[str, int] = {}
         self._progress_write: Any = None  # the last mid-study MLflow progress write (a Future)
+        #: the study those writes read, opened once: its trial cache then reads only the trials that
+        #: changed since the last write (a study opened anew read all of them every time)
+        self._progress_study: Any = None
         #: the study as it ended (set by a run that ended normally): the result needs no new read
         self.final_summary: R.StudySummary | None = None
 
@@ -1132,7 +1135,9 @@ class StudyRunner:
             import optuna
 
             try:
-                self.tracker.log_progress(optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)))
+                if self._progress_study is None:
+                    self._progress_study = optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url))
+                self.tracker.log_progress(self._progress_study)
             except Exception:
                 pass
 

@@ -8,6 +8,7 @@ value is still allowed.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import inspect
 from typing import Any, Callable, Sequence
@@ -44,14 +45,30 @@ class _ChoiceView:
         return getattr(self._study, name)
 
 
+class _Snapshot:
+    """The study's trials as read once for the trial being sampled, with what is derived from them
+    for each of its parameters: the trials by state, and TPE's split of them (see _memoized_split)."""
+
+    def __init__(self, trial_id: int, trials: list[FrozenTrial]):
+        self.trial_id, self.trials = trial_id, trials
+        self.by_states: dict[tuple, list[FrozenTrial]] = {}
+        self.splits: dict[tuple, tuple[list[FrozenTrial], list[FrozenTrial]]] = {}
+
+
 class _SnapshotView:
     """A study whose trials are read once per trial being sampled (see ChoiceRestrictingSampler)."""
 
-    def __init__(self, study: Study, trials: list[FrozenTrial]):
-        self._study, self._trials = study, trials
+    def __init__(self, study: Study, snapshot: _Snapshot):
+        self._study, self._snapshot = study, snapshot
 
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        if states is None:
+            trials = self._snapshot.trials
+        else:  # TPE asks for the same states once or twice per parameter
+            key = tuple(states)
+            trials = self._snapshot.by_states.get(key)  # type: ignore[assignment]
+            if trials is None:
+                trials = self._snapshot.by_states[key] = [t for t in self._snapshot.trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else list(trials)
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
@@ -65,6 +82,49 @@ class _SnapshotView:
         return getattr(self._study, name)
 
 
+#: the splits of the snapshot being sampled from, while a ChoiceRestrictingSampler samples from one
+_ACTIVE_SPLITS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("autoopt_tpe_splits", default=None)
+
+
+def _memoized_split(split: Callable[..., Any]) -> Callable[..., Any]:
+    """Optuna's TPE splits the trials into its good and bad groups again for every parameter it
+    samples (``optuna.samplers._tpe.sampler._split_trials``: a pass over every finished trial,
+    reading each one's constraints, and a sort). From one snapshot the trials and so the split
+    are the same for all of a trial's parameters: computed once. At 1000 trials this was the
+    largest part of the coordinator's per-trial cost growing with the study (issue #13,
+    docs/benchmarks.md). Outside a snapshot (plain Optuna, another sampler) it calls through."""
+
+    def split_once(study: Study, trials: list[FrozenTrial], n_below: int) -> Any:
+        memo = _ACTIVE_SPLITS.get()
+        if memo is None:
+            return split(study, trials, n_below)
+        # the same trial objects in the same order: the snapshot holds them (and the memo's
+        # lists do), so no id is reused while the memo lives
+        key = (n_below, tuple(map(id, trials)))
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = split(study, trials, n_below)
+        below, above = found
+        return list(below), list(above)
+
+    split_once.__wrapped__ = split  # type: ignore[attr-defined]
+    return split_once
+
+
+def _install_split_memo() -> bool:
+    """Wrap TPE's split once per process; False (sampling unchanged, only slower) if this Optuna
+    has no such function with that signature."""
+    from optuna.samplers._tpe import sampler as tpe
+
+    split = getattr(tpe, "_split_trials", None)
+    if split is None or hasattr(split, "__wrapped__"):
+        return split is not None
+    if list(inspect.signature(split).parameters) != ["study", "trials", "n_below"]:
+        return False
+    tpe._split_trials = _memoized_split(split)
+    return True
+
+
 class ChoiceRestrictingSampler(BaseSampler):
     """Sample restricted categoricals from their allowed subset; delegate everything else.
 
@@ -75,38 +135,53 @@ class ChoiceRestrictingSampler(BaseSampler):
     that read. Optuna 5's TPE (constant liar on) reads every trial again for each parameter, one
     storage query per parameter; the study's coordinator, the one process sampling for all its
     workers, reads once. Trials other drivers finish during those milliseconds are seen by the
-    next trial instead.
+    next trial instead. What TPE derives from the trials for each parameter (the trials by state,
+    its split into good and bad) is then derived once per trial too: the same draws, at a cost
+    that grows less with the study.
     """
 
     def __init__(self, base: BaseSampler, restrictions: dict[str, tuple], snapshot: bool = False):
         self.base = base
         self.restrictions = restrictions
         self.snapshot = snapshot
-        self._snapshot: tuple[int, list[FrozenTrial]] | None = None
+        if snapshot:
+            _install_split_memo()
+        self._snapshot: _Snapshot | None = None
 
     def _view(self, study: Study, trial: FrozenTrial) -> Study:
         if not self.snapshot:
             return study
-        if self._snapshot is None or self._snapshot[0] != trial._trial_id:
-            self._snapshot = (trial._trial_id, study._get_trials(deepcopy=False))
-        return _SnapshotView(study, self._snapshot[1])  # type: ignore[return-value]
+        if self._snapshot is None or self._snapshot.trial_id != trial._trial_id:
+            self._snapshot = _Snapshot(trial._trial_id, study._get_trials(deepcopy=False))
+        return _SnapshotView(study, self._snapshot)  # type: ignore[return-value]
+
+    def _sampling(self, call: Callable[[Study], Any], study: Study, trial: FrozenTrial) -> Any:
+        """``call`` on the study as this sampler shows it; from a snapshot, with its splits memoized."""
+        view = self._view(study, trial)
+        if self._snapshot is None:
+            return call(view)
+        token = _ACTIVE_SPLITS.set(self._snapshot.splits)
+        try:
+            return call(view)
+        finally:
+            _ACTIVE_SPLITS.reset(token)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         space = self.base.infer_relative_search_space(self._view(study, trial), trial)
         return {k: v for k, v in space.items() if not self._restricted(k, v)}
 
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.base.sample_relative(self._view(study, trial), trial, search_space)
+        return self._sampling(lambda view: self.base.sample_relative(view, trial, search_space), study, trial)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
-        study = self._view(study, trial)
         if self._restricted(param_name, param_distribution):
             allowed = self.restrictions[param_name]
             assert isinstance(param_distribution, CategoricalDistribution)
             narrowed = CategoricalDistribution([c for c in param_distribution.choices if c in allowed])
-            view = _ChoiceView(study, param_name, narrowed.choices)
-            return self.base.sample_independent(view, trial, param_name, narrowed)  # type: ignore[arg-type]
-        return self.base.sample_independent(study, trial, param_name, param_distribution)
+            return self._sampling(lambda view: self.base.sample_independent(
+                _ChoiceView(view, param_name, narrowed.choices), trial, param_name, narrowed), study, trial)  # type: ignore[arg-type]
+        return self._sampling(lambda view: self.base.sample_independent(view, trial, param_name, param_distribution),
+                              study, trial)
 
     def _restricted(self, name: str, dist: BaseDistribution) -> bool:
         allowed = self.restrictions.get(name)

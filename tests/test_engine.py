@@ -182,11 +182,15 @@ def test_a_trial_records_when_its_worker_started_it(tmp_path):
     assert abs(trial.datetime_start - dt.datetime.fromtimestamp(started)) < dt.timedelta(milliseconds=1)
 
 
-def test_the_budget_is_counted_in_one_query_as_a_scan_counts_it(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_budget_is_counted_in_one_query_as_a_scan_counts_it(backend, tmp_path, request):
+    """The query looks the retried mark up on failed trials only (a lookup per trial cost 2.3 ms at
+    1000 trials on PostgreSQL, twice a trial): the counts still agree with a scan on both backends."""
     from autoopt.coordinator import _uses_budget
     from autoopt.storage import budget_counts
 
-    c = coordinator(f"sqlite:///{tmp_path}/s.db", retries=1)
+    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    c = coordinator(url, retries=1)
     for state in ("complete", "pruned"):
         item = c.ask()
         c.tell(item["number"], outcome(state, 0.5, 3))
@@ -299,6 +303,45 @@ def test_a_study_result_is_the_studys_own_summary_read_once(ray_local, workdir):
     # the one epoch's value was not reported on its own: it came with the outcome
     for t in trials:
         assert t.intermediate_values == {h["epoch"]: pytest.approx(h["val_metric"]) for h in t.user_attrs[R.HISTORY]}
+
+
+def test_the_mid_study_progress_reads_only_the_trials_that_changed(ray_local, workdir, monkeypatch):
+    """The driver keeps the MLflow study run's counts live every ``REAP_EVERY_S``. It opened the
+    study anew for each write, and a new study's trial cache read every trial: at 1000 trials on
+    PostgreSQL about 2 s of the driver's CPU every 15 s, growing with the study. It opens the
+    study once: after the first write, each reads only the trials new or unfinished since."""
+    import threading
+
+    import sqlalchemy as sa
+
+    import autoopt
+    import autoopt.runner
+
+    monkeypatch.setattr(autoopt.runner, "REAP_EVERY_S", 0.2)
+    url = f"sqlite:///{workdir}/s.db"
+    reads: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if (threading.current_thread().name.startswith("autoopt-mlflow")
+                and statement.lstrip().startswith("SELECT trials.trial_id AS trials_trial_id, trials.number")):
+            reads.append(statement)
+
+    engine = open_storage(url).engine  # the driver's own storage: one per URL and process
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        spec = StudySpec.from_dict(dict(
+            name="progress", task="bench.trivial:SleepTask", task_options={"sleep_s": 0.25}, n_trials=12, workers=2,
+            seed=0, tracking=True, storage=url, pruner="none", space={"optimizers": ["adamw"]}))
+        result = autoopt.run(spec)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert result.counts["complete"] == 12
+    # a read without "trial_id >" reads every trial of the study; the cache reads that way until
+    # it has seen a trial finish, and never again after
+    incremental = ["trials.trial_id >" in r for r in reads]
+    assert incremental.count(True) >= 3, incremental  # several progress writes once trials finished
+    first = incremental.index(True)
+    assert all(incremental[first:]), f"reads of every trial after the cache had finished ones: {incremental}"
 
 
 def test_a_first_trial_runs_on_the_worker_made_ready_for_it(ray_local, workdir):

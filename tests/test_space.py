@@ -31,6 +31,39 @@ def sample_many(space: SearchSpace, n: int, sampler: str = "random", storage=Non
     return study, configs
 
 
+def test_a_snapshot_sampler_splits_the_trials_once_per_trial_and_draws_the_same(tmp_path):
+    """TPE splits the finished trials into good and bad again for every parameter it samples: at
+    1000 trials that pass was the largest part of the coordinator's per-trial cost that grew with
+    the study (docs/benchmarks.md). From the coordinator's snapshot it is computed once per trial
+    (per list of trials: a restricted choice's own is another), and TPE draws exactly what it
+    draws without the snapshot, on a real study whose objective rewards one lr region."""
+    import math
+
+    space = SearchSpace(SpaceSpec(optimizers=["adamw", "sgd", "lion", "adagrad"]), DENSE)
+
+    def run(snapshot: bool):
+        sampler = ChoiceRestrictingSampler(make_sampler("tpe", seed=0), space.restrictions, snapshot=snapshot)
+        study = optuna.create_study(sampler=sampler, direction="maximize",
+                                    storage=f"sqlite:///{tmp_path}/{snapshot}.db")
+        draws, splits = [], []
+        for _ in range(30):
+            trial = study.ask()
+            cfg = space.sample(trial)
+            draws.append(dict(trial.params))
+            if snapshot and sampler._snapshot is not None:
+                splits.append((len(trial.params), len(sampler._snapshot.splits)))
+            study.tell(trial, -abs(math.log10(cfg.optimizer_params["lr"]) + 2.5))
+        return draws, splits
+
+    plain, _ = run(False)
+    snapped, splits = run(True)
+    assert snapped == plain
+    sampled_by_tpe = splits[10:]  # after TPE's 10 random start-up trials
+    assert sampled_by_tpe and all(n_params >= 4 for n_params, _ in sampled_by_tpe)
+    # one split per list of trials the trial's parameters were drawn from, not one per parameter
+    assert all(1 <= n_splits <= 2 for _, n_splits in sampled_by_tpe), sampled_by_tpe
+
+
 def test_conditional_params_are_the_optimizers_own():
     space = SearchSpace(SpaceSpec(), DENSE)
     _, configs = sample_many(space, 60)
