@@ -85,6 +85,11 @@ class Context:
             admin.dispose()
             self._pg = ""
 
+    def renew_postgres(self) -> None:
+        """Drop this run's PostgreSQL database; the next :meth:`postgres` makes a new, empty one."""
+        self.close()
+        self._pg = None
+
     def note(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         self.log.append(line)

@@ -34,6 +34,17 @@ def _per_trial(ends: list[float], window: int = 100) -> dict[str, float | None]:
     return {"first_s": first, "last_s": last, "ratio": ratio(last, first)}
 
 
+def long_study(ctx: Context, n: int, storage: str) -> dict[str, Any]:
+    """autoopt's ``n``-trivial-trial study (2 workers, MLflow on): its rates and per-trial cost over
+    the first and last 100. It starts once the reports of the studies before it are drawn: a report
+    still drawn in the background slows the first 100 trials, which flatters the last/first ratio."""
+    from autoopt.tracking import wait_for_reports
+
+    wait_for_reports()
+    r = _one(ctx, "autoopt", TRIVIAL, {}, n, 2, storage)
+    return {**rates(r), **_per_trial([e.t_end for e in r.events])}
+
+
 def _optuna_loop(storage: Any, n: int) -> dict[str, Any]:
     """Plain Optuna, one process, the trivial task through autoopt's train loop: completion times."""
     import optuna
@@ -111,12 +122,8 @@ def run(ctx: Context) -> dict[str, Any]:
             else:
                 os.environ["AUTOOPT_REUSE_COORDINATOR"] = before
     long: dict[str, Any] = {}
-    # a 1000-trial study starts once the reports before it are drawn: a report still drawn in the
-    # background slows its first 100 trials, which flatters the last/first ratio
-    wait_for_reports()
     try:
-        r = _one(ctx, "autoopt", TRIVIAL, {}, n_long, 2, "sqlite")
-        long["autoopt"] = {**rates(r), **_per_trial([e.t_end for e in r.events])}
+        long["autoopt"] = long_study(ctx, n_long, "sqlite")
     except Exception as exc:  # noqa: BLE001
         long["autoopt"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     from autoopt.storage import open_storage
@@ -125,10 +132,8 @@ def run(ctx: Context) -> dict[str, Any]:
     long["optuna_sqlite"] = _optuna_loop(open_storage(ctx.sqlite(f"engine-long-{uuid.uuid4().hex[:6]}")), n_long)
     # issue #13: "the same on PostgreSQL": autoopt and plain Optuna each on a PostgreSQL database
     if ctx.postgres():
-        wait_for_reports()
         try:
-            r = _one(ctx, "autoopt", TRIVIAL, {}, n_long, 2, "postgresql")
-            long["autoopt_postgresql"] = {**rates(r), **_per_trial([e.t_end for e in r.events])}
+            long["autoopt_postgresql"] = long_study(ctx, n_long, "postgresql")
         except Exception as exc:  # noqa: BLE001
             long["autoopt_postgresql"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         long["optuna_postgresql"] = _optuna_loop(open_storage(ctx.postgres()), n_long)

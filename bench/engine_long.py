@@ -20,13 +20,12 @@ import sys
 from pathlib import Path
 
 from bench.common import Context
-from bench.engine import _per_trial
+from bench.engine import long_study
 from bench.overhead import TRIVIAL, _one
 
 
 def main(out: Path, rounds: int = 3, n: int = 1000) -> dict:
     from autoopt.runner import ensure_ray
-    from autoopt.tracking import wait_for_reports
 
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick=False, out=out, seeds=[0])
@@ -36,17 +35,11 @@ def main(out: Path, rounds: int = 3, n: int = 1000) -> dict:
     try:
         for round_ in range(rounds):
             for storage in ("sqlite", "postgresql"):
-                # the previous study's report is drawn in the background: not during this study's
-                # first 100 trials, whose slowdown would flatter the ratio
-                wait_for_reports()
-                r = _one(ctx, "autoopt", TRIVIAL, {}, n, 2, storage)
-                run = {"round": round_, "storage": storage, "wall_s": r.wall_s, "load": os.getloadavg(),
-                       **_per_trial([e.t_end for e in r.events])}
+                run = {"round": round_, "storage": storage, **long_study(ctx, n, storage), "load": os.getloadavg()}
                 res["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 if storage == "postgresql":  # each PostgreSQL study in a database of its own
-                    ctx.close()
-                    ctx._pg = None
+                    ctx.renew_postgres()
     finally:
         ctx.close()
     res["load_end"] = os.getloadavg()
