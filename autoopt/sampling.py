@@ -13,6 +13,7 @@ import copy
 import inspect
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
@@ -37,6 +38,14 @@ class _ChoiceView:
     def get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
         return [t for t in self._study.get_trials(*args, **kwargs) if self._keep(t)]
 
+    def _sampling_trials(self, states: tuple, left_out: int | None) -> tuple[list[FrozenTrial], int] | None:
+        """As :meth:`_SnapshotView._sampling_trials`, of the trials this view keeps; None if the
+        study under it is not a snapshot."""
+        inner = getattr(self._study, "_sampling_trials", None)
+        if inner is None:
+            return None
+        return inner(states, left_out, self._keep, (self._param, frozenset(self._allowed)))
+
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.get_trials(deepcopy=False)
@@ -53,6 +62,27 @@ class _Snapshot:
         self.trial_id, self.trials = trial_id, trials
         self.by_states: dict[tuple, list[FrozenTrial]] = {}
         self.splits: dict[tuple, tuple[list[FrozenTrial], list[FrozenTrial]]] = {}
+        #: per (states, trial left out, choice filter): the trials TPE samples from, and how many are finished
+        self.sampling: dict[tuple, tuple[list[FrozenTrial], int]] = {}
+
+
+class _ReprCache:
+    """Finished trials' parameter values in TPE's internal representation, for one study.
+
+    TPE converts every past trial's values again for each parameter of each trial it samples
+    (``TPESampler._get_internal_repr``: a read of the trial's params, a key check and a
+    conversion per trial and parameter). At 1000 trials that was the largest part of the
+    coordinator's per-trial cost still growing with the study (issue #13, docs/benchmarks.md). A
+    finished trial's params never change, so its values are converted once per search space
+    (a parameter, or TPE's joint space, with its distribution) and looked up after. Running
+    trials, whose params are still being set, are converted each time, as TPE does."""
+
+    def __init__(self, owner: tuple[int, int]):
+        self.owner = owner  # (the study's id, its storage's): trial ids are unique within it
+        #: per search space: trial id -> that trial's values in the space's order, () if it lacks one
+        self.rows: dict[tuple, dict[int, tuple]] = {}
+        #: trial id -> TPE's infeasibility score (the sum of its violated constraints)
+        self.infeasibility: dict[int, float] = {}
 
 
 class _SnapshotView:
@@ -74,6 +104,22 @@ class _SnapshotView:
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
         return self._get_trials(deepcopy, states)
 
+    def _sampling_trials(self, states: tuple, left_out: int | None, keep: Callable[[FrozenTrial], bool] | None = None,
+                         keep_key: Any = None) -> tuple[list[FrozenTrial], int]:
+        """What TPE's ``_sample`` derives first from the trials in ``states``: those trials, less the
+        trial numbered ``left_out`` (its constant liar) and any ``keep`` refuses, and the number of
+        them not running. The same for every parameter of the trial: derived once."""
+        key = (states, left_out, keep_key)
+        found = self._snapshot.sampling.get(key)
+        if found is None:
+            trials = self._get_trials(deepcopy=False, states=states)
+            if keep is not None:
+                trials = [t for t in trials if keep(t)]
+            if left_out is not None:
+                trials = [t for t in trials if t.number != left_out]
+            found = self._snapshot.sampling[key] = (trials, sum(t.state != TrialState.RUNNING for t in trials))
+        return found
+
     @property
     def trials(self) -> list[FrozenTrial]:
         return self.get_trials(deepcopy=False)
@@ -84,6 +130,8 @@ class _SnapshotView:
 
 #: the splits of the snapshot being sampled from, while a ChoiceRestrictingSampler samples from one
 _ACTIVE_SPLITS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("autoopt_tpe_splits", default=None)
+#: the study's converted values, while a ChoiceRestrictingSampler samples from a snapshot
+_ACTIVE_REPRS: contextvars.ContextVar[_ReprCache | None] = contextvars.ContextVar("autoopt_tpe_reprs", default=None)
 
 
 def _memoized_split(split: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,18 +159,118 @@ def _memoized_split(split: Callable[..., Any]) -> Callable[..., Any]:
     return split_once
 
 
-def _install_split_memo() -> bool:
-    """Wrap TPE's split once per process; False (sampling unchanged, only slower) if this Optuna
-    has no such function with that signature."""
+def _cached_internal_repr(convert: Callable[..., Any]) -> Callable[..., Any]:
+    """``TPESampler._get_internal_repr`` reading finished trials' values from the active
+    :class:`_ReprCache`; the same arrays, in the same order. Outside a snapshot it calls through."""
+
+    def internal_repr(self: Any, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution],
+                      study: Study) -> dict[str, np.ndarray]:
+        cache = _ACTIVE_REPRS.get()
+        if cache is None or not search_space:
+            return convert(self, trials, search_space, study)
+        names = list(search_space)
+        known = cache.rows.setdefault(tuple(search_space.items()), {})
+        rows = []
+        for trial in trials:
+            row = known.get(trial._trial_id)
+            if row is None:
+                one = convert(self, [trial], search_space, study)  # TPE's own reading of one trial
+                row = tuple(one[name][0].item() for name in names) if len(one[names[0]]) else ()
+                if trial.state.is_finished():
+                    known[trial._trial_id] = row
+            if row:
+                rows.append(row)
+        columns = list(zip(*rows)) if rows else [() for _ in names]
+        return {name: np.asarray(column) for name, column in zip(names, columns)}
+
+    internal_repr.__wrapped__ = convert  # type: ignore[attr-defined]
+    return internal_repr
+
+
+def _cached_infeasibility(score: Callable[[FrozenTrial], float]) -> Callable[[FrozenTrial], float]:
+    """TPE's infeasibility score of a trial (``_get_infeasible_trial_score``, read for every trial at
+    each split), kept for finished trials in the active :class:`_ReprCache`."""
+
+    def infeasibility(trial: FrozenTrial) -> float:
+        cache = _ACTIVE_REPRS.get()
+        if cache is None:
+            return score(trial)
+        found = cache.infeasibility.get(trial._trial_id)
+        if found is None:
+            found = score(trial)
+            if trial.state.is_finished():
+                cache.infeasibility[trial._trial_id] = found
+        return found
+
+    infeasibility.__wrapped__ = score  # type: ignore[attr-defined]
+    return infeasibility
+
+
+#: the source of the ``TPESampler._sample`` that _sample_from_snapshot repeats (Optuna 5.1); another
+#: Optuna's is called as it is
+_TPE_SAMPLE_SOURCE = "d943eab7dd0cb674"
+
+
+def _sample_from_snapshot(sample: Callable[..., Any]) -> Callable[..., Any]:
+    """``TPESampler._sample`` taking the trials it samples from, and how many are finished, from the
+    snapshot (:meth:`_SnapshotView._sampling_trials`) instead of two passes over every trial per
+    parameter; the rest is Optuna 5.1's own, line for line. Outside a snapshot it calls through."""
+    from optuna.samplers._tpe import sampler as tpe
+
+    def sample_from_snapshot(self: Any, study: Study, trial: FrozenTrial,
+                             search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        derive = getattr(study, "_sampling_trials", None) if _ACTIVE_REPRS.get() is not None else None
+        states = (TrialState.COMPLETE, TrialState.PRUNED) + ((TrialState.RUNNING,) if self._constant_liar else ())
+        found = derive(states, trial.number if self._constant_liar else None) if derive is not None else None
+        if found is None:
+            return sample(self, study, trial, search_space)
+        trials, n = found
+        if self._gamma is None:
+            self._gamma = tpe.default_gamma if len(study.directions) <= 1 else tpe.default_gamma_multiobjective
+        below_trials, above_trials = tpe._split_trials(study, trials, self._gamma(n))
+        mpe_below = self._build_parzen_estimator(study, search_space, below_trials, handle_below=True)
+        mpe_above = self._build_parzen_estimator(study, search_space, above_trials, handle_below=False)
+        samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
+        acq_func_vals = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
+        ret = tpe.TPESampler._compare(samples_below, acq_func_vals)
+        for param_name, dist in search_space.items():
+            ret[param_name] = dist.to_external_repr(ret[param_name])
+        return ret
+
+    sample_from_snapshot.__wrapped__ = sample  # type: ignore[attr-defined]
+    return sample_from_snapshot
+
+
+def _source_digest(function: Callable[..., Any]) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
+
+
+def _install_split_memo() -> None:
+    """Wrap, once per process, what TPE derives from past trials for each parameter: the trials it
+    samples from, their split, their infeasibility and their converted values. Each is left as it
+    is (sampling unchanged, only slower) if this Optuna's function is not the one wrapped here."""
     from optuna.samplers._tpe import sampler as tpe
 
     split = getattr(tpe, "_split_trials", None)
-    if split is None or hasattr(split, "__wrapped__"):
-        return split is not None
-    if list(inspect.signature(split).parameters) != ["study", "trials", "n_below"]:
-        return False
-    tpe._split_trials = _memoized_split(split)
-    return True
+    if (split is not None and not hasattr(split, "__wrapped__")
+            and list(inspect.signature(split).parameters) == ["study", "trials", "n_below"]):
+        tpe._split_trials = _memoized_split(split)
+    convert = getattr(tpe.TPESampler, "_get_internal_repr", None)
+    if (convert is not None and not hasattr(convert, "__wrapped__")
+            and list(inspect.signature(convert).parameters) == ["self", "trials", "search_space", "study"]):
+        tpe.TPESampler._get_internal_repr = _cached_internal_repr(convert)
+    score = getattr(tpe, "_get_infeasible_trial_score", None)
+    if (score is not None and not hasattr(score, "__wrapped__")
+            and list(inspect.signature(score).parameters) == ["trial"]):
+        tpe._get_infeasible_trial_score = _cached_infeasibility(score)
+    sample = getattr(tpe.TPESampler, "_sample", None)
+    if sample is not None and not hasattr(sample, "__wrapped__") and _source_digest(sample) == _TPE_SAMPLE_SOURCE:
+        tpe.TPESampler._sample = _sample_from_snapshot(sample)
 
 
 class ChoiceRestrictingSampler(BaseSampler):
@@ -136,7 +284,8 @@ class ChoiceRestrictingSampler(BaseSampler):
     storage query per parameter; the study's coordinator, the one process sampling for all its
     workers, reads once. Trials other drivers finish during those milliseconds are seen by the
     next trial instead. What TPE derives from the trials for each parameter (the trials by state,
-    its split into good and bad) is then derived once per trial too: the same draws, at a cost
+    its split into good and bad) is then derived once per trial too, and each finished trial's
+    values are converted for TPE once per study (:class:`_ReprCache`): the same draws, at a cost
     that grows less with the study.
     """
 
@@ -147,6 +296,7 @@ class ChoiceRestrictingSampler(BaseSampler):
         if snapshot:
             _install_split_memo()
         self._snapshot: _Snapshot | None = None
+        self._reprs: _ReprCache | None = None
 
     def _view(self, study: Study, trial: FrozenTrial) -> Study:
         if not self.snapshot:
@@ -160,11 +310,15 @@ class ChoiceRestrictingSampler(BaseSampler):
         view = self._view(study, trial)
         if self._snapshot is None:
             return call(view)
-        token = _ACTIVE_SPLITS.set(self._snapshot.splits)
+        owner = (study._study_id, id(study._storage))
+        if self._reprs is None or self._reprs.owner != owner:
+            self._reprs = _ReprCache(owner)
+        splits, reprs = _ACTIVE_SPLITS.set(self._snapshot.splits), _ACTIVE_REPRS.set(self._reprs)
         try:
             return call(view)
         finally:
-            _ACTIVE_SPLITS.reset(token)
+            _ACTIVE_REPRS.reset(reprs)
+            _ACTIVE_SPLITS.reset(splits)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         space = self.base.infer_relative_search_space(self._view(study, trial), trial)

@@ -64,6 +64,64 @@ def test_a_snapshot_sampler_splits_the_trials_once_per_trial_and_draws_the_same(
     assert all(1 <= n_splits <= 2 for _, n_splits in sampled_by_tpe), sampled_by_tpe
 
 
+def test_a_snapshot_sampler_reads_each_finished_trial_once_and_draws_the_same(monkeypatch):
+    """What TPE derives from the past trials for each parameter it samples (the trials it samples
+    from, their split, each one's values converted) grew with the study: at 1000 trials, most of
+    the coordinator's cost still growing (docs/benchmarks.md, issue #13). From the coordinator's
+    snapshot a finished trial's values are converted once per search space. TPE draws exactly
+    what it draws without the snapshot, here with the states a real study has: two trials running
+    at once (TPE's constant liar), pruned trials with their curves, failed ones, restricted choices."""
+    import math
+
+    from optuna.distributions import FloatDistribution
+    from optuna.samplers import TPESampler
+    from optuna.trial import TrialState
+
+    space = SearchSpace(SpaceSpec(optimizers=["adamw", "sgd", "lion", "adagrad"]), DENSE)
+    n_trials = 80
+    conversions: list[int] = [0]
+    convert = FloatDistribution.to_internal_repr
+
+    def counted(self, value):
+        conversions[-1] += 1
+        return convert(self, value)
+
+    monkeypatch.setattr(FloatDistribution, "to_internal_repr", counted)
+
+    def run(snapshot: bool):
+        sampler = ChoiceRestrictingSampler(make_sampler("tpe", seed=0), space.restrictions, snapshot=snapshot)
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        draws, costs = [], []
+        running = study.ask()
+        space.sample(running)
+        for i in range(n_trials):
+            conversions.append(0)
+            trial = study.ask()  # sampled while `running` runs
+            cfg = space.sample(trial)
+            costs.append(conversions[-1])
+            draws.append(dict(trial.params))
+            score = -abs(math.log10(cfg.optimizer_params["lr"]) + 2.5)
+            if i % 7 == 3:
+                study.tell(running, state=TrialState.FAIL)
+            elif i % 4 == 1:
+                running.report(score - 1.0, 1)
+                study.tell(running, state=TrialState.PRUNED)
+            else:
+                study.tell(running, score)
+            running = trial
+        return draws, costs
+
+    plain, plain_costs = run(False)
+    snapped, snapped_costs = run(True)
+    assert hasattr(TPESampler._sample, "__wrapped__"), "this Optuna's TPE _sample is not the one wrapped"
+    assert snapped == plain
+    # without the snapshot each trial converts every earlier trial's values: growing with the study;
+    # with it, only the new and the running trials'
+    assert sum(plain_costs[-10:]) > 2 * sum(plain_costs[20:30])
+    assert sum(snapped_costs[-10:]) <= 1.5 * sum(snapped_costs[20:30]) + 10
+    assert sum(snapped_costs[-10:]) < sum(plain_costs[-10:]) / 4
+
+
 def test_conditional_params_are_the_optimizers_own():
     space = SearchSpace(SpaceSpec(), DENSE)
     _, configs = sample_many(space, 60)
