@@ -250,7 +250,7 @@ def _source_digest(function: Callable[..., Any]) -> str | None:
         return None
 
 
-def _install_split_memo() -> None:
+def _install_tpe_memos() -> None:
     """Wrap, once per process, what TPE derives from past trials for each parameter: the trials it
     samples from, their split, their infeasibility and their converted values. Each is left as it
     is (sampling unchanged, only slower) if this Optuna's function is not the one wrapped here."""
@@ -294,7 +294,7 @@ class ChoiceRestrictingSampler(BaseSampler):
         self.restrictions = restrictions
         self.snapshot = snapshot
         if snapshot:
-            _install_split_memo()
+            _install_tpe_memos()
         self._snapshot: _Snapshot | None = None
         self._reprs: _ReprCache | None = None
 
