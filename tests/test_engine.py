@@ -182,6 +182,33 @@ def test_a_trial_records_when_its_worker_started_it(tmp_path):
     assert abs(trial.datetime_start - dt.datetime.fromtimestamp(started)) < dt.timedelta(milliseconds=1)
 
 
+def test_postgresql_statements_are_planned_for_their_own_parameters(pg_url):
+    """psycopg prepares a statement on the server after its fifth run, and PostgreSQL may then keep
+    one generic plan for it. Chosen while a study's tables are nearly empty, that plan scans a table
+    whole and stays so until it is analyzed again (never, with autovacuum off): Optuna's read of a
+    trial's attributes by trial id took 1.2-1.7 ms at 1000 trials instead of 0.05 ms, most of a
+    1000-trial study's growth on PostgreSQL (docs/benchmarks.md). autoopt's connections plan each
+    run of a prepared statement for its parameters."""
+    import sqlalchemy as sa
+
+    engine = open_storage(pg_url).engine
+    with engine.connect() as c:
+        assert c.execute(sa.text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+        # a table of trial attributes, small while the statement is prepared and run, then grown
+        c.execute(sa.text("CREATE TEMP TABLE attrs (id serial PRIMARY KEY, trial_id int NOT NULL, key text NOT NULL,"
+                          " UNIQUE (trial_id, key))"))
+        c.execute(sa.text("INSERT INTO attrs (trial_id, key) SELECT t, 'k' || k FROM generate_series(1, 20) t,"
+                          " generate_series(1, 12) k"))
+        c.execute(sa.text("PREPARE by_trial(int, int, int) AS SELECT * FROM attrs WHERE trial_id IN ($1, $2, $3)"))
+        for i in range(1, 9):
+            c.execute(sa.text(f"EXECUTE by_trial({i}, {i + 1}, {i + 2})"))
+        c.execute(sa.text("INSERT INTO attrs (trial_id, key) SELECT t, 'k' || k FROM generate_series(21, 1000) t,"
+                          " generate_series(1, 12) k"))
+        plan = "\n".join(row[0] for row in c.execute(sa.text("EXPLAIN EXECUTE by_trial(990, 991, 992)")))
+        c.rollback()
+    assert "Seq Scan" not in plan and "Index" in plan, plan
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_the_budget_is_counted_in_one_query_as_a_scan_counts_it(backend, tmp_path, request):
     """The query looks the retried mark up on failed trials only (a lookup per trial cost 2.3 ms at
