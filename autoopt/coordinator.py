@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterator, TypeVar
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from autoopt.core import record as R
@@ -35,8 +36,9 @@ from autoopt.core.traits import TaskTraits
 from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
 from autoopt.space import SearchSpace
 from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpecError
+from autoopt.redaction import redact_text
 from autoopt.storage import (DeferredParams, StorageError, budget_counts, claim_waiting, open_storage, redact,
-                             trial_params, write_trial)
+                             refresh_statistics, trial_params, write_trial)
 
 _log = logging.getLogger(__name__)
 #: On a re-run that a stalled driver took back (_reclaim): the number of the trial it ran first.
@@ -45,6 +47,9 @@ RECLAIMED_FROM = R.PREFIX + "reclaimed_from"
 #: its own events update it at once; other drivers' trials show up within this time.
 TALLY_REFRESH_S = 5.0
 STATE_NAMES = {TrialState[k]: v for k, v in R.STATE_COUNTS.items()}
+#: Trials finished by a coordinator before it first renews a PostgreSQL storage's statistics; then
+#: each time that count doubles (storage.refresh_statistics: reads by trial id stay index reads).
+FIRST_ANALYZE_AT = 32
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -362,6 +367,8 @@ class StudyCoordinator:
         self._quiet_until = 0.0  # after a stall of its own, this driver reaps nobody until then
         self._tally: dict[str, Any] = {}
         self._tally_at = 0.0
+        self._finished_here = 0
+        self._analyze_at = FIRST_ANALYZE_AT  # finished trials here before the tables' statistics are renewed
         self.heartbeat()
         self.reap_stale()
         self._refresh_tally()
@@ -665,6 +672,13 @@ class StudyCoordinator:
         self._count(STATE_NAMES[state], +1, running=-1, value=values[0] if values and state == TrialState.COMPLETE
                     else None, number=number, retried=bool(attrs.get(R.RETRIED)))
         self._configs.pop(number, None)
+        self._finished_here += 1
+        if self._finished_here >= self._analyze_at:
+            self._analyze_at *= 2
+            try:
+                refresh_statistics(self.storage)
+            except sqlalchemy.exc.SQLAlchemyError as exc:  # only slower reads: the study goes on
+                _log.warning("autoopt: could not renew the storage's statistics: %s", redact_text(str(exc))[:300])
 
     # --- the tally: counts and best without rescanning the study ---------------------------
     def _refresh_tally(self) -> None:

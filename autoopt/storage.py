@@ -136,8 +136,6 @@ def _open(url: str, create: bool = True) -> optuna.storages.BaseStorage:
                 on_disk = make_url(sa_url).database not in (None, "", ":memory:")  # a memory database dies with dispose()
                 if dialect == "sqlite" and on_disk and os.environ.get(SQLITE_WAL_ENV, "1").strip().lower() not in ("0", "false", "no", "off"):
                     _fast_sqlite(storage.engine)
-                if dialect == "postgresql":
-                    _custom_plans(storage.engine)
                 return storage
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
                 # two drivers creating a new database at once: the other one wrote the schema
@@ -173,25 +171,31 @@ def _fast_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # the connections opened while the schema was checked get them too, when reopened
 
 
-def _custom_plan_mode(dbapi_connection: Any, _record: Any) -> None:
-    try:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET plan_cache_mode = force_custom_plan")
-        dbapi_connection.commit()
-    except Exception:  # noqa: BLE001 - a server before PostgreSQL 12 has no such setting: plan as it does
-        dbapi_connection.rollback()
+#: Optuna's tables, whose statistics PostgreSQL plans a study's reads with
+_OPTUNA_TRIAL_TABLES = ("trials", "trial_params", "trial_user_attributes", "trial_system_attributes",
+                        "trial_values", "trial_intermediate_values")
 
 
-def _custom_plans(engine: sqlalchemy.engine.Engine) -> None:
-    """Plan each prepared statement for its own parameters. psycopg prepares a statement on the
-    server after its fifth run, and PostgreSQL then may keep one generic plan for it: chosen while a
-    study's tables are nearly empty, that plan scans them whole. It stays until the tables are
-    analyzed again, never where autovacuum is off (as on the machines these benchmarks ran on).
-    Optuna's read of a trial's attributes and params by trial id then cost 1.2-1.7 ms at 1000
-    trials instead of 0.05 ms, twice a trial each, most of a 1000-trial study's growth on
-    PostgreSQL (docs/benchmarks.md, section 2). Planning each run costs about 0.1 ms."""
-    sqlalchemy.event.listen(engine, "connect", _custom_plan_mode)
-    engine.dispose()  # the connections opened while the schema was checked get it too, when reopened
+def refresh_statistics(storage: optuna.storages.BaseStorage) -> bool:
+    """``ANALYZE`` Optuna's trial tables on PostgreSQL (elsewhere nothing; False).
+
+    psycopg prepares a statement on the server after its fifth run, and PostgreSQL may keep one
+    generic plan for it, chosen from the tables' statistics. A new study's tables are nearly empty
+    when that happens, so the plan scans them whole, and it stays until the tables are analyzed
+    again: never where autovacuum is off (as on the machines these benchmarks ran on), once a
+    minute at best where it is on. Optuna's read of two or three new trials' attributes and params
+    by trial id then cost 1.5-1.7 ms at 1000 trials instead of 0.05 ms, twice a trial each, most of
+    a 1000-trial study's growth on PostgreSQL (docs/benchmarks.md, section 2). Analyzing renews the
+    statistics and drops the kept plans; the coordinator does it each time its study doubles.
+    Planning every run instead (``plan_cache_mode``) cost more than it saved. A user without the
+    right to analyze gets PostgreSQL's warning and the plans as they were."""
+    rdb = _rdb_backend(storage)
+    if rdb is None or rdb.engine.dialect.name != "postgresql":
+        return False
+    with rdb.engine.connect() as connection:
+        connection.execute(sqlalchemy.text("ANALYZE " + ", ".join(_OPTUNA_TRIAL_TABLES)))
+        connection.commit()
+    return True
 
 
 def _rdb_backend(storage: optuna.storages.BaseStorage) -> Any:
