@@ -17,6 +17,10 @@ DENSE = TaskTraits("cv", 32, 0.0, 1000, 1000, "val_accuracy", "maximize")
 SPARSE = TaskTraits("nlp", 32, 0.95, 1000, 1000, "val_accuracy", "maximize", sparse_gradients=True)
 
 
+#: the Optuna whose TPESampler._sample autoopt.sampling repeats (its source digest is checked)
+WRAPPED_OPTUNA = "5.1.0"
+
+
 def sample_many(space: SearchSpace, n: int, sampler: str = "random", storage=None, name="s"):
     study = optuna.create_study(
         sampler=ChoiceRestrictingSampler(make_sampler(sampler, seed=0), space.restrictions),
@@ -113,8 +117,9 @@ def test_a_snapshot_sampler_reads_each_finished_trial_once_and_draws_the_same(mo
 
     plain, plain_costs = run(False)
     snapped, snapped_costs = run(True)
-    assert hasattr(TPESampler._sample, "__wrapped__"), "this Optuna's TPE _sample is not the one wrapped"
     assert snapped == plain
+    if optuna.__version__ == WRAPPED_OPTUNA:  # another Optuna samples through its own _sample: slower, the same
+        assert hasattr(TPESampler._sample, "__wrapped__"), "autoopt.sampling's _sample wrapper was not installed"
     # without the snapshot each trial converts every earlier trial's values: growing with the study;
     # with it, only the new and the running trials'
     assert sum(plain_costs[-10:]) > 2 * sum(plain_costs[20:30])
