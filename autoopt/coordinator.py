@@ -33,10 +33,10 @@ from optuna.trial import TrialState
 
 from autoopt.core import record as R
 from autoopt.core.traits import TaskTraits
+from autoopt.redaction import redact_text
 from autoopt.sampling import ChoiceRestrictingSampler, make_pruner, make_sampler
 from autoopt.space import SearchSpace
 from autoopt.spec import ExecutionSpec, PlacesSpec, SearchSpec, SpecError
-from autoopt.redaction import redact_text
 from autoopt.storage import (DeferredParams, StorageError, budget_counts, claim_waiting, open_storage, redact,
                              refresh_statistics, trial_params, write_trial)
 

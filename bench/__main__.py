@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.close()
         if not args.keep_work:
-            import shutil
-
-            shutil.rmtree(ctx.out / "work", ignore_errors=True)
+            ctx.remove_work()
         info["loadavg_end"] = os.getloadavg()
         info["total_s"] = time.time() - started
         write_json(ctx.out / "run.json", {"command": command, "machine": info, "log": ctx.log,

@@ -85,6 +85,16 @@ class Context:
             admin.dispose()
             self._pg = ""
 
+    def remove_work(self) -> None:
+        """Delete the run's work folder (its MLflow stores and storage files) once the reports still
+        drawn in the background are done: a report finishing after the deletion wrote the folder anew."""
+        import shutil
+
+        from autoopt.tracking import wait_for_reports
+
+        wait_for_reports()
+        shutil.rmtree(self.out / "work", ignore_errors=True)
+
     def renew_postgres(self) -> None:
         """Drop this run's PostgreSQL database; the next :meth:`postgres` makes a new, empty one."""
         self.close()

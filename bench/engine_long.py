@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -42,11 +41,8 @@ def main(out: Path, rounds: int = 3, n: int = 1000) -> dict:
                 if storage == "postgresql":  # each PostgreSQL study in a database of its own
                     ctx.renew_postgres()
     finally:
-        from autoopt.tracking import wait_for_reports
-
         ctx.close()
-        wait_for_reports()  # the last study's report, still drawn into the work folder
-        shutil.rmtree(out / "work", ignore_errors=True)  # its MLflow stores and storage files, as bench's own run
+        ctx.remove_work()
     res["load_end"] = os.getloadavg()
     for storage in ("sqlite", "postgresql"):
         ratios = [r["ratio"] for r in res["runs"] if r["storage"] == storage and r["ratio"] is not None]
