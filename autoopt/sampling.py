@@ -8,9 +8,11 @@ value is still allowed.
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import copy
 import inspect
+import itertools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -38,7 +40,7 @@ class _ChoiceView:
     def get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
         return [t for t in self._study.get_trials(*args, **kwargs) if self._keep(t)]
 
-    def _sampling_trials(self, states: tuple, left_out: int | None) -> tuple[list[FrozenTrial], int] | None:
+    def _sampling_trials(self, states: tuple, left_out: int | None) -> _Sampling | None:
         """As :meth:`_SnapshotView._sampling_trials`, of the trials this view keeps; None if the
         study under it is not a snapshot."""
         inner = getattr(self._study, "_sampling_trials", None)
@@ -56,31 +58,152 @@ class _ChoiceView:
 
 class _Snapshot:
     """The study's trials as read once for the trial being sampled, with what is derived from them
-    for each of its parameters: the trials by state, and TPE's split of them (see _memoized_split)."""
+    for each of its parameters: the trials by state, what TPE samples from and its split."""
 
     def __init__(self, trial_id: int, trials: list[FrozenTrial]):
         self.trial_id, self.trials = trial_id, trials
         self.by_states: dict[tuple, list[FrozenTrial]] = {}
+        #: Optuna's own split, memoized per trial list (see _memoized_split)
         self.splits: dict[tuple, tuple[list[FrozenTrial], list[FrozenTrial]]] = {}
-        #: per (states, trial left out, choice filter): the trials TPE samples from, and how many are finished
-        self.sampling: dict[tuple, tuple[list[FrozenTrial], int]] = {}
+        #: per (states, trial left out, choice filter): what TPE samples from (see _Sampling)
+        self.sampling: dict[tuple, _Sampling] = {}
+        #: id of a list the split returned -> (the list, its trials' numbers): rows of the value store
+        self.rows: dict[int, tuple[list[FrozenTrial], np.ndarray]] = {}
 
 
-class _ReprCache:
-    """Finished trials' parameter values in TPE's internal representation, for one study.
+class _FinishedIndex:
+    """A study's finished trials in the states TPE samples from (and a choice filter keeps), kept
+    across the trials sampled from it and updated as trials finish: in number order, and in each
+    of the orders TPE's split sorts them by. A finished trial never changes, so each is read once;
+    only the trials after the oldest unfinished one are looked at again for the next trial."""
 
-    TPE converts every past trial's values again for each parameter of each trial it samples
-    (``TPESampler._get_internal_repr``: a read of the trial's params, a key check and a
-    conversion per trial and parameter). At 1000 trials that was the largest part of the
-    coordinator's per-trial cost still growing with the study (issue #13, docs/benchmarks.md). A
-    finished trial's params never change, so its values are converted once per search space
-    (a parameter, or TPE's joint space, with its distribution) and looked up after. Running
-    trials, whose params are still being set, are converted each time, as TPE does."""
+    def __init__(self, states: tuple, keep: Callable[[FrozenTrial], bool] | None, sign: float):
+        self.finished_states = frozenset(s for s in states if s != TrialState.RUNNING)
+        self.with_running = TrialState.RUNNING in states
+        self.keep, self.sign = keep, sign
+        self.settled = 0  # a snapshot's first `settled` trials are finished and were read here
+        self.read: set[int] = set()  # numbers of the finished trials read (past `settled` too)
+        self.numbers: list[int] = []
+        self.trials: list[FrozenTrial] = []  # in number order
+        # sorted as _split_trials sorts them; ties by number, as its stable sorts leave them
+        self.complete: list[tuple] = []  # (sign * value, number, trial)
+        self.pruned: list[tuple] = []  # (_get_pruned_trial_score, number, trial)
+        self.infeasible: list[tuple] = []  # (_get_infeasible_trial_score, number, trial)
+
+    def update(self, trials: list[FrozenTrial], study: Study) -> list[FrozenTrial] | None:
+        """Read the trials finished since the last snapshot; return the running ones the filter
+        keeps, in number order. None if ``trials`` is not the study's trials numbered 0, 1, 2, ..."""
+        from optuna.samplers._tpe import sampler as tpe
+
+        running: list[FrozenTrial] = []
+        settled, advancing = self.settled, True
+        for i in range(self.settled, len(trials)):
+            trial = trials[i]
+            if trial.number != i:
+                return None
+            state = trial.state
+            if not state.is_finished():
+                advancing = False
+                if state == TrialState.RUNNING and self.with_running and (self.keep is None or self.keep(trial)):
+                    running.append(trial)
+                continue
+            if advancing:
+                settled = i + 1
+            if i in self.read:
+                continue
+            self.read.add(i)
+            if state not in self.finished_states or (self.keep is not None and not self.keep(trial)):
+                continue
+            at = bisect.bisect(self.numbers, i)
+            self.numbers.insert(at, i)
+            self.trials.insert(at, trial)
+            score = tpe._get_infeasible_trial_score(trial)
+            if score > 0:
+                bisect.insort(self.infeasible, (score, i, trial))
+            elif state == TrialState.COMPLETE:
+                bisect.insort(self.complete, (self.sign * trial.value, i, trial))  # type: ignore[operator]
+            else:
+                bisect.insort(self.pruned, (tpe._get_pruned_trial_score(trial, study), i, trial))
+        self.read.difference_update(range(self.settled, settled))
+        self.settled = settled
+        return running
+
+
+class _Sampling:
+    """What TPE's ``_sample`` derives first, for one trial and one list of past trials: how many
+    of them are finished, and their split into the good and the bad (Optuna 5.1's
+    ``_split_trials``, from the :class:`_FinishedIndex` instead of a pass and sorts over all of
+    them for each parameter)."""
+
+    def __init__(self, index: _FinishedIndex, running: list[FrozenTrial], snapshot: _Snapshot):
+        self.index, self.running, self.snapshot = index, running, snapshot
+        self.n = len(index.trials)  # TPE's count of the trials not running
+        self._splits: dict[int, tuple[list[FrozenTrial], list[FrozenTrial]]] = {}
+
+    def split(self, n_below: int) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+        found = self._splits.get(n_below)
+        if found is None:
+            (below, below_rows), (above, above_rows) = self._split(n_below)
+            # the lists' rows in the value store, read by _cached_internal_repr
+            self.snapshot.rows[id(below)] = (below, below_rows)
+            self.snapshot.rows[id(above)] = (above, above_rows)
+            found = self._splits[n_below] = (below, above)
+        return found
+
+    def _split(self, n_below: int) -> tuple[tuple[list[FrozenTrial], np.ndarray], tuple[list[FrozenTrial], np.ndarray]]:
+        index, below = self.index, []
+        for group in (index.complete, index.pruned, index.infeasible):
+            take = min(max(0, n_below - len(below)), len(group))
+            below.extend(entry[2] for entry in group[:take])
+        below.sort(key=lambda trial: trial.number)
+        below_rows = np.fromiter((t.number for t in below), np.intp, len(below))
+        numbers = np.fromiter(index.numbers, np.intp, len(index.numbers))
+        keep = np.ones(len(numbers), bool)
+        keep[np.searchsorted(numbers, below_rows)] = False  # the below trials are among the finished
+        above, above_rows = list(itertools.compress(index.trials, keep.tolist())), numbers[keep]
+        # the running trials are all above: each at its place in number order
+        for trial in reversed(self.running):
+            at = int(np.searchsorted(above_rows, trial.number))
+            above.insert(at, trial)
+            above_rows = np.insert(above_rows, at, trial.number)
+        return (below, below_rows), (above, above_rows)
+
+
+class _ValueStore:
+    """Trials' values for one search space in TPE's internal representation, a row per trial
+    number; finished trials' rows are converted once, running trials' each time."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.dtypes: list[Any] = [None] * len(names)
+        self.columns = [np.zeros(0) for _ in names]
+        self.has = np.zeros(0, bool)  # the trial has every parameter of the space
+        self.known = np.zeros(0, bool)  # finished, converted
+
+    def reserve(self, rows: int) -> None:
+        if rows <= len(self.known):
+            return
+        size = max(rows, 2 * len(self.known), 64)
+        grow = size - len(self.known)
+        self.columns = [np.concatenate([c, np.zeros(grow)]) for c in self.columns]
+        self.has = np.concatenate([self.has, np.zeros(grow, bool)])
+        self.known = np.concatenate([self.known, np.zeros(grow, bool)])
+
+
+class _StudyMemo:
+    """What the snapshot sampler keeps about one study across the trials it samples: its finished
+    trials indexed for TPE's split, and their values in TPE's internal representation.
+
+    TPE reads every past trial again for each parameter of each trial it samples (which are
+    finished, their split into good and bad, and each one's values converted). At 1000 trials
+    that was most of the coordinator's per-trial cost still growing with the study (issue #13,
+    docs/benchmarks.md). A finished trial never changes, so each is read and converted once."""
 
     def __init__(self, owner: tuple[int, int]):
-        self.owner = owner  # (the study's id, its storage's): trial ids are unique within it
-        #: per search space: trial id -> that trial's values in the space's order, () if it lacks one
-        self.rows: dict[tuple, dict[int, tuple]] = {}
+        self.owner = owner  # (the study's id, its storage's): trial numbers are unique within it
+        self.indexes: dict[tuple, _FinishedIndex] = {}  # per (states, choice filter)
+        #: per search space (parameter names and distributions): the trials' converted values
+        self.values: dict[tuple, _ValueStore] = {}
         #: trial id -> TPE's infeasibility score (the sum of its violated constraints)
         self.infeasibility: dict[int, float] = {}
 
@@ -105,19 +228,26 @@ class _SnapshotView:
         return self._get_trials(deepcopy, states)
 
     def _sampling_trials(self, states: tuple, left_out: int | None, keep: Callable[[FrozenTrial], bool] | None = None,
-                         keep_key: Any = None) -> tuple[list[FrozenTrial], int]:
-        """What TPE's ``_sample`` derives first from the trials in ``states``: those trials, less the
-        trial numbered ``left_out`` (its constant liar) and any ``keep`` refuses, and the number of
-        them not running. The same for every parameter of the trial: derived once."""
+                         keep_key: Any = None) -> _Sampling | None:
+        """What TPE's ``_sample`` samples from, the same for every parameter of the trial: the trials
+        in ``states`` less the trial numbered ``left_out`` (its constant liar) and any ``keep``
+        refuses. None outside a study memo, for a study of several objectives, or for trials not
+        numbered in order (the caller then derives them as Optuna does)."""
+        memo = _ACTIVE_MEMO.get()
+        if memo is None or len(self._study.directions) != 1:
+            return None
         key = (states, left_out, keep_key)
         found = self._snapshot.sampling.get(key)
         if found is None:
-            trials = self._get_trials(deepcopy=False, states=states)
-            if keep is not None:
-                trials = [t for t in trials if keep(t)]
-            if left_out is not None:
-                trials = [t for t in trials if t.number != left_out]
-            found = self._snapshot.sampling[key] = (trials, sum(t.state != TrialState.RUNNING for t in trials))
+            index = memo.indexes.get((states, keep_key))
+            if index is None:
+                sign = 1.0 if self._study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+                index = memo.indexes[(states, keep_key)] = _FinishedIndex(states, keep, sign)
+            running = index.update(self._snapshot.trials, self._study)
+            if running is None:
+                return None
+            running = [t for t in running if t.number != left_out]
+            found = self._snapshot.sampling[key] = _Sampling(index, running, self._snapshot)
         return found
 
     @property
@@ -128,30 +258,30 @@ class _SnapshotView:
         return getattr(self._study, name)
 
 
-#: the splits of the snapshot being sampled from, while a ChoiceRestrictingSampler samples from one
-_ACTIVE_SPLITS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("autoopt_tpe_splits", default=None)
-#: the study's converted values, while a ChoiceRestrictingSampler samples from a snapshot
-_ACTIVE_REPRS: contextvars.ContextVar[_ReprCache | None] = contextvars.ContextVar("autoopt_tpe_reprs", default=None)
+#: the snapshot being sampled from, while a ChoiceRestrictingSampler samples from one
+_ACTIVE_SNAPSHOT: contextvars.ContextVar[_Snapshot | None] = contextvars.ContextVar("autoopt_tpe_snapshot", default=None)
+#: the study's memo, while a ChoiceRestrictingSampler samples from a snapshot
+_ACTIVE_MEMO: contextvars.ContextVar[_StudyMemo | None] = contextvars.ContextVar("autoopt_tpe_memo", default=None)
 
 
 def _memoized_split(split: Callable[..., Any]) -> Callable[..., Any]:
     """Optuna's TPE splits the trials into its good and bad groups again for every parameter it
     samples (``optuna.samplers._tpe.sampler._split_trials``: a pass over every finished trial,
     reading each one's constraints, and a sort). From one snapshot the trials and so the split
-    are the same for all of a trial's parameters: computed once. At 1000 trials this was the
-    largest part of the coordinator's per-trial cost growing with the study (issue #13,
-    docs/benchmarks.md). Outside a snapshot (plain Optuna, another sampler) it calls through."""
+    are the same for all of a trial's parameters: computed once. This is the path of an Optuna
+    whose ``_sample`` is not the one :func:`_sample_from_snapshot` repeats; with that one the
+    split comes from the :class:`_FinishedIndex`. Outside a snapshot it calls through."""
 
     def split_once(study: Study, trials: list[FrozenTrial], n_below: int) -> Any:
-        memo = _ACTIVE_SPLITS.get()
-        if memo is None:
+        snapshot = _ACTIVE_SNAPSHOT.get()
+        if snapshot is None:
             return split(study, trials, n_below)
         # the same trial objects in the same order: the snapshot holds them (and the memo's
         # lists do), so no id is reused while the memo lives
         key = (n_below, tuple(map(id, trials)))
-        found = memo.get(key)
+        found = snapshot.splits.get(key)
         if found is None:
-            found = memo[key] = split(study, trials, n_below)
+            found = snapshot.splits[key] = split(study, trials, n_below)
         below, above = found
         return list(below), list(above)
 
@@ -161,27 +291,41 @@ def _memoized_split(split: Callable[..., Any]) -> Callable[..., Any]:
 
 def _cached_internal_repr(convert: Callable[..., Any]) -> Callable[..., Any]:
     """``TPESampler._get_internal_repr`` reading finished trials' values from the active
-    :class:`_ReprCache`; the same arrays, in the same order. Outside a snapshot it calls through."""
+    :class:`_StudyMemo`'s value store; the same arrays, in the same order. The rows of a list the
+    split returned are looked up once per trial sampled, not once per parameter. Outside a
+    snapshot it calls through."""
 
     def internal_repr(self: Any, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution],
                       study: Study) -> dict[str, np.ndarray]:
-        cache = _ACTIVE_REPRS.get()
-        if cache is None or not search_space:
+        memo, snapshot = _ACTIVE_MEMO.get(), _ACTIVE_SNAPSHOT.get()
+        if memo is None or snapshot is None or not search_space:
             return convert(self, trials, search_space, study)
         names = list(search_space)
-        known = cache.rows.setdefault(tuple(search_space.items()), {})
-        rows = []
-        for trial in trials:
-            row = known.get(trial._trial_id)
-            if row is None:
-                one = convert(self, [trial], search_space, study)  # TPE's own reading of one trial
-                row = tuple(one[name][0].item() for name in names) if len(one[names[0]]) else ()
-                if trial.state.is_finished():
-                    known[trial._trial_id] = row
-            if row:
-                rows.append(row)
-        columns = list(zip(*rows)) if rows else [() for _ in names]
-        return {name: np.asarray(column) for name, column in zip(names, columns)}
+        key = tuple(search_space.items())
+        store = memo.values.get(key)
+        if store is None:
+            store = memo.values[key] = _ValueStore(names)
+        kept = snapshot.rows.get(id(trials))
+        rows = kept[1] if kept is not None and kept[0] is trials else np.fromiter(
+            (t.number for t in trials), np.intp, len(trials))
+        if not len(rows):
+            return {name: np.asarray([]) for name in names}
+        store.reserve(int(rows.max()) + 1)
+        for i in np.flatnonzero(~store.known[rows]).tolist():
+            trial, row = trials[i], rows[i]
+            one = convert(self, [trial], search_space, study)  # TPE's own reading of one trial
+            store.has[row] = bool(len(one[names[0]]))
+            if store.has[row]:
+                for j, name in enumerate(names):
+                    store.columns[j][row] = one[name][0]
+                    if store.dtypes[j] is None:
+                        store.dtypes[j] = one[name].dtype
+            store.known[row] = trial.state.is_finished()
+        chosen = rows[store.has[rows]]
+        if not len(chosen):
+            return {name: np.asarray([]) for name in names}
+        return {name: column[chosen].astype(dtype, copy=False)
+                for name, column, dtype in zip(names, store.columns, store.dtypes)}
 
     internal_repr.__wrapped__ = convert  # type: ignore[attr-defined]
     return internal_repr
@@ -189,45 +333,54 @@ def _cached_internal_repr(convert: Callable[..., Any]) -> Callable[..., Any]:
 
 def _cached_infeasibility(score: Callable[[FrozenTrial], float]) -> Callable[[FrozenTrial], float]:
     """TPE's infeasibility score of a trial (``_get_infeasible_trial_score``, read for every trial at
-    each split), kept for finished trials in the active :class:`_ReprCache`."""
+    each split), kept for finished trials in the active :class:`_StudyMemo`."""
 
     def infeasibility(trial: FrozenTrial) -> float:
-        cache = _ACTIVE_REPRS.get()
-        if cache is None:
+        memo = _ACTIVE_MEMO.get()
+        if memo is None:
             return score(trial)
-        found = cache.infeasibility.get(trial._trial_id)
+        found = memo.infeasibility.get(trial._trial_id)
         if found is None:
             found = score(trial)
             if trial.state.is_finished():
-                cache.infeasibility[trial._trial_id] = found
+                memo.infeasibility[trial._trial_id] = found
         return found
 
     infeasibility.__wrapped__ = score  # type: ignore[attr-defined]
     return infeasibility
 
 
-#: the source of the ``TPESampler._sample`` that _sample_from_snapshot repeats (Optuna 5.1); another
-#: Optuna's is called as it is
-_TPE_SAMPLE_SOURCE = "d943eab7dd0cb674"
+#: the sources of the ``TPESampler._sample`` that _sample_from_snapshot repeats and of the split
+#: functions that _Sampling repeats (Optuna 5.1); another Optuna's are called as they are
+_TPE_SOURCES = "6e036b86c8c05c8b"
+
+
+def _tpe_sources_digest() -> str | None:
+    from optuna.samplers._tpe import sampler as tpe
+
+    functions = (getattr(tpe.TPESampler._sample, "__wrapped__", tpe.TPESampler._sample),
+                 getattr(tpe._split_trials, "__wrapped__", tpe._split_trials),
+                 tpe._split_complete_trials, tpe._split_complete_trials_single_objective,
+                 tpe._split_pruned_trials, tpe._split_infeasible_trials, tpe._get_pruned_trial_score)
+    return _source_digest(*functions)
 
 
 def _sample_from_snapshot(sample: Callable[..., Any]) -> Callable[..., Any]:
-    """``TPESampler._sample`` taking the trials it samples from, and how many are finished, from the
-    snapshot (:meth:`_SnapshotView._sampling_trials`) instead of two passes over every trial per
-    parameter; the rest is Optuna 5.1's own, line for line. Outside a snapshot it calls through."""
+    """``TPESampler._sample`` taking the count of finished trials and their split from the
+    snapshot's :class:`_Sampling` instead of passes and sorts over every trial per parameter;
+    the rest is Optuna 5.1's own, line for line. Outside a snapshot it calls through."""
     from optuna.samplers._tpe import sampler as tpe
 
     def sample_from_snapshot(self: Any, study: Study, trial: FrozenTrial,
                              search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        derive = getattr(study, "_sampling_trials", None) if _ACTIVE_REPRS.get() is not None else None
+        derive = getattr(study, "_sampling_trials", None) if _ACTIVE_MEMO.get() is not None else None
         states = (TrialState.COMPLETE, TrialState.PRUNED) + ((TrialState.RUNNING,) if self._constant_liar else ())
         found = derive(states, trial.number if self._constant_liar else None) if derive is not None else None
         if found is None:
             return sample(self, study, trial, search_space)
-        trials, n = found
         if self._gamma is None:
             self._gamma = tpe.default_gamma if len(study.directions) <= 1 else tpe.default_gamma_multiobjective
-        below_trials, above_trials = tpe._split_trials(study, trials, self._gamma(n))
+        below_trials, above_trials = found.split(self._gamma(found.n))
         mpe_below = self._build_parzen_estimator(study, search_space, below_trials, handle_below=True)
         mpe_above = self._build_parzen_estimator(study, search_space, above_trials, handle_below=False)
         samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
@@ -241,11 +394,11 @@ def _sample_from_snapshot(sample: Callable[..., Any]) -> Callable[..., Any]:
     return sample_from_snapshot
 
 
-def _source_digest(function: Callable[..., Any]) -> str | None:
+def _source_digest(*functions: Callable[..., Any]) -> str | None:
     import hashlib
 
     try:
-        return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+        return hashlib.sha256("".join(inspect.getsource(f) for f in functions).encode()).hexdigest()[:16]
     except (OSError, TypeError):
         return None
 
@@ -269,7 +422,11 @@ def _install_tpe_memos() -> None:
             and list(inspect.signature(score).parameters) == ["trial"]):
         tpe._get_infeasible_trial_score = _cached_infeasibility(score)
     sample = getattr(tpe.TPESampler, "_sample", None)
-    if sample is not None and not hasattr(sample, "__wrapped__") and _source_digest(sample) == _TPE_SAMPLE_SOURCE:
+    try:
+        matches = _tpe_sources_digest() == _TPE_SOURCES
+    except AttributeError:  # an Optuna without one of the split functions
+        matches = False
+    if sample is not None and not hasattr(sample, "__wrapped__") and matches:
         tpe.TPESampler._sample = _sample_from_snapshot(sample)
 
 
@@ -283,10 +440,10 @@ class ChoiceRestrictingSampler(BaseSampler):
     that read. Optuna 5's TPE (constant liar on) reads every trial again for each parameter, one
     storage query per parameter; the study's coordinator, the one process sampling for all its
     workers, reads once. Trials other drivers finish during those milliseconds are seen by the
-    next trial instead. What TPE derives from the trials for each parameter (the trials by state,
-    its split into good and bad) is then derived once per trial too, and each finished trial's
-    values are converted for TPE once per study (:class:`_ReprCache`): the same draws, at a cost
-    that grows less with the study.
+    next trial instead. What TPE derives from the trials for each parameter (which are finished,
+    their split into good and bad, their values) then comes from the :class:`_StudyMemo`, which
+    reads each finished trial once per study: the same draws, at a cost that grows less with
+    the study.
     """
 
     def __init__(self, base: BaseSampler, restrictions: dict[str, tuple], snapshot: bool = False):
@@ -296,7 +453,7 @@ class ChoiceRestrictingSampler(BaseSampler):
         if snapshot:
             _install_tpe_memos()
         self._snapshot: _Snapshot | None = None
-        self._reprs: _ReprCache | None = None
+        self._memo: _StudyMemo | None = None
 
     def _view(self, study: Study, trial: FrozenTrial) -> Study:
         if not self.snapshot:
@@ -306,19 +463,19 @@ class ChoiceRestrictingSampler(BaseSampler):
         return _SnapshotView(study, self._snapshot)  # type: ignore[return-value]
 
     def _sampling(self, call: Callable[[Study], Any], study: Study, trial: FrozenTrial) -> Any:
-        """``call`` on the study as this sampler shows it; from a snapshot, with its splits memoized."""
+        """``call`` on the study as this sampler shows it; from a snapshot, with the study's memo."""
         view = self._view(study, trial)
         if self._snapshot is None:
             return call(view)
         owner = (study._study_id, id(study._storage))
-        if self._reprs is None or self._reprs.owner != owner:
-            self._reprs = _ReprCache(owner)
-        splits, reprs = _ACTIVE_SPLITS.set(self._snapshot.splits), _ACTIVE_REPRS.set(self._reprs)
+        if self._memo is None or self._memo.owner != owner:
+            self._memo = _StudyMemo(owner)
+        snapshot, memo = _ACTIVE_SNAPSHOT.set(self._snapshot), _ACTIVE_MEMO.set(self._memo)
         try:
             return call(view)
         finally:
-            _ACTIVE_REPRS.reset(reprs)
-            _ACTIVE_SPLITS.reset(splits)
+            _ACTIVE_MEMO.reset(memo)
+            _ACTIVE_SNAPSHOT.reset(snapshot)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         space = self.base.infer_relative_search_space(self._view(study, trial), trial)

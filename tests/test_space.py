@@ -55,7 +55,8 @@ def test_a_snapshot_sampler_splits_the_trials_once_per_trial_and_draws_the_same(
             cfg = space.sample(trial)
             draws.append(dict(trial.params))
             if snapshot and sampler._snapshot is not None:
-                splits.append((len(trial.params), len(sampler._snapshot.splits)))
+                snap = sampler._snapshot  # Optuna's own split memoized, or the index's (Optuna 5.1)
+                splits.append((len(trial.params), len(snap.splits) + sum(len(s._splits) for s in snap.sampling.values())))
             study.tell(trial, -abs(math.log10(cfg.optimizer_params["lr"]) + 2.5))
         return draws, splits
 
@@ -125,6 +126,110 @@ def test_a_snapshot_sampler_reads_each_finished_trial_once_and_draws_the_same(mo
     assert sum(plain_costs[-10:]) > 2 * sum(plain_costs[20:30])
     assert sum(snapped_costs[-10:]) <= 1.5 * sum(snapped_costs[20:30]) + 10
     assert sum(snapped_costs[-10:]) < sum(plain_costs[-10:]) / 4
+
+
+def _compare_with_optunas_split(snapshot, study) -> int:
+    """Check each split the snapshot's index made for the trial sampled against Optuna's own split
+    of the trials Optuna's ``_sample`` would take (the snapshot's in the states, the choice filter's, less
+    the trial sampled); the number of splits checked."""
+    from optuna.samplers._tpe import sampler as tpe
+
+    checked = 0
+    for (states, left_out, _), sampling in snapshot.sampling.items():
+        keep = sampling.index.keep
+        expected = [t for t in snapshot.trials
+                    if t.state in states and (keep is None or keep(t)) and t.number != left_out]
+        assert sampling.n == sum(t.state != optuna.trial.TrialState.RUNNING for t in expected)
+        for n_below, (below, above) in sampling._splits.items():
+            want_below, want_above = getattr(tpe._split_trials, "__wrapped__", tpe._split_trials)(study, expected, n_below)
+            assert [t.number for t in below] == [t.number for t in want_below]
+            assert [t.number for t in above] == [t.number for t in want_above]
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("direction,mostly_pruned", [("minimize", False), ("maximize", False), ("maximize", True)])
+def test_a_snapshot_sampler_draws_the_same_when_trials_finish_out_of_order_tie_and_break_constraints(
+        direction, mostly_pruned):
+    """The snapshot sampler keeps the study's finished trials indexed across trials, in the orders
+    TPE's split sorts them by (value, last pruned step and value, constraint violation), so no
+    trial is read again for the next one. Its split must be Optuna's own in every case a study
+    meets: four trials in flight finishing out of order (one of them running for 40 trials),
+    equal values (ties go by trial number), pruned trials with a NaN last value, failed trials,
+    an enqueued trial waiting, and trials breaking a constraint; and a study whose trials are
+    mostly pruned at different epochs, so that pruned trials make up TPE's good group too. Each
+    pruned trial's score is then computed once, not once per trial sampled after it."""
+    import math
+
+    from optuna.samplers._tpe import sampler as tpe
+    from optuna.trial import TrialState
+
+    from autoopt.sampling import _install_tpe_memos
+
+    _install_tpe_memos()  # before the count below wraps one of the functions whose source it checks
+    space = SearchSpace(SpaceSpec(optimizers=["adamw", "sgd", "lion", "adagrad"]), DENSE)
+    n_trials = 70
+    scored: list[int] = [0]
+    pruned_score = tpe._get_pruned_trial_score
+
+    def run(snapshot: bool, monkeypatch):
+        def counted(trial, study):
+            scored[-1] += 1
+            return pruned_score(trial, study)
+
+        monkeypatch.setattr(tpe, "_get_pruned_trial_score", counted)
+        base = make_sampler("tpe", seed=1, constraints_func=lambda t: [t.user_attrs.get("violation", 0.0)])
+        sampler = ChoiceRestrictingSampler(base, space.restrictions, snapshot=snapshot)
+        study = optuna.create_study(sampler=sampler, direction=direction)
+        draws, costs, flight = [], [], []
+        long_runner = None
+        compared: list[int] = []
+        for i in range(n_trials):
+            if i == 30:
+                study.enqueue_trial({"optimizer": "sgd"})
+            scored.append(0)
+            trial = study.ask()
+            cfg = space.sample(trial)
+            costs.append(scored[-1])
+            draws.append(dict(trial.params))
+            if snapshot and sampler._snapshot is not None:
+                compared.append(_compare_with_optunas_split(sampler._snapshot, study))
+            if i == 12:
+                long_runner = trial  # runs while 40 others finish
+                continue
+            flight.append((trial, cfg))
+            if len(flight) < 3 and i < n_trials - 1:
+                continue
+            # finish one of the three in flight, not always the oldest
+            done, cfg = flight.pop((i * 5) % len(flight))
+            score = round(-abs(math.log10(cfg.optimizer_params["lr"]) + 2.5), 1)  # ties
+            done.set_user_attr("violation", 1.0 if i % 11 == 0 else 0.0)
+            if i % 13 == 6:
+                study.tell(done, state=TrialState.FAIL)
+            elif (i % 12 != 0) if mostly_pruned else (i % 5 == 2):
+                for epoch in range(1, 2 + i % 3):
+                    done.report(float("nan") if i % 7 == 0 else score - 1.0 / epoch, epoch)
+                study.tell(done, state=TrialState.PRUNED)
+            else:
+                study.tell(done, score)
+            if i == 52:
+                study.tell(long_runner, -3.0)
+        return draws, costs, compared
+
+    with pytest.MonkeyPatch.context() as mp:
+        plain, plain_costs, _ = run(False, mp)
+    with pytest.MonkeyPatch.context() as mp:
+        snapped, snapped_costs, compared = run(True, mp)
+    assert snapped == plain
+    if optuna.__version__ == WRAPPED_OPTUNA:  # each trial's splits were the index's, and Optuna's own
+        assert sum(compared) >= n_trials, compared
+    if optuna.__version__ == WRAPPED_OPTUNA:
+        assert hasattr(tpe.TPESampler._sample, "__wrapped__"), "autoopt.sampling's _sample wrapper was not installed"
+        # Optuna scores every pruned trial again at each split: growing with the study; the index
+        # scores each once (once per list of trials it keeps: a restricted choice's is another)
+        assert sum(plain_costs[-10:]) > 2 * sum(plain_costs[20:30])
+        assert sum(snapped_costs[-10:]) <= 1.5 * sum(snapped_costs[20:30]) + 10
+        assert sum(snapped_costs[-10:]) < sum(plain_costs[-10:]) / 4
 
 
 def test_conditional_params_are_the_optimizers_own():
