@@ -105,9 +105,10 @@ def task_info(task: str, task_options: dict[str, Any]) -> dict[str, Any]:
     if key not in _TASK_INFO:
         from autoopt.task import load_task
 
+        from autoopt.optimizers import hidden_matrix_params
+
         t = load_task(task, **task_options)
-        model = t.build_model()
-        has_matrix = any(p.ndim == 2 for n, p in model.named_parameters() if "emb" not in n.lower())
+        has_matrix = bool(hidden_matrix_params(t.build_model()))  # as StudyRunner._has_matrix_params
         _TASK_INFO[key] = {"traits": t.traits(), "has_matrix": has_matrix, "direction": t.direction,
                            "epochs": t.epochs, "metric": t.metric, "chance": t.chance_level}
     return _TASK_INFO[key]

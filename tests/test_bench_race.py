@@ -109,3 +109,23 @@ def test_plain_optuna_in_a_process_of_its_own_runs_without_ray_and_is_paired(tmp
     _, summary = race_report(tmp_path, 0.01)
     ratio = summary["cv-big/autoopt_sh"]["ratios"]["optuna_asha_fresh / autoopt_asha_fresh"]
     assert ratio["time_to_target"]["median"] == 1.0 and ratio["autoopt_faster_seeds"] == 1
+
+
+def test_the_competitors_sample_the_space_autoopts_coordinator_builds():
+    """Plain Optuna and Tune sample ``bench.systems.build_space``; it must be the space autoopt's
+    runner gives its coordinator. It once decided Muon's place with another rule (any 2-D weight)
+    than the runner's (hidden 2-D weights, the output head left out), so on the engine bench's
+    one-layer model plain Optuna also drew Muon, which failed at once, while autoopt never did."""
+    from autoopt.optimizers import hidden_matrix_params
+    from autoopt.space import SearchSpace
+    from autoopt.spec import SpaceSpec
+    from autoopt.task import load_task
+    from bench.systems import build_space
+
+    for task in ("bench.trivial:TrivialTask", "tabular"):
+        loaded = load_task(task)
+        runners = SearchSpace(SpaceSpec(), loaded.traits(),
+                              has_matrix_params=bool(hidden_matrix_params(loaded.build_model())))
+        assert build_space(task, {}, {}).optimizers == runners.optimizers
+    assert "muon" not in build_space("bench.trivial:TrivialTask", {}, {}).optimizers
+    assert "muon" in build_space("tabular", {}, {}).optimizers
