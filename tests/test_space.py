@@ -346,3 +346,27 @@ def test_schedule_free_gets_only_a_constant_schedule():
         else:
             assert cfg.scheduler in {"cosine", "linear"}
     assert {c.optimizer for _, c in configs} == {"schedulefree_adamw", "adamw"}
+
+
+def test_a_coordinators_tpe_samples_from_its_index_of_finished_trials(tmp_path):
+    """The study's coordinator samples with TPE through the snapshot sampler's index of finished
+    trials (docs/benchmarks.md, issue #13), not through its fallback, which is as correct but
+    passes over every trial per trial: the storage it reads gives the trials numbered in order,
+    with a trial prepared ahead (WAITING) and two running while others finish."""
+    from optuna.samplers._tpe import sampler as tpe
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    search = SearchSpec(task="cv", space=SpaceSpec(optimizers=["adamw", "sgd", "lion"]), n_trials=None)
+    c = StudyCoordinator("indexed", search, ExecutionSpec(), PlacesSpec(storage=url), TaskFacts("maximize", DENSE, 3))
+    running = [c.ask(), c.ask()]
+    for i in range(30):
+        c.prepare()  # as the driver does after each dispatch
+        done = running.pop(0)
+        c.tell(done["number"], {"status": "complete", "value": float(i % 7), "history": []})
+        running.append(c.ask())
+    memo = c.study.sampler._memo
+    if optuna.__version__ == WRAPPED_OPTUNA:
+        assert hasattr(tpe.TPESampler._sample, "__wrapped__")
+        assert memo is not None and memo.indexes, "the coordinator's TPE never used the index"
+        finished = sum(t.state.is_finished() for t in c.study.get_trials(deepcopy=False))
+        assert max(len(index.trials) for index in memo.indexes.values()) >= finished - 2
