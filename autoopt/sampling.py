@@ -173,10 +173,9 @@ class _ValueStore:
     """Trials' values for one search space in TPE's internal representation, a row per trial
     number; finished trials' rows are converted once, running trials' each time."""
 
-    def __init__(self, names: list[str]):
-        self.names = names
-        self.dtypes: list[Any] = [None] * len(names)
-        self.columns = [np.zeros(0) for _ in names]
+    def __init__(self, n_columns: int):
+        self.dtypes: list[Any] = [None] * n_columns
+        self.columns = [np.zeros(0) for _ in range(n_columns)]
         self.has = np.zeros(0, bool)  # the trial has every parameter of the space
         self.known = np.zeros(0, bool)  # finished, converted
 
@@ -304,7 +303,7 @@ def _cached_internal_repr(convert: Callable[..., Any]) -> Callable[..., Any]:
         key = tuple(search_space.items())
         store = memo.values.get(key)
         if store is None:
-            store = memo.values[key] = _ValueStore(names)
+            store = memo.values[key] = _ValueStore(len(names))
         kept = snapshot.rows.get(id(trials))
         rows = kept[1] if kept is not None and kept[0] is trials else np.fromiter(
             (t.number for t in trials), np.intp, len(trials))
@@ -409,18 +408,15 @@ def _install_tpe_memos() -> None:
     is (sampling unchanged, only slower) if this Optuna's function is not the one wrapped here."""
     from optuna.samplers._tpe import sampler as tpe
 
-    split = getattr(tpe, "_split_trials", None)
-    if (split is not None and not hasattr(split, "__wrapped__")
-            and list(inspect.signature(split).parameters) == ["study", "trials", "n_below"]):
-        tpe._split_trials = _memoized_split(split)
-    convert = getattr(tpe.TPESampler, "_get_internal_repr", None)
-    if (convert is not None and not hasattr(convert, "__wrapped__")
-            and list(inspect.signature(convert).parameters) == ["self", "trials", "search_space", "study"]):
-        tpe.TPESampler._get_internal_repr = _cached_internal_repr(convert)
-    score = getattr(tpe, "_get_infeasible_trial_score", None)
-    if (score is not None and not hasattr(score, "__wrapped__")
-            and list(inspect.signature(score).parameters) == ["trial"]):
-        tpe._get_infeasible_trial_score = _cached_infeasibility(score)
+    def wrap_once(owner: Any, name: str, parameters: list[str], wrapper: Callable[[Any], Any]) -> None:
+        function = getattr(owner, name, None)
+        if (function is not None and not hasattr(function, "__wrapped__")
+                and list(inspect.signature(function).parameters) == parameters):
+            setattr(owner, name, wrapper(function))
+
+    wrap_once(tpe, "_split_trials", ["study", "trials", "n_below"], _memoized_split)
+    wrap_once(tpe.TPESampler, "_get_internal_repr", ["self", "trials", "search_space", "study"], _cached_internal_repr)
+    wrap_once(tpe, "_get_infeasible_trial_score", ["trial"], _cached_infeasibility)
     sample = getattr(tpe.TPESampler, "_sample", None)
     try:
         matches = _tpe_sources_digest() == _TPE_SOURCES

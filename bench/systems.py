@@ -103,9 +103,8 @@ def task_info(task: str, task_options: dict[str, Any]) -> dict[str, Any]:
     """Traits and matrix-parameter flag exactly as autoopt's runner computes them (cached)."""
     key = (task, tuple(sorted(task_options.items())))
     if key not in _TASK_INFO:
-        from autoopt.task import load_task
-
         from autoopt.optimizers import hidden_matrix_params
+        from autoopt.task import load_task
 
         t = load_task(task, **task_options)
         has_matrix = bool(hidden_matrix_params(t.build_model()))  # as StudyRunner._has_matrix_params
