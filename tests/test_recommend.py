@@ -493,6 +493,33 @@ def test_fit_model_saves_artifacts_and_logs_an_mlflow_model(tmp_path, monkeypatc
     # the recommender picks up the fitted model
     ans = recommend(domain="tabular", batch_size=32, model_path=tmp_path / "out" / "model.npz")
     assert ans.model["fitted"] and ans.model["tasks"] == 10 and ans.model["families"] == 4
+    # the study is learned now; the shipped model never saw it
+    assert meta.studies_not_learned(CompiledModel.load(tmp_path / "out" / "model.npz").instances, studies) == []
+    assert meta.studies_not_learned(CompiledModel.load(DATA_DIR / "model.npz").instances, studies) == ["mine"]
+
+
+def test_recommend_names_the_users_studies_its_model_has_not_learned_from(tmp_path):
+    """Finished studies feed the meta-dataset when they end; the model learns from them at the next
+    `meta fit`, and `recommend` says which it has not learned from yet. A study whose every run
+    failed is not named (a refit would not learn from it either), and a study's name is printed as
+    it is, never read as rich markup (a name with "[/x]" used to be a closing tag: MarkupError)."""
+    user = tmp_path / "user"  # the autouse fixture's AUTOOPT_RECOMMEND_DIR
+    name = "[/x] odd [bold]study"
+    meta.add_study_results(_study(name, "tabular", 32, {"lion": 0.2, "adamw": 0.4}), user / meta.STUDIES_FILE)
+    meta.add_study_results(_study("all-failed", "tabular", 32, {"adamw": 0.4}, failed=("adamw",)),
+                           user / meta.STUDIES_FILE)
+    assert meta.studies_not_learned([], user / meta.STUDIES_FILE) == [name]
+    assert meta.studies_not_learned([name], user / meta.STUDIES_FILE) == []
+    assert meta.studies_not_learned([], tmp_path / "none.csv") == []
+    r = _invoke("--task", "tabular", "--batch", "32", "--json")
+    assert r.exit_code == 0, r.output
+    answer = json.loads(r.output)
+    assert answer["model"]["studies_not_learned"] == [name]
+    assert [n["rule"] for n in answer["notes"]].count("studies-not-learned") == 1
+    r = _invoke("--task", "tabular", "--batch", "32")
+    assert r.exit_code == 0, r.output
+    flat = " ".join(r.output.split())
+    assert f"1 finished study of yours ({name}) is not in this model yet" in flat and "autoopt meta fit" in flat
 
 
 # ============================================================================ shipped artefacts, warm start

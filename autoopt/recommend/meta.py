@@ -140,6 +140,40 @@ def read_studies(path: str | Path) -> list[dict[str, Any]]:
         return rows
 
 
+def studies_not_learned(learned: Sequence[str], path: str | Path | None = None) -> list[str]:
+    """The user's finished studies (``path``, default the user's) that a model fitted on the
+    ``learned`` instances has not learned from, and that ``meta fit`` would: those with at least
+    one configuration whose every run finished, as :func:`regret.task_grids` needs. A study whose
+    runs all failed or were pruned is not counted (a refit would not learn from it either).
+
+    Reads only the columns it needs, with no pandas: ``autoopt recommend`` calls it.
+    """
+    from autoopt.recommend.sweep import BASELINES
+
+    path = Path(path) if path else default_studies_path()
+    known = set(learned)
+    configs: dict[str, dict[tuple[str, float], bool]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                instance, optimizer = row.get("instance") or "", row.get("optimizer") or ""
+                if not instance or instance in known or optimizer in BASELINES:
+                    continue
+                try:
+                    lr = float(row.get("lr") or "nan")
+                    value = float(row.get("value") or "nan")
+                except ValueError:
+                    continue
+                if not lr > 0:
+                    continue
+                key = (optimizer, round(math.log10(lr), 6))
+                mine = configs.setdefault(instance, {})
+                mine[key] = mine.get(key, True) and row.get("status") == "ok" and math.isfinite(value)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # no studies yet, or an unreadable file: `meta fit` says what is wrong with it
+    return [instance for instance, by_config in configs.items() if any(by_config.values())]
+
+
 def add_study_results(study: Any, path: str | Path | None = None) -> int:
     """Add a finished study's runs to the users' meta-dataset at ``path`` (default: the user's).
 
