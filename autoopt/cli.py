@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from autoopt.core import record as R
 
@@ -34,8 +35,11 @@ def _quiet() -> None:
     import logging
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
-out = Console()
-err = Console(stderr=True)
+# No markup: what these print is study names, paths, users' exception texts and configurations,
+# where rich would read "[batch, 10]" as a style tag and drop it, and "[/x]" as a closing tag and
+# raise (MarkupError) instead of printing the error it was asked to.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 class UsageError(Exception):
@@ -43,7 +47,7 @@ class UsageError(Exception):
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -197,7 +197,7 @@ def test_status_and_best_say_why_trials_failed(workdir):
     study = optuna.create_study(study_name="failing", storage=url, direction="minimize")
     reasons = ["diverged: training loss exploded to 1e+22 at epoch 1, step 3", "worker lost: NodeDiedError: gone",
                "diverged: loss is nan at epoch 2, step 1", None,
-               "error during training: RuntimeError: connecting to postgresql://me:hunter2@db/x failed"]
+               "error during training: RuntimeError: connecting to postgresql://me:hunter2@db/x failed [input [batch, 10], [/x]]"]
     for reason in reasons:
         study.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0.5},
                                      distributions={"x": FloatDistribution(0, 1)},
@@ -214,7 +214,9 @@ def test_status_and_best_say_why_trials_failed(workdir):
         "  2 failed: diverged (trials 0, 2), e.g. training loss exploded to 1e+22 at epoch 1, step 3",
         "  1 failed: worker lost (trial 1), e.g. NodeDiedError: gone",
         "  1 failed: no reason recorded (trial 3)",
-        "  1 failed: error during training (trial 4), e.g. RuntimeError: connecting to postgresql://me:***@db/x failed",
+        # a reason is printed as it is: rich markup used to drop "[batch, 10]" and raise on "[/x]"
+        "  1 failed: error during training (trial 4), e.g. RuntimeError: connecting to postgresql://me:***@db/x failed "
+        "[input [batch, 10], [/x]]",
     ], r.stdout
     data = json.loads(autoopt("status", "failing", "--storage", url, "--json", cwd=workdir).stdout)
     assert data["failures"]["diverged"] == {"count": 2, "trials": [0, 2], "example": reasons[0]}
@@ -222,6 +224,8 @@ def test_status_and_best_say_why_trials_failed(workdir):
     r = autoopt("best", "failing", "--storage", url, cwd=workdir, env={"COLUMNS": "250"})
     assert "  2 failed: diverged (trials 0, 2)" in r.stdout and "hunter2" not in r.stdout, r.stdout
     assert "= 0.25 (minimize, trial 5, the recommender's suggestion)\n" in r.stdout, r.stdout  # where the best came from
+    r = autoopt("status", "[/x]", "--storage", url, cwd=workdir)  # an error naming the input, not a MarkupError
+    assert r.returncode == 2 and r.stderr.startswith("error: no study named '[/x]'"), r.stderr
 
 
 def test_catalog_and_tasks_listings(workdir):
