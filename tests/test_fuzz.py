@@ -175,3 +175,25 @@ def test_cli_reading_a_missing_study_exits_2_and_creates_nothing(command, name, 
         assert_usage_error(result, "no study named", "no storage at", "storage")
         assert "hunter2" not in result.output
         assert list(work.iterdir()) == []
+
+
+#: names a console would read as rich markup: a style tag ("[bold]"), a closing tag ("[/x]")
+markup_like = st.builds(lambda a, tag, b: f"{a}[{tag}]{b}", st.text(max_size=4),
+                        st.sampled_from(["/x", "/", "bold", "/red", "red on blue", "link=http://x", "@click"]),
+                        st.text(max_size=4))
+
+
+@settings(FUZZ, max_examples=30)
+@given(st.sampled_from(["status", "best", "resume", "report"]),
+       st.one_of(markup_like, st.text(min_size=1, max_size=20)).filter(lambda s: s.strip() and not s.startswith("-")))
+def test_cli_names_a_missing_study_as_typed(command, name):
+    """In an existing storage, a study that is not there is an error that repeats its name as the
+    user typed it: never read as markup (a "[/x]" raised MarkupError, a "[bold]" vanished)."""
+    import optuna
+
+    with in_empty_dir() as work:
+        url = f"sqlite:///{work}/studies.db"
+        optuna.create_study(study_name="there", storage=url)
+        result = invoke([command, name, "--storage", url])
+        assert_usage_error(result, "no study named")
+        assert f"error: no study named {name!r}" in result.output.replace("\n", ""), result.output
