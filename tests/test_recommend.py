@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -496,6 +497,32 @@ def test_fit_model_saves_artifacts_and_logs_an_mlflow_model(tmp_path, monkeypatc
     # the study is learned now; the shipped model never saw it
     assert meta.studies_not_learned(CompiledModel.load(tmp_path / "out" / "model.npz").instances, studies) == []
     assert meta.studies_not_learned(CompiledModel.load(DATA_DIR / "model.npz").instances, studies) == ["mine"]
+
+
+def test_meta_fit_says_what_it_learned_from_in_a_few_lines(tmp_path):
+    """A user told by `recommend` to run `autoopt meta fit` reads what it fitted on (their studies
+    named), the estimator the CV chose, and where the model went; `--json` keeps the whole record."""
+    from helper_zoo import write_zoo
+
+    zoo = write_zoo(tmp_path / "zoo", families=2)
+    studies = tmp_path / "studies.csv"
+    meta.add_study_results(_study("mine", "tabular", 32, {"lion": 0.2, "adamw": 0.4, "momentum": 0.3}), studies)
+    args = ["meta", "fit", "--data", str(zoo), "--studies", str(studies), "--no-mlflow", "--n-estimators", "5"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert re.fullmatch(r"fitted on 7 tasks of 3 families \(\d+ rows\): 6 zoo tasks and 1 of your studies \(mine\)",
+                        lines[0]), lines
+    assert lines[1].startswith("estimator: ") and "leave-family-out CV regret" in lines[1], lines
+    assert lines[2] == f"saved: {tmp_path / 'a' / 'model.npz'} (`autoopt recommend --model {tmp_path / 'a' / 'model.npz'}` " \
+        "answers with it)" and len(lines) == 3, lines
+    r = CliRunner().invoke(app, args)  # into the user's folder: the default model from now on
+    assert r.output.strip().splitlines()[2].endswith("(`autoopt recommend` answers with it from now on)"), r.output
+    assert Recommender.default().model.instances == CompiledModel.load(tmp_path / "user" / "model.npz").instances
+    assert meta.studies_not_learned(Recommender.default().model.instances, studies) == []
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--json"])
+    info = json.loads(r.output)
+    assert info["studies"] == ["mine"] and info["tasks"] == 7 and info["selection"], info.keys()
 
 
 def test_recommend_names_the_users_studies_its_model_has_not_learned_from(tmp_path):

@@ -316,6 +316,7 @@ def meta_fit(
     experiment: str = typer.Option("autoopt-recommender", "--experiment"),
     n_estimators: int = typer.Option(60, "--n-estimators", min=1),
     evidence_k: float = typer.Option(0.5, "--evidence-k", min=0.01, help="evidence (tasks) at which model and rules weigh the same"),
+    as_json: bool = typer.Option(False, "--json", help="the whole record: data, parameters, the selection's CV table"),
 ) -> None:
     """Fit the regret model (estimator chosen by leave-family-out CV) and save (and log) it."""
     from autoopt.recommend import meta
@@ -331,7 +332,31 @@ def meta_fit(
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(meta.dumps(info))
+    typer.echo(meta.dumps(info) if as_json else fit_summary(info))
+
+
+def fit_summary(info: dict[str, Any]) -> str:
+    """What ``meta fit`` did, in the few lines a user reads (``--json`` has the rest)."""
+    from autoopt.recommend.recommender import user_dir
+    mine = info.get("studies") or []
+    shown = ", ".join(mine[:5]) + (f" and {len(mine) - 5} more" if len(mine) > 5 else "")
+    params = info.get("params") or {}
+    chosen = next((c for c in info.get("selection") or []
+                   if all(params.get(k) == v for k, v in c.items() if not k.startswith("cv_"))), None)
+    cv = f", leave-family-out CV regret {chosen['cv_regret_at_picked_lr']}" if chosen else ""
+    lines = [
+        f"fitted on {info['tasks']} tasks of {info['families']} families ({info['rows']} rows): "
+        f"{info['tasks'] - len(mine)} zoo tasks and {len(mine)} of your studies" + (f" ({shown})" if mine else ""),
+        f"estimator: {params.get('estimator', '?')}{cv}; shrinkage {params.get('shrinkage')}, "
+        f"evidence_k {params.get('evidence_k')}",
+        f"saved: {', '.join(info['files'])} " + ("(`autoopt recommend` answers with it from now on)"
+                                                  if Path(info["out_dir"]).resolve() == user_dir().resolve()
+                                                  else f"(`autoopt recommend --model {info['files'][0]}` answers with it)"),
+    ]
+    if info.get("mlflow"):
+        m = info["mlflow"]
+        lines.append(f"MLflow: run {m['run_id']} at {m['tracking_uri']} (model {m['model_uri']})")
+    return "\n".join(lines)
 
 
 @meta_app.command("evaluate")

@@ -309,6 +309,8 @@ def fit_model(
         "files": [str(out / MODEL_FILE)],
         "params": {k: v for k, v in est.get_params().items() if k != "catalog"},
         "selection": cv,
+        #: the user's finished studies among the tasks (their family is "study:<task>")
+        "studies": sorted(k for k, g in grids.items() if str(g.family).startswith("study:")),
     }
     if log_mlflow:
         info["mlflow"] = _log_to_mlflow(est, info, tracking_uri, experiment)
