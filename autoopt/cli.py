@@ -152,11 +152,35 @@ def _run_spec(spec: Any, as_json: bool) -> None:
     if runner.nothing_ran:
         err.print(f"note: {runner.nothing_ran}", highlight=False, soft_wrap=True)
     result = summarize(spec.name, runner.storage_url, runner.progress.elapsed, runner.final_summary)
+    learning = _what_the_recommender_learns(spec.name)
     if json_out is not None:
-        json_out.write(json.dumps(result.to_dict(), default=str) + "\n")
+        json_out.write(json.dumps({**result.to_dict(), "meta_dataset": learning}, default=str) + "\n")
         json_out.flush()
     else:
         _print_best(result)
+        if learning["added"] and not learning["learned"]:
+            from autoopt.recommend.cli import FIT_SECONDS
+
+            out.print(f"recommender: the study's runs are in your meta-dataset ({learning['path']}); "
+                      f"`autoopt meta fit` learns from them (about {FIT_SECONDS} s on 2 cores)",
+                      highlight=False, soft_wrap=True)
+
+
+def _what_the_recommender_learns(name: str) -> dict[str, Any]:
+    """Whether the finished study's runs reached the user's meta-dataset (``added``: a study whose
+    runs all failed adds nothing a fit could learn) and whether the recommender's model has
+    learned from them yet (``learned``: only after ``autoopt meta fit``)."""
+    from autoopt.recommend.meta import default_studies_path, studies_not_learned
+    from autoopt.recommend.recommender import Recommender
+
+    path = default_studies_path()
+    try:
+        model = Recommender.default().model
+    except Exception as exc:  # noqa: BLE001 - an unreadable user model: the study is done all the same
+        return {"path": str(path), "added": None, "learned": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    learned = list(model.instances) if model is not None else []
+    waiting = name in studies_not_learned(learned, path)
+    return {"path": str(path), "added": waiting or name in learned, "learned": name in learned}
 
 
 def _say_interrupted(name: str, what: dict[str, Any] | None) -> None:

@@ -61,6 +61,9 @@ def test_run_json_then_status_best_list_resume(workdir, spec_file):
     warm = [t.number for t in trials if t.user_attrs.get(R.WARM_START)]
     assert warm == [0, 1, 2]  # a task's study starts from the recommender's suggestions by default
     assert summary["best_from_warm_start"] is (summary["best_trial"] in warm)
+    # the study fed the recommender's meta-dataset, which the model learns from at the next `meta fit`
+    assert summary["meta_dataset"] == {"path": os.path.join(os.environ["AUTOOPT_RECOMMEND_DIR"], "studies.csv"),
+                                       "added": True, "learned": False}, summary["meta_dataset"]
     client = MlflowClient(summary["tracking_uri"])
     parent = client.get_run(summary["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED", r.stderr[-3000:]
