@@ -137,11 +137,10 @@ def render(answer: Any, console: Any = None) -> None:
     """The answer as a table, then each optimizer's reasons and the practical notes."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape as e  # rule texts, sources (paths) and study names are not markup
     from rich.table import Table
 
     from autoopt.recommend.recommender import OVERRIDE_DEPTH, REGRET_SCALE
-
-    from rich.markup import escape as e  # rule texts, sources (paths) and study names are not markup
 
     console = console or Console(width=None if sys.stdout.isatty() else 130)
     t = answer.traits
@@ -338,6 +337,7 @@ def meta_fit(
 def fit_summary(info: dict[str, Any]) -> str:
     """What ``meta fit`` did, in the few lines a user reads (``--json`` has the rest)."""
     from autoopt.recommend.recommender import user_dir
+
     mine = info.get("studies") or []
     shown = ", ".join(mine[:5]) + (f" and {len(mine) - 5} more" if len(mine) > 5 else "")
     params = info.get("params") or {}
