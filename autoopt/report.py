@@ -151,7 +151,10 @@ def plot_learning_curves(study: optuna.Study):
 
 
 def plot_optimizer_scheduler(study: optuna.Study):
-    """Best value per optimizer x scheduler cell, with how many trials completed / ran there."""
+    """Best value per optimizer x scheduler cell, with how many trials completed / ran there. A cell
+    whose trials were all pruned (most cells, with pruning on) says how far they got: their best
+    reported value and its epoch, in parentheses and uncoloured, since a value before the last
+    epoch is not comparable with a finished trial's."""
     import plotly.graph_objects as go
 
     name = metric_name(study)
@@ -178,19 +181,33 @@ def plot_optimizer_scheduler(study: optuna.Study):
                 trow.append("")
             else:
                 states = Counter(trial_status(t) for t in trials)
-                head = f"{best:.4g}" if best is not None else "-"
+                head = f"{best:.4g}" if best is not None else _reached_before_pruning(trials, maximize)
                 trow.append(f"{head}<br>{states.get('complete', 0)} done, {states.get('pruned', 0)} pruned, "
                             f"{states.get('failed', 0)} failed")
         z.append(zrow)
         text.append(trow)
+    seen = [v for row in z for v in row if v is not None]
+    # the scale spans the values seen (plotly centres a single value in a range of 1: accuracy up to 1.5)
+    low, high = (min(seen), max(seen)) if seen else (0.0, 1.0)
+    pad = 0.0 if high > low else max(abs(high) * 1e-3, 1e-9)
     fig = go.Figure(
         go.Heatmap(z=z, x=schedulers, y=optimizers, text=text, texttemplate="%{text}",
-                   colorscale="RdYlGn", reversescale=not maximize,
+                   colorscale="RdYlGn", reversescale=not maximize, zmin=low - pad, zmax=high + pad,
                    colorbar={"title": {"text": f"best {name}"}}, hoverongaps=False)
     )
     fig.update_layout(title=f"Optimizer x scheduler: best {name} per cell",
                       xaxis_title="scheduler", yaxis_title="optimizer")
     return fig
+
+
+def _reached_before_pruning(trials: list[FrozenTrial], maximize: bool) -> str:
+    """"(0.95 at epoch 4, pruned)": the best value a cell's pruned trials reported; "-" if none."""
+    reached = [(h["val_metric"], h["epoch"]) for t in trials if trial_status(t) == "pruned"
+               for h in trial_history(t) if R.finite(h.get("val_metric"))]
+    if not reached:
+        return "-"
+    value, epoch = (max if maximize else min)(reached, key=lambda r: r[0])
+    return f"({value:.4g} at epoch {epoch}, pruned)"
 
 
 def plot_param_importances(study: optuna.Study):

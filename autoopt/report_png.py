@@ -130,7 +130,8 @@ def _export_png_matplotlib(fig: Any, path: Path) -> None:
         ax = mfig.add_subplot(1, 1, 1)
         trace = heatmaps[0]
         z = [[float("nan") if v is None else float(v) for v in row] for row in trace.z]
-        im = ax.imshow(z, aspect="auto", cmap="RdYlGn_r" if trace.reversescale else "RdYlGn")
+        im = ax.imshow(z, aspect="auto", cmap="RdYlGn_r" if trace.reversescale else "RdYlGn",
+                       vmin=trace.zmin, vmax=trace.zmax)  # the figure's own scale, where it sets one
         mfig.colorbar(im, ax=ax)
         ax.set_xticks(range(len(trace.x)))
         ax.set_xticklabels(list(trace.x))

@@ -322,3 +322,30 @@ def test_best_config_code_tells_a_schedule_free_optimizer_to_evaluate_at_its_ave
         compile(best_config_code(free, fmt), fmt, "exec")
         plain = best_config_code({**base, "optimizer": "adamw"}, fmt)
         assert "eval()" not in plain and "on_validation_start" not in plain
+
+
+def test_the_optimizer_scheduler_map_says_how_far_pruned_only_cells_got(tmp_path):
+    """With pruning on, most cells hold pruned trials only (the quickstart: 28 of 30). Such a cell
+    shows its trials' best reported value and epoch, uncoloured (not comparable with a finished
+    trial's); the colour scale spans the finished values (one value was centred in a range of 1,
+    so an accuracy scale ran to 1.5)."""
+    from autoopt.report import plot_optimizer_scheduler
+
+    study = _study(tmp_path, [("complete", None), ("pruned", 2), ("pruned", 3), ("pruned", 1), ("failed", 2)])
+    trials = study.get_trials(deepcopy=False)
+    fig = plot_optimizer_scheduler(study)
+    heat = fig.data[0]
+    cell = {(o, s): (heat.z[i][j], heat.text[i][j]) for i, o in enumerate(heat.y) for j, s in enumerate(heat.x)}
+    complete = trials[0]
+    cfg = complete.user_attrs[R.CONFIG]
+    value, text = cell[(cfg["optimizer"], cfg["scheduler"])]
+    assert value == pytest.approx(complete.value) and text.startswith(f"{complete.value:.4g}<br>")
+    assert heat.zmin < complete.value < heat.zmax and heat.zmax - heat.zmin < 0.01
+    checked = 0
+    for key, (z, text) in cell.items():
+        mine = [t for t in trials if (t.user_attrs[R.CONFIG]["optimizer"], t.user_attrs[R.CONFIG]["scheduler"]) == key]
+        if mine and all(t.state == TrialState.PRUNED for t in mine):
+            best = max((h["val_metric"], h["epoch"]) for t in mine for h in t.user_attrs[R.HISTORY])
+            assert z is None and text.startswith(f"({best[0]:.4g} at epoch {best[1]}, pruned)<br>0 done"), text
+            checked += 1
+    assert checked >= 1, cell
