@@ -210,11 +210,22 @@ def _reached_before_pruning(trials: list[FrozenTrial], maximize: bool) -> str:
     return f"({value:.4g} at epoch {epoch}, pruned)"
 
 
+#: Below this many completed trials an importance plot is mostly noise (a forest fitted to a few
+#: points), and its title says so: with pruning on, a 30-trial study may complete 2.
+IMPORTANCE_ROUGH_BELOW = 10
+
+
 def plot_param_importances(study: optuna.Study):
+    """Optuna's importances (fANOVA on the completed trials only), titled with how many trials
+    they come from: pruned trials do not count, and the parameters are those all of them share."""
     name = metric_name(study)
     title = f"Hyperparameter importances for {name}"
-    if _n_complete(study) < 2:
+    n = _n_complete(study)
+    if n < 2:
         return _placeholder(title, "Needs at least 2 completed trials")
+    title += f" (from {n} completed trials" + (
+        f"; fewer than {IMPORTANCE_ROUGH_BELOW}: too few to rank them, pruned trials do not count)"
+        if n < IMPORTANCE_ROUGH_BELOW else ")")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -349,3 +349,15 @@ def test_the_optimizer_scheduler_map_says_how_far_pruned_only_cells_got(tmp_path
             assert z is None and text.startswith(f"({best[0]:.4g} at epoch {best[1]}, pruned)<br>0 done"), text
             checked += 1
     assert checked >= 1, cell
+
+
+def test_the_importance_plot_says_how_many_completed_trials_it_comes_from(tmp_path):
+    """Importances come from completed trials only; with pruning on a study may complete 2 of 30,
+    and a forest fitted to 2 points ranked five parameters at 0.19-0.20 each (the quickstart)."""
+    from autoopt.report import IMPORTANCE_ROUGH_BELOW, plot_param_importances
+
+    few = _study(tmp_path, [("complete", None)] * 3 + [("pruned", 2)] * 5, name="few")
+    assert plot_param_importances(few).layout.title.text.endswith(
+        f"(from 3 completed trials; fewer than {IMPORTANCE_ROUGH_BELOW}: too few to rank them, pruned trials do not count)")
+    many = _study(tmp_path, [("complete", None)] * IMPORTANCE_ROUGH_BELOW, name="many")
+    assert plot_param_importances(many).layout.title.text.endswith(f"(from {IMPORTANCE_ROUGH_BELOW} completed trials)")
