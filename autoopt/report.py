@@ -210,13 +210,13 @@ def _reached_before_pruning(trials: list[FrozenTrial], maximize: bool) -> str:
     return f"({value:.4g} at epoch {epoch}, pruned)"
 
 
-#: Below this many completed trials an importance plot is mostly noise (a forest fitted to a few
-#: points), and its title says so: with pruning on, a 30-trial study may complete 2.
+#: Below this many completed trials an importance plot is mostly noise (an evaluator fitted to a
+#: few points), and its title says so: with pruning on, a 30-trial study may complete 2.
 IMPORTANCE_ROUGH_BELOW = 10
 
 
 def plot_param_importances(study: optuna.Study):
-    """Optuna's importances (fANOVA on the completed trials only), titled with how many trials
+    """Optuna's importances (its default evaluator, on the completed trials only), titled with how many trials
     they come from: pruned trials do not count, and the parameters are those all of them share."""
     name = metric_name(study)
     title = f"Hyperparameter importances for {name}"
