@@ -216,8 +216,9 @@ IMPORTANCE_ROUGH_BELOW = 10
 
 
 def plot_param_importances(study: optuna.Study):
-    """Optuna's importances (its default evaluator, on the completed trials only), titled with how many trials
-    they come from: pruned trials do not count, and the parameters are those all of them share."""
+    """Optuna's importances (its default evaluator, on the completed trials only), titled with
+    how many trials they come from: pruned trials do not count, and the parameters are those all
+    of them share."""
     name = metric_name(study)
     title = f"Hyperparameter importances for {name}"
     n = _n_complete(study)
