@@ -499,6 +499,39 @@ def test_fit_model_saves_artifacts_and_logs_an_mlflow_model(tmp_path, monkeypatc
     assert meta.studies_not_learned(CompiledModel.load(DATA_DIR / "model.npz").instances, studies) == ["mine"]
 
 
+def test_the_studies_recommend_calls_unlearned_are_the_ones_a_fit_would_learn(tmp_path):
+    """`studies_not_learned` reads the studies file without pandas (recommend answers at once), so
+    it repeats the rule by which `regret.task_grids` makes a task of a study: at least one
+    configuration (optimizer, lr; baselines aside) whose every run finished. The two must agree."""
+    import csv
+
+    import pandas as pd
+
+    from autoopt.recommend.regret import task_grids
+
+    def row(instance, optimizer, lr, seed, status, value):
+        return {"instance": instance, "family": f"study:{instance}", "domain": "tabular", "batch_size": 32,
+                "n_params": 5000, "dataset_size": 2000, "metric": "val_mse", "direction": "minimize",
+                "optimizer": optimizer, "lr": lr, "seed": seed, "status": status, "value": value}
+
+    rows = [row("ok", "adamw", 1e-3, 0, "ok", 0.3), row("ok", "lion", 1e-4, 1, "failed", ""),
+            row("failed", "adamw", 1e-3, 0, "failed", ""), row("pruned", "sgd", 0.1, 0, "pruned", ""),
+            # the only finished configuration also failed once: no configuration whose every run finished
+            row("mixed", "adamw", 1e-3, 0, "ok", 0.3), row("mixed", "adamw", 1e-3, 1, "failed", ""),
+            row("mixed", "sgd", 0.1, 2, "ok", float("inf")),
+            row("baseline", "prodigy", 1.0, 0, "ok", 0.2),  # a baseline alone is no grid
+            row("repeat", "adamw", 1e-3, 0, "ok", 0.3), row("repeat", "adamw", 1.0e-3, 1, "ok", 0.4)]
+    path = tmp_path / "studies.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(meta.STUDY_COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    learnable = set(task_grids(pd.DataFrame(meta.read_studies(path))))
+    assert learnable == {"ok", "repeat"}
+    assert set(meta.studies_not_learned([], path)) == learnable
+    assert meta.studies_not_learned(["ok"], path) == ["repeat"]
+
+
 def test_meta_fit_says_what_it_learned_from_in_a_few_lines(tmp_path):
     """A user told by `recommend` to run `autoopt meta fit` reads what it fitted on (their studies
     named), the estimator the CV chose, and where the model went; `--json` keeps the whole record."""
