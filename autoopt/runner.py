@@ -230,10 +230,10 @@ def _prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool,
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     import pytorch_optimizer  # noqa: F401
 
-    if tracking:
-        import mlflow.tracking  # noqa: F401 - about 1.6 s; the store itself is opened by the driver
+    if tracking:  # MLflow's client (about 1.6 s) imports while the first trial trains
+        from autoopt.tracking import import_client_soon
 
-        import autoopt.tracking  # noqa: F401
+        import_client_soon()
     if objective_ref is not None:
         autoopt.trial.load_objective(ray.get(objective_ref) if isinstance(objective_ref, ray.ObjectRef) else objective_ref)
     else:

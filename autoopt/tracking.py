@@ -382,6 +382,21 @@ _WRITER: Any = None
 _WRITER_LOCK = threading.Lock()
 
 
+def import_client_soon() -> None:
+    """Import MLflow's client (about 1.6 s) on this process's tracking thread, not before a
+    worker's first trial: the trial trains meanwhile, and its MLflow writes, queued on the same
+    thread, follow the import. Never raises: a problem shows at the trial's first write."""
+    tracking_thread().submit(_import_client)
+
+
+def _import_client() -> None:
+    try:
+        import mlflow.tracking  # noqa: F401
+        from mlflow.entities import Metric  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        _logger.debug("autoopt: importing MLflow failed (%s)", exc)
+
+
 def tracking_thread() -> Any:
     """The process's one tracking thread (a ThreadPoolExecutor of one): MLflow writes that need
     not hold up a trial or the driver's loop, in the order submitted (a worker runs one trial at
@@ -526,28 +541,29 @@ class TrialLogger:
         """Whether the run exists or is being created on the tracking thread."""
         return self.run_id is not None or self._starting
 
-    def _log_async(self, what: str, *, metrics: list | None = None, p: list | None = None, tags: list | None = None,
-                   records: list[EpochRecord] | None = None, times: list[int] | None = None) -> bool:
-        """A ``log_batch`` written by this process's tracking thread while the trial trains;
-        :meth:`_confirm` waits for it when the trial ends. Not MLflow's own ``synchronous=False``:
-        ending a run shuts MLflow's queue down, and that join waits out the queue's 1-second poll on
-        every trial. A tracking server (http) is written to synchronously: a dead server must fail
+    def _log_async(self, what: str, records: list[EpochRecord], times: list[int]) -> bool:
+        """Epochs' ``log_batch`` written by this process's tracking thread while the trial trains;
+        :meth:`_confirm` waits for it when the trial ends. The metrics are built there too: on a
+        worker's first trial that thread may still be importing MLflow (:func:`import_client_soon`),
+        and the trial goes on training meanwhile. Not MLflow's own ``synchronous=False``: ending a
+        run shuts MLflow's queue down, and that join waits out the queue's 1-second poll on every
+        trial. A tracking server (http) is written to synchronously: a dead server must fail
         within the bounded one-attempt policy (:func:`_bounded_http`), not in a thread."""
         if is_remote(self.config.tracking_uri):
-            ok, _ = self.conn.call(what, "log_batch", self.run_id, metrics=metrics or (), params=p or (), tags=tags or ())
+            ok, _ = self.conn.call(what, "log_batch", self.run_id, metrics=self._metrics_of(records, times))
             if ok:
-                self._logged_epochs.update(r.key for r in records or [])
+                self._logged_epochs.update(r.key for r in records)
             return ok
-        future = tracking_thread().submit(self._log_batch_later, what, metrics=metrics or (), params=p or (), tags=tags or ())
-        self._pending.append((future, list(records or []), list(times or [])))
+        future = tracking_thread().submit(self._log_epochs_later, what, records, times)
+        self._pending.append((future, list(records), list(times)))
         return True
 
-    def _log_batch_later(self, what: str, **batch: Any) -> tuple[bool, Any]:
+    def _log_epochs_later(self, what: str, records: list[EpochRecord], times: list[int]) -> tuple[bool, Any]:
         """On the tracking thread: the run id is read here (a run created in the background
         before it exists, or could not be created: then nothing is written)."""
         if self.run_id is None:
             return False, None
-        return self.conn.call(what, "log_batch", self.run_id, **batch)
+        return self.conn.call(what, "log_batch", self.run_id, metrics=self._metrics_of(records, times))
 
     def _confirm(self) -> None:
         """Wait for the background writes; epochs whose write failed go back to the buffer
@@ -586,6 +602,9 @@ class TrialLogger:
         if m:
             self.conn.call("log user metrics", "log_batch", self.run_id, metrics=m)
 
+    def _metrics_of(self, records: list[EpochRecord], times: list[int]) -> list:
+        return [m for rec, ts in zip(records, times) for m in self._epoch_metrics(rec, ts)]
+
     def _epoch_metrics(self, record: EpochRecord, ts: int) -> list:
         from mlflow.entities import Metric
 
@@ -607,14 +626,13 @@ class TrialLogger:
         if not self._buffer or not self._open:
             return True
         records, times = list(self._buffer), list(self._buffer_times)
-        metrics = [m for rec, ts in zip(records, times) for m in self._epoch_metrics(rec, ts)]
         if not wait:
-            if self._log_async("log epoch metrics", metrics=metrics, records=records, times=times):
+            if self._log_async("log epoch metrics", records, times):
                 self._buffer.clear()
                 self._buffer_times.clear()
                 return True
             return False
-        ok, _ = self.conn.call("log epoch metrics", "log_batch", self.run_id, metrics=metrics)
+        ok, _ = self.conn.call("log epoch metrics", "log_batch", self.run_id, metrics=self._metrics_of(records, times))
         if ok:
             self._logged_epochs.update(r.key for r in records)
             self._buffer.clear()

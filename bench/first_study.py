@@ -10,6 +10,7 @@ first trial started: whether the coordinator's start is on the first trial's pat
     ray start --head --port=6390 --node-ip-address=127.0.0.1 --num-cpus=2 --include-dashboard=false
     python -m bench.first_study autoopt 127.0.0.1:6390 sqlite:////tmp/fs/a.db sqlite:////tmp/fs/mlflow.db
     python -m bench.first_study optuna - sqlite:////tmp/fs/o.db
+    python -m bench.first_study pairs OLD_TREE NEW_TREE 127.0.0.1:6390 OUT 4   (two commits, see pairs)
 
 (with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and the head's ``RAY_AUTH_*`` in both processes'
 environment and ``PYTHONPATH`` holding this repository). Prints one JSON line; times in seconds
@@ -62,9 +63,22 @@ def run_autoopt(address: str, storage: str, tracking_uri: str) -> dict[str, Any]
                              storage=storage, tracking=True, tracking_uri=tracking_uri, seed=0, ray_address=address,
                              space=SPACE, sampler="tpe", pruner="none", warm_start={"enabled": False})
     t0 = time.time()
-    autoopt.run(spec)
+    result = autoopt.run(spec)
     out = _timeline(storage, name, t0, time.time() - t0)
-    return {"system": "autoopt", **{k: v - t0 for k, v in marks.items()}, **out}
+    return {"system": "autoopt", **{k: v - t0 for k, v in marks.items()}, **out,
+            "finished_trial_runs": _finished_trial_runs(tracking_uri, result.mlflow_parent_run_id)}
+
+
+def _finished_trial_runs(tracking_uri: str, parent_run_id: str | None) -> int | None:
+    """The study's trial runs MLflow holds as FINISHED: every trial's run made and ended."""
+    if parent_run_id is None:
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment_id], "tags.`autoopt.role` = 'trial'", max_results=1000)
+    return sum(1 for r in runs if r.info.status == "FINISHED")
 
 
 def run_optuna(storage: str) -> dict[str, Any]:
@@ -76,7 +90,38 @@ def run_optuna(storage: str) -> dict[str, Any]:
     return {"system": "optuna", **_timeline(storage, r.extra["study"], t0, time.time() - t0)}
 
 
+def pairs(trees: list[str], address: str, out: str, rounds: int) -> None:
+    """autoopt's first study from each of ``trees`` (checkouts of two commits), interleaved for
+    ``rounds`` rounds with the order alternating: each study a new driver process whose imports,
+    and its Ray workers' (Ray hands a worker the driver's ``sys.path``), come from its tree. One
+    JSON line per study, with its tree, in ``out/results.jsonl``.
+
+        python -m bench.first_study pairs OLD_TREE NEW_TREE 127.0.0.1:6390 OUT 4
+    """
+    import os
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(out).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in range(rounds):
+        for tree in trees if r % 2 == 0 else trees[::-1]:
+            tag = uuid.uuid4().hex[:6]
+            env = {**os.environ, "PYTHONPATH": tree}
+            line = subprocess.run([sys.executable, "-m", "bench.first_study", "autoopt", address,
+                                   f"sqlite:///{folder / f'a-{tag}.db'}", f"sqlite:///{folder / 'mlflow.db'}"],
+                                  cwd=tree, env=env, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            row = {"tree": tree, "round": r, "loadavg": os.getloadavg(), **json.loads(line)}
+            with (folder / "results.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+
+
 def main(argv: list[str]) -> None:
+    if argv[0] == "pairs":
+        old, new, address, out, rounds = argv[1:]
+        pairs([old, new], address, out, int(rounds))
+        return
     system, address, storage, *rest = argv
     out = run_autoopt(address, storage, rest[0]) if system == "autoopt" else run_optuna(storage)
     print(json.dumps(out))

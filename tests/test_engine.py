@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -332,6 +333,51 @@ def test_a_trial_run_made_and_ended_in_the_background_is_whole_and_the_driver_fi
     assert run.data.tags["autoopt.epochs_logged"] == "5" and run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
     parent = MlflowClient(uri).get_run(tracker.parent_run_id)  # its params, written in the background
     assert parent.data.params["sampler"] == "tpe" and parent.data.params["n_trials"] == "2"
+
+
+_FIRST_TRIAL_PROBE = """
+import pickle, sys, threading
+from autoopt.core.record import EpochRecord, TrialOutcome
+from autoopt.runner import _prepare_worker
+from autoopt.tracking import tracking_thread
+
+gate = threading.Event()
+tracking_thread().submit(gate.wait)  # the tracking thread is held: nothing queued on it runs yet
+_prepare_worker("bench.trivial:TrivialTask", {}, True, None)  # a worker made ready for tracked trials
+logger = pickle.loads(open(sys.argv[1], "rb").read())  # the driver's logger for the first trial
+logger.start("h", "cpu", background=True)
+history = [EpochRecord(e, 1 / e, e / 10, 0.1, 0.01) for e in range(1, 5)]
+for rec in history:  # flush_every=2: two asynchronous writes are due during the trial
+    logger.log_epoch(rec)
+print("mlflow imported on the trial's path:", "mlflow" in sys.modules, flush=True)
+gate.set()
+logger.finish(TrialOutcome("complete", 0.4, history))
+print("run", logger.run_id)
+"""
+
+
+def test_a_workers_first_trial_trains_while_mlflow_imports_and_every_epoch_lands(tmp_path):
+    """A worker's MLflow client (1.6 s or more to import) loads on its tracking thread, not before
+    the first trial: readying the worker, starting the trial's run and logging its epochs import
+    none of it on the trial's own thread, and the writes queued behind the import land whole."""
+    import pickle
+    import subprocess
+
+    uri = default_tracking_uri(tmp_path)
+    tracker = StudyTracker(TrackingConfig(tracking_uri=uri, experiment_name="first", flush_every=2))
+    assert tracker.start("first", {"n_trials": 1}, "tpe", "none", {}) is not None
+    logger = tracker.trial_logger(0, {"optimizer": "sgd"}, {"optimizer": "sgd", "optimizer_params": {"lr": 0.1}})
+    (tmp_path / "logger.pkl").write_bytes(pickle.dumps(logger))
+    out = subprocess.run([sys.executable, "-c", _FIRST_TRIAL_PROBE, str(tmp_path / "logger.pkl")],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "mlflow imported on the trial's path: False" in out.stdout, out.stdout
+    run_id = out.stdout.split("run ")[-1].strip()
+    run = MlflowClient(uri).get_run(run_id)
+    points = MlflowClient(uri).get_metric_history(run_id, "val_metric")
+    assert sorted(m.step for m in points) == [1, 2, 3, 4]
+    assert run.info.status == "FINISHED" and run.data.params["optimizer.lr"] == "0.1"
+    assert run.data.tags["autoopt.epochs_logged"] == "4"
 
 
 def test_a_study_result_is_the_studys_own_summary_read_once(ray_local, workdir):
