@@ -4,8 +4,7 @@ per trial).
 
 100 trials of ``bench.trivial:TrivialTask`` (a 4->1 linear model, one batch, one epoch: what is
 left is each system's cost per trial), 2 workers, the default space, TPE with the study's seed,
-no pruning (one-epoch trials), in one driver on one local Ray. The arms, interleaved per seed with
-the order rotated:
+no pruning (one-epoch trials). The arms:
 
 * ``autoopt``: as shipped, SQLite storage and MLflow on;
 * ``autoopt_notrack``: SQLite storage, MLflow off (the same work as Tune without loggers);
