@@ -41,7 +41,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from autoopt.core import record as R
 from autoopt.core.record import EpochRecord, TrialOutcome
@@ -550,7 +550,7 @@ class TrialLogger:
         trial. A tracking server (http) is written to synchronously: a dead server must fail
         within the bounded one-attempt policy (:func:`_bounded_http`), not in a thread."""
         if is_remote(self.config.tracking_uri):
-            ok, _ = self.conn.call(what, "log_batch", self.run_id, metrics=self._metrics_of(records, times))
+            ok, _ = self.conn.call(what, "log_batch", self.run_id, metrics=self._metrics_of(zip(records, times)))
             if ok:
                 self._logged_epochs.update(r.key for r in records)
             return ok
@@ -563,7 +563,7 @@ class TrialLogger:
         before it exists, or could not be created: then nothing is written)."""
         if self.run_id is None:
             return False, None
-        return self.conn.call(what, "log_batch", self.run_id, metrics=self._metrics_of(records, times))
+        return self.conn.call(what, "log_batch", self.run_id, metrics=self._metrics_of(zip(records, times)))
 
     def _confirm(self) -> None:
         """Wait for the background writes; epochs whose write failed go back to the buffer
@@ -602,8 +602,9 @@ class TrialLogger:
         if m:
             self.conn.call("log user metrics", "log_batch", self.run_id, metrics=m)
 
-    def _metrics_of(self, records: list[EpochRecord], times: list[int]) -> list:
-        return [m for rec, ts in zip(records, times) for m in self._epoch_metrics(rec, ts)]
+    def _metrics_of(self, timed: Iterable[tuple[EpochRecord, int]]) -> list:
+        """MLflow metrics of epochs, each with the time it was reported."""
+        return [m for rec, ts in timed for m in self._epoch_metrics(rec, ts)]
 
     def _epoch_metrics(self, record: EpochRecord, ts: int) -> list:
         from mlflow.entities import Metric
@@ -632,7 +633,7 @@ class TrialLogger:
                 self._buffer_times.clear()
                 return True
             return False
-        ok, _ = self.conn.call("log epoch metrics", "log_batch", self.run_id, metrics=self._metrics_of(records, times))
+        ok, _ = self.conn.call("log epoch metrics", "log_batch", self.run_id, metrics=self._metrics_of(zip(records, times)))
         if ok:
             self._logged_epochs.update(r.key for r in records)
             self._buffer.clear()
@@ -661,7 +662,7 @@ class TrialLogger:
         # the last epochs go in the outcome's batch (one write fewer per trial) if they fit MLflow's
         # 1000-metrics-per-batch limit, beside the outcome's own few metrics
         tail = list(zip(self._buffer, self._buffer_times))
-        epochs = [metric for rec, ts in tail for metric in self._epoch_metrics(rec, ts)]
+        epochs = self._metrics_of(tail)
         if len(epochs) > MAX_BATCH_METRICS - 100:
             self.flush()
             tail, epochs = [], []
