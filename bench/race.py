@@ -133,8 +133,11 @@ def _n_brackets(max_t: int) -> int:
 # the systems
 # ----------------------------------------------------------------------------------------------
 def run_tune_fair(task: str, task_options: dict[str, Any], space: dict[str, Any], *, seed: int, n_trials: int,
-                  workers: int, workdir: Path, pruner: str):
-    """Tune as an expert runs it: reused actors, loggers off, the matching async scheduler."""
+                  workers: int, workdir: Path, pruner: str, tracking_uri: str | None = None):
+    """Tune as an expert runs it: reused actors, its loggers off, OptunaSearch over the same space,
+    sampler and seed, and the scheduler matching ``pruner`` (``none``: FIFO, Tune's default).
+    ``tracking_uri``: log to MLflow with Ray's ``MLflowLoggerCallback``, as a Tune user would.
+    ``extra["first_trial_start_s"]``: when Tune started its first trial, from the call."""
     import uuid
 
     from ray import tune
@@ -149,11 +152,23 @@ def run_tune_fair(task: str, task_options: dict[str, Any], space: dict[str, Any]
     mode = info["direction"][:3]
     searcher = OptunaSearch(space=DefineByRun(sp, task, task_options, seed), metric="val_metric", mode=mode,
                             sampler=build_sampler("tpe", seed, sp), study_name=name)
-    brackets = 1 if pruner == "successive_halving" else _n_brackets(info["epochs"])
-    # ASHAScheduler is AsyncHyperBandScheduler; brackets=1 is plain ASHA
-    sched = AsyncHyperBandScheduler(metric="val_metric", mode=mode, max_t=info["epochs"], grace_period=MIN_RESOURCE,
-                                    reduction_factor=REDUCTION, brackets=brackets)
+    sched, described = None, "FIFOScheduler"
+    if pruner != "none":
+        brackets = 1 if pruner == "successive_halving" else _n_brackets(info["epochs"])
+        # ASHAScheduler is AsyncHyperBandScheduler; brackets=1 is plain ASHA
+        sched = AsyncHyperBandScheduler(metric="val_metric", mode=mode, max_t=info["epochs"],
+                                        grace_period=MIN_RESOURCE, reduction_factor=REDUCTION, brackets=brackets)
+        described = f"AsyncHyperBandScheduler(brackets={brackets})"
+    callbacks: list[Any] = []
+    if tracking_uri:
+        from mlflow.tracking import MlflowClient
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        MlflowClient(tracking_uri=tracking_uri).create_experiment(
+            name, artifact_location=(workdir / "mlartifacts" / name).resolve().as_uri())
+        callbacks.append(MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=name))
     events: list = []
+    starts: list[float] = []
     t0 = time.time()
 
     class Record(tune.Callback):
@@ -161,6 +176,9 @@ def run_tune_fair(task: str, task_options: dict[str, Any], space: dict[str, Any]
             r = trial.last_result or {}
             events.append(TrialEvent(len(events), time.time() - t0, r.get("best_val"), state,
                                      int(r.get("training_iteration", 0) or 0), r.get("time_total_s")))
+
+        def on_trial_start(self, iteration, trials, trial, **kw):
+            starts.append(time.time() - t0)
 
         def on_trial_complete(self, iteration, trials, trial, **kw):
             r = trial.last_result or {}
@@ -173,13 +191,14 @@ def run_tune_fair(task: str, task_options: dict[str, Any], space: dict[str, Any]
         tune.with_resources(tune_trainable, {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=n_trials,
                                     max_concurrent_trials=workers, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(workdir / "ray_results"), callbacks=[Record()],
-                                  verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=str(workdir / "ray_results"),
+                                  callbacks=[Record(), *callbacks], verbose=0),
     )
     tuner.fit()
     wall = time.time() - t0
     return SystemRun("tune", task, seed, workers, n_trials, info["direction"], wall, events,
-                     {"experiment": name, "scheduler": f"AsyncHyperBandScheduler(brackets={brackets})"})
+                     {"experiment": name, "scheduler": described,
+                      "first_trial_start_s": min(starts) if starts else None})
 
 
 def run_optuna_fair(task: str, task_options: dict[str, Any], space: dict[str, Any], *, seed: int, n_trials: int,

@@ -34,8 +34,6 @@ import argparse
 import json
 import os
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -49,52 +47,20 @@ TARGET = 3.0  # the headline's row: at least 3x Tune's trial throughput
 
 
 def run_tune_expert(n_trials: int, workers: int, seed: int, workdir: Path, tracking_uri: str | None) -> dict[str, Any]:
-    """One ``Tuner.fit`` as Tune's experts configure it (see the module docstring)."""
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+    """One ``Tuner.fit`` as Tune's experts configure it (see the module docstring): the race's Tune
+    arm with the FIFO scheduler that matches autoopt's ``pruner: none``."""
+    from bench.race import run_tune_fair
 
-    from bench.systems import DefineByRun, build_sampler, build_space, task_info, tune_trainable
+    r = run_tune_fair(TASK, {}, {}, seed=seed, n_trials=n_trials, workers=workers, workdir=workdir, pruner="none",
+                      tracking_uri=tracking_uri)
+    return _arm_row(r)
 
-    info = task_info(TASK, {})
-    sp = build_space(TASK, {}, {})
-    name = f"throughput-tune-{seed}-{uuid.uuid4().hex[:6]}"
-    mode = info["direction"][:3]
-    searcher = OptunaSearch(space=DefineByRun(sp, TASK, {}, seed), metric="val_metric", mode=mode,
-                            sampler=build_sampler("tpe", seed, sp), study_name=name)
-    callbacks: list[Any] = []
-    if tracking_uri:
-        from mlflow.tracking import MlflowClient
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        MlflowClient(tracking_uri=tracking_uri).create_experiment(
-            name, artifact_location=(workdir / "mlartifacts" / name).resolve().as_uri())
-        callbacks.append(MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=name))
-    starts: list[float] = []
-    ends: list[float] = []
-
-    class Record(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **kw):
-            starts.append(time.time())
-
-        def on_trial_complete(self, iteration, trials, trial, **kw):
-            ends.append(time.time())
-
-        def on_trial_error(self, iteration, trials, trial, **kw):
-            ends.append(time.time())
-
-    tuner = tune.Tuner(
-        tune.with_resources(tune_trainable, {"cpu": 1}),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials, max_concurrent_trials=workers,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(workdir / "ray_results"),
-                                  callbacks=[Record(), *callbacks], verbose=0),
-    )
-    t0 = time.time()
-    grid = tuner.fit()
-    wall = time.time() - t0
-    errors = sum(1 for r in grid if r.error is not None)
-    return {"wall_s": wall, "trials": len(ends), "errors": errors,
-            "first_start_s": min(starts) - t0 if starts else None, "last_end_s": max(ends) - t0 if ends else None}
+def _arm_row(r) -> dict[str, Any]:
+    """The bench's row from either system's ``SystemRun``: its wall time and its trial window."""
+    return {"wall_s": r.wall_s, "trials": len(r.events), "errors": sum(1 for e in r.events if e.state == "failed"),
+            "first_start_s": r.extra.get("first_trial_start_s"),
+            "last_end_s": max((e.t_end for e in r.events), default=None)}
 
 
 def run_autoopt_arm(n_trials: int, workers: int, seed: int, storage: str, tracking_uri: str | None) -> dict[str, Any]:
@@ -102,9 +68,7 @@ def run_autoopt_arm(n_trials: int, workers: int, seed: int, storage: str, tracki
 
     r = run_autoopt(TASK, {}, {}, seed=seed, n_trials=n_trials, workers=workers, storage=storage,
                     tracking_uri=tracking_uri, pruner="none")
-    return {"wall_s": r.wall_s, "trials": len(r.events), "errors": sum(1 for e in r.events if e.state == "failed"),
-            "first_start_s": r.extra.get("first_trial_start_s"),
-            "last_end_s": max((e.t_end for e in r.events), default=None)}
+    return _arm_row(r)
 
 
 def one(arm: str, seed: int, n_trials: int, workers: int, work: Path) -> dict[str, Any]:
