@@ -17,9 +17,7 @@ demo: install
 	$(BIN)/autoopt run studies/quickstart.yaml
 
 # Two pytest runs at once: everything but the cluster tests in three processes (pytest-xdist, a
-# test file per process at a time, so a file's module fixtures are made once; --dist loadgroup
-# puts the files that start Ray in the pytest process on one of them, first: tests/conftest.py,
-# RAY_FILES), and the
+# test file per process at a time: --dist loadfile makes a file's module fixtures once), and the
 # cluster tests (a Ray head and worker nodes, PostgreSQL and MLflow servers as processes, nodes
 # killed on purpose) one at a time beside them, their output printed when both are done. One
 # after the other took 12.8 minutes on a slow 2-core machine, at once 10.3 (docs/benchmarks.md,
@@ -31,7 +29,7 @@ PYTEST_CLUSTER := $(BIN)/python -m pytest -q -o cache_dir=.pytest_cache/cluster 
 test: install
 	@log=$$(mktemp); \
 	$(PYTEST_CLUSTER) --durations=10 >$$log 2>&1 & cluster=$$!; \
-	$(PYTEST_MAIN) -n 3 --dist loadgroup --durations=20; main=$$?; \
+	$(PYTEST_MAIN) -n 3 --dist loadfile --durations=20; main=$$?; \
 	wait $$cluster; clus=$$?; \
 	echo "=== the cluster tests (run beside the others) ==="; cat $$log; rm -f $$log; status=0; \
 	if [ $$main -ne 0 ]; then \

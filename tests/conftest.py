@@ -42,61 +42,15 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 CLUSTER_TESTS = "tests/test_cluster.py"
-#: the files whose tests start Ray inside the pytest process (the session's ``ray_local``, or
-#: ``autoopt.run``), which then stays up for the rest of that process. An idle local Ray costs
-#: about 0.15 of a core (its GCS, raylet, agents and idle workers; measured 2026-12-07), so under
-#: ``make test`` (``--dist loadgroup``) these files go to one pytest-xdist worker, first, and the
-#: others never start one: one session Ray instead of one per worker. A test elsewhere that
-#: starts Ray is an error (``pytest_runtest_call`` below) naming this list.
-RAY_FILES = frozenset(f"tests/test_{name}.py" for name in (
-    "drivers", "engine", "integrations", "objective", "pruners", "real_clients", "resources", "study", "sync",
-    "zoo"))
-RAY_GROUP = "ray-in-process"
 
 
-def _file(item: pytest.Item) -> str:
-    return item.nodeid.split("::")[0]
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``make test``'s cluster phase runs CLUSTER_TESTS alone (collecting every file only to
-    deselect them took 8 CPU-s of imports): a cluster test anywhere else would never run there.
-    Under ``--dist loadgroup`` each file is a group of its own (as ``loadfile``: its module
-    fixtures made once), except RAY_FILES, which form one group scheduled first (it is the
-    longest)."""
+    deselect them took 8 CPU-s of imports): a cluster test anywhere else would never run there."""
     strays = [item.nodeid for item in items
-              if item.get_closest_marker("cluster") and _file(item) != CLUSTER_TESTS]
+              if item.get_closest_marker("cluster") and item.nodeid.split("::")[0] != CLUSTER_TESTS]
     if strays:
         raise pytest.UsageError(f"cluster tests belong in {CLUSTER_TESTS} (the Makefile runs that file alone): {strays}")
-    if config.getoption("dist", "no") == "loadgroup":
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(RAY_GROUP if _file(item) in RAY_FILES else _file(item)))
-        items.sort(key=lambda item: _file(item) not in RAY_FILES)  # stable: each file keeps its order
-
-
-_RAY_BEFORE = pytest.StashKey[bool]()
-
-
-def _ray_up() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    item.stash[_RAY_BEFORE] = _ray_up()  # before the test's fixtures (``ray_local``) are made
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):
-    """A test outside RAY_FILES must not leave a Ray running in the pytest process (see there)."""
-    result = yield
-    if not item.stash.get(_RAY_BEFORE, True) and _ray_up() and _file(item) not in RAY_FILES:
-        pytest.fail(f"{item.nodeid} started Ray in the pytest process: add its file to RAY_FILES in "
-                    "tests/conftest.py, so that `make test` keeps every in-process Ray on one worker",
-                    pytrace=False)
-    return result
 
 
 PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
