@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import trial_states
 
 from autoopt.core import record as R
 
@@ -280,10 +281,7 @@ def test_killed_driver_is_resumed(workdir):
     url = f"sqlite:///{workdir}/autoopt-studies.db"
     deadline = time.time() + 180
     while time.time() < deadline:
-        try:
-            states = [t.state.name for t in optuna.load_study(study_name="slow", storage=url).trials]
-        except Exception:
-            states = []
+        states = trial_states(url, "slow")
         if "COMPLETE" in states and "RUNNING" in states:
             break
         time.sleep(0.3)

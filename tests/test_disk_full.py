@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from polling import trial_states
 
 SPEC = """name: full
 task: helper_tasks:GatedTask
@@ -71,11 +72,7 @@ def test_full_disk_stops_the_study_with_the_real_reason_and_keeps_the_storage(wo
                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        try:
-            states = sorted(t.state.name for t in optuna.load_study(study_name="full", storage=url).trials
-                            if t.state.name != "WAITING")  # the next trial, sampled ahead and queued
-        except Exception:  # noqa: BLE001 - not created yet
-            states = []
+        states = sorted(s for s in trial_states(url, "full") if s != "WAITING")  # the next trial, sampled ahead
         if states == ["COMPLETE", "RUNNING", "RUNNING"]:
             break
         time.sleep(0.3)

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from local_cluster import free_port
+from polling import trial_states
 from mlflow import MlflowClient
 
 from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
@@ -44,13 +45,6 @@ def _wait_for(what: str, check, timeout: float = 180.0):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _states(url: str, name: str) -> list[str]:
-    try:
-        return [t.state.name for t in optuna.load_study(study_name=name, storage=url).trials]
-    except Exception:  # noqa: BLE001 - not created yet
-        return []
-
-
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_leaves_nothing_running(workdir):
     gate = workdir / "gate"
@@ -64,7 +58,7 @@ def test_ctrl_c_says_how_to_resume_and_leaves_nothing_running(workdir):
         # a cold `autoopt run` (imports, Ray, two trial workers) took over 180 s beside the rest of
         # the suite on a loaded CI machine (2026-12-07); alone it takes seconds
         _wait_for("one complete and two running trials",
-                  lambda: sorted(s for s in _states(url, "stopme") if s != "WAITING") == ["COMPLETE", "RUNNING", "RUNNING"],
+                  lambda: sorted(s for s in trial_states(url, "stopme") if s != "WAITING") == ["COMPLETE", "RUNNING", "RUNNING"],
                   timeout=360.0)
         client = MlflowClient(default_tracking_uri(workdir))
         experiment = client.get_experiment_by_name("stopme")
