@@ -56,29 +56,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 PG_ADMIN = os.environ.get("AUTOOPT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray for the test file (2 CPUs, as on CI), started as a study starts it (bound to
-    127.0.0.1 only); ``_no_idle_ray`` ends it after the file."""
+    """One local Ray for the whole session (2 CPUs, as on CI), started as a study starts it
+    (bound to 127.0.0.1 only)."""
     import ray
 
     from autoopt.runner import ensure_ray
 
     ensure_ray(num_cpus=2)
-    return ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_idle_ray():
-    """End a Ray that a test file started in the pytest process (``ray_local``, or a study run
-    in the test) once the file is done. An idle local Ray costs 0.15-0.19 of a core (its GCS,
-    raylet, agents and idle workers; measured 2026-12-07), and a Ray kept for the session ran
-    beside every later file in each of ``make test``'s three pytest processes; starting one again
-    costs a few CPU-s."""
-    yield
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
