@@ -16,8 +16,8 @@ from pathlib import Path
 import optuna
 import pytest
 from local_cluster import free_port
-from polling import trial_states
 from mlflow import MlflowClient
+from polling import trial_states
 
 from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
 

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 import autoopt
 from autoopt.spec import StudySpec
+from autoopt.storage import open_storage
 from autoopt.sync import sync_study
 from autoopt.tracking import StudyTracker, TrackingConfig, default_tracking_uri
 from autoopt.ui import start_ui, stop_ui
@@ -54,7 +55,7 @@ def test_mlflow_down_at_start_and_mid_study_loses_nothing(ray_local, workdir, mo
     url = f"sqlite:///{workdir}/autoopt-studies.db"
 
     def study() -> optuna.Study:
-        return optuna.load_study(study_name="outage", storage=url)
+        return optuna.load_study(study_name="outage", storage=open_storage(url))  # kept: it is polled
 
     def states() -> list[str]:
         try:
