@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 
-from autoopt.core import profile as task_profile
 from autoopt.core import record as R
 from autoopt.coordinator import StudyCoordinator, TaskFacts
 from autoopt.ray_session import ENV_RAY_ADDRESS, call_soon, ensure_ray
@@ -205,24 +204,21 @@ def run_trial(
     return result
 
 
-def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any = None,
-                   check_profile: bool = False) -> dict[str, Any]:
+def prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any = None) -> str | None:
     """Make a worker process ready for trials: import what a trial needs and build the task (its
     dataset) or import the objective. On a cluster each study's first trials otherwise wait
     seconds for new processes. Each of a study's first trials starts after one of these ended
-    (see ``_dispatch``), on the worker it made ready. A failure is returned (``error``), not
-    raised: raised, it would fail that trial with the prepare's error before the trial ran; the
-    trial meets the same error itself and records it as its own reason. ``check_profile``: also
-    return the built task's checked facts (``profile``), which the driver compares with the ones
-    it kept from an earlier study (:mod:`autoopt.core.profile`)."""
+    (see ``_dispatch``), on the worker it made ready. A failure is returned, not raised: raised,
+    it would fail that trial with the prepare's error before the trial ran; the trial meets the
+    same error itself and records it as its own reason."""
     try:
-        task = _prepare_worker(task_ref, task_options, tracking, objective_ref)
-        return {"error": None, "profile": task_profile.check(task) if check_profile and task is not None else None}
+        _prepare_worker(task_ref, task_options, tracking, objective_ref)
     except Exception as exc:  # noqa: BLE001
-        return {"error": _first_line(exc), "profile": None}
+        return _first_line(exc)
+    return None
 
 
-def _prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any) -> Task | None:
+def _prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool, objective_ref: Any) -> None:
     import torch
 
     import autoopt.optimizers  # noqa: F401
@@ -240,8 +236,8 @@ def _prepare_worker(task_ref: Any, task_options: dict[str, Any], tracking: bool,
         import_client_soon()
     if objective_ref is not None:
         autoopt.trial.load_objective(ray.get(objective_ref) if isinstance(objective_ref, ray.ObjectRef) else objective_ref)
-        return None
-    return _cached_task(task_ref, task_options)
+    else:
+        _cached_task(task_ref, task_options)
 
 
 _run_trial_remote = ray.remote(max_retries=0)(run_trial)
@@ -429,16 +425,9 @@ class StudyRunner:
         #: Ray's start, the resource check and the first workers' prepares, begun on the Ray
         #: thread while this driver loads the task (torch, the dataset) and measures its traits
         self._early: concurrent.futures.Future | None = None
-        self.task: Task | None = None
-        #: a task study's facts: kept from an earlier study of the task (then this driver imports
-        #: no torch), else measured from the task built here (``_measured_profile``)
-        self.profile = self._kept_profile()
-        #: whether a trial worker checks the kept profile against the task it builds (set before
-        #: the workers are prepared, on the Ray thread); the check's result (``_correct_profile``)
-        self._check_profile = self.profile is not None
-        self._profile_check: Any = None
         if resolvable(spec.objective if spec.objective is not None else spec.task):
             self._early = call_soon(self._start_early)
+        self.task: Task | None = None
         self.objective = None
         if spec.objective is not None:
             from autoopt.trial import load_objective
@@ -451,14 +440,16 @@ class StudyRunner:
             self.direction = spec.search.direction
             self.traits = self._objective_traits()
         elif spec.task is not None:
-            self.profile = self.profile or self._measured_profile()
-            self.metric, self.direction = self.profile.metric, self.profile.direction
-            self.traits = self.profile.traits
+            from autoopt.task import load_task
+
+            self.task = load_task(spec.task, **spec.task_options)
+            self.metric, self.direction = self.task.metric, self.task.direction
+            self.traits = self.task.traits()
         else:
             raise SpecError(f"study {spec.name!r} names neither a task nor an objective: set task: or objective:")
         #: whether the recommender's suggestions run first (``warm_start.enabled``; unset: for a task's study)
         self.warm_start = (spec.search.warm_start.enabled if spec.search.warm_start.enabled is not None
-                           else self.profile is not None and has_recommender)
+                           else self.task is not None and has_recommender)
         self.on_progress = on_progress
         self.progress = Progress(target=spec.n_trials)
         self.session = uuid.uuid4().hex[:12]
@@ -520,7 +511,7 @@ class StudyRunner:
         spec = self.spec.to_dict()
         return {
             R.SPEC: spec,
-            R.TASK: spec["task"] if self.profile is not None else spec["objective"],
+            R.TASK: spec["task"] if self.task is not None else spec["objective"],
             R.TRAITS: self.traits.to_dict(MEASURED),
             R.METRIC: self.metric,
             R.DIRECTION: self.direction,
@@ -529,64 +520,20 @@ class StudyRunner:
 
     def _max_reports(self) -> int | None:
         """Pruner resource: epochs, or evaluations per run with ``eval_every_steps``; an objective's ``max_reports``."""
-        if self.profile is None:
+        if self.task is None:
             return self.spec.search.max_reports
         if not self.spec.eval_every_steps:
-            return self.profile.epochs
-        return max(1, self.profile.train_batches * self.profile.epochs // self.spec.eval_every_steps)
+            return self.task.epochs
+        train_loader, _ = self.task.loaders()
+        return max(1, len(train_loader) * self.task.epochs // self.spec.eval_every_steps)
 
     def _has_matrix_params(self) -> bool:
         """Muon applies only to hidden 2-D weights; does this model have any?"""
-        if self.profile is None:  # the user's model is not known here; Muon says so in the trial if it has none
+        from autoopt.optimizers import hidden_matrix_params
+
+        if self.task is None:  # the user's model is not known here; Muon says so in the trial if it has none
             return True
-        return self.profile.has_matrix_params
-
-    def _kept_profile(self) -> task_profile.TaskProfile | None:
-        """The facts kept from an earlier study of a task named by reference or import path."""
-        ref = self.spec.task
-        if self.spec.objective is not None or not isinstance(ref, str):
-            return None
-        return task_profile.load(ref, self.spec.task_options)
-
-    def _measured_profile(self) -> task_profile.TaskProfile:
-        """The task's facts measured from the task built in this process (torch, its dataset, a
-        few backward passes), kept for the next study of a task named by reference or path."""
-        ref, options = self.spec.task, self.spec.task_options
-        from autoopt.task import load_task
-
-        self.task = load_task(ref, **options)
-        measured = task_profile.measure(self.task)
-        if isinstance(ref, str):
-            task_profile.save(ref, options, measured)
-        return measured
-
-    def _correct_profile(self) -> None:
-        """A study that started from a kept profile: the first trial worker's check of the task it
-        built. Facts that changed (data edited outside the task's source) are corrected in the
-        study's record before its results are kept, the user is told, and the kept profile is
-        dropped, so the next study measures the task again."""
-        check, self._profile_check = self._profile_check, None
-        if check is None or self.profile is None or self.coordinator is None:
-            return
-        try:
-            built = ray.get(check, timeout=60).get("profile")
-        except Exception:  # noqa: BLE001 - a lost worker: its trials said why; nothing to compare
-            return
-        if not built:
-            return
-        changed = task_profile.differences(self.profile, built)
-        if not changed:
-            return
-        import warnings
-
-        task_profile.forget(self.spec.task, self.spec.task_options)
-        self.profile = task_profile.corrected(self.profile, built)
-        self.traits = self.profile.traits
-        ray.get(self.coordinator.set_study_attrs.remote({R.TRAITS: self.traits.to_dict(MEASURED)}))
-        said = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in sorted(changed.items())))
-        warnings.warn(f"autoopt: task {self.spec.task!r} no longer matches the facts kept from its earlier study "
-                      f"({said}); this study's record has the new ones, and the next study measures the task "
-                      "again", stacklevel=2)
+        return bool(hidden_matrix_params(self.task.build_model()))
 
     def _start_tracking(self) -> None:
         from autoopt import tracking
@@ -815,17 +762,13 @@ class StudyRunner:
         return self.spec.task if isinstance(self.spec.task, str) else None, None
 
     def _prepare_workers(self, task_ref: Any, objective_ref: Any) -> None:
-        # each of the first trials starts after one of these, on its worker (_dispatch); the
-        # first also checks a kept task profile against the task it builds (_correct_profile)
-        check = self._check_profile
+        # each of the first trials starts after one of these, on its worker (_dispatch)
         self._prepared = [
             _prepare_worker_remote.options(
                 num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
-            ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref, check and i == 0)
-            for i in range(self.spec.workers)
+            ).remote(task_ref, self.spec.task_options, bool(self.spec.tracking), objective_ref)
+            for _ in range(self.spec.workers)
         ]
-        if check and self._prepared:
-            self._profile_check = self._prepared[0]
 
     def _run(self) -> dict[str, Any]:
         if self._early is not None:
@@ -1221,7 +1164,6 @@ class StudyRunner:
 
         if self._progress_write is not None:  # a mid-study progress write lands before the results
             self._progress_write.result()
-        self._correct_profile()  # before the study's record is read for MLflow and the meta-dataset
         # read once for MLflow's summary, the hook and the result (each would read every trial)
         study = R.StudySnapshot(optuna.load_study(study_name=self.spec.name, storage=open_storage(self.storage_url)))
         if self.tracker is not None:

@@ -179,13 +179,3 @@ class BuiltWhereTask(DiabetesMLP):
     def evaluate(self, model, loader, device):
         (Path(self.marks) / f"trained-{os.getpid()}").touch()
         return super().evaluate(model, loader, device)
-
-
-class FileSizedTask(DiabetesMLP):
-    """Trains on the fraction of the data that the file ``size_file`` holds: data that changes
-    outside the task's source and options (as a user's task reading a CSV that grew)."""
-
-    name = "file_sized"
-
-    def __init__(self, size_file: str, **kw):
-        super().__init__(size=float(Path(size_file).read_text()), **kw)
