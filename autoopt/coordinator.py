@@ -532,14 +532,16 @@ class StudyCoordinator:
         return self.storage.get_trial(self._trial_id(number)).state.is_finished()
 
     @_survives_storage_outage
-    def fail(self, number: int, reason: str, retry: bool) -> bool:
-        """A trial whose worker died: record why; re-enqueue its params if retries are left."""
+    def fail(self, number: int, reason: str, retry: bool, not_started: bool = False) -> bool:
+        """A trial whose worker died: record why; re-enqueue its params if retries are left.
+        ``not_started``: handed to a worker that never started it (queued behind a trial that was
+        lost): its params are queued again whatever the retries, as the same attempt."""
         self._nodes.pop(number, None)
         trial_id = self._trial_id(number)
         frozen = self.storage.get_trial(trial_id)
         if not frozen.state.is_finished():
             attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
-            retried = retry and attempt < self.retries
+            retried = not_started or (retry and attempt < self.retries)
             # close the trial first, then enqueue its re-run: a call retried after an outage
             # between the two finds the trial failed and enqueues the re-run exactly once
             self._finish(number, TrialState.FAIL, None, R.failure_attrs(reason, retried))
@@ -547,8 +549,8 @@ class StudyCoordinator:
         self._live.pop(number, None)
         retried = bool(frozen.state == TrialState.FAIL and frozen.user_attrs.get(R.RETRIED))
         if retried and not any(t.user_attrs.get(R.RETRY_OF) == number for t in self.study.get_trials(deepcopy=False)):
-            attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0))
-            self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt + 1, R.RETRY_OF: number}, skip_if_exists=False)
+            attempt = int(frozen.user_attrs.get(R.ATTEMPT, 0)) + (0 if not_started else 1)
+            self.study.enqueue_trial(dict(frozen.params), user_attrs={R.ATTEMPT: attempt, R.RETRY_OF: number}, skip_if_exists=False)
             self._refresh_tally()  # a new WAITING trial (rare: a retry)
         return retried
 

@@ -43,6 +43,17 @@ WARM_START_CANDIDATES = 64
 #: How often the loop refreshes the progress display when no trial ended (each refresh is a
 #: coordinator call, queued ahead of the workers' epoch reports).
 PROGRESS_EVERY_S = 1.0
+#: Trials handed to Ray beyond the study's workers, each queued behind one running trial (Ray
+#: starts it once that trial's result exists, so no more than ``workers`` trials ever run, however
+#: many CPUs the node has). The worker that frees starts it at once, where it otherwise waited for
+#: the driver to see its result, ask the coordinator and submit the next (the steady gap between
+#: two trials of a worker: 34-49 ms on 2 cores, docs/benchmarks.md section 2). Not for a study
+#: with a timeout (a trial still queued at the deadline would end as interrupted), nor on the Ray
+#: client (a trial on a node that died is found by the coordinator there, and the one queued
+#: behind it would wait on a result that never comes).
+QUEUE_AHEAD = 1
+#: How Ray says that a task did not start because a result it was given is lost (see QUEUE_AHEAD).
+_UPSTREAM_LOST = "input arguments for this task could not be computed"
 #: The reason recorded for trials a stop (Ctrl-C, SIGTERM, an error) cut short; they are re-run.
 INTERRUPTED = "interrupted: the study was stopped"
 _log = logging.getLogger(__name__)
@@ -139,7 +150,8 @@ def run_trial(
     and wait until it knows: a trial whose node dies must not train unannounced, or the check
     cannot find it (one round trip per trial, on the Ray client only).
     ``prepared``: a :func:`prepare_worker` result, passed so that Ray starts this trial only once
-    that worker is ready (and idle: Ray hands the next task the worker freed last)."""
+    that worker is ready (and idle: Ray hands the next task the worker freed last), or the result
+    of the running trial this one is queued behind (``QUEUE_AHEAD``); not read."""
     if announce:
         try:
             ray.get(coordinator.trial_started.remote(number, ray.get_runtime_context().get_node_id()), timeout=30)
@@ -464,6 +476,11 @@ class StudyRunner:
         self._resume_run_id: str | None = None
         self._coordinator_args: tuple[tuple, dict[str, Any]] | None = None
         self._in_flight: list[int] = []
+        #: trials handed to Ray behind a running one (see QUEUE_AHEAD), until they end: ref -> (that
+        #: trial's ref, its number); one is still waiting while the trial it is behind runs
+        self._queued_behind: dict[Any, tuple[Any, int]] = {}
+        #: those queued behind a trial that ended without a result: they never start (Ray fails them)
+        self._doomed: set[Any] = set()
         self._unrecorded: list[int] = []
         self._sigterm_before: Any = None
         self.interrupt: dict[str, Any] | None = None
@@ -698,7 +715,8 @@ class StudyRunner:
 
     # --- the loop ------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop dispatching; running trials finish and are recorded."""
+        """Stop dispatching; the trials handed to Ray (those running, and one queued behind them:
+        QUEUE_AHEAD) finish and are recorded."""
         self._stop.set()
 
     def run(self) -> dict[str, Any]:
@@ -839,16 +857,38 @@ class StudyRunner:
             self._check_sent(wait=self._settle)
             if item is None:
                 return False
-            running[self._dispatch(item, task_ref, threads)] = item["number"]
+            # trials still waiting (the trial each is behind has not ended), and those on a worker
+            waiting = {queued: before for queued, (before, _) in self._queued_behind.items() if before in running}
+            busy = [ref for ref in running if ref not in waiting and ref not in self._doomed]
+            behind = None
+            if len(busy) >= self.spec.workers:  # every worker has its trial: queue behind one of them
+                taken = set(waiting.values())
+                behind = next((ref for ref in busy if ref not in taken), None)
+            ref = self._dispatch(item, task_ref, threads, behind)
+            running[ref] = item["number"]
+            if behind is not None:
+                self._queued_behind[ref] = (behind, running[behind])
             return True
+
+        # One trial more than the workers is handed to Ray, queued behind the running ones, so a
+        # freed worker starts it at once (see QUEUE_AHEAD); the coordinator then samples each trial
+        # when it is asked for, after the finished trial's tell, instead of ahead (prepare).
+        # Not with a timeout: a trial still queued at the deadline would end as interrupted.
+        ahead = QUEUE_AHEAD if deadline is None and not self._settle else 0
+        self._queued_behind.clear()
+        self._doomed.clear()
+
+        def prepare_next() -> None:
+            if not ahead:
+                self._send(self.coordinator.prepare.remote())
 
         try:
             while True:
-                while may_ask() and len(running) < self.spec.workers:
+                while may_ask() and len(running) < self.spec.workers + ahead:
                     if not dispatch_next():
                         exhausted = True
                         break
-                    self._send(self.coordinator.prepare.remote())
+                    prepare_next()
                 if not running:
                     out_of_time = deadline is not None and time.time() >= deadline
                     if out_of_time or self._stop.is_set():
@@ -857,7 +897,7 @@ class StudyRunner:
                         # a re-run queued after the budget looked used up: another driver's trial
                         # reaped meanwhile (the periodic reap is not waited for) freed its slot
                         exhausted = False
-                        self._send(self.coordinator.prepare.remote())
+                        prepare_next()
                         continue
                     if not self._wait_for_foreign():
                         break
@@ -866,17 +906,25 @@ class StudyRunner:
                 for ref in self._finished_trials(running):
                     outcome = self._outcome(ref, running[ref])  # a lost worker, an error: recorded here
                     number = running.pop(ref)
+                    self._queued_behind.pop(ref, None)
+                    self._doomed.discard(ref)
+                    if outcome is None:  # ended without a result: Ray fails the trial queued behind it
+                        self._doomed.update(q for q, (before, _) in self._queued_behind.items() if before == ref)
                     if self._requeued:
                         # its re-run is queued: the budget that looked used up (the lost trial
                         # still counted as running) has a slot for it again
                         exhausted, self._requeued = False, False
+                    if ahead and outcome is not None:
+                        # the freed worker took the queued trial already: the result first, so the
+                        # next trial is sampled knowing it
+                        self._send(self.coordinator.tell.remote(number, outcome))
                     asked = may_ask() and dispatch_next()  # the freed worker's next trial first
                     if not asked and may_ask():
                         exhausted = True
-                    if outcome is not None:
+                    if not ahead and outcome is not None:
                         self._send(self.coordinator.tell.remote(number, outcome))
                     if asked:
-                        self._send(self.coordinator.prepare.remote())
+                        prepare_next()
                 now = time.time()
                 if now - last_beat >= self.spec.execution.heartbeat_s:
                     self.coordinator.heartbeat.remote()
@@ -884,7 +932,7 @@ class StudyRunner:
                         self._open_parent_run()  # MLflow was down at the start: is it back?
                     last_beat = now
                 if not self._fits_now and now - last_resource_warning >= resource_warn_s:
-                    self._warn_waiting(now - started, len(running))
+                    self._warn_waiting(now - started, min(len(running), self.spec.workers))
                     last_resource_warning = now
                 if now - last_reap >= REAP_EVERY_S:
                     self.coordinator.reap_stale.remote()
@@ -894,7 +942,7 @@ class StudyRunner:
                 # and before the workers' reports; and not waited for: a freed worker's next trial
                 # would wait behind it
                 if pending_summary is not None and ray.wait([pending_summary], timeout=0, fetch_local=True)[0]:
-                    self._apply_summary(ray.get(pending_summary), len(running))
+                    self._apply_summary(ray.get(pending_summary), min(len(running), self.spec.workers))
                     pending_summary = None
                 if pending_summary is None and now - last_progress >= PROGRESS_EVERY_S:
                     pending_summary = self.coordinator.summary.remote(False)
@@ -994,7 +1042,9 @@ class StudyRunner:
         self._update_progress(0)
         return True
 
-    def _dispatch(self, item: dict[str, Any], task_ref: Any, threads: int) -> Any:
+    def _dispatch(self, item: dict[str, Any], task_ref: Any, threads: int, behind: Any = None) -> Any:
+        """Hand a trial to Ray: on a worker made ready for it (a first trial), else queued behind
+        the running trial ``behind`` (see QUEUE_AHEAD), else on the next free worker."""
         logger = None
         if self.tracker is not None and self.tracker.parent_run_id is None:
             self._mlflow_gaps = True  # MLflow is away: this trial runs untracked until the study's end syncs it
@@ -1004,7 +1054,7 @@ class StudyRunner:
         seed = (self.spec.seed or 0) + item["number"]
         # a first trial waits for a worker made ready (imports, dataset) and takes it: started at
         # once, it went to another process while that one was still preparing, and prepared again
-        prepared = self._prepared.pop(0) if self._prepared else None
+        prepared = self._prepared.pop(0) if self._prepared else behind
         self._dispatched += 1
         return _run_trial_remote.options(
             num_cpus=self.spec.cpus_per_trial, num_gpus=self.gpus_per_trial or None
@@ -1075,14 +1125,21 @@ class StudyRunner:
                 pass
             self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, lost, True)))
             return self._not_told()
+        behind = self._queued_behind.get(ref)
         try:
             outcome = future.result() if future is not None else ray.get(ref)
-        except _WORKER_LOST as exc:
-            reason = f"worker lost: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, reason[:500], True)))
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None) or exc  # any BaseException the trial raised, named
-            ray.get(self.coordinator.fail.remote(number, f"error: {type(cause).__name__}: {cause}"[:500], False))
+        except (*_WORKER_LOST, ray.exceptions.RayTaskError) as exc:
+            if behind is not None and _UPSTREAM_LOST in str(exc):
+                # queued behind a trial that ended without a result (its worker lost), it never
+                # started: run it again (the error is the other trial's, recorded with it)
+                reason = f"not started: queued behind trial {behind[1]}, which ended without a result"
+                self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, reason, True, not_started=True)))
+            elif isinstance(exc, _WORKER_LOST):
+                reason = f"worker lost: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, reason[:500], True)))
+            else:
+                cause = getattr(exc, "cause", None) or exc  # any BaseException the trial raised, named
+                ray.get(self.coordinator.fail.remote(number, f"error: {type(cause).__name__}: {cause}"[:500], False))
         except ray.exceptions.TaskCancelledError:
             self._requeued |= bool(ray.get(self.coordinator.fail.remote(number, "cancelled", True)))
         else:

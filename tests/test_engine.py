@@ -726,3 +726,56 @@ def test_a_stored_study_of_another_objective_is_refused_and_a_changed_space_is_n
     study = optuna.load_study(study_name=name, storage=url)
     assert len(study.trials) == 1 and study.user_attrs[R.TASK] == "tabular"  # nothing of the refused runs written
     assert study.user_attrs[R.SPEC]["task_options"] == {"size": 0.25}
+
+
+def _states(url: str, name: str) -> list[TrialState]:
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:  # not created yet
+        return []
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.parametrize("timeout_s", [None, 600])
+def test_the_next_trial_waits_in_ray_behind_a_running_one_and_never_beside_it(ray_local, workdir, timeout_s):
+    """With 1 worker on a 2-CPU Ray, the study hands Ray a second trial while the first runs
+    (QUEUE_AHEAD: the worker starts it without waiting for the driver), queued behind that trial:
+    the free CPU does not run it. A study with a timeout queues none (one still queued at the
+    deadline would end interrupted); its next trial is sampled ahead, WAITING, instead."""
+    import autoopt
+
+    # two workers with the task built first, so a trial Ray started on the free CPU would reach
+    # the gate at once (a cold worker takes seconds to import torch)
+    (workdir / "open-gate").mkdir()
+    (workdir / "open-gate" / "open").touch()
+    autoopt.run(StudySpec.from_dict({"name": f"warm-{uuid.uuid4().hex[:6]}", "task": "helper_tasks:GatedTask",
+                                     "task_options": {"gate": str(workdir / "open-gate"), "epochs": 1}, "n_trials": 2,
+                                     "workers": 2, "tracking": False, "pruner": "none",
+                                     "search": {"warm_start": {"enabled": False}}}))
+    gate = workdir / "gate"
+    gate.mkdir()
+    name = f"queued-{uuid.uuid4().hex[:6]}"
+    spec = StudySpec.from_dict({"name": name, "task": "helper_tasks:GatedTask", "n_trials": 3, "workers": 1,
+                                "task_options": {"gate": str(gate), "epochs": 1}, "seed": 0, "tracking": False,
+                                "pruner": "none", "timeout_s": timeout_s, "search": {"warm_start": {"enabled": False}}})
+    handle = autoopt.submit(spec)
+    url = handle.storage_url
+    deadline = time.time() + 120
+    while not list(gate.glob("held-*")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(gate.glob("held-*")), "the first trial never reached its worker"
+    queued = 2 if timeout_s is None else 1
+    while _states(url, name).count(TrialState.RUNNING) < queued and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)  # long enough for a trial Ray could start on the free CPU to reach the gate
+    states = _states(url, name)
+    assert states.count(TrialState.RUNNING) == queued, states
+    assert states.count(TrialState.WAITING) == (0 if timeout_s is None else 1), states
+    assert len(list(gate.glob("held-*"))) == 1, "a queued trial started beside the running one"
+    (gate / "open").touch()
+    result = handle.wait(timeout=180)
+    assert result.counts["complete"] == 3 and result.counts["failed"] == 0
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+    # each trial's real start (its worker's clock) and the seconds it trained: none began while another trained
+    spans = sorted((t.datetime_start.timestamp(), t.user_attrs[R.SECONDS]) for t in trials)
+    assert all(later[0] >= sum(earlier) for earlier, later in zip(spans, spans[1:])), spans

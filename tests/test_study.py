@@ -147,11 +147,39 @@ def test_killed_worker_is_recorded_and_retried(ray_local, workdir):
     marker = workdir / "crashed"
     result, failed, retry = _run_with_a_lost_worker(CrashOnceTask(marker=str(marker), size=0.25, epochs=3), marker,
                                                     "crash", 4)
-    assert len(failed) == 1
     assert failed[0].user_attrs[R.REASON].startswith("worker lost")
     assert failed[0].user_attrs[R.RETRIED] is True
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed[0].params
-    assert result.counts["complete"] == 4
+    # a trial queued behind the lost one (runner.QUEUE_AHEAD) never started: it runs again
+    for queued in failed[1:]:
+        assert queued.user_attrs[R.REASON] == f"not started: queued behind trial {failed[0].number}, which ended without a result"
+        rerun = [t for t in result.study.trials if t.user_attrs.get(R.RETRY_OF) == queued.number]
+        assert [t.state.name for t in rerun] == ["COMPLETE"] and rerun[0].params == queued.params
+    assert len(failed) <= 2 and result.counts["complete"] == 4
+
+
+@pytest.mark.slow
+def test_a_trial_queued_behind_a_lost_one_runs_again_whatever_the_retries(ray_local, workdir):
+    """One worker: the trial queued behind the one that kills its worker never starts. With
+    ``retries: 0`` the lost trial is not run again, but the queued one is, as the same attempt."""
+    from helper_tasks import CrashOnceTask
+
+    marker = workdir / "crashed"
+    spec = StudySpec(name="crash-queued", task=CrashOnceTask(marker=str(marker), size=0.25, epochs=3), n_trials=3,
+                     workers=1, pruner="none", tracking=False, retries=0,
+                     space={"optimizers": ["adam"], "schedulers": ["constant"]})
+    result = autoopt.run(spec)
+    assert marker.exists()
+    trials = result.study.trials
+    lost, queued = trials[0], trials[1]
+    assert lost.state.name == queued.state.name == "FAIL"
+    assert lost.user_attrs[R.REASON].startswith("worker lost") and lost.user_attrs[R.RETRIED] is False
+    assert queued.user_attrs[R.REASON] == "not started: queued behind trial 0, which ended without a result"
+    assert queued.user_attrs[R.RETRIED] is True
+    rerun = [t for t in trials if t.user_attrs.get(R.RETRY_OF) == 1]
+    assert len(rerun) == 1 and rerun[0].state.name == "COMPLETE" and rerun[0].params == queued.params
+    assert rerun[0].user_attrs.get(R.ATTEMPT, 0) == queued.user_attrs.get(R.ATTEMPT, 0)
+    assert not [t for t in trials if t.user_attrs.get(R.RETRY_OF) == 0]
 
 
 @pytest.mark.slow
