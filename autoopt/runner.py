@@ -50,7 +50,9 @@ PROGRESS_EVERY_S = 1.0
 #: two trials of a worker: 34-49 ms on 2 cores, docs/benchmarks.md section 2). Not for a study
 #: with a timeout (a trial still queued at the deadline would end as interrupted), nor on the Ray
 #: client (a trial on a node that died is found by the coordinator there, and the one queued
-#: behind it would wait on a result that never comes).
+#: behind it would wait on a result that never comes). None is queued once no more than
+#: ``workers`` trials of the budget are left to ask for: a trial queued behind a long one would
+#: then wait while a worker with nothing left to take idles.
 QUEUE_AHEAD = 1
 #: How Ray says that a task did not start because a result it was given is lost (see QUEUE_AHEAD).
 _UPSTREAM_LOST = "input arguments for this task could not be computed"
@@ -852,14 +854,23 @@ class StudyRunner:
         # sometimes never returned (tests/test_cluster.py's killed worker node)
         self._settle = ray.util.client.ray.is_connected()
 
+        def placed() -> tuple[dict[Any, Any], list[Any]]:
+            """The trials still waiting in Ray (queued -> the trial it is behind, not ended yet),
+            and those on a worker or about to be (not doomed: see ``_doomed``)."""
+            waiting = {queued: before for queued, (before, _) in self._queued_behind.items() if before in running}
+            return waiting, [ref for ref in running if ref not in waiting and ref not in self._doomed]
+
+        def room() -> bool:
+            """Whether a trial handed to Ray now would run at once, or may wait queued (QUEUE_AHEAD)."""
+            waiting, busy = placed()
+            return len(busy) < self.spec.workers or len(waiting) < queue_ahead()
+
         def dispatch_next() -> bool:
             item = ray.get(self.coordinator.ask.remote())
             self._check_sent(wait=self._settle)
             if item is None:
                 return False
-            # trials still waiting (the trial each is behind has not ended), and those on a worker
-            waiting = {queued: before for queued, (before, _) in self._queued_behind.items() if before in running}
-            busy = [ref for ref in running if ref not in waiting and ref not in self._doomed]
+            waiting, busy = placed()
             behind = None
             if len(busy) >= self.spec.workers:  # every worker has its trial: queue behind one of them
                 taken = set(waiting.values())
@@ -875,16 +886,26 @@ class StudyRunner:
         # when it is asked for, after the finished trial's tell, instead of ahead (prepare).
         # Not with a timeout: a trial still queued at the deadline would end as interrupted.
         ahead = QUEUE_AHEAD if deadline is None and not self._settle else 0
+        # the trials of the budget this run may still ask for (other drivers' aside), counted when
+        # the coordinator opened the study: near the end none is queued, since a queued trial
+        # behind a long one would wait while another worker, with nothing left to ask, idles
+        budget_left = (None if self.spec.n_trials is None else self.spec.n_trials - sum(
+            self._opened_counts.get(k, 0) for k in ("complete", "pruned", "failed", "running")))
+
+        def queue_ahead() -> int:
+            if budget_left is not None and budget_left - self._dispatched <= self.spec.workers:
+                return 0
+            return ahead
         self._queued_behind.clear()
         self._doomed.clear()
 
         def prepare_next() -> None:
-            if not ahead:
+            if not queue_ahead():
                 self._send(self.coordinator.prepare.remote())
 
         try:
             while True:
-                while may_ask() and len(running) < self.spec.workers + ahead:
+                while may_ask() and room():
                     if not dispatch_next():
                         exhausted = True
                         break
@@ -914,14 +935,16 @@ class StudyRunner:
                         # its re-run is queued: the budget that looked used up (the lost trial
                         # still counted as running) has a slot for it again
                         exhausted, self._requeued = False, False
-                    if ahead and outcome is not None:
+                    told = bool(queue_ahead()) and outcome is not None
+                    if told:
                         # the freed worker took the queued trial already: the result first, so the
                         # next trial is sampled knowing it
                         self._send(self.coordinator.tell.remote(number, outcome))
-                    asked = may_ask() and dispatch_next()  # the freed worker's next trial first
-                    if not asked and may_ask():
-                        exhausted = True
-                    if not ahead and outcome is not None:
+                    asked = False
+                    if may_ask() and room():  # the freed worker's next trial first
+                        asked = dispatch_next()
+                        exhausted = not asked
+                    if not told and outcome is not None:
                         self._send(self.coordinator.tell.remote(number, outcome))
                     if asked:
                         prepare_next()

@@ -741,7 +741,8 @@ def test_the_next_trial_waits_in_ray_behind_a_running_one_and_never_beside_it(ra
     """With 1 worker on a 2-CPU Ray, the study hands Ray a second trial while the first runs
     (QUEUE_AHEAD: the worker starts it without waiting for the driver), queued behind that trial:
     the free CPU does not run it. A study with a timeout queues none (one still queued at the
-    deadline would end interrupted); its next trial is sampled ahead, WAITING, instead."""
+    deadline would end interrupted); its next trial is sampled ahead, WAITING, instead. The last
+    trial of the budget is not queued either (it is sampled ahead)."""
     import autoopt
 
     # two workers with the task built first, so a trial Ray started on the free CPU would reach
@@ -770,7 +771,7 @@ def test_the_next_trial_waits_in_ray_behind_a_running_one_and_never_beside_it(ra
     time.sleep(1.5)  # long enough for a trial Ray could start on the free CPU to reach the gate
     states = _states(url, name)
     assert states.count(TrialState.RUNNING) == queued, states
-    assert states.count(TrialState.WAITING) == (0 if timeout_s is None else 1), states
+    assert states.count(TrialState.WAITING) <= 1, states  # the last trial, sampled ahead (prepare)
     assert len(list(gate.glob("held-*"))) == 1, "a queued trial started beside the running one"
     (gate / "open").touch()
     result = handle.wait(timeout=180)
