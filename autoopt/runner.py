@@ -881,10 +881,9 @@ class StudyRunner:
                 self._queued_behind[ref] = (behind, running[behind])
             return True
 
-        # One trial more than the workers is handed to Ray, queued behind the running ones, so a
-        # freed worker starts it at once (see QUEUE_AHEAD); the coordinator then samples each trial
-        # when it is asked for, after the finished trial's tell, instead of ahead (prepare).
-        # Not with a timeout: a trial still queued at the deadline would end as interrupted.
+        # trials queued in Ray (QUEUE_AHEAD; not with a timeout nor on the Ray client): the
+        # coordinator then samples each trial when asked, after the finished trial's tell,
+        # instead of ahead (prepare)
         ahead = QUEUE_AHEAD if deadline is None and not self._settle else 0
         # the trials of the budget this run may still ask for (other drivers' aside), counted when
         # the coordinator opened the study: near the end none is queued, since a queued trial
@@ -896,6 +895,7 @@ class StudyRunner:
             if budget_left is not None and budget_left - self._dispatched <= self.spec.workers:
                 return 0
             return ahead
+
         self._queued_behind.clear()
         self._doomed.clear()
 

@@ -14,7 +14,7 @@ constant schedule, no pruner, MLflow on (``--spec``: another spec file, e.g. the
 Each run also records the CPU seconds the whole machine spent from the launch until its Ray's
 processes had ended (``/proc/stat``: driver, Ray's daemons, coordinator, trial workers, report),
 so run it with nothing else on the machine. ``--warm-up N`` untimed runs of each arm first fill
-autoopt's cache folder (datasets, the empty MLflow store, kept task profiles) as a user's second
+autoopt's cache folder (the bundled datasets, the empty MLflow store) as a user's second
 study finds it. Prints and appends one JSON line per run; ``--report`` gives the per-pair ratios.
 """
 
@@ -79,15 +79,15 @@ def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per pair, this checkout against the baseline: the ratios of the first trial's start and
     of the command's wall (this / baseline), and the machine CPU seconds saved; their medians and
     ranges over the pairs where both arms ran."""
-    import statistics
+    from bench.common import spread as common_spread
 
     by = {(r["pair"], r["arm"]): r for r in rows if "error" not in r}
     pairs = [(by[(p, "baseline")], by[(p, "this")]) for p in sorted({r["pair"] for r in rows})
              if (p, "baseline") in by and (p, "this") in by]
 
     def spread(values: list[float]) -> dict[str, float] | None:
-        return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-                "max": round(max(values), 3)} if values else None
+        s = common_spread(values)
+        return {k: round(s[k], 3) for k in ("median", "min", "max")} if s["n"] else None
 
     return {
         "pairs": len(pairs),
